@@ -1,0 +1,161 @@
+// Linear-chain energies: input checks shared by the CPU and CUDA kernels.
+//
+// E(x, y) = start[y_0] + sum_{t<L} unary[b,t,y_t] + sum_{1<=t<L} trans[y_{t-1}, y_t] + end[y_{L-1}]
+// Lower is better. Every precondition a user can break is checked here, once, and both
+// backends call the same check before touching memory.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Optional.h>
+
+#include <string>
+#include <vector>
+
+namespace ebm_ext {
+
+struct ChainDims {
+  int64_t B, T, K;
+};
+
+inline std::string shape_str(const at::Tensor& t) {
+  return c10::str(t.sizes());
+}
+
+inline void check_same_device(const char* op, const char* name, const at::Tensor& t,
+                              const at::Tensor& unary) {
+  TORCH_CHECK(t.device() == unary.device(), op, ": ", name, " must be on the same device as unary (",
+              unary.device(), "), got ", t.device());
+}
+
+inline void check_float_like_unary(const char* op, const char* name, const at::Tensor& t,
+                                   const at::Tensor& unary) {
+  TORCH_CHECK(t.scalar_type() == unary.scalar_type(), op, ": ", name,
+              " must have the same dtype as unary (", unary.scalar_type(), "), got ",
+              t.scalar_type());
+  check_same_device(op, name, t, unary);
+}
+
+inline void check_finite_lengths_range(const char* op, const at::Tensor& lengths, int64_t T) {
+  if (lengths.numel() == 0) return;
+  auto mm = at::aminmax(lengths);
+  const int64_t lo = std::get<0>(mm).item<int64_t>();
+  const int64_t hi = std::get<1>(mm).item<int64_t>();
+  TORCH_CHECK(lo >= 0, op, ": lengths must be >= 0, got ", lo);
+  TORCH_CHECK(hi <= T, op, ": lengths must be <= T=", T, ", got ", hi);
+}
+
+// Checks unary (B,T,K), trans (K,K), lengths (B,) int64, start/end (K,) and returns the dims.
+inline ChainDims check_chain_inputs(const char* op, const at::Tensor& unary,
+                                    const at::Tensor& trans,
+                                    const c10::optional<at::Tensor>& lengths,
+                                    const c10::optional<at::Tensor>& start,
+                                    const c10::optional<at::Tensor>& end) {
+  TORCH_CHECK(unary.dim() == 3, op, ": unary must be a 3-D tensor (B, T, K), got shape ",
+              shape_str(unary));
+  TORCH_CHECK(at::isFloatingType(unary.scalar_type()), op,
+              ": unary must be a floating-point tensor, got ", unary.scalar_type());
+  TORCH_CHECK(unary.is_cuda() || unary.scalar_type() == at::kFloat ||
+                  unary.scalar_type() == at::kDouble,
+              op, ": on CPU, unary must be float32 or float64, got ", unary.scalar_type());
+  const ChainDims d{unary.size(0), unary.size(1), unary.size(2)};
+  TORCH_CHECK(d.K >= 1, op, ": unary must have at least one tag (K >= 1), got shape ",
+              shape_str(unary));
+  TORCH_CHECK(trans.dim() == 2 && trans.size(0) == d.K && trans.size(1) == d.K, op,
+              ": trans must have shape (K, K) = (", d.K, ", ", d.K, "), got ", shape_str(trans));
+  check_float_like_unary(op, "trans", trans, unary);
+  for (const auto& [name, t] : {std::pair<const char*, const c10::optional<at::Tensor>&>{"start", start},
+                                {"end", end}}) {
+    if (!t.has_value()) continue;
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == d.K, op, ": ", name, " must have shape (K,) = (",
+                d.K, ",), got ", shape_str(*t));
+    check_float_like_unary(op, name, *t, unary);
+  }
+  if (lengths.has_value()) {
+    const auto& l = *lengths;
+    TORCH_CHECK(l.scalar_type() == at::kLong, op, ": lengths must be int64, got ",
+                l.scalar_type());
+    TORCH_CHECK(l.dim() == 1 && l.size(0) == d.B, op, ": lengths must have shape (B,) = (", d.B,
+                ",), got ", shape_str(l));
+    check_same_device(op, "lengths", l, unary);
+    check_finite_lengths_range(op, l, d.T);
+  }
+  return d;
+}
+
+// Positions t < L of an integer tag tensor must hold a tag in [0, K); positions t >= L are ignored.
+// `tags` has shape (B, ..., T); `lengths` (B,) or none.
+inline void check_tag_values(const char* op, const char* name, const at::Tensor& tags,
+                             const c10::optional<at::Tensor>& lengths, int64_t K) {
+  if (tags.numel() == 0) return;
+  const int64_t T = tags.size(-1);
+  at::Tensor valid;
+  if (lengths.has_value()) {
+    auto pos = at::arange(T, tags.options());
+    std::vector<int64_t> shape(tags.dim(), 1);
+    shape[0] = tags.size(0);
+    valid = pos.expand_as(tags) < lengths->view(shape);
+  } else {
+    valid = at::ones_like(tags, tags.options().dtype(at::kBool));
+  }
+  auto bad = valid & ((tags < 0) | (tags >= K));
+  if (bad.any().item<bool>()) {
+    const auto first = at::nonzero(bad)[0].cpu();
+    std::vector<int64_t> index(first.data_ptr<int64_t>(), first.data_ptr<int64_t>() + first.numel());
+    const int64_t value = tags.masked_select(bad)[0].item<int64_t>();
+    TORCH_CHECK(false, op, ": ", name, " must hold tags in [0, K=", K,
+                ") at positions t < length, got ", value, " at index ", c10::IntArrayRef(index));
+  }
+}
+
+inline void check_tags(const char* op, const char* name, const at::Tensor& tags,
+                       const at::Tensor& unary, const ChainDims& d) {
+  TORCH_CHECK(tags.scalar_type() == at::kLong, op, ": ", name, " must be int64, got ",
+              tags.scalar_type());
+  check_same_device(op, name, tags, unary);
+}
+
+// chain_energy: tags (B, T) or (B, C, T) candidates per sequence.
+inline void check_chain_energy_inputs(const at::Tensor& unary, const at::Tensor& trans,
+                                      const at::Tensor& tags,
+                                      const c10::optional<at::Tensor>& lengths,
+                                      const c10::optional<at::Tensor>& start,
+                                      const c10::optional<at::Tensor>& end) {
+  const char* op = "chain_energy";
+  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end);
+  check_tags(op, "tags", tags, unary, d);
+  TORCH_CHECK((tags.dim() == 2 || tags.dim() == 3) && tags.size(0) == d.B && tags.size(-1) == d.T,
+              op, ": tags must have shape (B, T) = (", d.B, ", ", d.T, ") or (B, C, T), got ",
+              shape_str(tags));
+  check_tag_values(op, "tags", tags, lengths, d.K);
+}
+
+inline void check_kbest_k(const char* op, int64_t k) {
+  TORCH_CHECK(k >= 1, op, ": k must be >= 1, got ", k);
+}
+
+// loss_augmented_viterbi: gold (B, T) int64 tags, cost (K, K) non-negative with zero diagonal.
+inline ChainDims check_loss_augmented_inputs(const at::Tensor& unary, const at::Tensor& trans,
+                                             const at::Tensor& gold, const at::Tensor& cost,
+                                             const c10::optional<at::Tensor>& lengths,
+                                             const c10::optional<at::Tensor>& start,
+                                             const c10::optional<at::Tensor>& end) {
+  const char* op = "loss_augmented_viterbi";
+  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end);
+  check_tags(op, "gold", gold, unary, d);
+  TORCH_CHECK(gold.dim() == 2 && gold.size(0) == d.B && gold.size(1) == d.T, op,
+              ": gold must have shape (B, T) = (", d.B, ", ", d.T, "), got ", shape_str(gold));
+  check_tag_values(op, "gold", gold, lengths, d.K);
+  TORCH_CHECK(cost.dim() == 2 && cost.size(0) == cost.size(1), op,
+              ": cost must be a square (K, K) matrix, got shape ", shape_str(cost));
+  TORCH_CHECK(cost.size(0) == d.K, op, ": cost must have shape (K, K) = (", d.K, ", ", d.K,
+              "), got ", shape_str(cost));
+  check_float_like_unary(op, "cost", cost, unary);
+  TORCH_CHECK(!(cost < 0).any().item<bool>(), op,
+              ": cost must be non-negative, got a minimum of ", cost.min().item<double>());
+  TORCH_CHECK(!(cost.diagonal() != 0).any().item<bool>(), op,
+              ": cost must have a zero diagonal (cost[y, y] = 0), got a largest diagonal entry of ",
+              cost.diagonal().abs().max().item<double>());
+  return d;
+}
+
+}  // namespace ebm_ext

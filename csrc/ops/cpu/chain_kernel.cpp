@@ -1,0 +1,442 @@
+// CPU kernels of the linear-chain ops: parallel over the batch (at::parallel_for), vectorised
+// over tags. Decoding runs the min-plus recursion right to left,
+//   beta[t][i] = min_j trans[i][j] + unary[t+1][j] + beta[t+1][j],
+// keeping for each (t, i) the smallest minimising j. Reading the path left to right through
+// those pointers yields, among all minimum-energy paths, the lexicographically smallest one:
+// that is the tie rule, and the CUDA kernels follow the same recursion.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "../chain.h"
+
+// The min-plus steps are the hot loops: build them for AVX-512, AVX2 and baseline x86-64 and
+// let the loader pick (GCC function multi-versioning), so one build is fast on any x86 CPU.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define EBM_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define EBM_CLONES
+#endif
+
+namespace ebm_ext {
+namespace {
+
+// best[i] = min_j transT[j*K + i] + w[j], arg[i] = the smallest minimising j (0 if none is finite).
+template <typename S>
+inline void minplus_argmin_impl(const S* __restrict transT, const S* __restrict w, int64_t K,
+                                S* __restrict best, int32_t* __restrict arg) {
+  for (int64_t i = 0; i < K; ++i) {
+    best[i] = std::numeric_limits<S>::infinity();
+    arg[i] = 0;
+  }
+  for (int32_t j = 0; j < K; ++j) {
+    const S wj = w[j];
+    const S* __restrict col = transT + j * K;
+    for (int64_t i = 0; i < K; ++i) {
+      const S c = col[i] + wj;
+      const bool lt = c < best[i];
+      best[i] = lt ? c : best[i];
+      arg[i] = lt ? j : arg[i];
+    }
+  }
+}
+
+EBM_CLONES void minplus_argmin(const float* transT, const float* w, int64_t K, float* best,
+                               int32_t* arg) {
+  minplus_argmin_impl(transT, w, K, best, arg);
+}
+EBM_CLONES void minplus_argmin(const double* transT, const double* w, int64_t K, double* best,
+                               int32_t* arg) {
+  minplus_argmin_impl(transT, w, K, best, arg);
+}
+
+// One slot of a k-best insertion, vectorised over i: candidate c[i] (code `code`) goes into the
+// ascending list best[0..k) at slot s if it beats best[s]; slots are visited from k-1 down, so
+// best[s-1] still holds its old value. Strict comparisons keep earlier candidates first on ties.
+template <typename S>
+inline void kbest_slot_impl(const S* __restrict c, int32_t code, int64_t K, S* __restrict bs,
+                            int32_t* __restrict ps, const S* __restrict bprev,
+                            const int32_t* __restrict pprev) {
+  if (bprev == nullptr) {
+    for (int64_t i = 0; i < K; ++i) {
+      const bool ins = c[i] < bs[i];
+      bs[i] = ins ? c[i] : bs[i];
+      ps[i] = ins ? code : ps[i];
+    }
+    return;
+  }
+  for (int64_t i = 0; i < K; ++i) {
+    const bool ins = c[i] < bs[i];
+    const bool shift = c[i] < bprev[i];
+    bs[i] = ins ? (shift ? bprev[i] : c[i]) : bs[i];
+    ps[i] = ins ? (shift ? pprev[i] : code) : ps[i];
+  }
+}
+
+EBM_CLONES void kbest_slot(const float* c, int32_t code, int64_t K, float* bs, int32_t* ps,
+                           const float* bprev, const int32_t* pprev) {
+  kbest_slot_impl(c, code, K, bs, ps, bprev, pprev);
+}
+EBM_CLONES void kbest_slot(const double* c, int32_t code, int64_t K, double* bs, int32_t* ps,
+                           const double* bprev, const int32_t* pprev) {
+  kbest_slot_impl(c, code, K, bs, ps, bprev, pprev);
+}
+
+// out[i] = col[i] + wj
+EBM_CLONES void add_column(const float* __restrict col, float wj, int64_t K,
+                           float* __restrict out) {
+  for (int64_t i = 0; i < K; ++i) out[i] = col[i] + wj;
+}
+EBM_CLONES void add_column(const double* __restrict col, double wj, int64_t K,
+                           double* __restrict out) {
+  for (int64_t i = 0; i < K; ++i) out[i] = col[i] + wj;
+}
+
+// Everything a kernel reads about one batch of chains.
+template <typename S>
+struct Chain {
+  const S* unary;   // (B, T, K)
+  const S* trans;   // (K, K), trans[i*K + j]: i -> j
+  const S* transT;  // (K, K), transT[j*K + i] = trans[i*K + j]
+  const S* start;   // (K,) or nullptr
+  const S* end;     // (K,) or nullptr
+  const int64_t* lengths;  // (B,) or nullptr
+  int64_t B, T, K;
+  bool trans_has_nan;
+
+  int64_t length(int64_t b) const { return lengths ? lengths[b] : T; }
+  S start_at(int64_t j) const { return start ? start[j] : S(0); }
+  S end_at(int64_t j) const { return end ? end[j] : S(0); }
+  const S* unary_at(int64_t b, int64_t t) const { return unary + (b * T + t) * K; }
+
+  // Energy of the path tags[0..L) of sequence b; tags hold values in [0, K).
+  S path_energy(int64_t b, const int64_t* tags, int64_t L) const {
+    if (L == 0) return S(0);
+    S e = start_at(tags[0]) + end_at(tags[L - 1]);
+    for (int64_t t = 0; t < L; ++t) e += unary_at(b, t)[tags[t]];
+    for (int64_t t = 1; t < L; ++t) e += trans[tags[t - 1] * K + tags[t]];
+    return e;
+  }
+};
+
+struct Tensors {
+  at::Tensor unary, trans, transT, start, end, lengths;
+};
+
+Tensors contiguous_inputs(const at::Tensor& unary, const at::Tensor& trans,
+                          const c10::optional<at::Tensor>& lengths,
+                          const c10::optional<at::Tensor>& start,
+                          const c10::optional<at::Tensor>& end) {
+  Tensors x;
+  x.unary = unary.contiguous();
+  x.trans = trans.contiguous();
+  x.transT = trans.t().contiguous();
+  if (start.has_value()) x.start = start->contiguous();
+  if (end.has_value()) x.end = end->contiguous();
+  if (lengths.has_value()) x.lengths = lengths->contiguous();
+  return x;
+}
+
+template <typename S>
+Chain<S> make_chain(const Tensors& x) {
+  Chain<S> c;
+  c.unary = x.unary.data_ptr<S>();
+  c.trans = x.trans.data_ptr<S>();
+  c.transT = x.transT.data_ptr<S>();
+  c.start = x.start.defined() ? x.start.data_ptr<S>() : nullptr;
+  c.end = x.end.defined() ? x.end.data_ptr<S>() : nullptr;
+  c.lengths = x.lengths.defined() ? x.lengths.data_ptr<int64_t>() : nullptr;
+  c.B = x.unary.size(0);
+  c.T = x.unary.size(1);
+  c.K = x.unary.size(2);
+  bool nan = at::isnan(x.trans).any().item<bool>();
+  if (x.start.defined()) nan = nan || at::isnan(x.start).any().item<bool>();
+  if (x.end.defined()) nan = nan || at::isnan(x.end).any().item<bool>();
+  c.trans_has_nan = nan;
+  return c;
+}
+
+// Work per sequence is about T*K*K; keep chunks big enough to amortise the scratch allocation.
+int64_t batch_grain(int64_t T, int64_t K) {
+  const int64_t per_seq = std::max<int64_t>(1, T * K * K);
+  return std::max<int64_t>(1, 32768 / per_seq);
+}
+
+// ---------------------------------------------------------------------------------------------
+// viterbi and loss_augmented_viterbi share one decoder: with gold/cost, the unary of tag j at t is
+// lowered by cost[gold[t], j] on the fly (no augmented copy of unary is made).
+template <typename S>
+struct Decoder {
+  const Chain<S>& c;
+  const int64_t* gold;  // (B, T) or nullptr
+  const S* cost;        // (K, K) or nullptr
+  std::vector<S> beta, w;
+  std::vector<int32_t> ptr;
+
+  explicit Decoder(const Chain<S>& chain, const int64_t* gold_, const S* cost_)
+      : c(chain), gold(gold_), cost(cost_), beta(chain.K), w(chain.K),
+        ptr(std::max<int64_t>(1, (chain.T - 1) * chain.K)) {}
+
+  // w[j] = unary[b,t,j] - cost[gold_t, j] + beta[j]; returns whether anything was NaN.
+  bool fill_w(int64_t b, int64_t t) {
+    const S* u = c.unary_at(b, t);
+    const S* cr = cost ? cost + gold[b * c.T + t] * c.K : nullptr;
+    bool nan = false;
+    for (int64_t j = 0; j < c.K; ++j) {
+      const S v = u[j] + beta[j] - (cr ? cr[j] : S(0));
+      nan |= std::isnan(v);
+      w[j] = v;
+    }
+    return nan;
+  }
+
+  // Decodes sequence b into tags[0..T) (-1 past its length); returns the minimum of the
+  // (possibly cost-augmented) energy.
+  S decode(int64_t b, int64_t* tags) {
+    const int64_t K = c.K, L = c.length(b);
+    for (int64_t t = 0; t < c.T; ++t) tags[t] = -1;
+    if (L == 0) return S(0);
+    for (int64_t i = 0; i < K; ++i) beta[i] = c.end_at(i);
+    bool nan = c.trans_has_nan;
+    for (int64_t t = L - 1; t >= 1; --t) {
+      nan |= fill_w(b, t);
+      minplus_argmin(c.transT, w.data(), K, beta.data(), ptr.data() + (t - 1) * K);
+    }
+    nan |= fill_w(b, 0);
+    int64_t y = 0;
+    S best = std::numeric_limits<S>::infinity();
+    for (int64_t j = 0; j < K; ++j) {
+      const S v = w[j] + c.start_at(j);
+      if (v < best) {
+        best = v;
+        y = j;
+      }
+    }
+    tags[0] = y;
+    for (int64_t t = 1; t < L; ++t) tags[t] = ptr[(t - 1) * K + tags[t - 1]];
+    return nan ? std::numeric_limits<S>::quiet_NaN() : best;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> viterbi_cpu(const at::Tensor& unary, const at::Tensor& trans,
+                                               const c10::optional<at::Tensor>& lengths,
+                                               const c10::optional<at::Tensor>& start,
+                                               const c10::optional<at::Tensor>& end) {
+  const auto d = check_chain_inputs("viterbi", unary, trans, lengths, start, end);
+  auto energy = at::empty({d.B}, unary.options());
+  auto tags = at::empty({d.B, d.T}, unary.options().dtype(at::kLong));
+  if (d.B == 0) return {energy, tags};
+  const auto x = contiguous_inputs(unary, trans, lengths, start, end);
+  AT_DISPATCH_FLOATING_TYPES(unary.scalar_type(), "viterbi_cpu", [&] {
+    const auto chain = make_chain<scalar_t>(x);
+    auto* e = energy.data_ptr<scalar_t>();
+    auto* y = tags.data_ptr<int64_t>();
+    at::parallel_for(0, d.B, batch_grain(d.T, d.K), [&](int64_t lo, int64_t hi) {
+      Decoder<scalar_t> dec(chain, nullptr, nullptr);
+      for (int64_t b = lo; b < hi; ++b) e[b] = dec.decode(b, y + b * d.T);
+    });
+  });
+  return {energy, tags};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_augmented_viterbi_cpu(
+    const at::Tensor& unary, const at::Tensor& trans, const at::Tensor& gold,
+    const at::Tensor& cost, const c10::optional<at::Tensor>& lengths,
+    const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end) {
+  const auto d = check_loss_augmented_inputs(unary, trans, gold, cost, lengths, start, end);
+  auto energy = at::empty({d.B}, unary.options());
+  auto delta = at::empty({d.B}, unary.options());
+  auto tags = at::empty({d.B, d.T}, unary.options().dtype(at::kLong));
+  if (d.B == 0) return {energy, delta, tags};
+  const auto x = contiguous_inputs(unary, trans, lengths, start, end);
+  const auto gold_c = gold.contiguous();
+  const auto cost_c = cost.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(unary.scalar_type(), "loss_augmented_viterbi_cpu", [&] {
+    const auto chain = make_chain<scalar_t>(x);
+    const auto* g = gold_c.data_ptr<int64_t>();
+    const auto* cs = cost_c.data_ptr<scalar_t>();
+    auto* e = energy.data_ptr<scalar_t>();
+    auto* dl = delta.data_ptr<scalar_t>();
+    auto* y = tags.data_ptr<int64_t>();
+    at::parallel_for(0, d.B, batch_grain(d.T, d.K), [&](int64_t lo, int64_t hi) {
+      Decoder<scalar_t> dec(chain, g, cs);
+      for (int64_t b = lo; b < hi; ++b) {
+        int64_t* yb = y + b * d.T;
+        const scalar_t augmented = dec.decode(b, yb);
+        const int64_t L = chain.length(b);
+        scalar_t dsum = 0;
+        for (int64_t t = 0; t < L; ++t) dsum += cs[g[b * d.T + t] * d.K + yb[t]];
+        // E(y*) summed along the path: exact, rather than augmented + delta with its rounding.
+        e[b] = std::isnan(augmented) ? augmented : chain.path_energy(b, yb, L);
+        dl[b] = dsum;
+      }
+    });
+  });
+  return {energy, delta, tags};
+}
+
+// ---------------------------------------------------------------------------------------------
+// k-best: list Viterbi. For each (t, i) an ascending list of the k best suffix energies, each
+// entry pointing at (next tag j, rank r of j's list): code = j * k + r. Entries come from
+// distinct (j, r), so the k paths are distinct. A suffix of energy +inf counts as missing.
+template <typename S>
+struct KBestDecoder {
+  const Chain<S>& c;
+  int64_t k;
+  std::vector<S> beta, next, w, cand;  // beta/next: (k, K) slot-major
+  std::vector<int32_t> ptr;           // (T-1, k, K)
+
+  KBestDecoder(const Chain<S>& chain, int64_t k_)
+      : c(chain), k(k_), beta(k_ * chain.K), next(k_ * chain.K), w(k_ * chain.K),
+        cand(chain.K), ptr(std::max<int64_t>(1, (chain.T - 1) * k_ * chain.K)) {}
+
+  // Fills w[r*K + j] = unary[b,t,j] + beta[r*K + j]; returns whether anything was NaN.
+  bool fill_w(int64_t b, int64_t t) {
+    const S* u = c.unary_at(b, t);
+    bool nan = false;
+    for (int64_t r = 0; r < k; ++r)
+      for (int64_t j = 0; j < c.K; ++j) {
+        const S v = u[j] + beta[r * c.K + j];
+        nan |= std::isnan(v);
+        w[r * c.K + j] = v;
+      }
+    return nan;
+  }
+
+  void decode(int64_t b, S* energy, int64_t* tags) {
+    const S inf = std::numeric_limits<S>::infinity();
+    const int64_t K = c.K, T = c.T, L = c.length(b);
+    for (int64_t i = 0; i < k * T; ++i) tags[i] = -1;
+    for (int64_t s = 0; s < k; ++s) energy[s] = inf;
+    if (L == 0) {  // the empty path is the only one
+      energy[0] = S(0);
+      return;
+    }
+    for (int64_t i = 0; i < K; ++i) beta[i] = c.end_at(i);
+    for (int64_t i = K; i < k * K; ++i) beta[i] = inf;
+    bool nan = c.trans_has_nan;
+    for (int64_t t = L - 1; t >= 1; --t) {
+      nan |= fill_w(b, t);
+      int32_t* p = ptr.data() + (t - 1) * k * K;
+      std::fill(next.begin(), next.end(), inf);
+      std::fill(p, p + k * K, -1);
+      for (int32_t j = 0; j < K; ++j) {
+        for (int64_t r = 0; r < k; ++r) {
+          const S wj = w[r * K + j];
+          if (!(wj < inf)) break;  // ranks ascend: the rest of j's list is missing too
+          add_column(c.transT + j * K, wj, K, cand.data());
+          const int32_t code = static_cast<int32_t>(j * k + r);
+          for (int64_t s = k - 1; s >= 0; --s) {
+            kbest_slot(cand.data(), code, K, next.data() + s * K, p + s * K,
+                       s > 0 ? next.data() + (s - 1) * K : nullptr,
+                       s > 0 ? p + (s - 1) * K : nullptr);
+          }
+        }
+      }
+      std::swap(beta, next);
+    }
+    nan |= fill_w(b, 0);
+    // Final list over (j, r), in the same order and tie rule as the steps.
+    std::vector<S> top(k, inf);
+    std::vector<int64_t> code(k, -1);
+    for (int64_t j = 0; j < K; ++j) {
+      for (int64_t r = 0; r < k; ++r) {
+        const S v = w[r * K + j] + c.start_at(j);
+        if (!(v < top[k - 1])) break;
+        int64_t s = k - 1;
+        while (s > 0 && v < top[s - 1]) {
+          top[s] = top[s - 1];
+          code[s] = code[s - 1];
+          --s;
+        }
+        top[s] = v;
+        code[s] = j * k + r;
+      }
+    }
+    for (int64_t s = 0; s < k; ++s) {
+      if (code[s] < 0) break;
+      energy[s] = nan ? std::numeric_limits<S>::quiet_NaN() : top[s];
+      int64_t* y = tags + s * T;
+      int64_t j = code[s] / k, r = code[s] % k;
+      y[0] = j;
+      for (int64_t t = 1; t < L; ++t) {
+        const int32_t nx = ptr[((t - 1) * k + r) * K + j];
+        j = nx / k;
+        r = nx % k;
+        y[t] = j;
+      }
+    }
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> viterbi_kbest_cpu(const at::Tensor& unary,
+                                                     const at::Tensor& trans, int64_t k,
+                                                     const c10::optional<at::Tensor>& lengths,
+                                                     const c10::optional<at::Tensor>& start,
+                                                     const c10::optional<at::Tensor>& end) {
+  const char* op = "viterbi_kbest";
+  check_kbest_k(op, k);
+  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end);
+  TORCH_CHECK(k * d.K < std::numeric_limits<int32_t>::max(), op, ": k * K must be < 2^31, got ",
+              k * d.K);
+  auto energy = at::empty({d.B, k}, unary.options());
+  auto tags = at::empty({d.B, k, d.T}, unary.options().dtype(at::kLong));
+  if (d.B == 0) return {energy, tags};
+  const auto x = contiguous_inputs(unary, trans, lengths, start, end);
+  AT_DISPATCH_FLOATING_TYPES(unary.scalar_type(), "viterbi_kbest_cpu", [&] {
+    const auto chain = make_chain<scalar_t>(x);
+    auto* e = energy.data_ptr<scalar_t>();
+    auto* y = tags.data_ptr<int64_t>();
+    at::parallel_for(0, d.B, std::max<int64_t>(1, batch_grain(d.T, d.K) / k),
+                     [&](int64_t lo, int64_t hi) {
+                       KBestDecoder<scalar_t> dec(chain, k);
+                       for (int64_t b = lo; b < hi; ++b) dec.decode(b, e + b * k, y + b * k * d.T);
+                     });
+  });
+  return {energy, tags};
+}
+
+// ---------------------------------------------------------------------------------------------
+at::Tensor chain_energy_cpu(const at::Tensor& unary, const at::Tensor& trans,
+                            const at::Tensor& tags, const c10::optional<at::Tensor>& lengths,
+                            const c10::optional<at::Tensor>& start,
+                            const c10::optional<at::Tensor>& end) {
+  check_chain_energy_inputs(unary, trans, tags, lengths, start, end);
+  const int64_t B = unary.size(0), T = unary.size(1);
+  const int64_t C = tags.dim() == 3 ? tags.size(1) : 1;
+  auto out_shape = tags.sizes().vec();
+  out_shape.pop_back();
+  auto energy = at::empty(out_shape, unary.options());
+  if (energy.numel() == 0) return energy;
+  const auto x = contiguous_inputs(unary, trans, lengths, start, end);
+  const auto tags_c = tags.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(unary.scalar_type(), "chain_energy_cpu", [&] {
+    const auto chain = make_chain<scalar_t>(x);
+    const auto* y = tags_c.data_ptr<int64_t>();
+    auto* e = energy.data_ptr<scalar_t>();
+    at::parallel_for(0, B * C, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, T)),
+                     [&](int64_t lo, int64_t hi) {
+                       for (int64_t n = lo; n < hi; ++n) {
+                         const int64_t b = n / C;
+                         e[n] = chain.path_energy(b, y + n * T, chain.length(b));
+                       }
+                     });
+  });
+  return energy;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ebm_ext, CPU, m) {
+  m.impl("chain_energy", &chain_energy_cpu);
+  m.impl("viterbi", &viterbi_cpu);
+  m.impl("viterbi_kbest", &viterbi_kbest_cpu);
+  m.impl("loss_augmented_viterbi", &loss_augmented_viterbi_cpu);
+}
+
+}  // namespace ebm_ext

@@ -1,0 +1,441 @@
+// CUDA kernels of the linear-chain ops. One block per sequence, one thread per tag (strided
+// when K exceeds the block); transitions live in shared memory when they fit, backpointers in a
+// compact global buffer (uint8 for K <= 256). The recursion, its order and its tie rule are the
+// CPU kernel's (right-to-left min-plus, smallest minimising index), so both return the same tags.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <limits>
+
+#include "../chain.h"
+
+namespace ebm_ext {
+namespace {
+
+constexpr int kMaxThreads = 256;
+constexpr size_t kSharedTransBytes = 32 * 1024;
+
+int threads_for(int64_t K) {
+  const int64_t warps = (K + 31) / 32;
+  return static_cast<int>(std::min<int64_t>(kMaxThreads, warps * 32));
+}
+
+template <typename acc_t>
+struct ChainArgs {
+  const acc_t* transT;  // (K, K) transposed, in the accumulation type
+  const acc_t* trans;   // (K, K)
+  const acc_t* start;   // (K,) or nullptr
+  const acc_t* end;     // (K,) or nullptr
+  const int64_t* lengths;
+  int64_t T;
+  int K;
+  bool trans_in_shared;
+};
+
+// Copies transT to shared memory when it fits; returns where to read it from.
+template <typename acc_t>
+__device__ const acc_t* stage_trans(const ChainArgs<acc_t>& a, acc_t* shared) {
+  if (!a.trans_in_shared) return a.transT;
+  for (int n = threadIdx.x; n < a.K * a.K; n += blockDim.x) shared[n] = a.transT[n];
+  return shared;
+}
+
+template <typename acc_t>
+__device__ acc_t at_or_zero(const acc_t* p, int64_t i) {
+  return p ? p[i] : acc_t(0);
+}
+
+// viterbi / loss_augmented_viterbi: gold and cost are nullptr for plain decoding.
+template <typename scalar_t, typename acc_t, typename ptr_t>
+__global__ void viterbi_kernel(const scalar_t* __restrict__ unary, ChainArgs<acc_t> a,
+                               const int64_t* __restrict__ gold, const acc_t* __restrict__ cost,
+                               ptr_t* __restrict__ ptr, scalar_t* __restrict__ energy_out,
+                               scalar_t* __restrict__ delta_out, int64_t* __restrict__ tags_out) {
+  extern __shared__ unsigned char smem_raw[];
+  acc_t* beta = reinterpret_cast<acc_t*>(smem_raw);
+  acc_t* w = beta + a.K;
+  const int64_t b = blockIdx.x;
+  const int K = a.K;
+  const int64_t T = a.T;
+  const int64_t L = a.lengths ? a.lengths[b] : T;
+  int64_t* tags = tags_out + b * T;
+  for (int64_t t = threadIdx.x; t < T; t += blockDim.x) tags[t] = -1;
+  if (L == 0) {
+    if (threadIdx.x == 0) {
+      energy_out[b] = scalar_t(0);
+      if (delta_out) delta_out[b] = scalar_t(0);
+    }
+    return;
+  }
+  const acc_t* tT = stage_trans(a, w + K);
+  const scalar_t* u = unary + b * T * K;
+  const int64_t* g = gold ? gold + b * T : nullptr;
+  ptr_t* p = ptr + b * (T > 1 ? T - 1 : 1) * K;
+  const acc_t inf = std::numeric_limits<acc_t>::infinity();
+  bool nan = false;
+  for (int i = threadIdx.x; i < K; i += blockDim.x) beta[i] = at_or_zero(a.end, i);
+  __syncthreads();
+  for (int64_t t = L - 1; t >= 0; --t) {
+    const acc_t* cr = cost ? cost + g[t] * K : nullptr;
+    for (int j = threadIdx.x; j < K; j += blockDim.x) {
+      const acc_t v = static_cast<acc_t>(u[t * K + j]) + beta[j] - at_or_zero(cr, j);
+      nan |= isnan(v);
+      w[j] = v;
+    }
+    __syncthreads();
+    if (t == 0) break;
+    for (int i = threadIdx.x; i < K; i += blockDim.x) {
+      acc_t best = inf;
+      int arg = 0;
+      for (int j = 0; j < K; ++j) {
+        const acc_t c = tT[j * K + i] + w[j];
+        if (c < best) {
+          best = c;
+          arg = j;
+        }
+      }
+      beta[i] = best;
+      p[(t - 1) * K + i] = static_cast<ptr_t>(arg);
+    }
+    __syncthreads();
+  }
+  nan = __syncthreads_or(nan);
+  if (threadIdx.x != 0) return;
+  int y = 0;
+  acc_t best = inf;
+  for (int j = 0; j < K; ++j) {
+    const acc_t v = w[j] + at_or_zero(a.start, j);
+    if (v < best) {
+      best = v;
+      y = j;
+    }
+  }
+  tags[0] = y;
+  for (int64_t t = 1; t < L; ++t) {
+    y = static_cast<int>(p[(t - 1) * K + y]);
+    tags[t] = y;
+  }
+  if (delta_out == nullptr) {
+    energy_out[b] = nan ? scalar_t(NAN) : static_cast<scalar_t>(best);
+    return;
+  }
+  // loss-augmented: report E(y*) summed along the path, and Delta(y*, gold).
+  acc_t e = at_or_zero(a.start, tags[0]) + at_or_zero(a.end, tags[L - 1]);
+  acc_t dl = 0;
+  for (int64_t t = 0; t < L; ++t) {
+    e += static_cast<acc_t>(u[t * K + tags[t]]);
+    dl += cost[g[t] * K + tags[t]];
+    if (t > 0) e += a.trans[tags[t - 1] * K + tags[t]];
+  }
+  energy_out[b] = nan ? scalar_t(NAN) : static_cast<scalar_t>(e);
+  delta_out[b] = static_cast<scalar_t>(dl);
+}
+
+// k-best list Viterbi, the CPU kernel's recursion: entries code = j * k + r, ascending, ties kept
+// in (j, r) order, +inf suffixes missing.
+template <typename scalar_t, typename acc_t>
+__global__ void kbest_kernel(const scalar_t* __restrict__ unary, ChainArgs<acc_t> a, int k,
+                             int32_t* __restrict__ ptr, scalar_t* __restrict__ energy_out,
+                             int64_t* __restrict__ tags_out) {
+  extern __shared__ unsigned char smem_raw[];
+  const int K = a.K;
+  // Shared layout: beta (k, K) | w (k, K) | final values (k) | transT (K, K) if staged |
+  // final codes (k int32, last so that the acc_t arrays stay aligned).
+  acc_t* beta = reinterpret_cast<acc_t*>(smem_raw);
+  acc_t* w = beta + k * K;
+  acc_t* top = w + k * K;
+  int32_t* code = reinterpret_cast<int32_t*>(top + k + (a.trans_in_shared ? K * K : 0));
+  const int64_t b = blockIdx.x;
+  const int64_t T = a.T;
+  const int64_t L = a.lengths ? a.lengths[b] : T;
+  const acc_t inf = std::numeric_limits<acc_t>::infinity();
+  int64_t* tags = tags_out + b * k * T;
+  for (int64_t n = threadIdx.x; n < k * T; n += blockDim.x) tags[n] = -1;
+  for (int s = threadIdx.x; s < k; s += blockDim.x) energy_out[b * k + s] = static_cast<scalar_t>(inf);
+  __syncthreads();
+  if (L == 0) {
+    if (threadIdx.x == 0) energy_out[b * k] = scalar_t(0);
+    return;
+  }
+  const acc_t* tT = stage_trans(a, top + k);
+  const scalar_t* u = unary + b * T * K;
+  int32_t* p = ptr + b * (T > 1 ? T - 1 : 1) * k * K;
+  bool nan = false;
+  for (int i = threadIdx.x; i < k * K; i += blockDim.x) beta[i] = i < K ? at_or_zero(a.end, i) : inf;
+  __syncthreads();
+  for (int64_t t = L - 1; t >= 0; --t) {
+    for (int n = threadIdx.x; n < k * K; n += blockDim.x) {
+      const acc_t v = static_cast<acc_t>(u[t * K + n % K]) + beta[n];
+      nan |= isnan(v);
+      w[n] = v;
+    }
+    __syncthreads();
+    if (t == 0) break;
+    int32_t* pt = p + (t - 1) * k * K;
+    for (int i = threadIdx.x; i < K; i += blockDim.x) {
+      // This thread's list lives in beta[s*K + i] (column i), rewritten in place: w already
+      // holds everything the step reads from the old beta.
+      for (int s = 0; s < k; ++s) {
+        beta[s * K + i] = inf;
+        pt[s * K + i] = -1;
+      }
+      for (int j = 0; j < K; ++j) {
+        for (int r = 0; r < k; ++r) {
+          const acc_t wj = w[r * K + j];
+          if (!(wj < inf)) break;
+          const acc_t c = tT[j * K + i] + wj;
+          if (!(c < beta[(k - 1) * K + i])) break;  // later ranks of j are larger still
+          int s = k - 1;
+          while (s > 0 && c < beta[(s - 1) * K + i]) {
+            beta[s * K + i] = beta[(s - 1) * K + i];
+            pt[s * K + i] = pt[(s - 1) * K + i];
+            --s;
+          }
+          beta[s * K + i] = c;
+          pt[s * K + i] = j * k + r;
+        }
+      }
+    }
+    __syncthreads();
+  }
+  nan = __syncthreads_or(nan);
+  if (threadIdx.x != 0) return;
+  for (int s = 0; s < k; ++s) {
+    top[s] = inf;
+    code[s] = -1;
+  }
+  for (int j = 0; j < K; ++j) {
+    for (int r = 0; r < k; ++r) {
+      const acc_t v = w[r * K + j] + at_or_zero(a.start, j);
+      if (!(v < top[k - 1])) break;
+      int s = k - 1;
+      while (s > 0 && v < top[s - 1]) {
+        top[s] = top[s - 1];
+        code[s] = code[s - 1];
+        --s;
+      }
+      top[s] = v;
+      code[s] = j * k + r;
+    }
+  }
+  for (int s = 0; s < k; ++s) {
+    if (code[s] < 0) break;
+    energy_out[b * k + s] = nan ? scalar_t(NAN) : static_cast<scalar_t>(top[s]);
+    int64_t* y = tags + s * T;
+    int j = code[s] / k, r = code[s] % k;
+    y[0] = j;
+    for (int64_t t = 1; t < L; ++t) {
+      const int32_t nx = p[((t - 1) * k + r) * K + j];
+      j = nx / k;
+      r = nx % k;
+      y[t] = j;
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void chain_energy_kernel(const scalar_t* __restrict__ unary, ChainArgs<acc_t> a,
+                                    const int64_t* __restrict__ tags, int64_t n_paths, int64_t C,
+                                    scalar_t* __restrict__ energy_out) {
+  const int64_t n = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (n >= n_paths) return;
+  const int64_t b = n / C, T = a.T;
+  const int K = a.K;
+  const int64_t L = a.lengths ? a.lengths[b] : T;
+  const int64_t* y = tags + n * T;
+  const scalar_t* u = unary + b * T * K;
+  acc_t e = 0;
+  if (L > 0) e = at_or_zero(a.start, y[0]) + at_or_zero(a.end, y[L - 1]);
+  for (int64_t t = 0; t < L; ++t) {
+    e += static_cast<acc_t>(u[t * K + y[t]]);
+    if (t > 0) e += a.trans[y[t - 1] * K + y[t]];
+  }
+  energy_out[n] = static_cast<scalar_t>(e);
+}
+
+// Inputs converted once to contiguous tensors in the accumulation type (trans, start, end are
+// K or K*K values: negligible next to unary, which is read in its own dtype).
+struct Staged {
+  at::Tensor unary, trans, transT, start, end, lengths;
+};
+
+Staged stage(const at::Tensor& unary, const at::Tensor& trans,
+             const c10::optional<at::Tensor>& lengths, const c10::optional<at::Tensor>& start,
+             const c10::optional<at::Tensor>& end) {
+  const auto acc = at::toOpMathType(unary.scalar_type());
+  Staged s;
+  s.unary = unary.contiguous();
+  s.trans = trans.to(acc).contiguous();
+  s.transT = s.trans.t().contiguous();
+  if (start.has_value()) s.start = start->to(acc).contiguous();
+  if (end.has_value()) s.end = end->to(acc).contiguous();
+  if (lengths.has_value()) s.lengths = lengths->contiguous();
+  return s;
+}
+
+template <typename acc_t>
+ChainArgs<acc_t> chain_args(const Staged& s, size_t shared_before) {
+  ChainArgs<acc_t> a;
+  a.trans = s.trans.data_ptr<acc_t>();
+  a.transT = s.transT.data_ptr<acc_t>();
+  a.start = s.start.defined() ? s.start.data_ptr<acc_t>() : nullptr;
+  a.end = s.end.defined() ? s.end.data_ptr<acc_t>() : nullptr;
+  a.lengths = s.lengths.defined() ? s.lengths.data_ptr<int64_t>() : nullptr;
+  a.T = s.unary.size(1);
+  a.K = static_cast<int>(s.unary.size(2));
+  a.trans_in_shared = shared_before + a.K * a.K * sizeof(acc_t) <= kSharedTransBytes;
+  return a;
+}
+
+template <typename acc_t>
+size_t shared_bytes(const ChainArgs<acc_t>& a, size_t before) {
+  return before + (a.trans_in_shared ? a.K * a.K * sizeof(acc_t) : 0);
+}
+
+#define EBM_DISPATCH_CUDA_FLOATS(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
+template <typename scalar_t, typename ptr_t>
+void launch_viterbi(const Staged& s, const at::Tensor& gold, const at::Tensor& cost,
+                    at::Tensor& energy, at::Tensor* delta, at::Tensor& tags) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t B = s.unary.size(0), T = s.unary.size(1), K = s.unary.size(2);
+  const size_t before = 2 * K * sizeof(acc_t);
+  auto a = chain_args<acc_t>(s, before);
+  auto ptr = at::empty({B, std::max<int64_t>(T - 1, 1), K},
+                       s.unary.options().dtype(c10::CppTypeToScalarType<ptr_t>::value));
+  at::Tensor cost_acc = cost.defined() ? cost.to(at::toOpMathType(s.unary.scalar_type())).contiguous() : cost;
+  viterbi_kernel<scalar_t, acc_t, ptr_t>
+      <<<B, threads_for(K), shared_bytes(a, before), at::cuda::getCurrentCUDAStream()>>>(
+          s.unary.data_ptr<scalar_t>(), a, gold.defined() ? gold.data_ptr<int64_t>() : nullptr,
+          cost_acc.defined() ? cost_acc.data_ptr<acc_t>() : nullptr, ptr.data_ptr<ptr_t>(),
+          energy.data_ptr<scalar_t>(), delta ? delta->data_ptr<scalar_t>() : nullptr,
+          tags.data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t>
+void decode_cuda(const Staged& s, const at::Tensor& gold, const at::Tensor& cost,
+                 at::Tensor& energy, at::Tensor* delta, at::Tensor& tags) {
+  const int64_t K = s.unary.size(2);
+  if (K <= 256) {
+    launch_viterbi<scalar_t, uint8_t>(s, gold, cost, energy, delta, tags);
+  } else if (K <= 32767) {
+    launch_viterbi<scalar_t, int16_t>(s, gold, cost, energy, delta, tags);
+  } else {
+    launch_viterbi<scalar_t, int32_t>(s, gold, cost, energy, delta, tags);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> viterbi_cuda(const at::Tensor& unary, const at::Tensor& trans,
+                                                const c10::optional<at::Tensor>& lengths,
+                                                const c10::optional<at::Tensor>& start,
+                                                const c10::optional<at::Tensor>& end) {
+  const auto d = check_chain_inputs("viterbi", unary, trans, lengths, start, end);
+  const c10::cuda::CUDAGuard guard(unary.device());
+  auto energy = at::empty({d.B}, unary.options());
+  auto tags = at::empty({d.B, d.T}, unary.options().dtype(at::kLong));
+  if (d.B == 0) return {energy, tags};
+  const auto s = stage(unary, trans, lengths, start, end);
+  EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "viterbi_cuda", [&] {
+    decode_cuda<scalar_t>(s, at::Tensor(), at::Tensor(), energy, nullptr, tags);
+  });
+  return {energy, tags};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_augmented_viterbi_cuda(
+    const at::Tensor& unary, const at::Tensor& trans, const at::Tensor& gold,
+    const at::Tensor& cost, const c10::optional<at::Tensor>& lengths,
+    const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end) {
+  const auto d = check_loss_augmented_inputs(unary, trans, gold, cost, lengths, start, end);
+  const c10::cuda::CUDAGuard guard(unary.device());
+  auto energy = at::empty({d.B}, unary.options());
+  auto delta = at::empty({d.B}, unary.options());
+  auto tags = at::empty({d.B, d.T}, unary.options().dtype(at::kLong));
+  if (d.B == 0) return {energy, delta, tags};
+  const auto s = stage(unary, trans, lengths, start, end);
+  const auto gold_c = gold.contiguous();
+  EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "loss_augmented_viterbi_cuda", [&] {
+    decode_cuda<scalar_t>(s, gold_c, cost, energy, &delta, tags);
+  });
+  return {energy, delta, tags};
+}
+
+std::tuple<at::Tensor, at::Tensor> viterbi_kbest_cuda(const at::Tensor& unary,
+                                                      const at::Tensor& trans, int64_t k,
+                                                      const c10::optional<at::Tensor>& lengths,
+                                                      const c10::optional<at::Tensor>& start,
+                                                      const c10::optional<at::Tensor>& end) {
+  const char* op = "viterbi_kbest";
+  check_kbest_k(op, k);
+  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end);
+  const c10::cuda::CUDAGuard guard(unary.device());
+  auto energy = at::empty({d.B, k}, unary.options());
+  auto tags = at::empty({d.B, k, d.T}, unary.options().dtype(at::kLong));
+  if (d.B == 0) return {energy, tags};
+  const auto s = stage(unary, trans, lengths, start, end);
+  EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "viterbi_kbest_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    // beta and w (k*K each) and the final list (k values) before transT, its k codes after.
+    const size_t before = (2 * k * d.K + k) * sizeof(acc_t);
+    TORCH_CHECK(before <= 96 * 1024, op, ": k * K must be at most ",
+                96 * 1024 / (2 * sizeof(acc_t)) - k, " on CUDA (shared memory), got ", k * d.K);
+    auto a = chain_args<acc_t>(s, before);
+    const size_t smem = shared_bytes(a, before) + k * sizeof(int32_t);
+    auto kernel = kbest_kernel<scalar_t, acc_t>;
+    if (smem > 48 * 1024) {
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(smem)));
+    }
+    auto ptr = at::empty({d.B, std::max<int64_t>(d.T - 1, 1), k, d.K},
+                         unary.options().dtype(at::kInt));
+    kernel<<<d.B, threads_for(d.K), smem, at::cuda::getCurrentCUDAStream()>>>(
+        s.unary.data_ptr<scalar_t>(), a, static_cast<int>(k), ptr.data_ptr<int32_t>(),
+        energy.data_ptr<scalar_t>(), tags.data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {energy, tags};
+}
+
+at::Tensor chain_energy_cuda(const at::Tensor& unary, const at::Tensor& trans,
+                             const at::Tensor& tags, const c10::optional<at::Tensor>& lengths,
+                             const c10::optional<at::Tensor>& start,
+                             const c10::optional<at::Tensor>& end) {
+  check_chain_energy_inputs(unary, trans, tags, lengths, start, end);
+  const c10::cuda::CUDAGuard guard(unary.device());
+  auto out_shape = tags.sizes().vec();
+  out_shape.pop_back();
+  auto energy = at::empty(out_shape, unary.options());
+  if (energy.numel() == 0) return energy;
+  const auto s = stage(unary, trans, lengths, start, end);
+  const auto tags_c = tags.contiguous();
+  const int64_t n_paths = energy.numel();
+  const int64_t C = tags.dim() == 3 ? tags.size(1) : 1;
+  EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "chain_energy_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    auto a = chain_args<acc_t>(s, 0);
+    const int threads = 128;
+    const auto blocks = static_cast<unsigned>((n_paths + threads - 1) / threads);
+    chain_energy_kernel<scalar_t, acc_t><<<blocks, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        s.unary.data_ptr<scalar_t>(), a, tags_c.data_ptr<int64_t>(), n_paths, C,
+        energy.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return energy;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ebm_ext, CUDA, m) {
+  m.impl("chain_energy", &chain_energy_cuda);
+  m.impl("viterbi", &viterbi_cuda);
+  m.impl("viterbi_kbest", &viterbi_kbest_cuda);
+  m.impl("loss_augmented_viterbi", &loss_augmented_viterbi_cuda);
+}
+
+}  // namespace ebm_ext

@@ -1,0 +1,40 @@
+"""ebm_ext: energy-based models for PyTorch, with C++/CUDA kernels registered as custom ops.
+
+Energies are LOWER IS BETTER throughout; predictions are argmins. Ops live in
+``torch.ops.ebm_ext`` and are wrapped, with docstrings, in ``ebm_ext.ops``.
+"""
+import torch
+
+try:
+    from . import _C  # registers the ops with the dispatcher
+except ImportError as error:  # never fall back silently to slow Python
+    raise ImportError(
+        f"ebm_ext could not load its compiled kernels (ebm_ext._C): {error}. The running torch "
+        f"is {torch.__version__} (CUDA {torch.version.cuda}); the extension must be built "
+        "against this same torch. Rebuild it with: pip install --no-build-isolation .") from error
+
+from . import ops  # noqa: E402  (registers fake and autograd implementations)
+from .ops import (  # noqa: E402
+    chain_energy,
+    loss_augmented_viterbi,
+    viterbi,
+    viterbi_kbest,
+)
+
+
+def build_info() -> dict:
+    """What this build contains: ``{'cuda': bool, 'torch_version': str}``.
+
+    ``cuda`` says whether the CUDA kernels were compiled in; ``torch_version`` is the torch
+    the extension was compiled against.
+    """
+    return dict(_C.build_info())
+
+
+__all__ = [
+    "build_info",
+    "chain_energy",
+    "loss_augmented_viterbi",
+    "viterbi",
+    "viterbi_kbest",
+]

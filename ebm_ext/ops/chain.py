@@ -1,0 +1,217 @@
+"""Linear-chain energies: energies of tag sequences and exact decoding.
+
+    E(x, y) = start[y_0] + sum_{t<L} unary[b,t,y_t] + sum_{1<=t<L} trans[y_{t-1}, y_t] + end[y_{L-1}]
+
+Lower is better. Shapes: ``unary`` (B, T, K), ``trans`` (K, K) (``trans[i, j]`` is the energy of
+i -> j), ``start``/``end`` (K,) or None, ``lengths`` (B,) int64 or None (all T). Padding is on the
+right; output tags hold -1 at positions t >= L. Ties go to the lexicographically smallest path
+(smallest tag first), identically on CPU and CUDA.
+
+Non-finite inputs: +inf forbids a tag or transition. A sequence whose inputs hold NaN gets a NaN
+energy (its tags are then in range but unspecified). In ``viterbi`` a sequence with no finite path
+gets energy +inf; ``viterbi_kbest`` treats paths of energy +inf as missing.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+_ops = torch.ops.ebm_ext
+
+
+def chain_energy(unary: Tensor, trans: Tensor, tags: Tensor, lengths: Optional[Tensor] = None,
+                 start: Optional[Tensor] = None, end: Optional[Tensor] = None) -> Tensor:
+    """Energy E(x, y) of given tag sequences.
+
+    ``tags``: int64 (B, T), or (B, C, T) for C candidate sequences per input (then the result is
+    (B, C)). Positions t >= L are ignored. Returns (B,) (or (B, C)); differentiable in unary,
+    trans, start and end.
+    """
+    return _ops.chain_energy(unary, trans, tags, lengths, start, end)
+
+
+def viterbi(unary: Tensor, trans: Tensor, lengths: Optional[Tensor] = None,
+            start: Optional[Tensor] = None, end: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """Exact minimum-energy decoding.
+
+    Returns ``(energy (B,), tags (B, T) int64)``. ``energy`` is differentiable: its gradient is the
+    indicator (counts) of the argmin path. A length-0 sequence has energy 0 and all tags -1.
+    """
+    return _ops.viterbi(unary, trans, lengths, start, end)
+
+
+def viterbi_kbest(unary: Tensor, trans: Tensor, k: int, lengths: Optional[Tensor] = None,
+                  start: Optional[Tensor] = None,
+                  end: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """The k lowest-energy distinct paths, in ascending energy.
+
+    Returns ``(energy (B, k), tags (B, k, T))``. When fewer than k paths exist (K^L < k), the
+    missing rows have energy +inf and tags -1. ``k=2`` gives min over y != best; energies are
+    differentiable like ``viterbi``'s.
+    """
+    return _ops.viterbi_kbest(unary, trans, k, lengths, start, end)
+
+
+def loss_augmented_viterbi(unary: Tensor, trans: Tensor, gold: Tensor, cost: Tensor,
+                           lengths: Optional[Tensor] = None, start: Optional[Tensor] = None,
+                           end: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Cost-augmented decoding: y* = argmin_y E(x, y) - Delta(y, gold).
+
+    ``Delta(y, gold) = sum_{t<L} cost[gold_t, y_t]``; ``gold`` (B, T) int64 (positions t >= L are
+    ignored), ``cost`` (K, K), non-negative with a zero diagonal (Hamming: ``1 - eye(K)``).
+    Returns ``(energy (B,) = E(y*), delta (B,) = Delta(y*, gold), tags (B, T))``; ``energy`` is
+    differentiable as in ``viterbi``, ``delta`` in ``cost``. No augmented copy of ``unary`` is made.
+    """
+    return _ops.loss_augmented_viterbi(unary, trans, gold, cost, lengths, start, end)
+
+
+# ---- fake (meta) implementations: shapes and dtypes only, for torch.compile ------------------
+
+def _check_fake_chain(op: str, unary: Tensor, trans: Tensor) -> None:
+    torch._check(unary.dim() == 3, lambda: f"{op}: unary must be a 3-D tensor (B, T, K), got "
+                 f"shape {tuple(unary.shape)}")
+    K = unary.shape[-1]
+    torch._check(tuple(trans.shape) == (K, K), lambda: f"{op}: trans must have shape (K, K) = "
+                 f"({K}, {K}), got {tuple(trans.shape)}")
+
+
+@torch.library.register_fake("ebm_ext::chain_energy")
+def _chain_energy_fake(unary, trans, tags, lengths=None, start=None, end=None):
+    _check_fake_chain("chain_energy", unary, trans)
+    torch._check(tags.dim() in (2, 3), lambda: "chain_energy: tags must be (B, T) or (B, C, T)")
+    return unary.new_empty(tags.shape[:-1])
+
+
+@torch.library.register_fake("ebm_ext::viterbi")
+def _viterbi_fake(unary, trans, lengths=None, start=None, end=None):
+    _check_fake_chain("viterbi", unary, trans)
+    B, T, _ = unary.shape
+    return unary.new_empty(B), unary.new_empty((B, T), dtype=torch.long)
+
+
+@torch.library.register_fake("ebm_ext::viterbi_kbest")
+def _viterbi_kbest_fake(unary, trans, k, lengths=None, start=None, end=None):
+    _check_fake_chain("viterbi_kbest", unary, trans)
+    torch._check(k >= 1, lambda: f"viterbi_kbest: k must be >= 1, got {k}")
+    B, T, _ = unary.shape
+    return unary.new_empty((B, k)), unary.new_empty((B, k, T), dtype=torch.long)
+
+
+@torch.library.register_fake("ebm_ext::loss_augmented_viterbi")
+def _loss_augmented_viterbi_fake(unary, trans, gold, cost, lengths=None, start=None, end=None):
+    _check_fake_chain("loss_augmented_viterbi", unary, trans)
+    B, T, _ = unary.shape
+    return unary.new_empty(B), unary.new_empty(B), unary.new_empty((B, T), dtype=torch.long)
+
+
+# ---- autograd: the energy of a fixed path is linear in unary/trans/start/end ------------------
+
+def _path_grads(grad: Tensor, tags: Tensor, lengths: Optional[Tensor], K: int,
+                with_start: bool, with_end: bool):
+    """Gradients of sum_n grad[n] * E(path n) for paths ``tags`` (B, C, T), ``grad`` (B, C).
+
+    Positions t >= L and tags < 0 (missing k-best rows) contribute nothing. Returns
+    (d unary (B, T, K), d trans (K, K), d start or None, d end or None).
+    """
+    B, C, T = tags.shape
+    zero = grad.new_zeros(())
+    pos = torch.arange(T, device=tags.device)
+    L = lengths if lengths is not None else torch.full((B,), T, dtype=torch.long,
+                                                        device=tags.device)
+    valid = (pos < L[:, None, None]) & (tags >= 0)
+    y = tags.clamp(0, K - 1)
+    g = torch.where(valid, grad[:, :, None], zero)  # (B, C, T)
+    d_unary = grad.new_zeros((B, T, K)).scatter_add_(2, y.transpose(1, 2), g.transpose(1, 2))
+    pair = valid[..., 1:] & valid[..., :-1]
+    d_trans = grad.new_zeros(K * K).scatter_add_(
+        0, (y[..., :-1] * K + y[..., 1:]).reshape(-1),
+        torch.where(pair, grad[:, :, None], zero).reshape(-1)).view(K, K)
+    d_start = d_end = None
+    if with_start:
+        d_start = grad.new_zeros(K).scatter_add_(0, y[..., 0].reshape(-1),
+                                                 torch.where(valid[..., 0], grad, zero).reshape(-1))
+    if with_end:
+        last = (L - 1).clamp(min=0)[:, None, None].expand(B, C, 1)
+        y_last = y.gather(2, last).squeeze(2)
+        v_last = valid.gather(2, last).squeeze(2)
+        d_end = grad.new_zeros(K).scatter_add_(0, y_last.reshape(-1),
+                                               torch.where(v_last, grad, zero).reshape(-1))
+    return d_unary, d_trans, d_start, d_end
+
+
+def _setup_path_ctx(ctx, unary, lengths, start, end, tags):
+    ctx.save_for_backward(tags, lengths)
+    ctx.K = unary.shape[-1]
+    ctx.with_start = start is not None
+    ctx.with_end = end is not None
+
+
+def _grads_for(ctx, grad: Tensor, tags: Tensor, lengths: Optional[Tensor]):
+    if tags.dim() == 2:
+        tags, grad = tags[:, None], grad[:, None]
+    return _path_grads(grad, tags, lengths, ctx.K, ctx.with_start, ctx.with_end)
+
+
+def _chain_energy_setup(ctx, inputs, output):
+    unary, _, tags, lengths, start, end = inputs
+    _setup_path_ctx(ctx, unary, lengths, start, end, tags)
+
+
+def _chain_energy_backward(ctx, grad):
+    tags, lengths = ctx.saved_tensors
+    du, dt, ds, de = _grads_for(ctx, grad, tags, lengths)
+    return du, dt, None, None, ds, de
+
+
+def _viterbi_setup(ctx, inputs, output):
+    unary, _, lengths, start, end = inputs
+    _setup_path_ctx(ctx, unary, lengths, start, end, output[1])
+
+
+def _viterbi_backward(ctx, grad_energy, _grad_tags):
+    tags, lengths = ctx.saved_tensors
+    du, dt, ds, de = _grads_for(ctx, grad_energy, tags, lengths)
+    return du, dt, None, ds, de
+
+
+def _kbest_setup(ctx, inputs, output):
+    unary, _, _, lengths, start, end = inputs
+    _setup_path_ctx(ctx, unary, lengths, start, end, output[1])
+
+
+def _kbest_backward(ctx, grad_energy, _grad_tags):
+    tags, lengths = ctx.saved_tensors
+    du, dt, ds, de = _grads_for(ctx, grad_energy, tags, lengths)
+    return du, dt, None, None, ds, de
+
+
+def _loss_augmented_setup(ctx, inputs, output):
+    unary, _, gold, _, lengths, start, end = inputs
+    tags = output[2]
+    _setup_path_ctx(ctx, unary, lengths, start, end, tags)
+    ctx.gold = gold
+
+
+def _loss_augmented_backward(ctx, grad_energy, grad_delta, _grad_tags):
+    tags, lengths = ctx.saved_tensors
+    du, dt, ds, de = _grads_for(ctx, grad_energy, tags, lengths)
+    # Delta = sum_t cost[gold_t, y_t]: its gradient in cost counts the (gold_t, y_t) pairs.
+    K, (B, T) = ctx.K, tags.shape
+    L = lengths if lengths is not None else torch.full((B,), T, device=tags.device)
+    valid = (torch.arange(T, device=tags.device) < L[:, None]) & (tags >= 0)
+    flat = (ctx.gold.clamp(0, K - 1) * K + tags.clamp(0, K - 1)).reshape(-1)
+    src = torch.where(valid, grad_delta[:, None], grad_delta.new_zeros(())).reshape(-1)
+    d_cost = grad_delta.new_zeros(K * K).scatter_add_(0, flat, src).view(K, K)
+    return du, dt, None, d_cost, None, ds, de
+
+
+torch.library.register_autograd("ebm_ext::chain_energy", _chain_energy_backward,
+                                setup_context=_chain_energy_setup)
+torch.library.register_autograd("ebm_ext::viterbi", _viterbi_backward,
+                                setup_context=_viterbi_setup)
+torch.library.register_autograd("ebm_ext::viterbi_kbest", _kbest_backward,
+                                setup_context=_kbest_setup)
+torch.library.register_autograd("ebm_ext::loss_augmented_viterbi", _loss_augmented_backward,
+                                setup_context=_loss_augmented_setup)
