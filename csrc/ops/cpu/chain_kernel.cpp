@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "../chain.h"
@@ -26,38 +27,191 @@
 namespace ebm_ext {
 namespace {
 
-// best[i] = min_j transT[j*K + i] + w[j], arg[i] = the smallest minimising j (0 if none is finite).
+// Registers of 64 bytes (16 floats or 8 doubles) written with GCC vector extensions: each
+// target clone compiles them to its own instructions (one zmm, two ymm or four xmm).
 template <typename S>
-inline void minplus_argmin_impl(const S* __restrict transT, const S* __restrict w, int64_t K,
-                                S* __restrict best, int32_t* __restrict arg) {
-  for (int64_t i = 0; i < K; ++i) {
-    best[i] = std::numeric_limits<S>::infinity();
-    arg[i] = 0;
+struct Lanes;
+template <>
+struct Lanes<float> {
+  static constexpr int N = 16;
+  typedef float V __attribute__((vector_size(64)));
+  typedef int32_t I __attribute__((vector_size(64)));   // the comparison mask type
+  typedef int32_t I32 __attribute__((vector_size(64)));
+};
+template <>
+struct Lanes<double> {
+  static constexpr int N = 8;
+  typedef double V __attribute__((vector_size(64)));
+  typedef int64_t I __attribute__((vector_size(64)));
+  typedef int32_t I32 __attribute__((vector_size(32)));
+};
+
+template <typename V, typename S>
+inline V load(const S* p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof(V));
+  return v;
+}
+template <typename V, typename S>
+inline void store(S* p, const V& v) {
+  __builtin_memcpy(p, &v, sizeof(V));
+}
+template <typename S>
+inline void store_index(int32_t* p, const typename Lanes<S>::I& v) {
+  store(p, __builtin_convertvector(v, typename Lanes<S>::I32));
+}
+
+// transT is padded to Kp = a multiple of the lane count, with +inf in the padding, so every
+// vector is full; results are written for all Kp lanes and only the first K are read.
+inline int64_t padded(int64_t K, int64_t lanes) { return (K + lanes - 1) / lanes * lanes; }
+
+// best[i] = min_j transT[j*Kp + i] + w[j] and arg[i] = the smallest minimising j (0 when none is
+// finite) for G vectors of i starting at i0. G independent chains keep the pipeline full; the
+// running minima stay in registers for the whole sweep over j.
+template <typename S, int G>
+__attribute__((always_inline)) inline void minplus_group(const S* __restrict transT,
+                                                         const S* __restrict w, int64_t K,
+                                                         int64_t Kp, int64_t i0,
+                                                         S* __restrict best,
+                                                         int32_t* __restrict arg) {
+  using V = typename Lanes<S>::V;
+  using I = typename Lanes<S>::I;
+  constexpr int N = Lanes<S>::N;
+  V b[G];
+  I a[G];
+  for (int g = 0; g < G; ++g) {
+    b[g] = V{} + std::numeric_limits<S>::infinity();
+    a[g] = I{};
   }
-  for (int32_t j = 0; j < K; ++j) {
+  for (int64_t j = 0; j < K; ++j) {
     const S wj = w[j];
-    const S* __restrict col = transT + j * K;
-    for (int64_t i = 0; i < K; ++i) {
-      const S c = col[i] + wj;
-      const bool lt = c < best[i];
-      best[i] = lt ? c : best[i];
-      arg[i] = lt ? j : arg[i];
+    const I jj = I{} + static_cast<typename std::remove_reference<decltype(a[0][0])>::type>(j);
+    const S* row = transT + j * Kp + i0;
+    for (int g = 0; g < G; ++g) {
+      const V c = load<V>(row + g * N) + wj;
+      const I lt = c < b[g];
+      b[g] = lt ? c : b[g];
+      a[g] = lt ? jj : a[g];
     }
   }
+  for (int g = 0; g < G; ++g) {
+    store(best + i0 + g * N, b[g]);
+    store_index<S>(arg + i0 + g * N, a[g]);
+  }
 }
 
-EBM_CLONES void minplus_argmin(const float* transT, const float* w, int64_t K, float* best,
-                               int32_t* arg) {
-  minplus_argmin_impl(transT, w, K, best, arg);
-}
-EBM_CLONES void minplus_argmin(const double* transT, const double* w, int64_t K, double* best,
-                               int32_t* arg) {
-  minplus_argmin_impl(transT, w, K, best, arg);
+template <typename S>
+__attribute__((always_inline)) inline void minplus_argmin_impl(const S* transT, const S* w,
+                                                               int64_t K, int64_t Kp, S* best,
+                                                               int32_t* arg) {
+  constexpr int N = Lanes<S>::N;
+  int64_t i0 = 0;
+  for (; i0 + 4 * N <= Kp; i0 += 4 * N) minplus_group<S, 4>(transT, w, K, Kp, i0, best, arg);
+  switch ((Kp - i0) / N) {
+    case 3: minplus_group<S, 3>(transT, w, K, Kp, i0, best, arg); break;
+    case 2: minplus_group<S, 2>(transT, w, K, Kp, i0, best, arg); break;
+    case 1: minplus_group<S, 1>(transT, w, K, Kp, i0, best, arg); break;
+    default: break;
+  }
 }
 
-// One slot of a k-best insertion, vectorised over i: candidate c[i] (code `code`) goes into the
-// ascending list best[0..k) at slot s if it beats best[s]; slots are visited from k-1 down, so
-// best[s-1] still holds its old value. Strict comparisons keep earlier candidates first on ties.
+EBM_CLONES void minplus_argmin(const float* transT, const float* w, int64_t K, int64_t Kp,
+                               float* best, int32_t* arg) {
+  minplus_argmin_impl(transT, w, K, Kp, best, arg);
+}
+EBM_CLONES void minplus_argmin(const double* transT, const double* w, int64_t K, int64_t Kp,
+                               double* best, int32_t* arg) {
+  minplus_argmin_impl(transT, w, K, Kp, best, arg);
+}
+
+// One k-best step for one vector of i, KB slots in registers. Candidates (j, r) arrive in
+// code order j*KB + r; each goes into the ascending list at the first slot it strictly beats
+// (ties keep the earlier candidate first). Rank r of j is >= ranks 0..r-1 of j, which are already
+// in the list, so it can only land at slot r or later.
+template <typename S, int KB, int G>
+__attribute__((always_inline)) inline void kbest_vectors(const S* __restrict transT,
+                                                         const S* __restrict w, int64_t K,
+                                                         int64_t Kp, int64_t i0,
+                                                         S* __restrict best,
+                                                         int32_t* __restrict code) {
+  using V = typename Lanes<S>::V;
+  using I = typename Lanes<S>::I;
+  using E = typename std::remove_reference<decltype(I{}[0])>::type;
+  constexpr int N = Lanes<S>::N;
+  const S inf = std::numeric_limits<S>::infinity();
+  V b[G][KB];
+  I p[G][KB];
+  for (int g = 0; g < G; ++g)
+    for (int s = 0; s < KB; ++s) {
+      b[g][s] = V{} + inf;
+      p[g][s] = I{} - 1;
+    }
+  for (int64_t j = 0; j < K; ++j) {
+    V t[G];
+    for (int g = 0; g < G; ++g) t[g] = load<V>(transT + j * Kp + i0 + g * N);
+    for (int r = 0; r < KB; ++r) {
+      const S wj = w[r * K + j];
+      if (!(wj < inf)) break;  // ranks ascend: the rest of j's list is missing too
+      const I cc = I{} + static_cast<E>(j * KB + r);
+      for (int g = 0; g < G; ++g) {
+        const V c = t[g] + wj;
+        for (int s = KB - 1; s >= r; --s) {
+          const I ins = c < b[g][s];
+          if (s == r) {
+            b[g][s] = ins ? c : b[g][s];
+            p[g][s] = ins ? cc : p[g][s];
+          } else {
+            const I shift = c < b[g][s - 1];
+            b[g][s] = ins ? (shift ? b[g][s - 1] : c) : b[g][s];
+            p[g][s] = ins ? (shift ? p[g][s - 1] : cc) : p[g][s];
+          }
+        }
+      }
+    }
+  }
+  for (int g = 0; g < G; ++g)
+    for (int s = 0; s < KB; ++s) {
+      store(best + s * Kp + i0 + g * N, b[g][s]);
+      store_index<S>(code + s * Kp + i0 + g * N, p[g][s]);
+    }
+}
+
+template <typename S, int KB>
+__attribute__((always_inline)) inline void kbest_step_impl(const S* transT, const S* w, int64_t K,
+                                                           int64_t Kp, S* best, int32_t* code) {
+  // Two vectors at a time for independent chains, while both lists still fit in registers.
+  constexpr int N = Lanes<S>::N;
+  constexpr int G = KB <= 2 ? 2 : 1;
+  int64_t i0 = 0;
+  for (; i0 + G * N <= Kp; i0 += G * N) kbest_vectors<S, KB, G>(transT, w, K, Kp, i0, best, code);
+  for (; i0 < Kp; i0 += N) kbest_vectors<S, KB, 1>(transT, w, K, Kp, i0, best, code);
+}
+
+// The register version for k <= 4, where the lists fit in registers.
+EBM_CLONES void kbest_step(const float* transT, const float* w, int64_t K, int64_t Kp, int k,
+                           float* best, int32_t* code) {
+  switch (k) {
+    case 1: kbest_step_impl<float, 1>(transT, w, K, Kp, best, code); break;
+    case 2: kbest_step_impl<float, 2>(transT, w, K, Kp, best, code); break;
+    case 3: kbest_step_impl<float, 3>(transT, w, K, Kp, best, code); break;
+    case 4: kbest_step_impl<float, 4>(transT, w, K, Kp, best, code); break;
+    default: break;
+  }
+}
+EBM_CLONES void kbest_step(const double* transT, const double* w, int64_t K, int64_t Kp, int k,
+                           double* best, int32_t* code) {
+  switch (k) {
+    case 1: kbest_step_impl<double, 1>(transT, w, K, Kp, best, code); break;
+    case 2: kbest_step_impl<double, 2>(transT, w, K, Kp, best, code); break;
+    case 3: kbest_step_impl<double, 3>(transT, w, K, Kp, best, code); break;
+    case 4: kbest_step_impl<double, 4>(transT, w, K, Kp, best, code); break;
+    default: break;
+  }
+}
+constexpr int kMaxRegisterK = 4;
+
+// For k > 4: one slot of the insertion at a time, vectorised over i through memory. Slots are
+// visited from k-1 down, so best[s-1] still holds its old value.
 template <typename S>
 inline void kbest_slot_impl(const S* __restrict c, int32_t code, int64_t K, S* __restrict bs,
                             int32_t* __restrict ps, const S* __restrict bprev,
@@ -102,11 +256,11 @@ template <typename S>
 struct Chain {
   const S* unary;   // (B, T, K)
   const S* trans;   // (K, K), trans[i*K + j]: i -> j
-  const S* transT;  // (K, K), transT[j*K + i] = trans[i*K + j]
+  const S* transT;  // (K, Kp), transT[j*Kp + i] = trans[i*K + j], +inf for i >= K
   const S* start;   // (K,) or nullptr
   const S* end;     // (K,) or nullptr
   const int64_t* lengths;  // (B,) or nullptr
-  int64_t B, T, K;
+  int64_t B, T, K, Kp;
   bool trans_has_nan;
 
   int64_t length(int64_t b) const { return lengths ? lengths[b] : T; }
@@ -135,7 +289,11 @@ Tensors contiguous_inputs(const at::Tensor& unary, const at::Tensor& trans,
   Tensors x;
   x.unary = unary.contiguous();
   x.trans = trans.contiguous();
-  x.transT = trans.t().contiguous();
+  const int64_t K = trans.size(0);
+  const int64_t lanes = unary.scalar_type() == at::kDouble ? Lanes<double>::N : Lanes<float>::N;
+  x.transT = at::full({K, padded(K, lanes)}, std::numeric_limits<double>::infinity(),
+                      trans.options());
+  x.transT.narrow(1, 0, K).copy_(trans.t());
   if (start.has_value()) x.start = start->contiguous();
   if (end.has_value()) x.end = end->contiguous();
   if (lengths.has_value()) x.lengths = lengths->contiguous();
@@ -154,6 +312,7 @@ Chain<S> make_chain(const Tensors& x) {
   c.B = x.unary.size(0);
   c.T = x.unary.size(1);
   c.K = x.unary.size(2);
+  c.Kp = x.transT.size(1);
   bool nan = at::isnan(x.trans).any().item<bool>();
   if (x.start.defined()) nan = nan || at::isnan(x.start).any().item<bool>();
   if (x.end.defined()) nan = nan || at::isnan(x.end).any().item<bool>();
@@ -176,11 +335,11 @@ struct Decoder {
   const int64_t* gold;  // (B, T) or nullptr
   const S* cost;        // (K, K) or nullptr
   std::vector<S> beta, w;
-  std::vector<int32_t> ptr;
+  std::vector<int32_t> ptr;  // (T-1, Kp)
 
   explicit Decoder(const Chain<S>& chain, const int64_t* gold_, const S* cost_)
-      : c(chain), gold(gold_), cost(cost_), beta(chain.K), w(chain.K),
-        ptr(std::max<int64_t>(1, (chain.T - 1) * chain.K)) {}
+      : c(chain), gold(gold_), cost(cost_), beta(chain.Kp), w(chain.K),
+        ptr(std::max<int64_t>(1, (chain.T - 1) * chain.Kp)) {}
 
   // w[j] = unary[b,t,j] - cost[gold_t, j] + beta[j]; returns whether anything was NaN.
   bool fill_w(int64_t b, int64_t t) {
@@ -198,14 +357,14 @@ struct Decoder {
   // Decodes sequence b into tags[0..T) (-1 past its length); returns the minimum of the
   // (possibly cost-augmented) energy.
   S decode(int64_t b, int64_t* tags) {
-    const int64_t K = c.K, L = c.length(b);
+    const int64_t K = c.K, Kp = c.Kp, L = c.length(b);
     for (int64_t t = 0; t < c.T; ++t) tags[t] = -1;
     if (L == 0) return S(0);
     for (int64_t i = 0; i < K; ++i) beta[i] = c.end_at(i);
     bool nan = c.trans_has_nan;
     for (int64_t t = L - 1; t >= 1; --t) {
       nan |= fill_w(b, t);
-      minplus_argmin(c.transT, w.data(), K, beta.data(), ptr.data() + (t - 1) * K);
+      minplus_argmin(c.transT, w.data(), K, Kp, beta.data(), ptr.data() + (t - 1) * Kp);
     }
     nan |= fill_w(b, 0);
     int64_t y = 0;
@@ -218,7 +377,7 @@ struct Decoder {
       }
     }
     tags[0] = y;
-    for (int64_t t = 1; t < L; ++t) tags[t] = ptr[(t - 1) * K + tags[t - 1]];
+    for (int64_t t = 1; t < L; ++t) tags[t] = ptr[(t - 1) * Kp + tags[t - 1]];
     return nan ? std::numeric_limits<S>::quiet_NaN() : best;
   }
 };
@@ -288,55 +447,67 @@ template <typename S>
 struct KBestDecoder {
   const Chain<S>& c;
   int64_t k;
-  std::vector<S> beta, next, w, cand;  // beta/next: (k, K) slot-major
-  std::vector<int32_t> ptr;           // (T-1, k, K)
+  std::vector<S> beta, next, w, cand;  // beta/next: (k, Kp) slot-major; w: (k, K)
+  std::vector<int32_t> ptr;           // (T-1, k, Kp)
 
   KBestDecoder(const Chain<S>& chain, int64_t k_)
-      : c(chain), k(k_), beta(k_ * chain.K), next(k_ * chain.K), w(k_ * chain.K),
-        cand(chain.K), ptr(std::max<int64_t>(1, (chain.T - 1) * k_ * chain.K)) {}
+      : c(chain), k(k_), beta(k_ * chain.Kp), next(k_ * chain.Kp), w(k_ * chain.K),
+        cand(chain.K), ptr(std::max<int64_t>(1, (chain.T - 1) * k_ * chain.Kp)) {}
 
-  // Fills w[r*K + j] = unary[b,t,j] + beta[r*K + j]; returns whether anything was NaN.
+  // Fills w[r*K + j] = unary[b,t,j] + beta[r*Kp + j]; returns whether anything was NaN.
   bool fill_w(int64_t b, int64_t t) {
     const S* u = c.unary_at(b, t);
     bool nan = false;
     for (int64_t r = 0; r < k; ++r)
       for (int64_t j = 0; j < c.K; ++j) {
-        const S v = u[j] + beta[r * c.K + j];
+        const S v = u[j] + beta[r * c.Kp + j];
         nan |= std::isnan(v);
         w[r * c.K + j] = v;
       }
     return nan;
   }
 
+  // The same step as kbest_step, for any k: one slot at a time through memory.
+  void step_any_k(int32_t* p) {
+    const S inf = std::numeric_limits<S>::infinity();
+    const int64_t K = c.K, Kp = c.Kp;
+    std::fill(next.begin(), next.end(), inf);
+    std::fill(p, p + k * Kp, -1);
+    for (int32_t j = 0; j < K; ++j) {
+      for (int64_t r = 0; r < k; ++r) {
+        const S wj = w[r * K + j];
+        if (!(wj < inf)) break;
+        add_column(c.transT + j * Kp, wj, K, cand.data());
+        const int32_t code = static_cast<int32_t>(j * k + r);
+        for (int64_t s = k - 1; s >= r; --s) {
+          const bool lowest = s == r;  // rank r cannot beat the slots before it
+          kbest_slot(cand.data(), code, K, next.data() + s * Kp, p + s * Kp,
+                     lowest ? nullptr : next.data() + (s - 1) * Kp,
+                     lowest ? nullptr : p + (s - 1) * Kp);
+        }
+      }
+    }
+  }
+
   void decode(int64_t b, S* energy, int64_t* tags) {
     const S inf = std::numeric_limits<S>::infinity();
-    const int64_t K = c.K, T = c.T, L = c.length(b);
+    const int64_t K = c.K, Kp = c.Kp, T = c.T, L = c.length(b);
     for (int64_t i = 0; i < k * T; ++i) tags[i] = -1;
     for (int64_t s = 0; s < k; ++s) energy[s] = inf;
     if (L == 0) {  // the empty path is the only one
       energy[0] = S(0);
       return;
     }
+    std::fill(beta.begin(), beta.end(), inf);
     for (int64_t i = 0; i < K; ++i) beta[i] = c.end_at(i);
-    for (int64_t i = K; i < k * K; ++i) beta[i] = inf;
     bool nan = c.trans_has_nan;
     for (int64_t t = L - 1; t >= 1; --t) {
       nan |= fill_w(b, t);
-      int32_t* p = ptr.data() + (t - 1) * k * K;
-      std::fill(next.begin(), next.end(), inf);
-      std::fill(p, p + k * K, -1);
-      for (int32_t j = 0; j < K; ++j) {
-        for (int64_t r = 0; r < k; ++r) {
-          const S wj = w[r * K + j];
-          if (!(wj < inf)) break;  // ranks ascend: the rest of j's list is missing too
-          add_column(c.transT + j * K, wj, K, cand.data());
-          const int32_t code = static_cast<int32_t>(j * k + r);
-          for (int64_t s = k - 1; s >= 0; --s) {
-            kbest_slot(cand.data(), code, K, next.data() + s * K, p + s * K,
-                       s > 0 ? next.data() + (s - 1) * K : nullptr,
-                       s > 0 ? p + (s - 1) * K : nullptr);
-          }
-        }
+      int32_t* p = ptr.data() + (t - 1) * k * Kp;
+      if (k <= kMaxRegisterK) {
+        kbest_step(c.transT, w.data(), K, Kp, static_cast<int>(k), next.data(), p);
+      } else {
+        step_any_k(p);
       }
       std::swap(beta, next);
     }
@@ -365,7 +536,7 @@ struct KBestDecoder {
       int64_t j = code[s] / k, r = code[s] % k;
       y[0] = j;
       for (int64_t t = 1; t < L; ++t) {
-        const int32_t nx = ptr[((t - 1) * k + r) * K + j];
+        const int32_t nx = ptr[((t - 1) * k + r) * Kp + j];
         j = nx / k;
         r = nx % k;
         y[t] = j;

@@ -307,15 +307,18 @@ void launch_viterbi(const Staged& s, const at::Tensor& gold, const at::Tensor& c
   const int64_t B = s.unary.size(0), T = s.unary.size(1), K = s.unary.size(2);
   const size_t before = 2 * K * sizeof(acc_t);
   auto a = chain_args<acc_t>(s, before);
-  auto ptr = at::empty({B, std::max<int64_t>(T - 1, 1), K},
-                       s.unary.options().dtype(c10::CppTypeToScalarType<ptr_t>::value));
-  at::Tensor cost_acc = cost.defined() ? cost.to(at::toOpMathType(s.unary.scalar_type())).contiguous() : cost;
-  viterbi_kernel<scalar_t, acc_t, ptr_t>
-      <<<B, threads_for(K), shared_bytes(a, before), at::cuda::getCurrentCUDAStream()>>>(
-          s.unary.data_ptr<scalar_t>(), a, gold.defined() ? gold.data_ptr<int64_t>() : nullptr,
-          cost_acc.defined() ? cost_acc.data_ptr<acc_t>() : nullptr, ptr.data_ptr<ptr_t>(),
-          energy.data_ptr<scalar_t>(), delta ? delta->data_ptr<scalar_t>() : nullptr,
-          tags.data_ptr<int64_t>());
+  const auto backptr = at::empty({B, std::max<int64_t>(T - 1, 1), K},
+                                 s.unary.options().dtype(c10::CppTypeToScalarType<ptr_t>::value));
+  const at::Tensor cost_acc =
+      cost.defined() ? cost.to(at::toOpMathType(s.unary.scalar_type())).contiguous() : cost;
+  const int64_t* gold_p = gold.defined() ? gold.data_ptr<int64_t>() : nullptr;
+  const acc_t* cost_p = cost_acc.defined() ? cost_acc.data_ptr<acc_t>() : nullptr;
+  scalar_t* delta_p = delta ? delta->data_ptr<scalar_t>() : nullptr;
+  auto* ptr_p = static_cast<ptr_t*>(backptr.data_ptr());
+  const auto smem = shared_bytes(a, before);
+  viterbi_kernel<scalar_t, acc_t, ptr_t><<<B, threads_for(K), smem, at::cuda::getCurrentCUDAStream()>>>(
+      s.unary.data_ptr<scalar_t>(), a, gold_p, cost_p, ptr_p, energy.data_ptr<scalar_t>(), delta_p,
+      tags.data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -392,10 +395,10 @@ std::tuple<at::Tensor, at::Tensor> viterbi_kbest_cuda(const at::Tensor& unary,
       C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(smem)));
     }
-    auto ptr = at::empty({d.B, std::max<int64_t>(d.T - 1, 1), k, d.K},
-                         unary.options().dtype(at::kInt));
+    const auto backptr = at::empty({d.B, std::max<int64_t>(d.T - 1, 1), k, d.K},
+                                   unary.options().dtype(at::kInt));
     kernel<<<d.B, threads_for(d.K), smem, at::cuda::getCurrentCUDAStream()>>>(
-        s.unary.data_ptr<scalar_t>(), a, static_cast<int>(k), ptr.data_ptr<int32_t>(),
+        s.unary.data_ptr<scalar_t>(), a, static_cast<int>(k), backptr.data_ptr<int32_t>(),
         energy.data_ptr<scalar_t>(), tags.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

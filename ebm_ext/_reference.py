@@ -1,0 +1,128 @@
+"""Plain-PyTorch versions of the ebm_ext ops: the test oracles and the benchmark baselines.
+
+They follow the same recursion and tie rule as the kernels (right-to-left min-plus, smallest
+minimising index first), written with batched tensor ops and a Python loop over time.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+def _full_lengths(unary: Tensor, lengths: Optional[Tensor]) -> Tensor:
+    B, T, _ = unary.shape
+    if lengths is not None:
+        return lengths
+    return torch.full((B,), T, dtype=torch.long, device=unary.device)
+
+
+def _or_zeros(x: Optional[Tensor], like: Tensor) -> Tensor:
+    return x if x is not None else like.new_zeros(like.shape[-1])
+
+
+def chain_energy(unary, trans, tags, lengths=None, start=None, end=None) -> Tensor:
+    """E(x, y) for int64 tags (B, T) or (B, C, T)."""
+    squeeze = tags.dim() == 2
+    if squeeze:
+        tags = tags[:, None]
+    B, C, T = tags.shape
+    K = unary.shape[-1]
+    if T == 0:
+        e = unary.new_zeros((B, C))
+        return e[:, 0] if squeeze else e
+    L = _full_lengths(unary, lengths)
+    valid = torch.arange(T, device=tags.device) < L[:, None, None]
+    y = torch.where(valid, tags, 0).clamp(0, K - 1)
+    u = unary[:, None].expand(B, C, T, K).gather(3, y[..., None]).squeeze(3)
+    e = torch.where(valid, u, 0).sum(-1)
+    pair = valid[..., 1:]
+    e = e + torch.where(pair, trans[y[..., :-1], y[..., 1:]], 0).sum(-1)
+    last = (L - 1).clamp(min=0)[:, None, None].expand(B, C, 1)
+    has = (L > 0)[:, None]
+    e = e + torch.where(has, _or_zeros(start, unary)[y[..., 0]], 0)
+    e = e + torch.where(has, _or_zeros(end, unary)[y.gather(2, last).squeeze(2)], 0)
+    return e[:, 0] if squeeze else e
+
+
+def viterbi(unary, trans, lengths=None, start=None, end=None):
+    """(energy (B,), tags (B, T)) of the minimum-energy path."""
+    B, T, K = unary.shape
+    L = _full_lengths(unary, lengths)
+    beta = _or_zeros(end, unary).expand(B, K).clone()
+    ptrs = [None] * max(T - 1, 0)
+    for t in range(T - 1, 0, -1):
+        w = unary[:, t] + beta                       # over the next tag j
+        cand = trans[None] + w[:, None, :]           # (B, i, j)
+        arg = cand.argmin(dim=2)                     # first minimum: the smallest j
+        val = cand.gather(2, arg[..., None]).squeeze(2)
+        active = (t < L)[:, None]
+        beta = torch.where(active, val, beta)
+        ptrs[t - 1] = arg
+    tags = torch.full((B, T), -1, dtype=torch.long, device=unary.device)
+    if T == 0:
+        return unary.new_zeros(B), tags
+    w0 = unary[:, 0] + beta + _or_zeros(start, unary)
+    y = w0.argmin(dim=1)
+    energy = torch.where(L > 0, w0.gather(1, y[:, None]).squeeze(1), 0)
+    cur = y
+    for t in range(T):
+        if t > 0:
+            cur = ptrs[t - 1].gather(1, cur[:, None]).squeeze(1)
+        tags[:, t] = torch.where(t < L, cur, -1)
+    return energy, tags
+
+
+def viterbi_kbest(unary, trans, k, lengths=None, start=None, end=None):
+    """(energy (B, k), tags (B, k, T)): list Viterbi with stable sorting of the (j, r) candidates."""
+    B, T, K = unary.shape
+    inf = float("inf")
+    L = _full_lengths(unary, lengths)
+    beta = unary.new_full((B, k, K), inf)
+    beta[:, 0] = _or_zeros(end, unary)
+    ptrs = [None] * max(T - 1, 0)
+    for t in range(T - 1, 0, -1):
+        w = unary[:, t][:, None, :] + beta                        # (B, r, j)
+        cand = trans[None, :, :, None] + w.transpose(1, 2)[:, None]  # (B, i, j, r): code j*k + r
+        vals, codes = cand.reshape(B, K, K * k).sort(dim=2, stable=True)
+        vals, codes = vals[..., :k], codes[..., :k]
+        active = (t < L)[:, None, None]
+        beta = torch.where(active, vals.transpose(1, 2), beta)   # (B, s, i)
+        ptrs[t - 1] = codes.transpose(1, 2)                       # (B, s, i)
+    energy = unary.new_full((B, k), inf)
+    tags = torch.full((B, k, T), -1, dtype=torch.long, device=unary.device)
+    if T == 0:
+        energy[:, 0] = 0
+        return energy, tags
+    w0 = unary[:, 0][:, None, :] + beta + _or_zeros(start, unary)  # (B, r, j)
+    vals, codes = w0.transpose(1, 2).reshape(B, K * k).sort(dim=1, stable=True)
+    for b in range(B):
+        if L[b] == 0:
+            energy[b, 0] = 0
+            continue
+        for s in range(k):
+            v, code = vals[b, s], int(codes[b, s])
+            if not torch.isfinite(v) or v >= inf:
+                break
+            energy[b, s] = v
+            j, r = divmod(code, k)
+            tags[b, s, 0] = j
+            for t in range(1, int(L[b])):
+                j, r = divmod(int(ptrs[t - 1][b, r, j]), k)
+                tags[b, s, t] = j
+    return energy, tags
+
+
+def loss_augmented_viterbi(unary, trans, gold, cost, lengths=None, start=None, end=None):
+    """(E(y*), Delta(y*, gold), y*) for y* = argmin E(y) - Delta(y, gold), augmenting unary."""
+    K = unary.shape[-1]
+    L = _full_lengths(unary, lengths)
+    T = unary.shape[1]
+    valid = torch.arange(T, device=unary.device) < L[:, None]
+    augmented = unary - cost[torch.where(valid, gold, 0).clamp(0, K - 1)]
+    _, tags = viterbi(augmented, trans, lengths, start, end)
+    energy = chain_energy(unary, trans, tags, lengths, start, end)
+    y = tags.clamp(min=0)
+    delta = torch.where(valid, cost[torch.where(valid, gold, 0), y], 0).sum(-1)
+    return energy, delta, tags
