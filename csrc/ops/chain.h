@@ -8,6 +8,8 @@
 #include <ATen/ATen.h>
 #include <c10/util/Optional.h>
 
+#include <algorithm>
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -35,11 +37,21 @@ inline void check_float_like_unary(const char* op, const char* name, const at::T
   check_same_device(op, name, t, unary);
 }
 
-inline void check_finite_lengths_range(const char* op, const at::Tensor& lengths, int64_t T) {
+// Value checks read the data: on CPU with a plain loop (an ATen reduction costs more than the
+// decoding of a small batch), on CUDA with reductions (one synchronisation each).
+inline void check_lengths_range(const char* op, const at::Tensor& lengths, int64_t T) {
   if (lengths.numel() == 0) return;
-  auto mm = at::aminmax(lengths);
-  const int64_t lo = std::get<0>(mm).item<int64_t>();
-  const int64_t hi = std::get<1>(mm).item<int64_t>();
+  int64_t lo, hi;
+  if (lengths.is_cpu()) {
+    const auto l = lengths.contiguous();
+    const int64_t* p = l.data_ptr<int64_t>();
+    lo = *std::min_element(p, p + l.numel());
+    hi = *std::max_element(p, p + l.numel());
+  } else {
+    auto mm = at::aminmax(lengths);
+    lo = std::get<0>(mm).item<int64_t>();
+    hi = std::get<1>(mm).item<int64_t>();
+  }
   TORCH_CHECK(lo >= 0, op, ": lengths must be >= 0, got ", lo);
   TORCH_CHECK(hi <= T, op, ": lengths must be <= T=", T, ", got ", hi);
 }
@@ -77,22 +89,45 @@ inline ChainDims check_chain_inputs(const char* op, const at::Tensor& unary,
     TORCH_CHECK(l.dim() == 1 && l.size(0) == d.B, op, ": lengths must have shape (B,) = (", d.B,
                 ",), got ", shape_str(l));
     check_same_device(op, "lengths", l, unary);
-    check_finite_lengths_range(op, l, d.T);
+    check_lengths_range(op, l, d.T);
   }
   return d;
 }
 
 // Positions t < L of an integer tag tensor must hold a tag in [0, K); positions t >= L are ignored.
 // `tags` has shape (B, ..., T); `lengths` (B,) or none.
+inline void report_bad_tag(const char* op, const char* name, int64_t K, int64_t value,
+                           c10::IntArrayRef index) {
+  TORCH_CHECK(false, op, ": ", name, " must hold tags in [0, K=", K,
+              ") at positions t < length, got ", value, " at index ", index);
+}
+
 inline void check_tag_values(const char* op, const char* name, const at::Tensor& tags,
                              const c10::optional<at::Tensor>& lengths, int64_t K) {
   if (tags.numel() == 0) return;
-  const int64_t T = tags.size(-1);
+  const int64_t B = tags.size(0), T = tags.size(-1), C = tags.numel() / (B * T);
+  if (tags.is_cpu()) {
+    const auto y = tags.contiguous();
+    const int64_t* p = y.data_ptr<int64_t>();
+    const auto l = lengths.has_value() ? lengths->contiguous() : at::Tensor();
+    for (int64_t n = 0; n < B * C; ++n) {
+      const int64_t L = l.defined() ? l.data_ptr<int64_t>()[n / C] : T;
+      for (int64_t t = 0; t < L; ++t) {
+        const int64_t v = p[n * T + t];
+        if (v >= 0 && v < K) continue;
+        std::vector<int64_t> index{n / C};
+        if (tags.dim() == 3) index.push_back(n % C);
+        index.push_back(t);
+        report_bad_tag(op, name, K, v, index);
+      }
+    }
+    return;
+  }
   at::Tensor valid;
   if (lengths.has_value()) {
     auto pos = at::arange(T, tags.options());
     std::vector<int64_t> shape(tags.dim(), 1);
-    shape[0] = tags.size(0);
+    shape[0] = B;
     valid = pos.expand_as(tags) < lengths->view(shape);
   } else {
     valid = at::ones_like(tags, tags.options().dtype(at::kBool));
@@ -101,9 +136,7 @@ inline void check_tag_values(const char* op, const char* name, const at::Tensor&
   if (bad.any().item<bool>()) {
     const auto first = at::nonzero(bad)[0].cpu();
     std::vector<int64_t> index(first.data_ptr<int64_t>(), first.data_ptr<int64_t>() + first.numel());
-    const int64_t value = tags.masked_select(bad)[0].item<int64_t>();
-    TORCH_CHECK(false, op, ": ", name, " must hold tags in [0, K=", K,
-                ") at positions t < length, got ", value, " at index ", c10::IntArrayRef(index));
+    report_bad_tag(op, name, K, tags.masked_select(bad)[0].item<int64_t>(), index);
   }
 }
 
@@ -150,11 +183,21 @@ inline ChainDims check_loss_augmented_inputs(const at::Tensor& unary, const at::
   TORCH_CHECK(cost.size(0) == d.K, op, ": cost must have shape (K, K) = (", d.K, ", ", d.K,
               "), got ", shape_str(cost));
   check_float_like_unary(op, "cost", cost, unary);
-  TORCH_CHECK(!(cost < 0).any().item<bool>(), op,
-              ": cost must be non-negative, got a minimum of ", cost.min().item<double>());
-  TORCH_CHECK(!(cost.diagonal() != 0).any().item<bool>(), op,
+  double lowest, largest_diagonal;
+  if (cost.is_cpu()) {
+    const auto c = cost.to(at::kDouble).contiguous();
+    const double* p = c.data_ptr<double>();
+    lowest = *std::min_element(p, p + c.numel(), [](double a, double b) { return a < b; });
+    largest_diagonal = 0;
+    for (int64_t i = 0; i < d.K; ++i) largest_diagonal = std::max(largest_diagonal, std::abs(p[i * d.K + i]));
+  } else {
+    lowest = cost.min().item<double>();
+    largest_diagonal = cost.diagonal().abs().max().item<double>();
+  }
+  TORCH_CHECK(lowest >= 0, op, ": cost must be non-negative, got a minimum of ", lowest);
+  TORCH_CHECK(largest_diagonal == 0, op,
               ": cost must have a zero diagonal (cost[y, y] = 0), got a largest diagonal entry of ",
-              cost.diagonal().abs().max().item<double>());
+              largest_diagonal);
   return d;
 }
 

@@ -251,6 +251,13 @@ EBM_CLONES void add_column(const double* __restrict col, double wj, int64_t K,
   for (int64_t i = 0; i < K; ++i) out[i] = col[i] + wj;
 }
 
+template <typename S>
+bool any_nan(const S* x, int64_t n) {
+  bool nan = false;
+  for (int64_t i = 0; i < n; ++i) nan |= x[i] != x[i];
+  return nan;
+}
+
 // Everything a kernel reads about one batch of chains.
 template <typename S>
 struct Chain {
@@ -345,13 +352,13 @@ struct Decoder {
   bool fill_w(int64_t b, int64_t t) {
     const S* u = c.unary_at(b, t);
     const S* cr = cost ? cost + gold[b * c.T + t] * c.K : nullptr;
-    bool nan = false;
-    for (int64_t j = 0; j < c.K; ++j) {
-      const S v = u[j] + beta[j] - (cr ? cr[j] : S(0));
-      nan |= std::isnan(v);
-      w[j] = v;
+    const int64_t K = c.K;
+    if (cr) {
+      for (int64_t j = 0; j < K; ++j) w[j] = u[j] + beta[j] - cr[j];
+    } else {
+      for (int64_t j = 0; j < K; ++j) w[j] = u[j] + beta[j];
     }
-    return nan;
+    return any_nan(w.data(), K);
   }
 
   // Decodes sequence b into tags[0..T) (-1 past its length); returns the minimum of the
@@ -457,14 +464,12 @@ struct KBestDecoder {
   // Fills w[r*K + j] = unary[b,t,j] + beta[r*Kp + j]; returns whether anything was NaN.
   bool fill_w(int64_t b, int64_t t) {
     const S* u = c.unary_at(b, t);
-    bool nan = false;
-    for (int64_t r = 0; r < k; ++r)
-      for (int64_t j = 0; j < c.K; ++j) {
-        const S v = u[j] + beta[r * c.Kp + j];
-        nan |= std::isnan(v);
-        w[r * c.K + j] = v;
-      }
-    return nan;
+    for (int64_t r = 0; r < k; ++r) {
+      const S* br = beta.data() + r * c.Kp;
+      S* wr = w.data() + r * c.K;
+      for (int64_t j = 0; j < c.K; ++j) wr[j] = u[j] + br[j];
+    }
+    return any_nan(w.data(), k * c.K);
   }
 
   // The same step as kbest_step, for any k: one slot at a time through memory.

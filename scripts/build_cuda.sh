@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Compiles the CUDA kernels on a machine without a GPU: a CUDA build of torch (2.14.1, cu130,
+# from this machine's disk) in .venv-cuda, nvcc from /usr/local/cuda. The build happens in a
+# copy of the tracked sources, so the CPU build in the work tree is left alone. Then the CUDA
+# build is imported and tests/test_build.py checks that every op has a CUDA kernel.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+if [ ! -x .venv-cuda/bin/python ]; then
+  "${PYTHON:-python3}" -m venv .venv-cuda
+fi
+.venv-cuda/bin/pip install -q --disable-pip-version-check torch==2.14.1 numpy ninja \
+  'setuptools>=64' pytest hypothesis expecttest
+site=$(.venv-cuda/bin/python -c 'import site; print(site.getsitepackages()[0])')
+export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
+# The local toolkit lacks the cuBLAS/cuSPARSE headers that torch's CUDA headers include; the
+# CUDA torch wheel ships them.
+export CPATH="$site/nvidia/cu13/include${CPATH:+:$CPATH}"
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0}"
+export EBM_WITH_CUDA=1 MAX_JOBS="${MAX_JOBS:-2}"
+src="${EBM_CUDA_BUILD_DIR:-$root/build/cuda-src}"
+mkdir -p "$src"
+git ls-files -z | xargs -0 cp --parents -t "$src"
+cd "$src"
+"$root/.venv-cuda/bin/pip" install -q --disable-pip-version-check --no-build-isolation -e .
+"$root/.venv-cuda/bin/python" -m pytest -q tests/test_build.py

@@ -1,0 +1,28 @@
+"""The build contains what it should: CUDA kernels whenever this torch has CUDA (unless the
+build was told EBM_WITH_CUDA=0), and every op has a kernel for every backend built."""
+import os
+
+import torch
+
+import ebm_ext
+
+EXPECTED_OPS = {"chain_energy", "viterbi", "viterbi_kbest", "loss_augmented_viterbi"}
+
+
+def test_cuda_kernels_built_when_torch_has_cuda():
+    info = ebm_ext.build_info()
+    if torch.version.cuda is not None and os.environ.get("EBM_WITH_CUDA") != "0":
+        assert info["cuda"], "torch has CUDA but ebm_ext was built without its CUDA kernels"
+
+
+def test_every_op_has_kernels_for_each_built_backend():
+    info = ebm_ext.build_info()
+    assert EXPECTED_OPS <= set(info["cpu_ops"])
+    if info["cuda"]:
+        assert set(info["cpu_ops"]) == set(info["cuda_ops"])
+    else:
+        assert info["cuda_ops"] == []
+
+
+def test_built_against_running_torch():
+    assert torch.__version__.startswith(ebm_ext.build_info()["torch_version"])
