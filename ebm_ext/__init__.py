@@ -13,10 +13,13 @@ except ImportError as error:  # never fall back silently to slow Python
         f"is {torch.__version__} (CUDA {torch.version.cuda}); the extension must be built "
         "against this same torch. Rebuild it with: pip install --no-build-isolation .") from error
 
-from . import ops  # noqa: E402  (registers fake and autograd implementations)
+from . import losses, ops  # noqa: E402  (ops registers fake and autograd implementations)
 from .ops import (  # noqa: E402
     chain_energy,
+    chain_log_partition,
+    chain_marginals,
     loss_augmented_viterbi,
+    project_simplex,
     viterbi,
     viterbi_kbest,
 )
@@ -33,8 +36,12 @@ def build_info() -> dict:
 
 __all__ = [
     "build_info",
+    "losses",
     "chain_energy",
+    "chain_log_partition",
+    "chain_marginals",
     "loss_augmented_viterbi",
+    "project_simplex",
     "viterbi",
     "viterbi_kbest",
 ]

@@ -1,6 +1,6 @@
 """Plain-PyTorch versions of the ebm_ext ops: the test oracles and the benchmark baselines.
 
-They follow the same recursion and tie rule as the kernels (right-to-left min-plus, smallest
+The decoders follow the same recursion and tie rule as the kernels (right-to-left min-plus, smallest
 minimising index first), written with batched tensor ops and a Python loop over time.
 """
 from __future__ import annotations
@@ -126,3 +126,57 @@ def loss_augmented_viterbi(unary, trans, gold, cost, lengths=None, start=None, e
     y = tags.clamp(min=0)
     delta = torch.where(valid, cost[torch.where(valid, gold, 0), y], 0).sum(-1)
     return energy, delta, tags
+
+
+def chain_log_partition(unary, trans, lengths=None, start=None, end=None) -> Tensor:
+    """log sum_y exp(-E): the forward algorithm with logsumexp (differentiable by autograd)."""
+    B, T, K = unary.shape
+    if T == 0:
+        return unary.new_zeros(B)
+    L = _full_lengths(unary, lengths)
+    alpha = -(unary[:, 0] + _or_zeros(start, unary))
+    for t in range(1, T):
+        nxt = torch.logsumexp(alpha[:, :, None] - trans[None], dim=1) - unary[:, t]
+        alpha = torch.where((t < L)[:, None], nxt, alpha)
+    logz = torch.logsumexp(alpha - _or_zeros(end, unary), dim=1)
+    return torch.where(L > 0, logz, torch.zeros_like(logz))
+
+
+def chain_marginals(unary, trans, lengths=None, start=None, end=None) -> Tensor:
+    """p(y_t = k) as minus the gradient of the reference log Z."""
+    if unary.shape[1] == 0:
+        return torch.zeros_like(unary)
+    with torch.enable_grad():
+        u = unary.detach().requires_grad_()
+        logz = chain_log_partition(u, trans.detach(), lengths,
+                                   None if start is None else start.detach(),
+                                   None if end is None else end.detach())
+        (grad,) = torch.autograd.grad(logz.sum(), u)
+    return -grad
+
+
+def relaxed_chain_energy(unary, trans, probs, lengths=None, start=None, end=None) -> Tensor:
+    """E of relaxed tags (B, T, K) by the formula, one position at a time."""
+    B, T, K = unary.shape
+    L = _full_lengths(unary, lengths)
+    e = unary.new_zeros(B)
+    for b in range(B):
+        n = int(L[b])
+        for t in range(n):
+            e[b] = e[b] + unary[b, t] @ probs[b, t]
+            if t > 0:
+                e[b] = e[b] + probs[b, t - 1] @ trans @ probs[b, t]
+        if n > 0:
+            e[b] = e[b] + _or_zeros(start, unary) @ probs[b, 0] + _or_zeros(end, unary) @ probs[b, n - 1]
+    return e
+
+
+def project_simplex(v: Tensor) -> Tensor:
+    """Euclidean projection onto the simplex by sorting (Duchi et al. 2008)."""
+    K = v.shape[-1]
+    u, _ = v.sort(dim=-1, descending=True)
+    css = u.cumsum(-1) - 1
+    ind = torch.arange(1, K + 1, dtype=v.dtype, device=v.device)
+    rho = ((u - css / ind) > 0).sum(-1, keepdim=True)
+    theta = css.gather(-1, rho - 1) / rho.to(v.dtype)
+    return (v - theta).clamp_min(0)

@@ -141,25 +141,70 @@ inline void check_tag_values(const char* op, const char* name, const at::Tensor&
 }
 
 inline void check_tags(const char* op, const char* name, const at::Tensor& tags,
-                       const at::Tensor& unary, const ChainDims& d) {
+                       const at::Tensor& unary) {
   TORCH_CHECK(tags.scalar_type() == at::kLong, op, ": ", name, " must be int64, got ",
               tags.scalar_type());
   check_same_device(op, name, tags, unary);
 }
 
-// chain_energy: tags (B, T) or (B, C, T) candidates per sequence.
-inline void check_chain_energy_inputs(const at::Tensor& unary, const at::Tensor& trans,
+// chain_energy: integer tags (B, T) or (B, C, T) candidates per sequence, or relaxed tags
+// (B, T, K) of the same dtype as unary. Returns whether the tags are relaxed.
+inline bool check_chain_energy_inputs(const at::Tensor& unary, const at::Tensor& trans,
                                       const at::Tensor& tags,
                                       const c10::optional<at::Tensor>& lengths,
                                       const c10::optional<at::Tensor>& start,
                                       const c10::optional<at::Tensor>& end) {
   const char* op = "chain_energy";
   const auto d = check_chain_inputs(op, unary, trans, lengths, start, end);
-  check_tags(op, "tags", tags, unary, d);
+  if (at::isFloatingType(tags.scalar_type())) {
+    TORCH_CHECK(tags.sizes() == unary.sizes(), op,
+                ": relaxed tags must have the shape of unary (B, T, K) = ", shape_str(unary),
+                ", got ", shape_str(tags));
+    check_float_like_unary(op, "tags", tags, unary);
+    return true;
+  }
+  TORCH_CHECK(tags.scalar_type() == at::kLong, op,
+              ": tags must be int64 (B, T) / (B, C, T) or floating (B, T, K), got ",
+              tags.scalar_type());
+  check_same_device(op, "tags", tags, unary);
   TORCH_CHECK((tags.dim() == 2 || tags.dim() == 3) && tags.size(0) == d.B && tags.size(-1) == d.T,
               op, ": tags must have shape (B, T) = (", d.B, ", ", d.T, ") or (B, C, T), got ",
               shape_str(tags));
   check_tag_values(op, "tags", tags, lengths, d.K);
+  return false;
+}
+
+// (B, T, 1) mask of the positions t < L, in the dtype of `like`.
+inline at::Tensor position_mask(const at::Tensor& like, const c10::optional<at::Tensor>& lengths) {
+  const int64_t B = like.size(0), T = like.size(1);
+  if (!lengths.has_value()) return at::ones({B, T, 1}, like.options());
+  auto pos = at::arange(T, lengths->options());
+  return (pos.unsqueeze(0) < lengths->unsqueeze(1)).unsqueeze(2).to(like.scalar_type());
+}
+
+// E of relaxed tags y (B, T, K), per-position distributions: unary, start and end terms are
+// linear, the transition term is y_{t-1}^T trans y_t. ATen ops (matmul), so one code serves
+// both devices.
+inline at::Tensor relaxed_chain_energy(const at::Tensor& unary, const at::Tensor& trans,
+                                       const at::Tensor& tags,
+                                       const c10::optional<at::Tensor>& lengths,
+                                       const c10::optional<at::Tensor>& start,
+                                       const c10::optional<at::Tensor>& end) {
+  const int64_t B = unary.size(0), T = unary.size(1), K = unary.size(2);
+  if (B == 0 || T == 0) return at::zeros({B}, unary.options());
+  const auto y = tags * position_mask(unary, lengths);
+  auto energy = (unary * y).sum({1, 2});
+  if (T > 1) {
+    energy = energy + (at::matmul(y.narrow(1, 0, T - 1), trans) * y.narrow(1, 1, T - 1)).sum({1, 2});
+  }
+  if (start.has_value()) energy = energy + at::matmul(y.select(1, 0), *start);
+  if (end.has_value()) {
+    auto last = lengths.has_value() ? (*lengths - 1).clamp_min(0)
+                                    : at::full({B}, T - 1, unary.options().dtype(at::kLong));
+    auto y_last = y.gather(1, last.view({B, 1, 1}).expand({B, 1, K})).squeeze(1);
+    energy = energy + at::matmul(y_last, *end);  // rows of length 0 are all zero
+  }
+  return energy;
 }
 
 inline void check_kbest_k(const char* op, int64_t k) {
@@ -174,7 +219,7 @@ inline ChainDims check_loss_augmented_inputs(const at::Tensor& unary, const at::
                                              const c10::optional<at::Tensor>& end) {
   const char* op = "loss_augmented_viterbi";
   const auto d = check_chain_inputs(op, unary, trans, lengths, start, end);
-  check_tags(op, "gold", gold, unary, d);
+  check_tags(op, "gold", gold, unary);
   TORCH_CHECK(gold.dim() == 2 && gold.size(0) == d.B && gold.size(1) == d.T, op,
               ": gold must have shape (B, T) = (", d.B, ", ", d.T, "), got ", shape_str(gold));
   check_tag_values(op, "gold", gold, lengths, d.K);

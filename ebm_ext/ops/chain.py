@@ -23,11 +23,13 @@ _ops = torch.ops.ebm_ext
 
 def chain_energy(unary: Tensor, trans: Tensor, tags: Tensor, lengths: Optional[Tensor] = None,
                  start: Optional[Tensor] = None, end: Optional[Tensor] = None) -> Tensor:
-    """Energy E(x, y) of given tag sequences.
+    """Energy E(x, y) of given tag sequences, or of relaxed ones.
 
     ``tags``: int64 (B, T), or (B, C, T) for C candidate sequences per input (then the result is
-    (B, C)). Positions t >= L are ignored. Returns (B,) (or (B, C)); differentiable in unary,
-    trans, start and end.
+    (B, C): take ``.argmin(1)`` to pick the best candidate); or floating (B, T, K), one
+    distribution (or any weights) per position, for which the unary, start and end terms are
+    linear and the transition term is y_{t-1}^T trans y_t. Positions t >= L are ignored.
+    Returns (B,) (or (B, C)); differentiable in unary, trans, start, end and relaxed tags.
     """
     return _ops.chain_energy(unary, trans, tags, lengths, start, end)
 
@@ -80,6 +82,8 @@ def _check_fake_chain(op: str, unary: Tensor, trans: Tensor) -> None:
 @torch.library.register_fake("ebm_ext::chain_energy")
 def _chain_energy_fake(unary, trans, tags, lengths=None, start=None, end=None):
     _check_fake_chain("chain_energy", unary, trans)
+    if tags.is_floating_point():
+        return unary.new_empty(unary.shape[0])
     torch._check(tags.dim() in (2, 3), lambda: "chain_energy: tags must be (B, T) or (B, C, T)")
     return unary.new_empty(tags.shape[:-1])
 
@@ -155,14 +159,50 @@ def _grads_for(ctx, grad: Tensor, tags: Tensor, lengths: Optional[Tensor]):
 
 
 def _chain_energy_setup(ctx, inputs, output):
-    unary, _, tags, lengths, start, end = inputs
-    _setup_path_ctx(ctx, unary, lengths, start, end, tags)
+    unary, trans, tags, lengths, start, end = inputs
+    ctx.relaxed = tags.is_floating_point()
+    if ctx.relaxed:
+        ctx.save_for_backward(unary, trans, tags, lengths, start, end)
+    else:
+        _setup_path_ctx(ctx, unary, lengths, start, end, tags)
 
 
 def _chain_energy_backward(ctx, grad):
+    if ctx.relaxed:
+        return _relaxed_backward(grad, *ctx.saved_tensors)
     tags, lengths = ctx.saved_tensors
     du, dt, ds, de = _grads_for(ctx, grad, tags, lengths)
     return du, dt, None, None, ds, de
+
+
+def _relaxed_backward(grad, unary, trans, tags, lengths, start, end):
+    """Gradients of sum_b grad[b] * E(relaxed tags b): the energy is linear in unary, start, end
+    and bilinear in consecutive tag distributions."""
+    B, T, K = unary.shape
+    pos = torch.arange(T, device=unary.device)
+    L = lengths if lengths is not None else torch.full((B,), T, device=unary.device)
+    mask = (pos < L[:, None]).unsqueeze(2).to(unary.dtype)
+    y = tags * mask
+    g = grad[:, None, None]
+    d_unary = g * y
+    d_tags = unary
+    d_trans = None
+    if T > 1:
+        d_tags = d_tags + torch.nn.functional.pad(y[:, 1:] @ trans.t(), (0, 0, 0, 1))
+        d_tags = d_tags + torch.nn.functional.pad(y[:, :-1] @ trans, (0, 0, 1, 0))
+        d_trans = torch.einsum("btk,btl->kl", g * y[:, :-1], y[:, 1:])
+    else:
+        d_trans = torch.zeros_like(trans)
+    first = (pos == 0).to(unary.dtype)[None, :, None]
+    last = (pos[None] == (L - 1)[:, None]).unsqueeze(2).to(unary.dtype)
+    d_start = d_end = None
+    if start is not None:
+        d_tags = d_tags + first * start
+        d_start = (g * y * first).sum((0, 1))
+    if end is not None:
+        d_tags = d_tags + last * end
+        d_end = (g * y * last).sum((0, 1))
+    return d_unary, d_trans, g * d_tags * mask, None, d_start, d_end
 
 
 def _viterbi_setup(ctx, inputs, output):

@@ -15,55 +15,11 @@
 #include <vector>
 
 #include "../chain.h"
-
-// The min-plus steps are the hot loops: build them for AVX-512, AVX2 and baseline x86-64 and
-// let the loader pick (GCC function multi-versioning), so one build is fast on any x86 CPU.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define EBM_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define EBM_CLONES
-#endif
+#include "simd.h"
 
 namespace ebm_ext {
+using namespace simd;
 namespace {
-
-// Registers of 64 bytes (16 floats or 8 doubles) written with GCC vector extensions: each
-// target clone compiles them to its own instructions (one zmm, two ymm or four xmm).
-template <typename S>
-struct Lanes;
-template <>
-struct Lanes<float> {
-  static constexpr int N = 16;
-  typedef float V __attribute__((vector_size(64)));
-  typedef int32_t I __attribute__((vector_size(64)));   // the comparison mask type
-  typedef int32_t I32 __attribute__((vector_size(64)));
-};
-template <>
-struct Lanes<double> {
-  static constexpr int N = 8;
-  typedef double V __attribute__((vector_size(64)));
-  typedef int64_t I __attribute__((vector_size(64)));
-  typedef int32_t I32 __attribute__((vector_size(32)));
-};
-
-template <typename V, typename S>
-inline V load(const S* p) {
-  V v;
-  __builtin_memcpy(&v, p, sizeof(V));
-  return v;
-}
-template <typename V, typename S>
-inline void store(S* p, const V& v) {
-  __builtin_memcpy(p, &v, sizeof(V));
-}
-template <typename S>
-inline void store_index(int32_t* p, const typename Lanes<S>::I& v) {
-  store(p, __builtin_convertvector(v, typename Lanes<S>::I32));
-}
-
-// transT is padded to Kp = a multiple of the lane count, with +inf in the padding, so every
-// vector is full; results are written for all Kp lanes and only the first K are read.
-inline int64_t padded(int64_t K, int64_t lanes) { return (K + lanes - 1) / lanes * lanes; }
 
 // best[i] = min_j transT[j*Kp + i] + w[j] and arg[i] = the smallest minimising j (0 when none is
 // finite) for G vectors of i starting at i0. G independent chains keep the pipeline full; the
@@ -249,13 +205,6 @@ EBM_CLONES void add_column(const float* __restrict col, float wj, int64_t K,
 EBM_CLONES void add_column(const double* __restrict col, double wj, int64_t K,
                            double* __restrict out) {
   for (int64_t i = 0; i < K; ++i) out[i] = col[i] + wj;
-}
-
-template <typename S>
-bool any_nan(const S* x, int64_t n) {
-  bool nan = false;
-  for (int64_t i = 0; i < n; ++i) nan |= x[i] != x[i];
-  return nan;
 }
 
 // Everything a kernel reads about one batch of chains.
@@ -582,7 +531,9 @@ at::Tensor chain_energy_cpu(const at::Tensor& unary, const at::Tensor& trans,
                             const at::Tensor& tags, const c10::optional<at::Tensor>& lengths,
                             const c10::optional<at::Tensor>& start,
                             const c10::optional<at::Tensor>& end) {
-  check_chain_energy_inputs(unary, trans, tags, lengths, start, end);
+  if (check_chain_energy_inputs(unary, trans, tags, lengths, start, end)) {
+    return relaxed_chain_energy(unary, trans, tags, lengths, start, end);
+  }
   const int64_t B = unary.size(0), T = unary.size(1);
   const int64_t C = tags.dim() == 3 ? tags.size(1) : 1;
   auto out_shape = tags.sizes().vec();

@@ -13,42 +13,11 @@
 #include <limits>
 
 #include "../chain.h"
+#include "chain_common.cuh"
 
 namespace ebm_ext {
+using namespace cuda_chain;
 namespace {
-
-constexpr int kMaxThreads = 256;
-constexpr size_t kSharedTransBytes = 32 * 1024;
-
-int threads_for(int64_t K) {
-  const int64_t warps = (K + 31) / 32;
-  return static_cast<int>(std::min<int64_t>(kMaxThreads, warps * 32));
-}
-
-template <typename acc_t>
-struct ChainArgs {
-  const acc_t* transT;  // (K, K) transposed, in the accumulation type
-  const acc_t* trans;   // (K, K)
-  const acc_t* start;   // (K,) or nullptr
-  const acc_t* end;     // (K,) or nullptr
-  const int64_t* lengths;
-  int64_t T;
-  int K;
-  bool trans_in_shared;
-};
-
-// Copies transT to shared memory when it fits; returns where to read it from.
-template <typename acc_t>
-__device__ const acc_t* stage_trans(const ChainArgs<acc_t>& a, acc_t* shared) {
-  if (!a.trans_in_shared) return a.transT;
-  for (int n = threadIdx.x; n < a.K * a.K; n += blockDim.x) shared[n] = a.transT[n];
-  return shared;
-}
-
-template <typename acc_t>
-__device__ acc_t at_or_zero(const acc_t* p, int64_t i) {
-  return p ? p[i] : acc_t(0);
-}
 
 // viterbi / loss_augmented_viterbi: gold and cost are nullptr for plain decoding.
 template <typename scalar_t, typename acc_t, typename ptr_t>
@@ -258,48 +227,6 @@ __global__ void chain_energy_kernel(const scalar_t* __restrict__ unary, ChainArg
   energy_out[n] = static_cast<scalar_t>(e);
 }
 
-// Inputs converted once to contiguous tensors in the accumulation type (trans, start, end are
-// K or K*K values: negligible next to unary, which is read in its own dtype).
-struct Staged {
-  at::Tensor unary, trans, transT, start, end, lengths;
-};
-
-Staged stage(const at::Tensor& unary, const at::Tensor& trans,
-             const c10::optional<at::Tensor>& lengths, const c10::optional<at::Tensor>& start,
-             const c10::optional<at::Tensor>& end) {
-  const auto acc = at::toOpMathType(unary.scalar_type());
-  Staged s;
-  s.unary = unary.contiguous();
-  s.trans = trans.to(acc).contiguous();
-  s.transT = s.trans.t().contiguous();
-  if (start.has_value()) s.start = start->to(acc).contiguous();
-  if (end.has_value()) s.end = end->to(acc).contiguous();
-  if (lengths.has_value()) s.lengths = lengths->contiguous();
-  return s;
-}
-
-template <typename acc_t>
-ChainArgs<acc_t> chain_args(const Staged& s, size_t shared_before) {
-  ChainArgs<acc_t> a;
-  a.trans = s.trans.data_ptr<acc_t>();
-  a.transT = s.transT.data_ptr<acc_t>();
-  a.start = s.start.defined() ? s.start.data_ptr<acc_t>() : nullptr;
-  a.end = s.end.defined() ? s.end.data_ptr<acc_t>() : nullptr;
-  a.lengths = s.lengths.defined() ? s.lengths.data_ptr<int64_t>() : nullptr;
-  a.T = s.unary.size(1);
-  a.K = static_cast<int>(s.unary.size(2));
-  a.trans_in_shared = shared_before + a.K * a.K * sizeof(acc_t) <= kSharedTransBytes;
-  return a;
-}
-
-template <typename acc_t>
-size_t shared_bytes(const ChainArgs<acc_t>& a, size_t before) {
-  return before + (a.trans_in_shared ? a.K * a.K * sizeof(acc_t) : 0);
-}
-
-#define EBM_DISPATCH_CUDA_FLOATS(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
-
 template <typename scalar_t, typename ptr_t>
 void launch_viterbi(const Staged& s, const at::Tensor& gold, const at::Tensor& cost,
                     at::Tensor& energy, at::Tensor* delta, at::Tensor& tags) {
@@ -409,7 +336,9 @@ at::Tensor chain_energy_cuda(const at::Tensor& unary, const at::Tensor& trans,
                              const at::Tensor& tags, const c10::optional<at::Tensor>& lengths,
                              const c10::optional<at::Tensor>& start,
                              const c10::optional<at::Tensor>& end) {
-  check_chain_energy_inputs(unary, trans, tags, lengths, start, end);
+  if (check_chain_energy_inputs(unary, trans, tags, lengths, start, end)) {
+    return relaxed_chain_energy(unary, trans, tags, lengths, start, end);
+  }
   const c10::cuda::CUDAGuard guard(unary.device());
   auto out_shape = tags.sizes().vec();
   out_shape.pop_back();

@@ -1,0 +1,97 @@
+// Shared by the CUDA kernels of the chain families: how a batch of chains is handed to a
+// kernel (inputs staged once in the accumulation type), and the launch shape.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+
+#include <cstdint>
+#include <limits>
+
+namespace ebm_ext {
+namespace cuda_chain {
+
+constexpr int kMaxThreads = 256;
+constexpr size_t kSharedTransBytes = 32 * 1024;
+
+inline int threads_for(int64_t K) {
+  const int64_t warps = (K + 31) / 32;
+  return static_cast<int>(std::min<int64_t>(kMaxThreads, warps * 32));
+}
+
+template <typename acc_t>
+struct ChainArgs {
+  const acc_t* transT;  // (K, K) transposed, in the accumulation type
+  const acc_t* trans;   // (K, K)
+  const acc_t* start;   // (K,) or nullptr
+  const acc_t* end;     // (K,) or nullptr
+  const int64_t* lengths;
+  int64_t T;
+  int K;
+  bool trans_in_shared;
+};
+
+// Copies a K x K matrix (trans or transT) to shared memory when it fits; returns where to
+// read it from.
+template <typename acc_t>
+__device__ const acc_t* stage_matrix(const acc_t* src, const ChainArgs<acc_t>& a, acc_t* shared) {
+  if (!a.trans_in_shared) return src;
+  for (int n = threadIdx.x; n < a.K * a.K; n += blockDim.x) shared[n] = src[n];
+  return shared;
+}
+
+template <typename acc_t>
+__device__ const acc_t* stage_trans(const ChainArgs<acc_t>& a, acc_t* shared) {
+  return stage_matrix(a.transT, a, shared);
+}
+
+template <typename acc_t>
+__device__ acc_t at_or_zero(const acc_t* p, int64_t i) {
+  return p ? p[i] : acc_t(0);
+}
+
+// Inputs converted once to contiguous tensors in the accumulation type (trans, start, end are
+// K or K*K values: negligible next to unary, which is read in its own dtype).
+struct Staged {
+  at::Tensor unary, trans, transT, start, end, lengths;
+};
+
+inline Staged stage(const at::Tensor& unary, const at::Tensor& trans,
+             const c10::optional<at::Tensor>& lengths, const c10::optional<at::Tensor>& start,
+             const c10::optional<at::Tensor>& end) {
+  const auto acc = at::toOpMathType(unary.scalar_type());
+  Staged s;
+  s.unary = unary.contiguous();
+  s.trans = trans.to(acc).contiguous();
+  s.transT = s.trans.t().contiguous();
+  if (start.has_value()) s.start = start->to(acc).contiguous();
+  if (end.has_value()) s.end = end->to(acc).contiguous();
+  if (lengths.has_value()) s.lengths = lengths->contiguous();
+  return s;
+}
+
+template <typename acc_t>
+ChainArgs<acc_t> chain_args(const Staged& s, size_t shared_before) {
+  ChainArgs<acc_t> a;
+  a.trans = s.trans.data_ptr<acc_t>();
+  a.transT = s.transT.data_ptr<acc_t>();
+  a.start = s.start.defined() ? s.start.data_ptr<acc_t>() : nullptr;
+  a.end = s.end.defined() ? s.end.data_ptr<acc_t>() : nullptr;
+  a.lengths = s.lengths.defined() ? s.lengths.data_ptr<int64_t>() : nullptr;
+  a.T = s.unary.size(1);
+  a.K = static_cast<int>(s.unary.size(2));
+  a.trans_in_shared = shared_before + a.K * a.K * sizeof(acc_t) <= kSharedTransBytes;
+  return a;
+}
+
+template <typename acc_t>
+size_t shared_bytes(const ChainArgs<acc_t>& a, size_t before) {
+  return before + (a.trans_in_shared ? a.K * a.K * sizeof(acc_t) : 0);
+}
+
+#define EBM_DISPATCH_CUDA_FLOATS(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
+}  // namespace cuda_chain
+}  // namespace ebm_ext

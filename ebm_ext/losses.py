@@ -1,0 +1,110 @@
+"""Training criteria for energy-based taggers, on the chain-energy ops.
+
+Each takes the chain energy (``unary`` (B, T, K), ``trans`` (K, K), optional ``start``/``end``),
+``gold`` tags (B, T) int64 (positions t >= L are ignored and may hold -1) and ``lengths``, and
+returns per-sequence losses reduced like torch's losses: ``reduction='none' | 'mean' | 'sum'``
+(mean over the batch). Energies are lower-is-better.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .ops import (chain_energy, chain_log_partition, loss_augmented_viterbi, viterbi,
+                  viterbi_kbest)
+
+_REDUCTIONS = ("none", "mean", "sum")
+
+
+def _reduce(loss: Tensor, reduction: str) -> Tensor:
+    if reduction == "none":
+        return loss
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+
+
+def _valid(gold: Tensor, lengths: Optional[Tensor]) -> Tensor:
+    B, T = gold.shape
+    if lengths is None:
+        return torch.ones_like(gold, dtype=torch.bool)
+    return torch.arange(T, device=gold.device) < lengths[:, None]
+
+
+def token_nll(unary: Tensor, gold: Tensor, lengths: Optional[Tensor] = None,
+              reduction: str = "mean") -> Tensor:
+    """The feed-forward tagger's loss: -sum_{t<L} log softmax(-unary[b, t])[gold_t].
+
+    Each position is classified independently (no transitions).
+    """
+    if unary.dim() != 3 or gold.shape != unary.shape[:2]:
+        raise ValueError(f"token_nll: unary must be (B, T, K) and gold (B, T), got "
+                         f"{tuple(unary.shape)} and {tuple(gold.shape)}")
+    valid = _valid(gold, lengths)
+    logp = torch.log_softmax(-unary, dim=-1)
+    picked = logp.gather(-1, torch.where(valid, gold, 0)[..., None]).squeeze(-1)
+    return _reduce(-(picked * valid).sum(-1), reduction)
+
+
+def crf_nll(unary: Tensor, trans: Tensor, gold: Tensor, lengths: Optional[Tensor] = None,
+            start: Optional[Tensor] = None, end: Optional[Tensor] = None,
+            reduction: str = "mean") -> Tensor:
+    """-log p(gold) = E(gold) + log Z, with p(y) ∝ exp(-E(x, y))."""
+    loss = (chain_energy(unary, trans, gold, lengths, start, end)
+            + chain_log_partition(unary, trans, lengths, start, end))
+    return _reduce(loss, reduction)
+
+
+def perceptron(unary: Tensor, trans: Tensor, gold: Tensor, lengths: Optional[Tensor] = None,
+               start: Optional[Tensor] = None, end: Optional[Tensor] = None,
+               reduction: str = "mean") -> Tensor:
+    """E(gold) - min_y E(y): zero when gold is a minimiser, pushes E(gold) down and E(y*) up."""
+    best, _ = viterbi(unary, trans, lengths, start, end)
+    return _reduce(chain_energy(unary, trans, gold, lengths, start, end) - best, reduction)
+
+
+def margin_hinge(unary: Tensor, trans: Tensor, gold: Tensor, margin: float = 1.0,
+                 lengths: Optional[Tensor] = None, start: Optional[Tensor] = None,
+                 end: Optional[Tensor] = None, reduction: str = "mean") -> Tensor:
+    """[m + E(gold) - min_{y != gold} E(y)]_+, exact: the competitor is the best path that is
+    not gold, found by 2-best decoding. A sequence with no other path (length 0, or K = 1) has
+    loss 0."""
+    e_gold = chain_energy(unary, trans, gold, lengths, start, end)
+    energy, tags = viterbi_kbest(unary, trans, 2, lengths, start, end)
+    valid = _valid(gold, lengths)
+    best_is_gold = ((tags[:, 0] == gold) | ~valid).all(-1)
+    competitor = torch.where(best_is_gold, energy[:, 1], energy[:, 0])
+    return _reduce(torch.relu(margin + e_gold - competitor), reduction)
+
+
+def margin_rescaled_hinge(unary: Tensor, trans: Tensor, gold: Tensor, cost: Tensor,
+                          lengths: Optional[Tensor] = None, start: Optional[Tensor] = None,
+                          end: Optional[Tensor] = None, reduction: str = "mean") -> Tensor:
+    """[max_y (Delta(y, gold) - E(y)) + E(gold)]_+ with Delta(y, gold) = sum_t cost[gold_t, y_t],
+    through cost-augmented decoding (any non-negative cost with a zero diagonal)."""
+    e_gold = chain_energy(unary, trans, gold, lengths, start, end)
+    e_hat, delta, _ = loss_augmented_viterbi(unary, trans, gold, cost, lengths, start, end)
+    return _reduce(torch.relu(delta - e_hat + e_gold), reduction)
+
+
+def hamming_cost(num_tags: int, dtype: torch.dtype = torch.float32,
+                 device: Optional[torch.device] = None) -> Tensor:
+    """1 - I: one unit of cost per wrong tag."""
+    return 1.0 - torch.eye(num_tags, dtype=dtype, device=device)
+
+
+def category_cost(categories, same_category: float = 0.5, dtype: torch.dtype = torch.float32,
+                  device: Optional[torch.device] = None) -> Tensor:
+    """0 for the same tag, ``same_category`` for another tag of the same category, 1 otherwise.
+
+    ``categories``: one category id (or name) per tag.
+    """
+    ids = {c: i for i, c in enumerate(dict.fromkeys(categories))}
+    cat = torch.tensor([ids[c] for c in categories], device=device)
+    same = (cat[:, None] == cat[None, :]).to(dtype)
+    cost = 1.0 - (1.0 - same_category) * same
+    return cost.fill_diagonal_(0.0)

@@ -1,0 +1,79 @@
+"""Log-partition and marginals of the linear-chain energy (see ebm_ext.ops.chain for E).
+
+    log Z = log sum_y exp(-E(x, y)),    p(y) = exp(-E(x, y)) / Z
+
+The backward of log Z is a forward-backward kernel of its own (``_chain_log_partition_backward``):
+d log Z / d unary[b, t, k] = -p(y_t = k), d / d trans = -(pair marginals summed over t),
+d / d start = -p(y_0), d / d end = -p(y_{L-1}).
+
+Non-finite inputs: +inf energies forbid tags/transitions; a sequence with no allowed path has
+log Z = -inf and zero marginals; NaN inputs give NaN. Energies of -inf are not supported (NaN).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+_ops = torch.ops.ebm_ext
+
+
+def chain_log_partition(unary: Tensor, trans: Tensor, lengths: Optional[Tensor] = None,
+                        start: Optional[Tensor] = None, end: Optional[Tensor] = None) -> Tensor:
+    """log sum_y exp(-E(x, y)) per sequence, (B,). Length-0 sequences give 0.
+
+    Differentiable in unary, trans, start and end (the gradient is minus the marginals).
+    """
+    return _ops.chain_log_partition(unary, trans, lengths, start, end)
+
+
+def chain_marginals(unary: Tensor, trans: Tensor, lengths: Optional[Tensor] = None,
+                    start: Optional[Tensor] = None, end: Optional[Tensor] = None) -> Tensor:
+    """p(y_t = k) under p(y) ∝ exp(-E(x, y)), (B, T, K); rows t >= L are 0.
+
+    Not differentiable (use ``-autograd.grad(chain_log_partition(...).sum(), unary)`` to get
+    marginals inside a graph).
+    """
+    return _ops.chain_marginals(unary, trans, lengths, start, end)
+
+
+def _check_fake(op, unary, trans):
+    torch._check(unary.dim() == 3, lambda: f"{op}: unary must be a 3-D tensor (B, T, K)")
+    K = unary.shape[-1]
+    torch._check(tuple(trans.shape) == (K, K), lambda: f"{op}: trans must have shape (K, K)")
+
+
+@torch.library.register_fake("ebm_ext::chain_log_partition")
+def _chain_log_partition_fake(unary, trans, lengths=None, start=None, end=None):
+    _check_fake("chain_log_partition", unary, trans)
+    return unary.new_empty(unary.shape[0])
+
+
+@torch.library.register_fake("ebm_ext::chain_marginals")
+def _chain_marginals_fake(unary, trans, lengths=None, start=None, end=None):
+    _check_fake("chain_marginals", unary, trans)
+    return unary.new_empty(unary.shape)
+
+
+@torch.library.register_fake("ebm_ext::_chain_log_partition_backward")
+def _chain_log_partition_backward_fake(grad, unary, trans, lengths=None, start=None, end=None):
+    _check_fake("_chain_log_partition_backward", unary, trans)
+    K = unary.shape[-1]
+    return (unary.new_empty(unary.shape), unary.new_empty((K, K)), unary.new_empty(K),
+            unary.new_empty(K))
+
+
+def _setup(ctx, inputs, output):
+    unary, trans, lengths, start, end = inputs
+    ctx.save_for_backward(unary, trans, lengths, start, end)
+
+
+def _backward(ctx, grad):
+    unary, trans, lengths, start, end = ctx.saved_tensors
+    du, dt, ds, de = _ops._chain_log_partition_backward(grad.contiguous(), unary, trans, lengths,
+                                                        start, end)
+    return du, dt, None, (ds if start is not None else None), (de if end is not None else None)
+
+
+torch.library.register_autograd("ebm_ext::chain_log_partition", _backward, setup_context=_setup)

@@ -1,0 +1,36 @@
+"""Euclidean projection onto the probability simplex (the 'projected' relaxed inference step)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_ops = torch.ops.ebm_ext
+
+
+def project_simplex(v: Tensor) -> Tensor:
+    """argmin_{p >= 0, sum p = 1} ||p - v||_2 over the last dimension, batched over the others.
+
+    Rows holding NaN or +inf give NaN rows; -inf entries project to 0. Differentiable: the
+    Jacobian is the projection onto the face of the simplex the result lies on.
+    """
+    return _ops.project_simplex(v)
+
+
+@torch.library.register_fake("ebm_ext::project_simplex")
+def _project_simplex_fake(v):
+    torch._check(v.dim() >= 1, lambda: "project_simplex: v must have at least one dimension")
+    return torch.empty_like(v, memory_format=torch.contiguous_format)
+
+
+def _setup(ctx, inputs, output):
+    ctx.save_for_backward(output)
+
+
+def _backward(ctx, grad):
+    (p,) = ctx.saved_tensors
+    support = (p > 0).to(grad.dtype)
+    count = support.sum(-1, keepdim=True).clamp_min(1)
+    return support * (grad - (grad * support).sum(-1, keepdim=True) / count)
+
+
+torch.library.register_autograd("ebm_ext::project_simplex", _backward, setup_context=_setup)

@@ -1,0 +1,206 @@
+"""chain_log_partition and chain_marginals against brute force, the plain-PyTorch forward
+algorithm and torch-struct; the forward-backward gradient; extreme energies; bad inputs."""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import ebm_ext
+from ebm_ext import _reference as ref
+from chain_cases import all_paths, make_chain
+from conftest import requires_cuda, tolerance
+
+small = st.fixed_dictionaries({
+    "B": st.integers(1, 3), "T": st.integers(0, 4), "K": st.integers(1, 4),
+    "lengths": st.booleans(), "start_end": st.booleans(), "seed": st.integers(0, 10_000),
+    "scale": st.sampled_from([0.1, 1.0, 30.0, 1e4]),
+})
+
+
+def _brute(unary, trans, L, start, end, b):
+    """log Z and marginals (T, K) of sequence b by enumerating every path."""
+    T, K = unary.shape[1], unary.shape[2]
+    paths = all_paths(unary, trans, L, start, end, b)
+    if not paths:
+        return 0.0, torch.zeros(T, K, dtype=torch.float64)
+    scores = torch.tensor([-e for e, _ in paths], dtype=torch.float64)
+    logz = torch.logsumexp(scores, 0)
+    marg = torch.zeros(T, K, dtype=torch.float64)
+    for (e, path), s in zip(paths, scores):
+        for t, y in enumerate(path):
+            marg[t, y] += math.exp(s - logz)
+    return logz.item(), marg
+
+
+@settings(max_examples=60, deadline=None)
+@given(small)
+def test_log_partition_and_marginals_match_brute_force(case):
+    unary, trans, L, start, end = make_chain(case["B"], case["T"], case["K"],
+                                             lengths=case["lengths"], start_end=case["start_end"],
+                                             seed=case["seed"], scale=case["scale"])
+    logz = ebm_ext.chain_log_partition(unary, trans, L, start, end)
+    marg = ebm_ext.chain_marginals(unary, trans, L, start, end)
+    for b in range(unary.shape[0]):
+        want_z, want_m = _brute(unary, trans, L, start, end, b)
+        assert logz[b].item() == pytest.approx(want_z, rel=1e-9, abs=1e-9)
+        torch.testing.assert_close(marg[b], want_m, atol=1e-9, rtol=1e-7)
+
+
+def test_gradient_is_minus_marginals_and_pair_marginals(device):
+    unary, trans, L, start, end = make_chain(5, 6, 4, device=device, seed=3)
+    params = [x.requires_grad_() for x in (unary, trans, start, end)]
+    ebm_ext.chain_log_partition(unary, trans, L, start, end).sum().backward()
+    want = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    ref.chain_log_partition(unary, trans, L, start, end).sum().backward()
+    for got, exp in zip(want, [p.grad for p in params]):
+        torch.testing.assert_close(got, exp, atol=1e-10, rtol=1e-8)
+    torch.testing.assert_close(-want[0], ebm_ext.chain_marginals(unary.detach(), trans.detach(),
+                                                                 L, start.detach(), end.detach()))
+
+
+@pytest.mark.parametrize("trans_scale", [1.0, 1e4], ids=["exp-domain", "log-space"])
+def test_gradcheck(device, trans_scale):
+    unary, trans, L, start, end = make_chain(3, 5, 3, device=device, seed=8)
+    trans = trans * trans_scale / 1e3 if trans_scale > 1 else trans  # range beyond the fast path
+    args = [x.requires_grad_() for x in (unary, trans, start, end)]
+    torch.autograd.gradcheck(lambda u, t, s, e: ebm_ext.chain_log_partition(u, t, L, s, e), args)
+
+
+@pytest.mark.parametrize("shape", [(16, 40, 25), (4, 9, 70), (5, 1, 3), (3, 0, 2)])
+def test_matches_reference(shape, device, dtype):
+    unary, trans, L, start, end = make_chain(*shape, dtype=dtype, device=device, seed=2)
+    tol = tolerance(dtype)
+    torch.testing.assert_close(ebm_ext.chain_log_partition(unary, trans, L, start, end),
+                               ref.chain_log_partition(unary, trans, L, start, end), **tol)
+    torch.testing.assert_close(ebm_ext.chain_marginals(unary, trans, L, start, end),
+                               ref.chain_marginals(unary, trans, L, start, end), **tol)
+
+
+@pytest.mark.parametrize("which", ["unary", "trans", "start_end"])
+def test_energies_of_1e4(which, dtype):
+    """Huge energies in any term: both recursions stay finite and exact (float64 reference)."""
+    unary, trans, L, start, end = make_chain(6, 12, 5, seed=4)
+    if which == "unary":
+        unary = unary * 1e4
+    elif which == "trans":
+        trans = trans * 1e4
+    else:
+        start, end = start * 1e4, end * 1e4
+    # The oracle runs in float64 on the very values the op sees (float32 rounding of an energy
+    # of 1e4 alone moves it by 1e-3).
+    cast = [x.to(dtype) for x in (unary, trans, start, end)]
+    exact = [x.double() for x in cast]
+    want = ref.chain_log_partition(exact[0], exact[1], L, exact[2], exact[3])
+    want_m = ref.chain_marginals(exact[0], exact[1], L, exact[2], exact[3])
+    got = ebm_ext.chain_log_partition(cast[0], cast[1], L, cast[2], cast[3])
+    assert torch.all(torch.isfinite(got))
+    rel = 1e-5 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(got.double(), want, rtol=rel, atol=rel * 1e4)
+    marg = ebm_ext.chain_marginals(cast[0], cast[1], L, cast[2], cast[3])
+    # Marginals are exp(alpha + beta - log Z) with |alpha|, |beta| ~ 1e5 here: float32 resolves
+    # those to ~1e-2, and so any float32 recursion gets marginals to ~1e-2 at this scale.
+    atol = 1e-3 if dtype == torch.float64 else (1e-3 if which == "unary" else 3e-2)
+    torch.testing.assert_close(marg.double(), want_m, atol=atol if dtype == torch.float32 else 1e-8,
+                               rtol=0)
+
+
+def test_matches_torch_struct_marginals_in_float64():
+    torch_struct = pytest.importorskip("torch_struct")
+    unary, trans, _, start, end = make_chain(8, 15, 6, lengths=False, seed=5)
+    B, T, K = unary.shape
+    phi = (-trans.t())[None, None] - unary[:, 1:, :, None]
+    phi = phi.repeat(1, 1, 1, 1)
+    phi[:, 0] += (-(unary[:, 0] + start))[:, None, :]
+    phi[:, -1] -= end[None, :, None]
+    dist = torch_struct.LinearChainCRF(phi)
+    torch.testing.assert_close(ebm_ext.chain_log_partition(unary, trans, None, start, end),
+                               dist.partition, atol=1e-6, rtol=0)
+    edge = dist.marginals  # (B, T-1, K_next, K_prev)
+    want = torch.cat([edge.sum(2)[:, :1], edge.sum(3)], dim=1)  # p(y_0), then p(y_t), t >= 1
+    torch.testing.assert_close(ebm_ext.chain_marginals(unary, trans, None, start, end), want,
+                               atol=1e-6, rtol=0)
+
+
+def test_forbidden_tags_and_infeasible_sequences(device):
+    unary, trans, _, _, _ = make_chain(3, 5, 3, lengths=False, device=device, seed=6)
+    unary[0, :, 0] = float("inf")        # tag 0 forbidden in sequence 0
+    unary[1, 2, :] = float("inf")        # sequence 1 has no allowed path
+    logz = ebm_ext.chain_log_partition(unary, trans)
+    marg = ebm_ext.chain_marginals(unary, trans)
+    ok = unary.clone()
+    ok[0, :, 0] = 1e30
+    assert torch.isfinite(logz[0]) and logz[1].item() == float("-inf")
+    torch.testing.assert_close(logz[0], ref.chain_log_partition(ok[:1], trans)[0])
+    assert torch.all(marg[0, :, 0] == 0) and torch.all(marg[1] == 0)
+    torch.testing.assert_close(marg[0].sum(-1), torch.ones(5, dtype=marg.dtype, device=device))
+    unary.requires_grad_()
+    ebm_ext.chain_log_partition(unary, trans)[[0, 2]].sum().backward()
+    assert torch.all(torch.isfinite(unary.grad))
+
+
+def test_nan_inputs_give_nan(device):
+    unary, trans, _, _, _ = make_chain(3, 4, 3, lengths=False, device=device)
+    unary[1, 1, 1] = float("nan")
+    logz = ebm_ext.chain_log_partition(unary, trans)
+    assert torch.isnan(logz[1]) and torch.all(torch.isfinite(logz[[0, 2]]))
+    marg = ebm_ext.chain_marginals(unary, trans)
+    assert torch.all(torch.isnan(marg[1])) and torch.all(torch.isfinite(marg[[0, 2]]))
+    trans[0, 0] = float("nan")
+    assert torch.all(torch.isnan(ebm_ext.chain_log_partition(unary, trans)))
+
+
+def test_opcheck_and_compile(device):
+    unary, trans, L, start, end = make_chain(3, 5, 4, device=device, seed=9)
+    unary.requires_grad_()
+    trans.requires_grad_()
+    ops = torch.ops.ebm_ext
+    torch.library.opcheck(ops.chain_log_partition.default, (unary, trans, L, start, end))
+    torch.library.opcheck(ops.chain_marginals.default, (unary.detach(), trans.detach(), L, start, end))
+    grad = torch.ones(3, dtype=unary.dtype, device=device)
+    torch.library.opcheck(ops._chain_log_partition_backward.default,
+                          (grad, unary.detach(), trans.detach(), L, start, end))
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def nll(unary, trans):
+        return ebm_ext.chain_log_partition(unary, trans, L, start, end).sum()
+
+    nll(unary, trans).backward()
+    torch.testing.assert_close(unary.grad, -ebm_ext.chain_marginals(unary.detach(), trans.detach(),
+                                                                    L, start, end))
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: ebm_ext.chain_log_partition(torch.randn(2, 3), torch.randn(3, 3)),
+     r"chain_log_partition: unary must be a 3-D tensor \(B, T, K\), got shape \[2, 3\]"),
+    (lambda: ebm_ext.chain_log_partition(torch.randn(2, 3, 4), torch.randn(4, 3)),
+     r"chain_log_partition: trans must have shape \(K, K\) = \(4, 4\), got \[4, 3\]"),
+    (lambda: ebm_ext.chain_log_partition(torch.randn(2, 3, 4), torch.randn(4, 4), torch.tensor([1, 5])),
+     r"chain_log_partition: lengths must be <= T=3, got 5"),
+    (lambda: ebm_ext.chain_marginals(torch.randn(2, 3, 4), torch.randn(4, 4), None, torch.randn(4).double()),
+     r"chain_marginals: start must have the same dtype as unary \(Float\), got Double"),
+    (lambda: torch.ops.ebm_ext._chain_log_partition_backward(torch.ones(3), torch.randn(2, 3, 4), torch.randn(4, 4)),
+     r"_chain_log_partition_backward: grad must have shape \(B,\) = \(2,\), got \[3\]"),
+])
+def test_bad_inputs(call, message):
+    with pytest.raises(RuntimeError, match=message):
+        call()
+
+
+@requires_cuda
+@pytest.mark.parametrize("shape", [(64, 50, 25), (8, 30, 300), (5, 1, 3)])
+def test_cuda_matches_cpu(shape, dtype):
+    unary, trans, L, start, end = make_chain(*shape, dtype=dtype, seed=1)
+    tol = tolerance(dtype)
+    cu = [x.cuda() for x in (unary, trans, L, start, end)]
+    torch.testing.assert_close(ebm_ext.chain_log_partition(*cu).cpu(),
+                               ebm_ext.chain_log_partition(unary, trans, L, start, end), **tol)
+    torch.testing.assert_close(ebm_ext.chain_marginals(*cu).cpu(),
+                               ebm_ext.chain_marginals(unary, trans, L, start, end), **tol)
+    grad = torch.rand(shape[0], dtype=dtype)
+    op = torch.ops.ebm_ext._chain_log_partition_backward
+    for a, b in zip(op(grad.cuda(), *cu), op(grad, unary, trans, L, start, end)):
+        torch.testing.assert_close(a.cpu(), b, **tol)
