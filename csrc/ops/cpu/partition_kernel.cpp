@@ -30,23 +30,64 @@ constexpr S kMaxRange = std::is_same<S, float>::value ? S(60) : S(600);
 template <typename S>
 constexpr S inf_v = std::numeric_limits<S>::infinity();
 
-// x[i] += a * row[i] for i < n (n a multiple of the lanes).
-template <typename S>
-__attribute__((always_inline)) inline void axpy_impl(S a, const S* __restrict row, S* __restrict x,
-                                                     int64_t n) {
+// out[j] = sum_{i<K} x[i] * M[i*Kp + j] for G vectors of j from j0, the sums in registers.
+template <typename S, int G>
+__attribute__((always_inline)) inline void vecmat_group(const S* __restrict x,
+                                                        const S* __restrict M, int64_t K,
+                                                        int64_t Kp, int64_t j0,
+                                                        S* __restrict out) {
   using V = typename Lanes<S>::V;
-  for (int64_t i = 0; i < n; i += Lanes<S>::N) store(x + i, load<V>(x + i) + a * load<V>(row + i));
-}
-EBM_CLONES void axpy(float a, const float* row, float* x, int64_t n) { axpy_impl(a, row, x, n); }
-EBM_CLONES void axpy(double a, const double* row, double* x, int64_t n) { axpy_impl(a, row, x, n); }
-
-// out = sum_i x[i] * M[i*Kp ...]: a vector-matrix product over the first K rows of M.
-template <typename S>
-void vecmat(const S* x, const S* M, int64_t K, int64_t Kp, S* out) {
-  std::fill(out, out + Kp, S(0));
+  constexpr int N = Lanes<S>::N;
+  V acc[G];
+  for (int g = 0; g < G; ++g) acc[g] = V{};
   for (int64_t i = 0; i < K; ++i) {
-    if (x[i] != S(0)) axpy(x[i], M + i * Kp, out, Kp);
+    const S xi = x[i];
+    const S* row = M + i * Kp + j0;
+    for (int g = 0; g < G; ++g) acc[g] += xi * load<V>(row + g * N);
   }
+  for (int g = 0; g < G; ++g) store(out + j0 + g * N, acc[g]);
+}
+
+template <typename S>
+__attribute__((always_inline)) inline void vecmat_impl(const S* x, const S* M, int64_t K,
+                                                       int64_t Kp, S* out) {
+  constexpr int N = Lanes<S>::N;
+  int64_t j0 = 0;
+  for (; j0 + 4 * N <= Kp; j0 += 4 * N) vecmat_group<S, 4>(x, M, K, Kp, j0, out);
+  switch ((Kp - j0) / N) {
+    case 3: vecmat_group<S, 3>(x, M, K, Kp, j0, out); break;
+    case 2: vecmat_group<S, 2>(x, M, K, Kp, j0, out); break;
+    case 1: vecmat_group<S, 1>(x, M, K, Kp, j0, out); break;
+    default: break;
+  }
+}
+
+// out = x M over the first K rows of M (K, Kp).
+EBM_CLONES void vecmat(const float* x, const float* M, int64_t K, int64_t Kp, float* out) {
+  vecmat_impl(x, M, K, Kp, out);
+}
+EBM_CLONES void vecmat(const double* x, const double* M, int64_t K, int64_t Kp, double* out) {
+  vecmat_impl(x, M, K, Kp, out);
+}
+
+// acc[i*Kp + j] += x[i] * y[j] for i < K: the outer product of one step's pair marginals.
+template <typename S>
+__attribute__((always_inline)) inline void add_outer_impl(const S* __restrict x,
+                                                          const S* __restrict y, int64_t K,
+                                                          int64_t Kp, S* __restrict acc) {
+  using V = typename Lanes<S>::V;
+  for (int64_t i = 0; i < K; ++i) {
+    const S xi = x[i];
+    if (xi == S(0)) continue;
+    S* row = acc + i * Kp;
+    for (int64_t j = 0; j < Kp; j += Lanes<S>::N) store(row + j, load<V>(row + j) + xi * load<V>(y + j));
+  }
+}
+EBM_CLONES void add_outer(const float* x, const float* y, int64_t K, int64_t Kp, float* acc) {
+  add_outer_impl(x, y, K, Kp, acc);
+}
+EBM_CLONES void add_outer(const double* x, const double* y, int64_t K, int64_t Kp, double* acc) {
+  add_outer_impl(x, y, K, Kp, acc);
 }
 
 // Everything read about one batch, plus the exp-domain transition matrices.
@@ -229,10 +270,7 @@ struct ForwardBackward {
       if (pair) {
         const S f = scale / z;
         for (int64_t j = 0; j < Kp; ++j) next[j] = tmp[j] * f;
-        const S* prev = a.data() + (t - 1) * Kp;
-        for (int64_t i = 0; i < K; ++i) {
-          if (prev[i] != S(0)) axpy(prev[i], next.data(), pair + i * Kp, Kp);
-        }
+        add_outer(a.data() + (t - 1) * Kp, next.data(), K, Kp, pair);
       }
       vecmat(tmp.data(), p.ET, K, Kp, next.data());
       S m = 0;

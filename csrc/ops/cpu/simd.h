@@ -64,7 +64,7 @@ bool any_nan(const S* x, int64_t n) {
 
 // exp(x) for x <= 0, the only arguments the kernels form (energies minus their minimum):
 // Cephes' polynomial on 16 lanes, results below 1.6e-38 (and exp(-inf)) flushed to 0, NaN kept.
-inline Lanes<float>::V exp_nonpositive(Lanes<float>::V x) {
+__attribute__((always_inline)) inline Lanes<float>::V exp_nonpositive(Lanes<float>::V x) {
   using V = Lanes<float>::V;
   using I = Lanes<float>::I;
   const V lo = V{} - 87.0f;
@@ -93,7 +93,7 @@ inline Lanes<float>::V exp_nonpositive(Lanes<float>::V x) {
 }
 
 // out[i] = exp(shift - x[i]) for i < n (x[i] >= shift), n a multiple of the lane count.
-inline void exp_shifted(const float* x, float shift, float* out, int64_t n) {
+EBM_CLONES inline void exp_shifted(const float* x, float shift, float* out, int64_t n) {
   using V = Lanes<float>::V;
   for (int64_t i = 0; i < n; i += Lanes<float>::N) {
     store(out + i, exp_nonpositive(shift - load<V>(x + i)));
