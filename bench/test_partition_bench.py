@@ -38,7 +38,7 @@ def test_log_partition_forward_backward(benchmark, shape, impl):
     _run(benchmark, step, impl)
 
 
-@pytest.mark.parametrize("impl", ["ebm_ext crf_nll", "pytorch-crf"])
+@pytest.mark.parametrize("impl", ["ebm_ext", "pytorch-crf"])
 @pytest.mark.parametrize("shape", SHAPES, ids=_id)
 def test_crf_nll_forward_backward(benchmark, shape, impl):
     benchmark.group = f"CRF NLL fwd+bwd {_id(shape)}"

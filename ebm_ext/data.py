@@ -1,0 +1,222 @@
+"""Readers and vocabularies for sequence labelling.
+
+- ``read_tweets``: the ARK tweet POS format (``token<TAB>tag`` per line, a blank line after each
+  tweet).
+- ``read_conllu``: CoNLL-U through the ``conllu`` package (UPOS by default); multiword-token
+  lines and empty nodes carry no UPOS tag and are skipped.
+- ``read_tagset``: the tweet tagset with its categories.
+
+Malformed input raises ``ValueError`` naming the file and line.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import pathlib
+from typing import Iterable, Optional, Sequence
+
+import torch
+
+Sentence = tuple  # (tokens: list[str], tags: list[str])
+
+PAD, UNK = "<pad>", "<unk>"
+
+
+def read_tweets(path) -> list[Sentence]:
+    """Tweets of a ``token<TAB>tag`` file; every tweet ends with a blank line (the last may not)."""
+    path = pathlib.Path(path)
+    sentences, tokens, tags = [], [], []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            line = line.rstrip("\n").rstrip("\r")
+            if not line.strip():
+                if tokens:
+                    sentences.append((tokens, tags))
+                    tokens, tags = [], []
+                continue
+            fields = line.split("\t")
+            if len(fields) != 2 or not fields[0] or not fields[1].strip():
+                raise ValueError(f"{path}:{number}: expected 'token<TAB>tag', got {line!r}")
+            tokens.append(fields[0])
+            tags.append(fields[1].strip())
+    if tokens:
+        sentences.append((tokens, tags))
+    return sentences
+
+
+def read_conllu(path, column: str = "upos") -> list[Sentence]:
+    """Sentences of a CoNLL-U file as (forms, tags of ``column``), parsed by ``conllu``."""
+    import conllu
+    import conllu.exceptions
+
+    path = pathlib.Path(path)
+    text = path.read_text(encoding="utf-8")
+    sentences = []
+    lines = text.split("\n")
+    start = 0
+    while start < len(lines):
+        while start < len(lines) and not lines[start].strip():
+            start += 1
+        end = start
+        while end < len(lines) and lines[end].strip():
+            end += 1
+        if end > start:
+            sentences.extend(_parse_block(conllu, path, lines, start, end, column))
+        start = end
+    return sentences
+
+
+def _parse_block(conllu, path, lines, start, end, column):
+    words = [(n, line) for n, line in enumerate(lines[start:end], start + 1)
+             if not line.startswith("#")]
+    for number, line in words:
+        if line.count("\t") != 9:
+            raise ValueError(f"{path}:{number}: a CoNLL-U word line has 10 tab-separated columns, "
+                             f"got {line.count(chr(9)) + 1}: {line!r}")
+    try:
+        parsed = conllu.parse("\n".join(lines[start:end]) + "\n\n")
+    except Exception as error:  # conllu's ParseException does not know the file's line numbers
+        raise ValueError(f"{path}:{start + 1}: the sentence starting here is not valid CoNLL-U: "
+                         f"{error}") from error
+    out = []
+    for sentence in parsed:
+        forms, tags = [], []
+        word_lines = iter(words)
+        for token in sentence:
+            number, _ = next(word_lines)
+            if not isinstance(token["id"], int):
+                continue  # multiword range (3-4) or empty node (8.1): no UPOS
+            tag = token[column]
+            if tag in (None, "_"):
+                raise ValueError(f"{path}:{number}: word {token['id']} has no {column} tag")
+            forms.append(token["form"])
+            tags.append(tag)
+        out.append((forms, tags))
+    return out
+
+
+def read_sentences(path, format: str = "auto") -> list[Sentence]:
+    """Either format, by ``format`` ('tweets', 'conllu') or, with 'auto', by the file's suffix."""
+    if format == "auto":
+        format = "conllu" if str(path).endswith(".conllu") else "tweets"
+    if format == "conllu":
+        return read_conllu(path)
+    if format == "tweets":
+        return read_tweets(path)
+    raise ValueError(f"format must be 'auto', 'tweets' or 'conllu', got {format!r}")
+
+
+def read_tagset(path) -> tuple[list[str], list[str]]:
+    """(tags, categories) from the tweet tagset's TSV (header: tag, category, description)."""
+    path = pathlib.Path(path)
+    rows = path.read_text(encoding="utf-8").splitlines()
+    tags, categories = [], []
+    for number, row in enumerate(rows[1:], 2):
+        fields = row.split("\t")
+        if len(fields) < 2:
+            raise ValueError(f"{path}:{number}: expected 'tag<TAB>category<TAB>description'")
+        tags.append(fields[0])
+        categories.append(fields[1])
+    return tags, categories
+
+
+UPOS = ["ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON",
+        "PROPN", "PUNCT", "SCONJ", "SYM", "VERB", "X"]
+
+
+class Vocab:
+    """A string <-> index map with a padding entry (0) and an unknown entry (1)."""
+
+    def __init__(self, items: Iterable[str], specials: Sequence[str] = (PAD, UNK)):
+        self.items = list(specials) + [x for x in items if x not in specials]
+        self.index = {x: i for i, x in enumerate(self.items)}
+        self.unk = self.index.get(UNK)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, item: str) -> int:
+        i = self.index.get(item, self.unk)
+        if i is None:
+            raise KeyError(f"{item!r} is not in the vocabulary (which has no unknown entry)")
+        return i
+
+    def state(self) -> list[str]:
+        return list(self.items)
+
+    @classmethod
+    def from_state(cls, items: list[str]) -> "Vocab":
+        v = cls.__new__(cls)
+        v.items = list(items)
+        v.index = {x: i for i, x in enumerate(v.items)}
+        v.unk = v.index.get(UNK)
+        return v
+
+
+def word_key(token: str) -> str:
+    """Words are looked up lowercased, with digits folded to 0 (the characters keep the rest)."""
+    return "".join("0" if c.isdigit() else c for c in token.lower())
+
+
+@dataclasses.dataclass
+class Vocabularies:
+    words: Vocab
+    chars: Vocab
+    tags: Vocab  # no specials: index = tag id
+
+    @classmethod
+    def build(cls, sentences: Sequence[Sentence], tags: Sequence[str], min_count: int = 1,
+              max_chars: Optional[int] = None) -> "Vocabularies":
+        counts = collections.Counter(word_key(t) for tokens, _ in sentences for t in tokens)
+        words = Vocab(sorted(w for w, c in counts.items() if c >= min_count))
+        chars = Vocab(sorted({c for tokens, _ in sentences for t in tokens for c in t}))
+        return cls(words, chars, Vocab(tags, specials=()))
+
+    def state(self) -> dict:
+        return {"words": self.words.state(), "chars": self.chars.state(), "tags": self.tags.state()}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Vocabularies":
+        return cls(Vocab.from_state(state["words"]), Vocab.from_state(state["chars"]),
+                   Vocab.from_state(state["tags"]))
+
+
+@dataclasses.dataclass
+class Batch:
+    words: torch.Tensor    # (B, T) int64
+    chars: torch.Tensor    # (B, T, C) int64
+    lengths: torch.Tensor  # (B,) int64
+    tags: Optional[torch.Tensor]  # (B, T) int64, -1 past each length
+
+    def to(self, device) -> "Batch":
+        move = lambda x: None if x is None else x.to(device)  # noqa: E731
+        return Batch(move(self.words), move(self.chars), move(self.lengths), move(self.tags))
+
+
+def encode(sentences: Sequence[Sentence], vocabs: Vocabularies, max_word_len: int = 20,
+           with_tags: bool = True) -> Batch:
+    """Pads a list of sentences into a Batch. Unknown tags raise ValueError."""
+    B = len(sentences)
+    T = max((len(tokens) for tokens, _ in sentences), default=0)
+    C = max((min(len(t), max_word_len) for tokens, _ in sentences for t in tokens), default=1)
+    words = torch.zeros(B, T, dtype=torch.long)
+    chars = torch.zeros(B, T, C, dtype=torch.long)
+    tags = torch.full((B, T), -1, dtype=torch.long) if with_tags else None
+    lengths = torch.tensor([len(tokens) for tokens, _ in sentences], dtype=torch.long)
+    for b, (tokens, labels) in enumerate(sentences):
+        for t, token in enumerate(tokens):
+            words[b, t] = vocabs.words[word_key(token)]
+            ids = [vocabs.chars[c] for c in token[:max_word_len]]
+            chars[b, t, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            if with_tags:
+                tag = labels[t]
+                if tag not in vocabs.tags.index:
+                    raise ValueError(f"unknown tag {tag!r} (known: {' '.join(vocabs.tags.items)})")
+                tags[b, t] = vocabs.tags.index[tag]
+    return Batch(words, chars, lengths, tags)
+
+
+def tokenize(line: str) -> list[str]:
+    """Whitespace tokenisation for raw text (the tweet corpus was tokenised with twokenize, which
+    also splits punctuation off words: pre-tokenised input tags best)."""
+    return line.split()

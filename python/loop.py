@@ -1,0 +1,110 @@
+"""What the training programs share: atomic outputs, checkpoints, progress bars, seeding and
+torch.distributed set-up. Imports only the public ebm_ext API (none needed here)."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import tempfile
+from contextlib import contextmanager
+from typing import Any, Iterable
+
+import torch
+import torch.distributed as dist
+
+
+def atomic_write_bytes(path, write) -> None:
+    """Calls write(file) on a temporary file beside `path`, then renames it over `path`: a reader
+    sees the old file or the new one, never a partial one."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(state: dict, path) -> None:
+    atomic_write_bytes(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path) -> dict:
+    """Checkpoints hold tensors, numbers, strings, lists and dicts only: they load with
+    weights_only=True (no code runs at load)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def write_json(obj: Any, path) -> None:
+    data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    atomic_write_bytes(path, lambda f: f.write(data))
+
+
+def progress(iterable: Iterable, enabled: bool, **kwargs):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+    return tqdm(iterable, dynamic_ncols=True, leave=False, **kwargs)
+
+
+class Distributed:
+    """torch.distributed as torchrun sets it up (RANK, WORLD_SIZE, LOCAL_RANK in the
+    environment): gloo on CPU, NCCL on GPU. A single process when not launched by torchrun."""
+
+    def __init__(self, device: torch.device):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.active = self.world > 1
+        if self.active and not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def mean(self, value: float) -> float:
+        if not self.active:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t)
+        return t.item() / self.world
+
+    def broadcast_flag(self, flag: bool) -> bool:
+        if not self.active:
+            return flag
+        t = torch.tensor([int(flag)])
+        dist.broadcast(t, 0)
+        return bool(t.item())
+
+    def max_param_difference(self, module: torch.nn.Module) -> float:
+        """Largest difference between any rank's parameters and rank 0's (0 when in sync)."""
+        flat = torch.cat([p.detach().reshape(-1).double().cpu() for p in module.parameters()])
+        if not self.active:
+            return 0.0
+        gathered = [torch.empty_like(flat) for _ in range(self.world)]
+        dist.all_gather(gathered, flat)
+        return max((g - gathered[0]).abs().max().item() for g in gathered)
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.active and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@contextmanager
+def eval_mode(module: torch.nn.Module):
+    was = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was)

@@ -1,0 +1,83 @@
+"""Pictures of the tagger runs, saved as PNG: learning curves, the per-category confusion
+matrix and the margin loss against the energy gap."""
+from __future__ import annotations
+
+import io
+import pathlib
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from loop import atomic_write_bytes  # noqa: E402
+
+import ebm_ext  # noqa: E402
+
+
+def _save(fig, path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, lambda f: f.write(buf.getvalue()))
+
+
+def learning_curves(history: list[dict], path, title: str = "") -> None:
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax1.plot(epochs, [h["train_loss"] for h in history], marker="o")
+    ax1.set(xlabel="epoch", ylabel="training loss (mean per sentence)", title="loss")
+    ax2.plot(epochs, [100 * h["dev_acc"] for h in history], marker="o", color="tab:green")
+    ax2.set(xlabel="epoch", ylabel="dev token accuracy (%)", title="dev accuracy")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def confusion_by_category(gold: list[str], pred: list[str], categories: dict[str, str], path,
+                          title: str = "") -> None:
+    """Row-normalised confusion between the categories of gold and predicted tags."""
+    names = list(dict.fromkeys(categories[t] for t in categories))
+    index = {c: i for i, c in enumerate(names)}
+    counts = torch.zeros(len(names), len(names))
+    for g, p in zip(gold, pred):
+        counts[index[categories[g]], index[categories[p]]] += 1
+    rates = counts / counts.sum(1, keepdim=True).clamp_min(1)
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 3, 1.0 * len(names) + 2))
+    im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=35, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{100 * rates[i, j]:.1f}", ha="center", va="center",
+                    color="white" if rates[i, j] > 0.5 else "black", fontsize=8)
+    ax.set(xlabel="predicted category", ylabel="gold category", title=title or "confusion (%)")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    _save(fig, path)
+
+
+def margin_loss_picture(path, margins=(0.5, 1.0, 2.0)) -> None:
+    """The margin hinge as computed by ebm_ext.losses.margin_hinge on a two-path chain, against
+    the gap E(y_hat) - E(gold)."""
+    gap = torch.linspace(-3, 4, 281, dtype=torch.float64)
+    unary = torch.stack([torch.zeros_like(gap), gap], -1)[:, None, :]
+    trans = torch.zeros(2, 2, dtype=torch.float64)
+    gold = torch.zeros(len(gap), 1, dtype=torch.long)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in margins:
+        loss = ebm_ext.losses.margin_hinge(unary, trans, gold, m, reduction="none")
+        ax.plot(gap, loss, label=f"m = {m}")
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set(xlabel="E(ŷ) − E(gold)  (ŷ: best path other than gold)",
+           ylabel="[m + E(gold) − E(ŷ)]₊", title="margin hinge loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def ensure_dir(path) -> pathlib.Path:
+    path = pathlib.Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,271 @@
+"""Energy-based POS tagging: train, evaluate and tag with the criteria of ebm_ext.
+
+    python python/tagger.py train --corpus twpos --criterion margin_rescaled_category --out runs/x
+    python python/tagger.py eval --checkpoint runs/x/best.pt --file ../shared/data/twpos/oct27.test
+    echo "lol this is gr8" | python python/tagger.py tag --checkpoint runs/x/best.pt
+    torchrun --nproc_per_node 2 python/tagger.py train ...      (multi-process, DDP)
+
+The data are read from ../shared/data relative to the repository (or --data-dir, or the
+EBM_DATA environment variable); nothing is copied into the repository.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import ebm_ext  # noqa: E402
+from ebm_ext import data as D  # noqa: E402
+from ebm_ext.losses import category_cost, hamming_cost  # noqa: E402
+from ebm_ext.nn import CRITERIA, EnergyTagger, FeatureNetwork  # noqa: E402
+from loop import (Distributed, eval_mode, load_checkpoint, progress, save_checkpoint,  # noqa: E402
+                  write_json)
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CORPORA = {
+    "twpos": ("twpos/oct27.train", "twpos/oct27.dev", "twpos/oct27.test"),
+    "ewt": ("ud_ewt/en_ewt-ud-train.conllu", "ud_ewt/en_ewt-ud-dev.conllu",
+            "ud_ewt/en_ewt-ud-test.conllu"),
+}
+
+
+def data_dir(arg) -> pathlib.Path:
+    return pathlib.Path(arg or os.environ.get("EBM_DATA") or REPO.parent / "shared" / "data")
+
+
+def tagset(corpus: str, root: pathlib.Path) -> tuple[list[str], list[str]]:
+    """Tags and their categories: the tweet tagset's five groups; UPOS tags stand alone."""
+    if corpus == "twpos":
+        return D.read_tagset(root / "twpos" / "tagset.tsv")
+    return list(D.UPOS), list(D.UPOS)
+
+
+def batches(sentences, size: int, generator=None):
+    order = (torch.randperm(len(sentences), generator=generator) if generator is not None
+             else torch.arange(len(sentences)))
+    return [[sentences[i] for i in order[s:s + size].tolist()]
+            for s in range(0, len(sentences), size)]
+
+
+def accuracy(model: EnergyTagger, sentences, vocabs, device, batch_size=256):
+    """(token accuracy, gold tags, predicted tags) over `sentences`."""
+    gold, pred = [], []
+    with eval_mode(model):
+        for chunk in batches(sentences, batch_size):
+            batch = D.encode(chunk, vocabs).to(device)
+            tags = model.predict(batch).cpu()
+            for b, (_, labels) in enumerate(chunk):
+                gold.extend(labels)
+                pred.extend(vocabs.tags.items[i] for i in tags[b, : len(labels)].tolist())
+    correct = sum(g == p for g, p in zip(gold, pred))
+    return correct / max(1, len(gold)), gold, pred
+
+
+def build_model(config: dict, vocabs: D.Vocabularies) -> EnergyTagger:
+    K = len(vocabs.tags)
+    features = FeatureNetwork(len(vocabs.words), len(vocabs.chars), K, word_dim=config["word_dim"],
+                              hidden=config["hidden"], dropout=config["dropout"],
+                              word_dropout=config["word_dropout"])
+    cost = None
+    if config["criterion"] == "margin_rescaled":
+        cost = hamming_cost(K)
+    elif config["criterion"] == "margin_rescaled_category":
+        cost = category_cost(config["categories"])
+    return EnergyTagger(features, K, config["criterion"], cost=cost, margin=config["margin"])
+
+
+def train(args) -> dict:
+    device = torch.device(args.device)
+    ddp = Distributed(device)
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // ddp.world))
+    root = data_dir(args.data_dir)
+    paths = [pathlib.Path(p) if p else root / d
+             for p, d in zip((args.train, args.dev, args.test), CORPORA[args.corpus])]
+    train_s, dev_s, test_s = (D.read_sentences(p) for p in paths)
+    if args.limit:
+        train_s, dev_s, test_s = train_s[: args.limit], dev_s[: args.limit], test_s[: args.limit]
+    out = pathlib.Path(args.out)
+    tags, categories = tagset(args.corpus, root)
+    config = {"corpus": args.corpus, "criterion": args.criterion, "word_dim": args.word_dim,
+              "hidden": args.hidden, "dropout": args.dropout, "word_dropout": args.word_dropout,
+              "margin": args.margin, "categories": categories, "lr": args.lr,
+              "batch_size": args.batch_size, "seed": args.seed}
+    last = out / "last.pt"
+    state = load_checkpoint(last) if args.resume and last.exists() else None
+    if state is not None:
+        vocabs = D.Vocabularies.from_state(state["vocabs"])
+        config = state["config"]
+    else:
+        vocabs = D.Vocabularies.build(train_s, tags)
+    torch.manual_seed(args.seed)
+    model = build_model(config, vocabs).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
+    history, best, bad, start_epoch = [], -1.0, 0, 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history, best, bad, start_epoch = state["history"], state["best"], state["bad"], state["epoch"]
+        torch.set_rng_state(state["rng"])
+    net = torch.nn.parallel.DistributedDataParallel(model) if ddp.active else model
+    show = not args.no_progress and ddp.main and sys.stderr.isatty()
+    began = time.perf_counter() - sum(h["seconds"] for h in history)
+    stop = bad >= args.patience
+    for epoch in range(start_epoch, args.epochs):
+        if stop:
+            break
+        tick = time.perf_counter()
+        model.train()
+        order = torch.Generator().manual_seed(args.seed * 1000 + epoch)
+        mine = batches(train_s, config["batch_size"], order)
+        mine = mine[: len(mine) // ddp.world * ddp.world][ddp.rank::ddp.world]
+        total = 0.0
+        bar = progress(mine, show, desc=f"epoch {epoch + 1}")
+        for chunk in bar:
+            batch = D.encode(chunk, vocabs).to(device)
+            loss = net(batch)  # the loss; through DDP's wrapper its gradients are all-reduced
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
+            total += loss.item()
+            if show:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        train_loss = ddp.mean(total / max(1, len(mine)))
+        dev_acc, _, _ = accuracy(model, dev_s, vocabs, device)
+        improved = dev_acc > best
+        if improved:
+            best, bad = dev_acc, 0
+        else:
+            bad += 1
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, "dev_acc": dev_acc,
+                        "seconds": time.perf_counter() - tick})
+        stop = ddp.broadcast_flag(bad >= args.patience)
+        if ddp.main:
+            checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                          "vocabs": vocabs.state(), "config": config, "history": history,
+                          "best": best, "bad": bad, "epoch": epoch + 1,
+                          "rng": torch.get_rng_state()}
+            if improved:
+                save_checkpoint({"model": model.state_dict(), "vocabs": vocabs.state(),
+                                 "config": config}, out / "best.pt")
+            save_checkpoint(checkpoint, last)
+            print(f"epoch {epoch + 1}: loss {train_loss:.4f}  dev {100 * dev_acc:.2f}%"
+                  f"  ({history[-1]['seconds']:.1f} s)", flush=True)
+        ddp.barrier()
+    result = {"config": {k: v for k, v in config.items() if k != "categories"},
+              "history": history, "train_seconds": time.perf_counter() - began,
+              "processes": ddp.world}
+    if ddp.active:
+        result["rank_param_max_diff"] = ddp.max_param_difference(model)
+    if ddp.main:
+        best_state = load_checkpoint(out / "best.pt")
+        model.load_state_dict(best_state["model"])
+        dev_acc, _, _ = accuracy(model, dev_s, vocabs, device)
+        test_acc, gold, pred = accuracy(model, test_s, vocabs, device)
+        result.update(dev_acc=dev_acc, test_acc=test_acc,
+                      best_epoch=max(history, key=lambda h: h["dev_acc"])["epoch"])
+        write_json(result, out / "metrics.json")
+        if not args.no_pictures:
+            import plots
+            title = f"{args.corpus} · {config['criterion']}"
+            plots.learning_curves(history, out / "curves.png", title)
+            plots.confusion_by_category(gold, pred, dict(zip(tags, categories)),
+                                        out / "confusion.png", f"{title} · test")
+        print(f"test accuracy {100 * test_acc:.2f}% (dev {100 * dev_acc:.2f}%, "
+              f"{result['train_seconds']:.0f} s) -> {out / 'metrics.json'}", flush=True)
+    ddp.close()
+    return result
+
+
+def load_tagger(path, device="cpu") -> tuple[EnergyTagger, D.Vocabularies]:
+    state = load_checkpoint(path)
+    vocabs = D.Vocabularies.from_state(state["vocabs"])
+    model = build_model(state["config"], vocabs)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), vocabs
+
+
+def evaluate(args) -> dict:
+    model, vocabs = load_tagger(args.checkpoint, args.device)
+    sentences = D.read_sentences(args.file, args.format)
+    acc, _, _ = accuracy(model, sentences, vocabs, torch.device(args.device))
+    result = {"file": str(args.file), "sentences": len(sentences),
+              "tokens": sum(len(t) for t, _ in sentences), "accuracy": acc}
+    print(f"{args.file}: token accuracy {100 * acc:.2f}% over {result['tokens']} tokens")
+    return result
+
+
+def tag(args) -> None:
+    model, vocabs = load_tagger(args.checkpoint, args.device)
+    stream = open(args.input, encoding="utf-8") if args.input else sys.stdin
+    lines = [D.tokenize(line) for line in stream]
+    sentences = [(tokens, ["?"] * len(tokens)) for tokens in lines if tokens]
+    for chunk in batches(sentences, 256):
+        batch = D.encode(chunk, vocabs, with_tags=False).to(args.device)
+        with torch.no_grad():
+            predicted = model.predict(batch).cpu()
+        for b, (tokens, _) in enumerate(chunk):
+            for t, token in enumerate(tokens):
+                print(f"{token}\t{vocabs.tags.items[predicted[b, t]]}")
+            print()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a tagger, evaluate on dev each epoch and on test at the end")
+    t.add_argument("--corpus", choices=sorted(CORPORA), default="twpos")
+    t.add_argument("--criterion", choices=CRITERIA, default="margin_rescaled_category")
+    t.add_argument("--out", required=True, help="folder for checkpoints, metrics.json and pictures")
+    t.add_argument("--data-dir", help="folder holding twpos/ and ud_ewt/ (default ../shared/data "
+                   "beside the repository, or $EBM_DATA)")
+    t.add_argument("--train", help="training file (either format), instead of the corpus's")
+    t.add_argument("--dev")
+    t.add_argument("--test")
+    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--patience", type=int, default=5, help="epochs without dev improvement")
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--word-dim", type=int, default=100)
+    t.add_argument("--hidden", type=int, default=150)
+    t.add_argument("--dropout", type=float, default=0.5)
+    t.add_argument("--word-dropout", type=float, default=0.05)
+    t.add_argument("--margin", type=float, default=1.0)
+    t.add_argument("--seed", type=int, default=1)
+    t.add_argument("--limit", type=int, default=0, help="use only the first N sentences of each split")
+    t.add_argument("--threads", type=int, default=0)
+    t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--no-pictures", action="store_true")
+    t.add_argument("--device", default="cpu")
+    e = sub.add_parser("eval", help="token accuracy of a checkpoint on a file of either format")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--file", required=True)
+    e.add_argument("--format", choices=["auto", "tweets", "conllu"], default="auto")
+    e.add_argument("--device", default="cpu")
+    g = sub.add_parser("tag", help="tag raw text, one sentence per line, split on whitespace")
+    g.add_argument("--checkpoint", required=True)
+    g.add_argument("--input", help="text file (default: standard input)")
+    g.add_argument("--device", default="cpu")
+    m = sub.add_parser("margin-picture", help="draw the margin loss against the energy gap")
+    m.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    if args.command == "train":
+        return train(args)
+    if args.command == "eval":
+        return evaluate(args)
+    if args.command == "tag":
+        return tag(args)
+    import plots
+    plots.margin_loss_picture(args.out)
+    return None
+
+
+if __name__ == "__main__":
+    main()
