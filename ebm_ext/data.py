@@ -158,39 +158,88 @@ def word_key(token: str) -> str:
     return "".join("0" if c.isdigit() else c for c in token.lower())
 
 
+def suffix_key(token: str, n: int = 3) -> str:
+    return word_key(token)[-n:]
+
+
+def prefix_key(token: str, n: int = 3) -> str:
+    return word_key(token)[:n]
+
+
+SHAPES = ["other", "url", "mention", "hashtag", "number", "punct", "upper", "title", "lower",
+          "mixed", "emoticon"]
+_EMOTICON = set(":;=")
+
+
+def shape(token: str) -> int:
+    """A coarse orthographic class of the token (index into SHAPES): the distinctions that the
+    tweet tags (U, @, #, $, ',', E, ^) follow and that a small corpus teaches slowly."""
+    low = token.lower()
+    if low.startswith(("http:", "https:", "www.")) or ".com" in low:
+        return SHAPES.index("url")
+    if token.startswith("@") and len(token) > 1:
+        return SHAPES.index("mention")
+    if token.startswith("#") and len(token) > 1:
+        return SHAPES.index("hashtag")
+    if any(c.isdigit() for c in token) and all(c.isdigit() or c in ".,:/-%$" for c in token):
+        return SHAPES.index("number")
+    if (2 <= len(token) <= 4 and token[0] in _EMOTICON) or token in ("<3", "</3"):
+        return SHAPES.index("emoticon")
+    if not any(c.isalnum() for c in token):
+        return SHAPES.index("punct")
+    if token.isupper():
+        return SHAPES.index("upper")
+    if token[:1].isupper() and token[1:].islower():
+        return SHAPES.index("title")
+    if token.islower():
+        return SHAPES.index("lower")
+    return SHAPES.index("mixed")
+
+
 @dataclasses.dataclass
 class Vocabularies:
     words: Vocab
     chars: Vocab
+    suffixes: Vocab
+    prefixes: Vocab
     tags: Vocab  # no specials: index = tag id
 
     @classmethod
-    def build(cls, sentences: Sequence[Sentence], tags: Sequence[str], min_count: int = 1,
-              max_chars: Optional[int] = None) -> "Vocabularies":
-        counts = collections.Counter(word_key(t) for tokens, _ in sentences for t in tokens)
+    def build(cls, sentences: Sequence[Sentence], tags: Sequence[str],
+              min_count: int = 1) -> "Vocabularies":
+        tokens = [t for words, _ in sentences for t in words]
+        counts = collections.Counter(word_key(t) for t in tokens)
         words = Vocab(sorted(w for w, c in counts.items() if c >= min_count))
-        chars = Vocab(sorted({c for tokens, _ in sentences for t in tokens for c in t}))
-        return cls(words, chars, Vocab(tags, specials=()))
+        chars = Vocab(sorted({c for t in tokens for c in t}))
+        suffixes = Vocab(sorted({suffix_key(t) for t in tokens}))
+        prefixes = Vocab(sorted({prefix_key(t) for t in tokens}))
+        return cls(words, chars, suffixes, prefixes, Vocab(tags, specials=()))
 
     def state(self) -> dict:
-        return {"words": self.words.state(), "chars": self.chars.state(), "tags": self.tags.state()}
+        return {"words": self.words.state(), "chars": self.chars.state(),
+                "suffixes": self.suffixes.state(), "prefixes": self.prefixes.state(),
+                "tags": self.tags.state()}
 
     @classmethod
     def from_state(cls, state: dict) -> "Vocabularies":
         return cls(Vocab.from_state(state["words"]), Vocab.from_state(state["chars"]),
+                   Vocab.from_state(state["suffixes"]), Vocab.from_state(state["prefixes"]),
                    Vocab.from_state(state["tags"]))
 
 
 @dataclasses.dataclass
 class Batch:
-    words: torch.Tensor    # (B, T) int64
-    chars: torch.Tensor    # (B, T, C) int64
-    lengths: torch.Tensor  # (B,) int64
+    words: torch.Tensor     # (B, T) int64
+    chars: torch.Tensor     # (B, T, C) int64
+    suffixes: torch.Tensor  # (B, T) int64
+    prefixes: torch.Tensor  # (B, T) int64
+    shapes: torch.Tensor    # (B, T) int64, index into SHAPES
+    lengths: torch.Tensor   # (B,) int64
     tags: Optional[torch.Tensor]  # (B, T) int64, -1 past each length
 
     def to(self, device) -> "Batch":
         move = lambda x: None if x is None else x.to(device)  # noqa: E731
-        return Batch(move(self.words), move(self.chars), move(self.lengths), move(self.tags))
+        return Batch(*(move(getattr(self, f.name)) for f in dataclasses.fields(self)))
 
 
 def encode(sentences: Sequence[Sentence], vocabs: Vocabularies, max_word_len: int = 20,
@@ -199,21 +248,31 @@ def encode(sentences: Sequence[Sentence], vocabs: Vocabularies, max_word_len: in
     B = len(sentences)
     T = max((len(tokens) for tokens, _ in sentences), default=0)
     C = max((min(len(t), max_word_len) for tokens, _ in sentences for t in tokens), default=1)
-    words = torch.zeros(B, T, dtype=torch.long)
-    chars = torch.zeros(B, T, C, dtype=torch.long)
-    tags = torch.full((B, T), -1, dtype=torch.long) if with_tags else None
-    lengths = torch.tensor([len(tokens) for tokens, _ in sentences], dtype=torch.long)
+    words = [[0] * T for _ in range(B)]
+    suffixes = [[0] * T for _ in range(B)]
+    prefixes = [[0] * T for _ in range(B)]
+    shapes = [[0] * T for _ in range(B)]
+    chars = [[[0] * C for _ in range(T)] for _ in range(B)]
+    tags = [[-1] * T for _ in range(B)]
     for b, (tokens, labels) in enumerate(sentences):
         for t, token in enumerate(tokens):
-            words[b, t] = vocabs.words[word_key(token)]
-            ids = [vocabs.chars[c] for c in token[:max_word_len]]
-            chars[b, t, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            words[b][t] = vocabs.words[word_key(token)]
+            suffixes[b][t] = vocabs.suffixes[suffix_key(token)]
+            prefixes[b][t] = vocabs.prefixes[prefix_key(token)]
+            shapes[b][t] = shape(token)
+            for c, ch in enumerate(token[:max_word_len]):
+                chars[b][t][c] = vocabs.chars[ch]
             if with_tags:
                 tag = labels[t]
                 if tag not in vocabs.tags.index:
                     raise ValueError(f"unknown tag {tag!r} (known: {' '.join(vocabs.tags.items)})")
-                tags[b, t] = vocabs.tags.index[tag]
-    return Batch(words, chars, lengths, tags)
+                tags[b][t] = vocabs.tags.index[tag]
+    as_tensor = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
+    lengths = as_tensor([len(tokens) for tokens, _ in sentences])
+    return Batch(as_tensor(words).view(B, T), as_tensor(chars).view(B, T, C),
+                 as_tensor(suffixes).view(B, T), as_tensor(prefixes).view(B, T),
+                 as_tensor(shapes).view(B, T), lengths,
+                 as_tensor(tags).view(B, T) if with_tags else None)
 
 
 def tokenize(line: str) -> list[str]:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from . import losses
-from .data import Batch
+from .data import SHAPES, Batch
 from .ops import chain_energy, viterbi
 
 
@@ -33,18 +33,23 @@ class CharCNN(nn.Module):
 
 
 class FeatureNetwork(nn.Module):
-    """Word embeddings + character CNN + BiLSTM -> unary energies (B, T, K)."""
+    """Word, suffix and word-shape embeddings + character CNN + BiLSTM -> unary energies
+    (B, T, K). Everything is learnt from the training data (no pretrained vectors)."""
 
-    def __init__(self, num_words: int, num_chars: int, num_tags: int, word_dim: int = 100,
-                 char_dim: int = 30, char_filters: int = 50, hidden: int = 150,
+    def __init__(self, num_words: int, num_chars: int, num_tags: int, num_suffixes: int = 2,
+                 num_prefixes: int = 2, word_dim: int = 100, char_dim: int = 30, char_filters: int = 50,
+                 affix_dim: int = 30, shape_dim: int = 10, hidden: int = 150,
                  dropout: float = 0.5, word_dropout: float = 0.0):
         super().__init__()
         self.words = nn.Embedding(num_words, word_dim, padding_idx=0)
+        self.suffixes = nn.Embedding(num_suffixes, affix_dim, padding_idx=0)
+        self.prefixes = nn.Embedding(num_prefixes, affix_dim, padding_idx=0)
+        self.shapes = nn.Embedding(len(SHAPES), shape_dim)
         self.chars = CharCNN(num_chars, char_dim, char_filters)
         self.dropout = nn.Dropout(dropout)
         self.word_dropout = word_dropout
-        self.lstm = nn.LSTM(word_dim + self.chars.out_dim, hidden, batch_first=True,
-                            bidirectional=True)
+        width = word_dim + 2 * affix_dim + shape_dim + self.chars.out_dim
+        self.lstm = nn.LSTM(width, hidden, batch_first=True, bidirectional=True)
         self.out = nn.Linear(2 * hidden, num_tags)
 
     def forward(self, batch: Batch) -> Tensor:
@@ -53,7 +58,9 @@ class FeatureNetwork(nn.Module):
             # Replace words by <unk> at random so that the unknown embedding is learnt.
             drop = torch.rand(words.shape, device=words.device) < self.word_dropout
             words = torch.where(drop & (words > 0), torch.ones_like(words), words)
-        x = torch.cat([self.words(words), self.chars(batch.chars)], dim=-1)
+        x = torch.cat([self.words(words), self.suffixes(batch.suffixes),
+                       self.prefixes(batch.prefixes), self.shapes(batch.shapes),
+                       self.chars(batch.chars)], dim=-1)
         packed = nn.utils.rnn.pack_padded_sequence(self.dropout(x), batch.lengths.cpu(),
                                                    batch_first=True, enforce_sorted=False)
         h, _ = self.lstm(packed)

@@ -69,7 +69,10 @@ def accuracy(model: EnergyTagger, sentences, vocabs, device, batch_size=256):
 
 def build_model(config: dict, vocabs: D.Vocabularies) -> EnergyTagger:
     K = len(vocabs.tags)
-    features = FeatureNetwork(len(vocabs.words), len(vocabs.chars), K, word_dim=config["word_dim"],
+    features = FeatureNetwork(len(vocabs.words), len(vocabs.chars), K,
+                              num_suffixes=len(vocabs.suffixes),
+                              num_prefixes=len(vocabs.prefixes), word_dim=config["word_dim"],
+                              char_filters=config["char_filters"],
                               hidden=config["hidden"], dropout=config["dropout"],
                               word_dropout=config["word_dropout"])
     cost = None
@@ -93,6 +96,7 @@ def train(args) -> dict:
     out = pathlib.Path(args.out)
     tags, categories = tagset(args.corpus, root)
     config = {"corpus": args.corpus, "criterion": args.criterion, "word_dim": args.word_dim,
+              "char_filters": args.char_filters,
               "hidden": args.hidden, "dropout": args.dropout, "word_dropout": args.word_dropout,
               "margin": args.margin, "categories": categories, "lr": args.lr,
               "batch_size": args.batch_size, "seed": args.seed}
@@ -233,7 +237,8 @@ def main(argv=None):
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--word-dim", type=int, default=100)
-    t.add_argument("--hidden", type=int, default=150)
+    t.add_argument("--hidden", type=int, default=200)
+    t.add_argument("--char-filters", type=int, default=100)
     t.add_argument("--dropout", type=float, default=0.5)
     t.add_argument("--word-dropout", type=float, default=0.05)
     t.add_argument("--margin", type=float, default=1.0)

@@ -1,0 +1,58 @@
+"""Trains every criterion on the chosen corpora and writes the accuracy/time table of the
+README (runs/table.md), one tagger.py run per row; finished runs are reused.
+
+    python python/run_table.py --corpora twpos ewt
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import subprocess
+import sys
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from ebm_ext.nn import CRITERIA  # noqa: E402
+from loop import atomic_write_bytes  # noqa: E402
+
+NAMES = {"token_nll": "feed-forward (token NLL)", "crf_nll": "CRF NLL", "perceptron": "perceptron",
+         "margin": "margin hinge (k=2)", "margin_rescaled": "margin-rescaled, Hamming cost",
+         "margin_rescaled_category": "margin-rescaled, category cost"}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--corpora", nargs="+", default=["twpos", "ewt"], choices=["twpos", "ewt"])
+    p.add_argument("--criteria", nargs="+", default=list(CRITERIA), choices=CRITERIA)
+    p.add_argument("--runs", default="runs", help="folder of the runs and of table.md")
+    p.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
+                   help="arguments passed on to tagger.py train (e.g. --epochs 10)")
+    args = p.parse_args(argv)
+    runs = pathlib.Path(args.runs)
+    rows = []
+    for corpus in args.corpora:
+        for criterion in args.criteria:
+            out = runs / f"{corpus}-{criterion}"
+            metrics = out / "metrics.json"
+            if not metrics.exists():
+                cmd = [sys.executable, str(HERE / "tagger.py"), "train", "--corpus", corpus,
+                       "--criterion", criterion, "--out", str(out), "--no-progress", *args.extra]
+                print(" ".join(cmd), flush=True)
+                subprocess.run(cmd, check=True)
+            m = json.loads(metrics.read_text())
+            rows.append((corpus, criterion, m))
+    lines = ["| corpus | criterion | dev acc | test acc | epochs (best) | training time |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for corpus, criterion, m in rows:
+        lines.append(f"| {corpus} | {NAMES[criterion]} | {100 * m['dev_acc']:.2f} | "
+                     f"{100 * m['test_acc']:.2f} | {len(m['history'])} ({m['best_epoch']}) | "
+                     f"{m['train_seconds'] / 60:.1f} min |")
+    text = "\n".join(lines) + "\n"
+    atomic_write_bytes(runs / "table.md", lambda f: f.write(text.encode("utf-8")))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
