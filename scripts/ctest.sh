@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Builds the ops and the C++ tests with CMake (find_package(Torch) from .venv's torch) and runs
+# them with ctest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+prefix=$(.venv/bin/python -c 'import torch; print(torch.utils.cmake_prefix_path)')
+cmake -S . -B build/cmake -G Ninja -DCMAKE_PREFIX_PATH="$prefix" \
+  -DCMAKE_MAKE_PROGRAM="$(.venv/bin/python -c 'import ninja, os; print(os.path.join(ninja.BIN_DIR, "ninja"))')" >/dev/null
+cmake --build build/cmake -j "${MAX_JOBS:-2}"
+ctest --test-dir build/cmake --output-on-failure
