@@ -3,7 +3,8 @@
 # them with ctest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+# CMake needs torch and ninja from .venv, not the extension: set up only when .venv is missing.
+[ -x .venv/bin/python ] && .venv/bin/python -c 'import torch, ninja' 2>/dev/null || bash scripts/setup.sh
 prefix=$(.venv/bin/python -c 'import torch; print(torch.utils.cmake_prefix_path)')
 cmake -S . -B build/cmake -G Ninja -DCMAKE_PREFIX_PATH="$prefix" \
   -DCMAKE_MAKE_PROGRAM="$(.venv/bin/python -c 'import ninja, os; print(os.path.join(ninja.BIN_DIR, "ninja"))')" >/dev/null
