@@ -147,6 +147,8 @@ def train(args) -> dict:
             best, bad = dev_acc, 0
         else:
             bad += 1
+            for group in optimizer.param_groups:  # anneal on a plateau (1.0: keep the rate)
+                group["lr"] *= args.lr_decay
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "dev_acc": dev_acc,
                         "seconds": time.perf_counter() - tick})
         stop = ddp.broadcast_flag(bad >= args.patience)
@@ -236,6 +238,8 @@ def main(argv=None):
     t.add_argument("--patience", type=int, default=5, help="epochs without dev improvement")
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--lr-decay", type=float, default=1.0,
+                   help="multiply the learning rate by this after each epoch without dev gain")
     t.add_argument("--word-dim", type=int, default=100)
     t.add_argument("--hidden", type=int, default=200)
     t.add_argument("--char-filters", type=int, default=100)
