@@ -143,28 +143,29 @@ __attribute__((always_inline)) inline void kbest_step_impl(const S* transT, cons
   for (; i0 < Kp; i0 += N) kbest_vectors<S, KB, 1>(transT, w, K, Kp, i0, best, code);
 }
 
-// The register version for k <= 4, where the lists fit in registers.
-EBM_CLONES void kbest_step(const float* transT, const float* w, int64_t K, int64_t Kp, int k,
-                           float* best, int32_t* code) {
+// The register version for k <= kMaxRegisterK, where the lists fit in registers.
+constexpr int kMaxRegisterK = 4;
+
+template <typename S>
+__attribute__((always_inline)) inline void kbest_step_any(const S* transT, const S* w, int64_t K,
+                                                          int64_t Kp, int k, S* best,
+                                                          int32_t* code) {
   switch (k) {
-    case 1: kbest_step_impl<float, 1>(transT, w, K, Kp, best, code); break;
-    case 2: kbest_step_impl<float, 2>(transT, w, K, Kp, best, code); break;
-    case 3: kbest_step_impl<float, 3>(transT, w, K, Kp, best, code); break;
-    case 4: kbest_step_impl<float, 4>(transT, w, K, Kp, best, code); break;
+    case 1: kbest_step_impl<S, 1>(transT, w, K, Kp, best, code); break;
+    case 2: kbest_step_impl<S, 2>(transT, w, K, Kp, best, code); break;
+    case 3: kbest_step_impl<S, 3>(transT, w, K, Kp, best, code); break;
+    case 4: kbest_step_impl<S, 4>(transT, w, K, Kp, best, code); break;
     default: break;
   }
+}
+EBM_CLONES void kbest_step(const float* transT, const float* w, int64_t K, int64_t Kp, int k,
+                           float* best, int32_t* code) {
+  kbest_step_any(transT, w, K, Kp, k, best, code);
 }
 EBM_CLONES void kbest_step(const double* transT, const double* w, int64_t K, int64_t Kp, int k,
                            double* best, int32_t* code) {
-  switch (k) {
-    case 1: kbest_step_impl<double, 1>(transT, w, K, Kp, best, code); break;
-    case 2: kbest_step_impl<double, 2>(transT, w, K, Kp, best, code); break;
-    case 3: kbest_step_impl<double, 3>(transT, w, K, Kp, best, code); break;
-    case 4: kbest_step_impl<double, 4>(transT, w, K, Kp, best, code); break;
-    default: break;
-  }
+  kbest_step_any(transT, w, K, Kp, k, best, code);
 }
-constexpr int kMaxRegisterK = 4;
 
 // For k > 4: one slot of the insertion at a time, vectorised over i through memory. Slots are
 // visited from k-1 down, so best[s-1] still holds its old value.
