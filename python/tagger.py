@@ -234,8 +234,8 @@ def main(argv=None):
     t.add_argument("--train", help="training file (either format), instead of the corpus's")
     t.add_argument("--dev")
     t.add_argument("--test")
-    t.add_argument("--epochs", type=int, default=30)
-    t.add_argument("--patience", type=int, default=5, help="epochs without dev improvement")
+    t.add_argument("--epochs", type=int, default=40)
+    t.add_argument("--patience", type=int, default=6, help="epochs without dev improvement")
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--lr-decay", type=float, default=1.0,
