@@ -185,6 +185,7 @@ def train(args) -> dict:
                                         out / "confusion.png", f"{title} · test")
         print(f"test accuracy {100 * test_acc:.2f}% (dev {100 * dev_acc:.2f}%, "
               f"{result['train_seconds']:.0f} s) -> {out / 'metrics.json'}", flush=True)
+    ddp.barrier()  # no rank tears the process group down while rank 0 still writes
     ddp.close()
     return result
 

@@ -94,8 +94,8 @@ def test_margin_picture(tmp_path):
 
 def test_ddp_two_processes_stay_in_sync(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29517", str(TAGGER), "train", *SMALL, "--limit", "96",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(TAGGER), "train", *SMALL, "--limit", "96",
            "--criterion", "margin", "--epochs", "3", "--no-pictures", "--out", tmp_path]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
