@@ -112,6 +112,13 @@ def _loss_augmented_viterbi_fake(unary, trans, gold, cost, lengths=None, start=N
 
 # ---- autograd: the energy of a fixed path is linear in unary/trans/start/end ------------------
 
+def _lengths_or_full(lengths: Optional[Tensor], B: int, T: int, device) -> Tensor:
+    """``lengths``, or all sequences of full length T when it is None."""
+    if lengths is not None:
+        return lengths
+    return torch.full((B,), T, dtype=torch.long, device=device)
+
+
 def _path_grads(grad: Tensor, tags: Tensor, lengths: Optional[Tensor], K: int,
                 with_start: bool, with_end: bool):
     """Gradients of sum_n grad[n] * E(path n) for paths ``tags`` (B, C, T), ``grad`` (B, C).
@@ -122,8 +129,7 @@ def _path_grads(grad: Tensor, tags: Tensor, lengths: Optional[Tensor], K: int,
     B, C, T = tags.shape
     zero = grad.new_zeros(())
     pos = torch.arange(T, device=tags.device)
-    L = lengths if lengths is not None else torch.full((B,), T, dtype=torch.long,
-                                                        device=tags.device)
+    L = _lengths_or_full(lengths, B, T, tags.device)
     valid = (pos < L[:, None, None]) & (tags >= 0)
     y = tags.clamp(0, K - 1)
     g = torch.where(valid, grad[:, :, None], zero)  # (B, C, T)
@@ -180,7 +186,7 @@ def _relaxed_backward(grad, unary, trans, tags, lengths, start, end):
     and bilinear in consecutive tag distributions."""
     B, T, K = unary.shape
     pos = torch.arange(T, device=unary.device)
-    L = lengths if lengths is not None else torch.full((B,), T, device=unary.device)
+    L = _lengths_or_full(lengths, B, T, unary.device)
     mask = (pos < L[:, None]).unsqueeze(2).to(unary.dtype)
     y = tags * mask
     g = grad[:, None, None]
@@ -239,7 +245,7 @@ def _loss_augmented_backward(ctx, grad_energy, grad_delta, _grad_tags):
     du, dt, ds, de = _grads_for(ctx, grad_energy, tags, lengths)
     # Delta = sum_t cost[gold_t, y_t]: its gradient in cost counts the (gold_t, y_t) pairs.
     K, (B, T) = ctx.K, tags.shape
-    L = lengths if lengths is not None else torch.full((B,), T, device=tags.device)
+    L = _lengths_or_full(lengths, B, T, tags.device)
     valid = (torch.arange(T, device=tags.device) < L[:, None]) & (tags >= 0)
     flat = (ctx.gold.clamp(0, K - 1) * K + tags.clamp(0, K - 1)).reshape(-1)
     src = torch.where(valid, grad_delta[:, None], grad_delta.new_zeros(())).reshape(-1)
