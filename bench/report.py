@@ -17,11 +17,14 @@ def main(path: str) -> None:
         data = json.load(f)
     groups = defaultdict(dict)
     for bench in data["benchmarks"]:
-        groups[bench["group"]][bench["params"]["impl"]] = bench["stats"]["median"]
+        impl = bench["params"]["impl"]
+        if "inertia" in bench.get("extra_info", {}):  # fits are compared at their final energy
+            impl += f" (inertia {bench['extra_info']['inertia']:.7g})"
+        groups[bench["group"]][impl] = bench["stats"]["median"]
     print("| benchmark | implementation | median | ratio to base |")
     print("| --- | --- | ---: | ---: |")
     for group, rows in groups.items():
-        base_name = next((b for b in BASES if b in rows), None)
+        base_name = next((r for b in BASES for r in rows if r == b or r.startswith(b + " (")), None)
         for impl, t in sorted(rows.items(), key=lambda r: r[1]):
             ratio = f"{t / rows[base_name]:.2f}x" if base_name else "-"
             name = f"**{impl}** (base)" if impl == base_name else impl

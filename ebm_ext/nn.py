@@ -1,5 +1,6 @@
-"""Modules of energy-based taggers: the feature network that gives unary energies, the chain
-energy with its transition parameters, and the tagger that ties them to a training criterion.
+"""Modules of energy-based models: for taggers, the feature network that gives unary energies,
+the chain energy with its transition parameters, and the tagger that ties them to a training
+criterion; for latent-variable energies, k-means.
 
 Energies are lower-is-better: the feature network's output is an energy per (position, tag).
 """
@@ -12,7 +13,7 @@ from torch import Tensor, nn
 
 from . import losses
 from .data import SHAPES, Batch
-from .ops import chain_energy, viterbi
+from .ops import chain_energy, kmeans_energy, nearest_centroid, viterbi
 
 
 class CharCNN(nn.Module):
@@ -134,3 +135,25 @@ class EnergyTagger(nn.Module):
             T = unary.shape[1]
             return torch.where(torch.arange(T, device=tags.device) < batch.lengths[:, None], tags, -1)
         return self.chain.decode(unary, batch.lengths)
+
+
+class KMeansEnergy(nn.Module):
+    """K-means as an energy-based model: F(y) = min_j ||y - W_j||^2 with centroids W (k, d) as
+    rows. ``forward`` gives the free energy (N,) (differentiable in y and W), ``assign`` the
+    argmin (the nearest centroid's index)."""
+
+    def __init__(self, num_centroids: int, dim: int, centroids: Optional[Tensor] = None):
+        super().__init__()
+        if centroids is None:
+            centroids = torch.randn(num_centroids, dim)
+        if tuple(centroids.shape) != (num_centroids, dim):
+            raise ValueError(f"KMeansEnergy: centroids must have shape ({num_centroids}, {dim}), "
+                             f"got {tuple(centroids.shape)}")
+        self.W = nn.Parameter(centroids.detach().clone())
+
+    def forward(self, y: Tensor) -> Tensor:
+        return kmeans_energy(y, self.W)
+
+    def assign(self, y: Tensor) -> Tensor:
+        with torch.no_grad():
+            return nearest_centroid(y, self.W)[1]

@@ -1,5 +1,6 @@
-"""Pictures of the tagger runs, saved as PNG: learning curves, the per-category confusion
-matrix and the margin loss against the energy gap."""
+"""Pictures saved as PNG: of the tagger runs (learning curves, the per-category confusion matrix,
+the margin loss against the energy gap) and of the latent-variable energies (the k-means energy
+landscape, dictionary atoms and reconstructions)."""
 from __future__ import annotations
 
 import io
@@ -74,6 +75,25 @@ def margin_loss_picture(path, margins=(0.5, 1.0, 2.0)) -> None:
            ylabel="[m + E(gold) − E(ŷ)]₊", title="margin hinge loss")
     ax.legend()
     ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def kmeans_landscape(y, W, index, path, title: str = "") -> None:
+    """2-D points coloured by their centroid, the centroids, and the free energy
+    F(y) = min_j ||y - W_j||^2 over the plane (contours)."""
+    y, W, index = y.cpu().double(), W.cpu().double(), index.cpu()
+    lo, hi = y.min(0).values - 1.5, y.max(0).values + 1.5
+    gx, gy = torch.meshgrid(torch.linspace(lo[0], hi[0], 300, dtype=torch.float64),
+                            torch.linspace(lo[1], hi[1], 300, dtype=torch.float64), indexing="xy")
+    grid = torch.stack([gx.flatten(), gy.flatten()], 1)
+    energy = ebm_ext.kmeans_energy(grid, W).reshape(gx.shape)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    filled = ax.contourf(gx, gy, energy, levels=20, cmap="viridis")
+    fig.colorbar(filled, ax=ax, label="free energy F(y) = min_j ||y − W_j||²")
+    ax.scatter(y[:, 0], y[:, 1], c=index, cmap="tab10", s=18, edgecolors="white", linewidths=0.5)
+    ax.scatter(W[:, 0], W[:, 1], marker="X", s=160, c="red", edgecolors="white", label="centroids W_j")
+    ax.set(xlabel="y₁", ylabel="y₂", title=title or "k-means energy landscape", aspect="equal")
+    ax.legend(loc="upper right")
     _save(fig, path)
 
 

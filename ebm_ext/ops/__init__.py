@@ -1,7 +1,9 @@
 """Public wrappers of the ebm_ext custom ops, with their fake and autograd implementations."""
 from .chain import chain_energy, loss_augmented_viterbi, viterbi, viterbi_kbest
+from .kmeans import kmeans_energy, nearest_centroid
 from .partition import chain_log_partition, chain_marginals
 from .simplex import project_simplex
 
-__all__ = ["chain_energy", "chain_log_partition", "chain_marginals", "loss_augmented_viterbi",
-           "project_simplex", "viterbi", "viterbi_kbest"]
+__all__ = ["chain_energy", "chain_log_partition", "chain_marginals", "kmeans_energy",
+           "loss_augmented_viterbi", "nearest_centroid", "project_simplex", "viterbi",
+           "viterbi_kbest"]

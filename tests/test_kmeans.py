@@ -1,0 +1,203 @@
+"""nearest_centroid / kmeans_energy against the plain-PyTorch reference (the full distance
+matrix), exact ties on integer data, gradients, errors; the k-means trainers in python/."""
+import pathlib
+import sys
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import ebm_ext
+from ebm_ext import _reference as ref
+from conftest import requires_cuda, tolerance
+
+sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "python"))
+import kmeans  # noqa: E402
+
+
+def _points(N, k, d, seed=0, device="cpu", dtype=torch.float64, integers=False):
+    g = torch.Generator().manual_seed(seed)
+    if integers:  # small integers: every distance is exact, so ties are real ties
+        y = torch.randint(-3, 4, (N, d), generator=g)
+        W = torch.randint(-3, 4, (k, d), generator=g)
+    else:
+        y, W = torch.randn(N, d, generator=g, dtype=torch.float64), torch.randn(k, d, generator=g, dtype=torch.float64)
+    return y.to(device, dtype), W.to(device, dtype)
+
+
+@pytest.mark.parametrize("N,k,d", [(1000, 256, 64), (37, 3, 5), (101, 70, 7), (50, 33, 130),
+                                   (5, 1, 3), (1, 300, 2), (0, 4, 3)])
+def test_matches_full_distance_matrix(N, k, d, device, dtype):
+    y, W = _points(N, k, d, seed=N + k + d, device=device, dtype=dtype)
+    dist2, index = ebm_ext.nearest_centroid(y, W)
+    want, want_index = ref.nearest_centroid(y.double(), W.double())
+    assert dist2.dtype == dtype and index.dtype == torch.long and dist2.shape == index.shape == (N,)
+    torch.testing.assert_close(dist2.double(), want, **tolerance(dtype))
+    # The chosen centroid is a nearest one up to rounding (the index itself may differ from the
+    # reference's only where two centroids tie within that rounding).
+    chosen = ((y.double() - W.double()[index]) ** 2).sum(-1)
+    torch.testing.assert_close(chosen, want, **tolerance(dtype))
+    assert (want_index == index).double().mean() >= 0.99 or N == 0
+
+
+@settings(deadline=None, max_examples=60)
+@given(N=st.integers(0, 40), k=st.integers(1, 80), d=st.integers(1, 20), seed=st.integers(0, 2**16))
+def test_integer_data_ties_go_to_smallest_index(N, k, d, seed):
+    for dtype in (torch.float32, torch.float64):
+        y, W = _points(N, k, d, seed=seed, dtype=dtype, integers=True)
+        W[k // 2:] = W[:k - k // 2].clone()  # duplicated centroids: exact ties everywhere
+        dist2, index = ebm_ext.nearest_centroid(y, W)
+        want, want_index = ref.nearest_centroid(y, W)
+        assert torch.equal(index, want_index)
+        assert torch.equal(dist2, want)
+
+
+def test_zero_dimensional_points_are_all_at_distance_zero():
+    dist2, index = ebm_ext.nearest_centroid(torch.empty(3, 0), torch.empty(2, 0))
+    assert torch.equal(dist2, torch.zeros(3)) and torch.equal(index, torch.zeros(3, dtype=torch.long))
+
+
+def test_nan_point_gets_nan_distance_and_nan_centroid_is_never_picked(device):
+    y = torch.tensor([[0.0, 0.0], [float("nan"), 1.0], [5.0, 5.0]], device=device)
+    W = torch.tensor([[float("nan"), 0.0], [1.0, 1.0], [4.0, 4.0]], device=device)
+    dist2, index = ebm_ext.nearest_centroid(y, W)
+    assert index[0].item() == 1 and index[2].item() == 2
+    assert torch.isnan(dist2[1]) and dist2[0].item() == 2.0 and dist2[2].item() == 2.0
+
+
+def test_non_contiguous_inputs(device):
+    y, W = _points(40, 9, 12, seed=3, device=device)
+    got = ebm_ext.nearest_centroid(y.t().contiguous().t(), W[:, ::1].t().contiguous().t())
+    want = ebm_ext.nearest_centroid(y, W)
+    assert torch.equal(got[1], want[1])
+    got = ebm_ext.nearest_centroid(y[::2, ::3], W[:, ::3])
+    assert torch.equal(got[1], ref.nearest_centroid(y[::2, ::3], W[:, ::3])[1])
+
+
+def test_energy_gradients_match_reference(device):
+    y, W = _points(30, 7, 5, seed=4, device=device)
+    y1, W1 = y.clone().requires_grad_(), W.clone().requires_grad_()
+    y2, W2 = y.clone().requires_grad_(), W.clone().requires_grad_()
+    weights = torch.rand(30, dtype=torch.float64, device=device)
+    (ebm_ext.kmeans_energy(y1, W1) * weights).sum().backward()
+    (ref.nearest_centroid(y2, W2)[0] * weights).sum().backward()
+    torch.testing.assert_close(y1.grad, y2.grad)
+    torch.testing.assert_close(W1.grad, W2.grad)
+
+
+def test_gradcheck(device):
+    y, W = _points(12, 4, 3, seed=5, device=device)
+    torch.autograd.gradcheck(ebm_ext.kmeans_energy, (y.requires_grad_(), W.requires_grad_()))
+
+
+def test_opcheck(device, dtype):
+    y, W = _points(20, 6, 4, seed=6, device=device, dtype=dtype)
+    torch.library.opcheck(torch.ops.ebm_ext.nearest_centroid, (y, W))
+    torch.library.opcheck(torch.ops.ebm_ext.nearest_centroid, (y.requires_grad_(), W.requires_grad_()))
+
+
+def test_compile_fullgraph(device):
+    y, W = _points(20, 6, 4, seed=7, device=device, dtype=torch.float32)
+    compiled = torch.compile(lambda a, b: ebm_ext.kmeans_energy(a, b).sum(), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(y, W), ebm_ext.kmeans_energy(y, W).sum())
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_equals_cuda(dtype):
+    y, W = _points(5000, 300, 33, seed=8, dtype=dtype, integers=True)
+    on_cpu = ebm_ext.nearest_centroid(y, W)
+    on_gpu = ebm_ext.nearest_centroid(y.cuda(), W.cuda())
+    assert torch.equal(on_cpu[1], on_gpu[1].cpu())
+    assert torch.equal(on_cpu[0], on_gpu[0].cpu())
+    y, W = _points(3000, 200, 70, seed=9, dtype=dtype)
+    on_cpu, on_gpu = ebm_ext.nearest_centroid(y, W), ebm_ext.nearest_centroid(y.cuda(), W.cuda())
+    assert (on_cpu[1] == on_gpu[1].cpu()).float().mean() > 0.999
+    torch.testing.assert_close(on_cpu[0], on_gpu[0].cpu(), **tolerance(dtype))
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_half_precision(dtype):
+    y, W = _points(500, 40, 16, seed=10, integers=True)
+    dist2, index = ebm_ext.nearest_centroid(y.cuda().to(dtype), W.cuda().to(dtype))
+    assert torch.equal(index.cpu(), ref.nearest_centroid(y, W)[1])
+
+
+@pytest.mark.parametrize("y,W,message", [
+    (torch.zeros(3), torch.zeros(2, 3), r"y must be a 2-D tensor \(N, d\), got shape \[3\]"),
+    (torch.zeros(3, 2), torch.zeros(2), r"W must be a 2-D tensor \(k, d\) of centroids as rows, got shape \[2\]"),
+    (torch.zeros(3, 2, dtype=torch.long), torch.zeros(2, 2), "y must be a floating-point tensor, got Long"),
+    (torch.zeros(3, 2), torch.zeros(2, 2, dtype=torch.float64), r"W must have the dtype of y \(Float\), got Double"),
+    (torch.zeros(3, 2), torch.zeros(2, 3), r"W must have d=2 columns like y, got shape \[2, 3\]"),
+    (torch.zeros(3, 2), torch.zeros(0, 2), r"W must hold at least one centroid \(k >= 1\), got shape \[0, 2\]"),
+    (torch.zeros(3, 2, dtype=torch.float16), torch.zeros(2, 2, dtype=torch.float16),
+     "on CPU, y must be float32 or float64, got Half"),
+])
+def test_errors(y, W, message):
+    with pytest.raises(RuntimeError, match="nearest_centroid: " + message):
+        ebm_ext.nearest_centroid(y, W)
+
+
+@requires_cuda
+def test_error_on_mixed_devices():
+    with pytest.raises(RuntimeError, match=r"nearest_centroid: W must be on the same device as y"):
+        ebm_ext.nearest_centroid(torch.zeros(3, 2, device="cuda"), torch.zeros(2, 2))
+
+
+def test_module_energy_and_assignment():
+    y, W = _points(25, 4, 3, seed=11)
+    model = ebm_ext.nn.KMeansEnergy(4, 3, centroids=W)
+    torch.testing.assert_close(model(y), ref.nearest_centroid(y, W)[0])
+    assert torch.equal(model.assign(y), ref.nearest_centroid(y, W)[1])
+    with pytest.raises(ValueError, match=r"centroids must have shape \(4, 2\), got \(4, 3\)"):
+        ebm_ext.nn.KMeansEnergy(4, 2, centroids=W)
+
+
+# --- the trainers in python/kmeans.py --------------------------------------------------------
+
+def test_lloyd_follows_scikit_learn_exactly_in_float64():
+    from sklearn.cluster import KMeans
+    g = torch.Generator().manual_seed(12)
+    y = torch.randn(3000, 8, generator=g, dtype=torch.float64)
+    init = y[torch.randperm(3000, generator=g)[:20]]
+    ours = kmeans.lloyd(y, init, max_iter=15, tol=0)
+    theirs = KMeans(20, init=init.numpy(), n_init=1, max_iter=15, tol=0, algorithm="lloyd").fit(y.numpy())
+    assert ours["n_iter"] == 15
+    assert torch.equal(ours["index"], torch.from_numpy(theirs.labels_).long())
+    assert ours["inertia"] == pytest.approx(theirs.inertia_, rel=1e-10)
+    torch.testing.assert_close(ours["W"], torch.from_numpy(theirs.cluster_centers_))
+
+
+def test_lloyd_reseeds_empty_clusters_and_stops_on_tol():
+    y, _ = kmeans.blobs(seed=1)
+    init = torch.tensor([[0.0, 0.0], [100.0, 100.0], [100.0, 100.0], [-100.0, 0.0], [1.0, 1.0]])
+    fit = kmeans.lloyd(y, init, tol=1e-4)
+    assert fit["reseeded"] >= 3 and fit["n_iter"] < 300
+    assert torch.bincount(fit["index"], minlength=5).min() >= 1
+
+
+def test_kmeans_plus_plus_spreads_the_seeds():
+    y, labels = kmeans.blobs(n=500, seed=2)
+    seeds = kmeans.kmeans_plus_plus(y, 5, torch.Generator().manual_seed(0))
+    groups = labels[ref.nearest_centroid(seeds, y)[1]]
+    assert len(set(groups.tolist())) == 5  # one seed in each of the well separated groups
+    with pytest.raises(ValueError, match=r"k must be in \[1, N=500\], got 0"):
+        kmeans.kmeans_plus_plus(y, 0)
+
+
+def test_minibatch_descent_lowers_the_free_energy():
+    y, _ = kmeans.blobs(n=200, seed=3)
+    g = torch.Generator().manual_seed(0)
+    start = kmeans.kmeans_plus_plus(y, 5, g) + 1.0
+    fit = kmeans.fit_minibatch(y, start, epochs=20, batch_size=20, lr=0.05, generator=g)
+    assert fit["history"][-1] < 0.5 * ebm_ext.kmeans_energy(y, start).sum().item()
+    assert fit["inertia"] == pytest.approx(kmeans.lloyd(y, fit["W"])["inertia"], rel=0.05)
+
+
+def test_blobs_and_digits_commands(tmp_path):
+    blobs = kmeans.main(["blobs", "--out", str(tmp_path)])
+    assert blobs["lloyd"]["ari"] == pytest.approx(1.0) and (tmp_path / "kmeans_blobs.png").stat().st_size > 10_000
+    digits = kmeans.main(["digits", "--out", str(tmp_path), "--no-progress"])
+    assert digits["ari"] > 0.5 and (tmp_path / "kmeans_digits.json").exists()
