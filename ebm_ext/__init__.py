@@ -22,6 +22,9 @@ from .ops import (  # noqa: E402
     loss_augmented_viterbi,
     nearest_centroid,
     project_simplex,
+    sparse_code,
+    sparse_coding_energy,
+    sparse_coding_lipschitz,
     viterbi,
     viterbi_kbest,
 )
@@ -46,6 +49,9 @@ __all__ = [
     "loss_augmented_viterbi",
     "nearest_centroid",
     "project_simplex",
+    "sparse_code",
+    "sparse_coding_energy",
+    "sparse_coding_lipschitz",
     "viterbi",
     "viterbi_kbest",
 ]

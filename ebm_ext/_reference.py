@@ -198,3 +198,27 @@ def nearest_centroid_matmul(y: Tensor, W: Tensor, chunk: int = 16384):
     parts = [torch.addmm(norm, y[s:s + chunk], W.t(), alpha=-2).min(1) for s in range(0, y.shape[0], chunk)]
     best = torch.cat([p.values for p in parts]) + (y * y).sum(1)
     return best.clamp_min(0), torch.cat([p.indices for p in parts])
+
+
+def sparse_code(y: Tensor, D: Tensor, lam: float, iterations: int = 1000, method: str = "fista",
+                nonneg: bool = False, z0: Optional[Tensor] = None) -> Tensor:
+    """Batched ISTA/FISTA as users write it in PyTorch: dense D z and D^T r every iteration, a
+    fixed number of iterations, step 1/L with L = 2 * the largest eigenvalue of D^T D."""
+    L = 2 * torch.linalg.eigvalsh(D.t() @ D)[-1]
+    z = torch.zeros(y.shape[0], D.shape[1], dtype=y.dtype, device=y.device) if z0 is None else z0.clone()
+    x, t = z, 1.0
+    for _ in range(iterations):
+        v = x - 2 * ((x @ D.t() - y) @ D) / L
+        step = (v - lam / L).clamp_min(0) if nonneg else torch.sign(v) * (v.abs() - lam / L).clamp_min(0)
+        if method == "fista":
+            t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
+            x, t = step + ((t - 1) / t_next) * (step - z), t_next
+        else:
+            x = step
+        z = step
+    return z
+
+
+def sparse_coding_energy(y: Tensor, D: Tensor, lam: float, z: Tensor) -> Tensor:
+    """E(y, z) = ||y - D z||^2 + lam ||z||_1 per row."""
+    return ((y - z @ D.t()) ** 2).sum(1) + lam * z.abs().sum(1)

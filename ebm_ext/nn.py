@@ -1,6 +1,6 @@
 """Modules of energy-based models: for taggers, the feature network that gives unary energies,
 the chain energy with its transition parameters, and the tagger that ties them to a training
-criterion; for latent-variable energies, k-means.
+criterion; for latent-variable energies, k-means and sparse coding.
 
 Energies are lower-is-better: the feature network's output is an energy per (position, tag).
 """
@@ -13,7 +13,8 @@ from torch import Tensor, nn
 
 from . import losses
 from .data import SHAPES, Batch
-from .ops import chain_energy, kmeans_energy, nearest_centroid, viterbi
+from .ops import (chain_energy, kmeans_energy, nearest_centroid, sparse_code, sparse_coding_energy,
+                  viterbi)
 
 
 class CharCNN(nn.Module):
@@ -157,3 +158,38 @@ class KMeansEnergy(nn.Module):
     def assign(self, y: Tensor) -> Tensor:
         with torch.no_grad():
             return nearest_centroid(y, self.W)[1]
+
+
+class SparseCodingEnergy(nn.Module):
+    """Sparse coding as an energy-based model: E(y, z) = ||y - D z||^2 + lam ||z||_1 with a
+    dictionary D (n, m) of atoms as columns. ``forward`` gives the free energy
+    F(y) = min_z E(y, z), shape (B,), differentiable in y and D (envelope theorem); ``codes``
+    the minimising z (B, m). ``solver`` holds sparse_code's options (max_iter, tol, method,
+    nonneg, check_every)."""
+
+    def __init__(self, n: int, m: int, lam: float, dictionary: Optional[Tensor] = None, **solver):
+        super().__init__()
+        if dictionary is None:
+            dictionary = torch.randn(n, m)
+            dictionary = dictionary / dictionary.norm(dim=0, keepdim=True)
+        if tuple(dictionary.shape) != (n, m):
+            raise ValueError(f"SparseCodingEnergy: dictionary must have shape ({n}, {m}), "
+                             f"got {tuple(dictionary.shape)}")
+        if not lam >= 0:
+            raise ValueError(f"SparseCodingEnergy: lam must be >= 0, got {lam}")
+        self.D = nn.Parameter(dictionary.detach().clone())
+        self.lam = float(lam)
+        self.solver = solver
+
+    def forward(self, y: Tensor) -> Tensor:
+        return sparse_coding_energy(y, self.D, self.lam, **self.solver)
+
+    def codes(self, y: Tensor) -> Tensor:
+        with torch.no_grad():
+            return sparse_code(y, self.D, self.lam, **self.solver)
+
+    @torch.no_grad()
+    def normalise_atoms(self) -> None:
+        """Rescale every atom (column of D) to unit norm: without it the L1 term is cheated by
+        growing D and shrinking z."""
+        self.D.div_(self.D.norm(dim=0, keepdim=True).clamp_min(1e-12))

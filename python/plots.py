@@ -97,6 +97,37 @@ def kmeans_landscape(y, W, index, path, title: str = "") -> None:
     _save(fig, path)
 
 
+def patch_grid(patches, path, size: int = 8, title: str = "") -> None:
+    """Rows of `patches` (count, size*size) as a grid of small grey images, each scaled to its
+    own range (atoms have no common scale)."""
+    patches = patches.detach().cpu().double()
+    count = patches.shape[0]
+    cols = int(count ** 0.5 + 0.999)
+    rows = (count + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.45, rows * 0.45 + 0.4), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < count:
+            ax.imshow(patches[k].reshape(size, size), cmap="gray", interpolation="nearest")
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def reconstructions(patches, reconstructed, path, size: int = 8, title: str = "") -> None:
+    """Patches (top row) above their reconstructions (bottom row), on a common grey scale."""
+    patches, reconstructed = patches.detach().cpu().double(), reconstructed.detach().cpu().double()
+    count = patches.shape[0]
+    lo, hi = min(patches.min(), reconstructed.min()), max(patches.max(), reconstructed.max())
+    fig, axes = plt.subplots(2, count, figsize=(count * 0.5, 1.4), squeeze=False)
+    for k in range(count):
+        for row, images in enumerate((patches, reconstructed)):
+            axes[row, k].imshow(images[k].reshape(size, size), cmap="gray", vmin=lo, vmax=hi,
+                                interpolation="nearest")
+            axes[row, k].axis("off")
+    fig.suptitle(title, fontsize=9)
+    _save(fig, path)
+
+
 def ensure_dir(path) -> pathlib.Path:
     path = pathlib.Path(path)
     path.mkdir(parents=True, exist_ok=True)

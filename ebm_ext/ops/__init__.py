@@ -3,7 +3,8 @@ from .chain import chain_energy, loss_augmented_viterbi, viterbi, viterbi_kbest
 from .kmeans import kmeans_energy, nearest_centroid
 from .partition import chain_log_partition, chain_marginals
 from .simplex import project_simplex
+from .sparse_coding import sparse_code, sparse_coding_energy, sparse_coding_lipschitz
 
 __all__ = ["chain_energy", "chain_log_partition", "chain_marginals", "kmeans_energy",
-           "loss_augmented_viterbi", "nearest_centroid", "project_simplex", "viterbi",
-           "viterbi_kbest"]
+           "loss_augmented_viterbi", "nearest_centroid", "project_simplex", "sparse_code",
+           "sparse_coding_energy", "sparse_coding_lipschitz", "viterbi", "viterbi_kbest"]
