@@ -18,8 +18,12 @@ def main(path: str) -> None:
     groups = defaultdict(dict)
     for bench in data["benchmarks"]:
         impl = bench["params"]["impl"]
-        if "inertia" in bench.get("extra_info", {}):  # fits are compared at their final energy
-            impl += f" (inertia {bench['extra_info']['inertia']:.7g})"
+        extra = bench.get("extra_info", {})
+        if "inertia" in extra:  # fits are compared at their final energy
+            impl += f" (inertia {extra['inertia']:.7g})"
+        notes = [extra[k] for k in ("setting", "note") if k in extra]
+        if notes:  # iterative solvers: at what setting, to what accuracy
+            impl += f" ({', '.join(notes)})"
         groups[bench["group"]][impl] = bench["stats"]["median"]
     print("| benchmark | implementation | median | ratio to base |")
     print("| --- | --- | ---: | ---: |")

@@ -96,12 +96,16 @@ def test_each_sample_stops_on_its_own_gap():
     assert ((ref.sparse_coding_energy(y, D, 0.1, z) - best) / best <= gap + 1e-12).all()
 
 
-def test_warm_start_at_the_optimum_stops_at_the_first_check():
+def test_warm_start_at_the_optimum_takes_no_iteration():
     y, D = _problem(10, 12, 30, seed=5)
     z = ebm_ext.sparse_code(y, D, 0.3, **EXACT)
     again, gap, iterations = ebm_ext.sparse_code(y, D, 0.3, tol=1e-8, z0=z, check_every=3, return_info=True)
-    assert (iterations == 3).all()
-    torch.testing.assert_close(again, z, atol=1e-9, rtol=0)
+    assert (iterations == 0).all() and (gap <= 1e-8).all()
+    assert torch.equal(again, z)
+    # Near the optimum, fewer iterations than from zero.
+    _, _, cold = ebm_ext.sparse_code(y, D, 0.3, tol=1e-10, return_info=True)
+    _, _, warm = ebm_ext.sparse_code(y, D, 0.3, tol=1e-10, z0=z * 0.9, return_info=True)
+    assert warm.sum() < cold.sum()
 
 
 def test_max_iter_bounds_the_work_and_ista_is_slower_than_fista():

@@ -63,6 +63,29 @@ __device__ __forceinline__ acc_t gram_times(const acc_t* __restrict__ G, const a
   return s;
 }
 
+// The duality gap of z as in the CPU kernel (csrc/ops/cpu/sparse_coding_kernel.cpp), the same
+// in every thread.
+template <typename acc_t>
+__device__ void duality_gap(const acc_t* __restrict__ G, const acc_t* b, double yy, const acc_t* z,
+                            const Params<acc_t>& p, double* scratch, double& gap, double& primal) {
+  double bz = 0, zGz = 0, l1 = 0, cmax = 0;
+  for (int64_t j = threadIdx.x; j < p.m; j += blockDim.x) {
+    const double gz = gram_times(G, z, p.m, j), zj = z[j], bj = b[j];
+    bz += bj * zj;
+    zGz += zj * gz;
+    l1 += fabs(zj);
+    cmax = fmax(cmax, p.nonneg ? bj - gz : fabs(bj - gz));
+  }
+  bz = block_reduce(bz, scratch, Sum());
+  zGz = block_reduce(zGz, scratch, Sum());
+  l1 = block_reduce(l1, scratch, Sum());
+  cmax = block_reduce(cmax, scratch, Max());
+  const double rr = fmax(0.0, yy - 2 * bz + zGz), a = double(p.lam) / 2;
+  const double s = cmax > a ? a / cmax : 1.0;
+  primal = rr + double(p.lam) * l1;
+  gap = primal - (2 * s * (yy - bz) - s * s * rr);
+}
+
 template <typename acc_t>
 __global__ void sparse_code_kernel(const acc_t* __restrict__ G, const acc_t* __restrict__ b_all,
                                    const double* __restrict__ yy_all, Params<acc_t> p,
@@ -80,8 +103,9 @@ __global__ void sparse_code_kernel(const acc_t* __restrict__ G, const acc_t* __r
   __syncthreads();
   const acc_t threshold = p.lam * p.step, two_step = 2 * p.step;
   double t = 1, gap = 0, primal = 0;
-  int64_t it = 1;
-  for (;; ++it) {
+  duality_gap(G, b, yy_all[sample], z, p, scratch, gap, primal);
+  int64_t it = gap <= p.tol * primal ? 0 : 1;  // a warm start may already be good enough
+  for (; it > 0; ++it) {
     double restart = 0;
     for (int64_t j = threadIdx.x; j < m; j += blockDim.x) {
       const acc_t v = x[j] - two_step * (gram_times(G, x, m, j) - b[j]);
@@ -106,24 +130,7 @@ __global__ void sparse_code_kernel(const acc_t* __restrict__ G, const acc_t* __r
     }
     __syncthreads();
     if (it % p.check_every == 0 || it == p.max_iter) {
-      // Duality gap, as in the CPU kernel (csrc/ops/cpu/sparse_coding_kernel.cpp).
-      double bz = 0, zGz = 0, l1 = 0, cmax = 0;
-      for (int64_t j = threadIdx.x; j < m; j += blockDim.x) {
-        const double gz = gram_times(G, z, m, j), zj = z[j], bj = b[j];
-        bz += bj * zj;
-        zGz += zj * gz;
-        l1 += fabs(zj);
-        cmax = fmax(cmax, p.nonneg ? bj - gz : fabs(bj - gz));
-      }
-      bz = block_reduce(bz, scratch, Sum());
-      zGz = block_reduce(zGz, scratch, Sum());
-      l1 = block_reduce(l1, scratch, Sum());
-      cmax = block_reduce(cmax, scratch, Max());
-      const double yy = yy_all[sample];
-      const double rr = fmax(0.0, yy - 2 * bz + zGz), a = double(p.lam) / 2;
-      const double s = cmax > a ? a / cmax : 1.0;
-      primal = rr + double(p.lam) * l1;
-      gap = primal - (2 * s * (yy - bz) - s * s * rr);
+      duality_gap(G, b, yy_all[sample], z, p, scratch, gap, primal);
       if (gap <= p.tol * primal || it == p.max_iter) break;  // uniform across the block
     }
   }
