@@ -222,3 +222,38 @@ def sparse_code(y: Tensor, D: Tensor, lam: float, iterations: int = 1000, method
 def sparse_coding_energy(y: Tensor, D: Tensor, lam: float, z: Tensor) -> Tensor:
     """E(y, z) = ||y - D z||^2 + lam ||z||_1 per row."""
     return ((y - z @ D.t()) ** 2).sum(1) + lam * z.abs().sum(1)
+
+
+
+def _relaxed_energy_vectorised(unary, trans, p, start, end, last):
+    """The relaxed chain energy with tensor ops (p already 0 at t >= L; last = L - 1, clamped)."""
+    energy = (unary * p).sum((1, 2)) + ((p[:, :-1] @ trans) * p[:, 1:]).sum((1, 2))
+    if start is not None:
+        energy = energy + p[:, 0] @ start
+    if end is not None:
+        energy = energy + p[torch.arange(p.shape[0]), last] @ end
+    return energy
+
+
+def chain_relaxed_inference(unary, trans, lengths=None, start=None, end=None, steps=20, lr=1.0,
+                            method="entropic", init=None):
+    """The loop as users write it: the relaxed energy (tensor ops) through autograd for the
+    gradient, then the entropic or projected update."""
+    from .ops import project_simplex
+    B, T, K = unary.shape
+    if T == 0:
+        return unary.new_zeros(unary.shape), unary.new_zeros(B)
+    L = _full_lengths(unary, lengths)
+    mask = (torch.arange(T, device=unary.device)[None, :] < L[:, None])[..., None].to(unary.dtype)
+    last = (L - 1).clamp_min(0)
+    # Positions t >= L keep a distribution (their gradient is 0) and are zeroed at the end.
+    p = torch.full_like(unary, 1.0 / K) if init is None else torch.where(mask > 0, init, 1.0 / K)
+    detached = [None if x is None else x.detach() for x in (unary, trans, start, end)]
+    for _ in range(steps):
+        q = p.detach().requires_grad_()
+        energy = _relaxed_energy_vectorised(detached[0], detached[1], q * mask, detached[2], detached[3], last)
+        (g,) = torch.autograd.grad(energy.sum(), q)
+        with torch.no_grad():
+            p = torch.softmax(torch.log(p) - lr * g, -1) if method == "entropic" else project_simplex(p - lr * g)
+    p = p * mask
+    return p, relaxed_chain_energy(unary, trans, p, lengths, start, end)

@@ -9,7 +9,8 @@ import ebm_ext
 EXPECTED_OPS = {"chain_energy", "viterbi", "viterbi_kbest", "loss_augmented_viterbi",
                 "chain_log_partition", "chain_marginals", "_chain_log_partition_backward",
                 "project_simplex", "nearest_centroid",
-                "sparse_code", "sparse_coding_energy", "sparse_coding_lipschitz"}
+                "sparse_code", "sparse_coding_energy", "sparse_coding_lipschitz",
+                "chain_relaxed_inference"}
 
 
 def test_cuda_kernels_built_when_torch_has_cuda():

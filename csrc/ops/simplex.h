@@ -3,6 +3,12 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <vector>
+
 namespace ebm_ext {
 
 inline void check_project_simplex_inputs(const at::Tensor& v) {
@@ -26,6 +32,27 @@ inline at::Tensor project_simplex_aten(const at::Tensor& v) {
   auto out = (v - theta).clamp_min(0);
   const auto bad = (at::isnan(v) | (v == std::numeric_limits<double>::infinity())).any(-1, true);
   return out.masked_fill(bad, std::numeric_limits<double>::quiet_NaN());
+}
+
+// One row on the CPU: sort a copy, find the threshold theta with sum_k max(v_k - theta, 0) = 1,
+// and clip. A row holding NaN or +inf becomes NaN. `buf` is scratch space, reused across rows.
+template <typename S>
+void project_simplex_row(const S* v, S* out, int64_t K, std::vector<S>& buf) {
+  for (int64_t k = 0; k < K; ++k) {
+    if (std::isnan(v[k]) || v[k] == std::numeric_limits<S>::infinity()) {
+      std::fill(out, out + K, std::numeric_limits<S>::quiet_NaN());
+      return;
+    }
+  }
+  buf.assign(v, v + K);
+  std::sort(buf.begin(), buf.end(), std::greater<S>());
+  S css = 0, theta = 0;
+  for (int64_t j = 0; j < K; ++j) {
+    css += buf[j];
+    const S t = (css - S(1)) / S(j + 1);
+    if (buf[j] - t > 0) theta = t;  // the condition holds for a prefix of j: keep the last
+  }
+  for (int64_t k = 0; k < K; ++k) out[k] = std::max(v[k] - theta, S(0));
 }
 
 }  // namespace ebm_ext

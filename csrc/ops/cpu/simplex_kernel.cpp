@@ -15,25 +15,6 @@
 namespace ebm_ext {
 namespace {
 
-template <typename S>
-void project_row(const S* v, S* out, int64_t K, std::vector<S>& buf) {
-  for (int64_t k = 0; k < K; ++k) {
-    if (std::isnan(v[k]) || v[k] == std::numeric_limits<S>::infinity()) {
-      std::fill(out, out + K, std::numeric_limits<S>::quiet_NaN());
-      return;
-    }
-  }
-  buf.assign(v, v + K);
-  std::sort(buf.begin(), buf.end(), std::greater<S>());
-  S css = 0, theta = 0;
-  for (int64_t j = 0; j < K; ++j) {
-    css += buf[j];
-    const S t = (css - S(1)) / S(j + 1);
-    if (buf[j] - t > 0) theta = t;  // the condition holds for a prefix of j: keep the last
-  }
-  for (int64_t k = 0; k < K; ++k) out[k] = std::max(v[k] - theta, S(0));
-}
-
 at::Tensor project_simplex_cpu(const at::Tensor& v) {
   check_project_simplex_inputs(v);
   TORCH_CHECK(v.scalar_type() == at::kFloat || v.scalar_type() == at::kDouble,
@@ -47,7 +28,7 @@ at::Tensor project_simplex_cpu(const at::Tensor& v) {
     auto* dst = out.data_ptr<scalar_t>();
     at::parallel_for(0, rows, std::max<int64_t>(1, 4096 / K), [&](int64_t lo, int64_t hi) {
       std::vector<scalar_t> buf;
-      for (int64_t r = lo; r < hi; ++r) project_row(src + r * K, dst + r * K, K, buf);
+      for (int64_t r = lo; r < hi; ++r) project_simplex_row(src + r * K, dst + r * K, K, buf);
     });
   });
   return out;

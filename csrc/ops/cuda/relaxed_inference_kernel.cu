@@ -1,0 +1,189 @@
+// CUDA kernel of chain_relaxed_inference: one block per sequence, all steps fused. Per step,
+// the gradient of every position (threads over (t, k)), then the update of every position, a
+// warp per position: the entropic update is a softmax of the accumulated energies
+// e_t = -log p_t + const (warp min and sum), the projected one finds the simplex threshold by
+// Michelot's algorithm (drop the entries below the threshold of the rest until none drops;
+// exact, at most K rounds of warp sums).
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <limits>
+
+#include "../relaxed_inference.h"
+#include "chain_common.cuh"
+
+namespace ebm_ext {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename acc_t>
+struct Args {
+  const acc_t* trans;  // (K, K)
+  const acc_t* start;  // (K,) or nullptr
+  const acc_t* end;
+  const int64_t* lengths;
+  int64_t T;
+  int K;
+  acc_t lr;
+  bool entropic;
+  int64_t steps;
+};
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+template <typename T>
+__device__ __forceinline__ T warp_min(T v) {
+  for (int offset = 16; offset > 0; offset /= 2) v = min(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
+// p_t <- projection of v_t = p_t - lr g_t onto the simplex, by one warp.
+template <typename acc_t>
+__device__ void project_row(acc_t* p, const acc_t* g, int K, acc_t lr) {
+  const int lane = threadIdx.x % 32;
+  acc_t theta = 0;
+  bool nan = false;
+  for (int k = lane; k < K; k += 32) {  // a row holding NaN or +inf becomes NaN, as on the CPU
+    const acc_t v = p[k] - lr * g[k];
+    nan |= isnan(v) || (isinf(v) && v > 0);
+  }
+  nan = __any_sync(0xffffffffu, nan);
+  // Michelot: theta of the active set; entries at or below it leave; repeat until none leaves.
+  acc_t floor = -std::numeric_limits<acc_t>::infinity();
+  for (int round = 0; round <= K && !nan; ++round) {
+    acc_t sum = 0, count = 0;
+    for (int k = lane; k < K; k += 32) {
+      const acc_t v = p[k] - lr * g[k];
+      if (v > floor) {
+        sum += v;
+        count += 1;
+      }
+    }
+    sum = warp_sum(sum);
+    count = warp_sum(count);
+    const acc_t next = (sum - 1) / count;
+    bool dropped = false;
+    for (int k = lane; k < K; k += 32) {
+      const acc_t v = p[k] - lr * g[k];
+      dropped |= v > floor && v <= next;
+    }
+    theta = next;
+    floor = next;
+    if (!__any_sync(0xffffffffu, dropped)) break;
+  }
+  __syncwarp();
+  for (int k = lane; k < K; k += 32) {
+    const acc_t v = p[k] - lr * g[k];
+    p[k] = nan ? std::numeric_limits<acc_t>::quiet_NaN() : (v - theta > 0 ? v - theta : acc_t(0));
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void relaxed_inference_kernel(const scalar_t* __restrict__ unary,
+                                         const scalar_t* __restrict__ init, Args<acc_t> a,
+                                         acc_t* __restrict__ p_all, acc_t* __restrict__ e_all,
+                                         acc_t* __restrict__ g_all) {
+  const int64_t b = blockIdx.x, T = a.T;
+  const int K = a.K;
+  const int64_t L = a.lengths ? a.lengths[b] : T;
+  const scalar_t* u = unary + b * T * K;
+  acc_t* p = p_all + b * T * K;
+  acc_t* e = e_all + b * T * K;
+  acc_t* g = g_all + b * T * K;
+  for (int64_t n = threadIdx.x; n < L * K; n += blockDim.x) {
+    const acc_t q = init ? static_cast<acc_t>(init[b * T * K + n]) : acc_t(1) / acc_t(K);
+    p[n] = q;
+    e[n] = init ? -log(q) : acc_t(0);
+  }
+  __syncthreads();
+  const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  for (int64_t step = 0; step < a.steps; ++step) {
+    for (int64_t n = threadIdx.x; n < L * K; n += blockDim.x) {
+      const int64_t t = n / K;
+      const int k = static_cast<int>(n % K);
+      acc_t s = static_cast<acc_t>(u[n]);
+      if (t == 0 && a.start) s += a.start[k];
+      if (t == L - 1 && a.end) s += a.end[k];
+      if (t > 0) {
+        for (int i = 0; i < K; ++i) s += p[(t - 1) * K + i] * a.trans[i * K + k];
+      }
+      if (t + 1 < L) {
+        for (int j = 0; j < K; ++j) s += a.trans[k * K + j] * p[(t + 1) * K + j];
+      }
+      g[n] = s;
+    }
+    __syncthreads();
+    for (int64_t t = warp; t < L; t += warps) {
+      if (a.entropic) {
+        acc_t lowest = std::numeric_limits<acc_t>::infinity();
+        for (int k = threadIdx.x % 32; k < K; k += 32) {
+          e[t * K + k] += a.lr * g[t * K + k];
+          lowest = min(lowest, e[t * K + k]);
+        }
+        lowest = warp_min(lowest);
+        acc_t total = 0;
+        for (int k = threadIdx.x % 32; k < K; k += 32) {
+          e[t * K + k] -= lowest;
+          p[t * K + k] = exp(-e[t * K + k]);
+          total += p[t * K + k];
+        }
+        total = warp_sum(total);
+        for (int k = threadIdx.x % 32; k < K; k += 32) p[t * K + k] /= total;
+      } else {
+        project_row(p + t * K, g + t * K, K, a.lr);
+      }
+    }
+    __syncthreads();
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> chain_relaxed_inference_cuda(
+    const at::Tensor& unary, const at::Tensor& trans, const c10::optional<at::Tensor>& lengths,
+    const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end, int64_t steps,
+    double lr, c10::string_view method, const c10::optional<at::Tensor>& init) {
+  const auto o = check_chain_relaxed_inference_inputs(unary, trans, lengths, start, end, steps, lr,
+                                                      method, init);
+  const c10::cuda::CUDAGuard guard(unary.device());
+  const int64_t B = unary.size(0), T = unary.size(1), K = unary.size(2);
+  const auto acc = at::toOpMathType(unary.scalar_type());
+  auto p = at::zeros(unary.sizes(), unary.options().dtype(acc));
+  if (B > 0 && T > 0) {
+    auto e = at::empty_like(p), g = at::empty_like(p);
+    const auto u = unary.contiguous();
+    const auto tr = trans.to(acc).contiguous();
+    const auto s = start.has_value() ? start->to(acc).contiguous() : at::Tensor();
+    const auto en = end.has_value() ? end->to(acc).contiguous() : at::Tensor();
+    const auto l = lengths.has_value() ? lengths->contiguous() : at::Tensor();
+    const auto i = init.has_value() ? init->contiguous() : at::Tensor();
+    EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "chain_relaxed_inference_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      Args<acc_t> a{tr.data_ptr<acc_t>(), s.defined() ? s.data_ptr<acc_t>() : nullptr,
+                    en.defined() ? en.data_ptr<acc_t>() : nullptr,
+                    l.defined() ? l.data_ptr<int64_t>() : nullptr, T, static_cast<int>(K),
+                    acc_t(o.lr), o.entropic, o.steps};
+      relaxed_inference_kernel<scalar_t, acc_t><<<static_cast<unsigned>(B), kThreads, 0,
+                                                  at::cuda::getCurrentCUDAStream()>>>(
+          u.data_ptr<scalar_t>(), i.defined() ? i.data_ptr<scalar_t>() : nullptr, a,
+          p.data_ptr<acc_t>(), e.data_ptr<acc_t>(), g.data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  const auto probs = p.to(unary.scalar_type());
+  return {probs, relaxed_chain_energy(unary, trans, probs, lengths, start, end)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ebm_ext, CUDA, m) {
+  m.impl("chain_relaxed_inference", &chain_relaxed_inference_cuda);
+}
+
+}  // namespace ebm_ext

@@ -1,0 +1,45 @@
+// chain_relaxed_inference: input checks shared by the CPU and CUDA kernels.
+//
+// Gradient descent on relaxed tags p (B, T, K), one distribution per position, for the chain
+// energy E(p) = sum_t p_t.unary_t + sum_{t>=1} p_{t-1}^T trans p_t + start.p_0 + end.p_{L-1}:
+//   dE/dp_t = unary_t + trans^T p_{t-1} (t > 0) + trans p_{t+1} (t < L-1) + start (t = 0) + end (t = L-1)
+// every position updated from the same p (a Jacobi step), `steps` times, with
+//   'entropic'  p_t <- softmax(log p_t - lr dE/dp_t)      (exponentiated gradient, mirror descent)
+//   'projected' p_t <- project_simplex(p_t - lr dE/dp_t)
+// from `init` or the uniform distributions. Positions t >= L are 0 in the output.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <string>
+
+#include "chain.h"
+
+namespace ebm_ext {
+
+struct RelaxedInferenceOptions {
+  int64_t steps;
+  double lr;
+  bool entropic;
+};
+
+inline RelaxedInferenceOptions check_chain_relaxed_inference_inputs(
+    const at::Tensor& unary, const at::Tensor& trans, const c10::optional<at::Tensor>& lengths,
+    const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end, int64_t steps,
+    double lr, c10::string_view method, const c10::optional<at::Tensor>& init) {
+  constexpr const char* op = "chain_relaxed_inference";
+  check_chain_inputs(op, unary, trans, lengths, start, end);
+  TORCH_CHECK(steps >= 0, op, ": steps must be >= 0, got ", steps);
+  TORCH_CHECK(std::isfinite(lr) && lr > 0, op, ": lr must be a finite number > 0, got ", lr);
+  TORCH_CHECK(method == "entropic" || method == "projected", op,
+              ": method must be 'entropic' or 'projected', got '", std::string(method), "'");
+  if (init.has_value()) {
+    TORCH_CHECK(init->sizes() == unary.sizes(), op, ": init must have the shape of unary (",
+                shape_str(unary), "), got ", shape_str(*init));
+    check_float_like_unary(op, "init", *init, unary);
+  }
+  return {steps, lr, method == "entropic"};
+}
+
+}  // namespace ebm_ext
