@@ -1,0 +1,290 @@
+"""Inference beyond Viterbi on a trained tagger's energy (python/tagger.py checkpoint):
+
+  1. relaxed   gradient descent on relaxed tags with the fused ebm_ext.chain_relaxed_inference:
+               accuracy after rounding, and on how many sentences rounding gives Viterbi's path;
+  2. tag LM    a global energy: chain energy + w * tag language model (an LSTM over the relaxed
+               tags, trained on the gold tag sequences), minimised by ebm_ext.inference.
+               gradient_inference from the relaxed solution: the accuracy change;
+  3. infnet    an inference network A(x) (the same feature network, started from the energy's own,
+               softmax outputs) trained to minimise E(x, A(x)) with the energy frozen, plus
+               `--local-weight` times the cross-entropy to the energy's local classifier
+               argmin_k unary; test accuracy and decoding speed against Viterbi on the same energy.
+
+  joint        (Tu & Gimpel 2018) trains, from scratch, the energy with the margin-rescaled hinge
+               [Delta(F(x), y) - E(x, F(x)) + E(x, y)]_+ whose competitor comes from a
+               cost-augmented inference network F (trained to maximise the hinge; Delta is the
+               relaxed L1 cost sum_t ||F_t(x) - onehot(y_t)||_1), and alongside a test-time
+               inference network A that minimises E(x, A(x)); reports Viterbi and A on test.
+
+    python python/inference_network.py analyse --checkpoint runs/main/best.pt --out runs/infnet
+    python python/inference_network.py joint --out runs/infnet-joint
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import pathlib
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import ebm_ext  # noqa: E402
+from ebm_ext import data as D  # noqa: E402
+from ebm_ext.inference import InferenceNetwork, TagLanguageModel, chain_plus_tag_lm, gradient_inference  # noqa: E402
+from ebm_ext.nn import ChainEnergy, FeatureNetwork  # noqa: E402
+from loop import eval_mode, progress, write_json  # noqa: E402
+from tagger import CORPORA, batches, data_dir, load_tagger  # noqa: E402
+
+
+def encoded(sentences, vocabs, size):
+    return [D.encode(chunk, vocabs) for chunk in batches(sentences, size)]
+
+
+def token_accuracy(pred_batches, data) -> float:
+    correct = total = 0
+    for tags, batch in zip(pred_batches, data):
+        mask = torch.arange(batch.tags.shape[1])[None, :] < batch.lengths[:, None]
+        correct += ((tags == batch.tags) & mask).sum().item()
+        total += mask.sum().item()
+    return correct / max(1, total)
+
+
+def chain_args(model, batch):
+    with torch.no_grad():
+        unary = model.features(batch)
+    c = model.chain
+    return unary, c.trans.detach(), batch.lengths, c.start.detach(), c.end.detach()
+
+
+def timed(fn, repeats=3):
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return out, best
+
+
+def relaxed(model, test, steps, lr, method):
+    viterbi_tags, relaxed_tags = [], []
+    same = sentences = 0
+    for batch in test:
+        unary, trans, L, start, end = chain_args(model, batch)
+        _, tags = ebm_ext.viterbi(unary, trans, L, start, end)
+        probs, _ = ebm_ext.chain_relaxed_inference(unary, trans, L, start, end, steps=steps, lr=lr, method=method)
+        rounded = probs.argmax(-1).masked_fill(tags < 0, -1)
+        viterbi_tags.append(tags)
+        relaxed_tags.append(rounded)
+        same += (rounded == tags).all(-1).sum().item()
+        sentences += len(L)
+    return {"viterbi_acc": token_accuracy(viterbi_tags, test), "relaxed_acc": token_accuracy(relaxed_tags, test),
+            "rounding_is_viterbi": same / sentences, "steps": steps, "lr": lr, "method": method}
+
+
+def train_tag_lm(train, K, epochs, seed, show):
+    torch.manual_seed(seed)
+    lm = TagLanguageModel(K)
+    optimizer = torch.optim.Adam(lm.parameters(), lr=5e-3)
+    for _ in progress(range(epochs), show, desc="tag LM"):
+        for batch in train:
+            loss = lm.nll(batch.tags, batch.lengths)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return lm.eval()
+
+
+def tag_lm_inference(model, lm, test, weight, steps, lr, relaxed_steps):
+    predicted = []
+    for batch in test:
+        unary, trans, L, start, end = chain_args(model, batch)
+        start_point, _ = ebm_ext.chain_relaxed_inference(unary, trans, L, start, end, steps=relaxed_steps, lr=0.5)
+        T = unary.shape[1]
+        mask = (torch.arange(T)[None, :] < L[:, None])[..., None].to(unary.dtype)
+        start_point = torch.where(mask > 0, start_point, 1.0 / unary.shape[2])
+        energy = chain_plus_tag_lm(unary, trans, L, start, end, lm, weight)
+        for p in lm.parameters():
+            p.requires_grad_(False)
+        y, _, _ = gradient_inference(energy, start_point.clamp_min(1e-6), steps=steps, lr=lr, mask=mask)
+        predicted.append(y.argmax(-1).masked_fill(mask[..., 0] == 0, -1))
+    return token_accuracy(predicted, test)
+
+
+def train_inference_network(model, train, dev, epochs, lr, local_weight, show):
+    net = InferenceNetwork(copy.deepcopy(model.features))
+    for q in net.parameters():  # the copy of the frozen energy's network learns
+        q.requires_grad_(True)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    best, best_state, history = -1.0, None, []
+    for epoch in progress(range(1, epochs + 1), show, desc="inference network"):
+        net.train()
+        total = 0.0
+        for batch in train:
+            unary, trans, L, start, end = chain_args(model, batch)
+            y = net(batch)
+            loss = ebm_ext.chain_energy(unary, trans, y, L, start, end).mean()
+            if local_weight > 0:
+                mask = torch.arange(y.shape[1])[None, :] < L[:, None]
+                local = unary.argmin(-1)
+                loss = loss + local_weight * torch.nn.functional.nll_loss(torch.log(y.clamp_min(1e-12))[mask], local[mask])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+        with eval_mode(net), torch.no_grad():
+            acc = token_accuracy([net.decode(b) for b in dev], dev)
+        history.append({"epoch": epoch, "loss": total / len(train), "dev_acc": acc})
+        if acc > best:
+            best, best_state = acc, copy.deepcopy(net.state_dict())
+    net.load_state_dict(best_state)
+    return net.eval(), history
+
+
+def joint(args) -> dict:
+    """Energy + cost-augmented inference network + test-time inference network, trained together."""
+    torch.manual_seed(args.seed)
+    root = data_dir(args.data_dir)
+    splits = [D.read_sentences(root / f) for f in CORPORA[args.corpus]]
+    if args.limit:
+        splits = [s[:args.limit] for s in splits]
+    tags, _ = D.read_tagset(root / "twpos" / "tagset.tsv") if args.corpus == "twpos" else (list(D.UPOS), None)
+    vocabs = D.Vocabularies.build(splits[0], tags)
+    train, dev, test = (encoded(s, vocabs, size) for s, size in zip(splits, (16, 256, 256)))
+    K = len(vocabs.tags)
+
+    def network():
+        return FeatureNetwork(len(vocabs.words), len(vocabs.chars), K, num_suffixes=len(vocabs.suffixes),
+                              num_prefixes=len(vocabs.prefixes), hidden=args.hidden, word_dropout=0.05)
+    features, chain = network(), ChainEnergy(K)
+    cost_net, test_net = InferenceNetwork(network()), InferenceNetwork(network())
+    energy_params = list(features.parameters()) + list(chain.parameters())
+    opt_energy = torch.optim.Adam(energy_params, lr=args.lr)
+    opt_cost = torch.optim.Adam(cost_net.parameters(), lr=args.lr)
+    opt_test = torch.optim.Adam(test_net.parameters(), lr=args.lr)
+    history, best, best_state = [], -1.0, None
+    show = not args.no_progress
+    start_time = time.perf_counter()
+    for epoch in progress(range(1, args.epochs + 1), show, desc="joint"):
+        for module in (features, cost_net, test_net):
+            module.train()
+        hinge_sum = 0.0
+        for batch in train:
+            L = batch.lengths
+            mask = (torch.arange(batch.tags.shape[1])[None, :] < L[:, None])[..., None].float()
+            gold = torch.nn.functional.one_hot(batch.tags.clamp_min(0), K).float() * mask
+            unary = features(batch)
+            y = cost_net(batch) * mask
+            delta = ((y - gold).abs() * mask).sum((1, 2))
+            e_cost = ebm_ext.chain_energy(unary, chain.trans, y, L, chain.start, chain.end)
+            e_gold = ebm_ext.chain_energy(unary, chain.trans, batch.tags, L, chain.start, chain.end)
+            hinge = torch.relu(delta - e_cost + e_gold).mean()
+            grads_cost = torch.autograd.grad(-hinge, list(cost_net.parameters()), retain_graph=True)
+            grads_energy = torch.autograd.grad(hinge, energy_params, allow_unused=True)
+            for params, grads, opt in ((list(cost_net.parameters()), grads_cost, opt_cost),
+                                       (energy_params, grads_energy, opt_energy)):
+                opt.zero_grad()
+                for q, g in zip(params, grads):
+                    q.grad = g
+                opt.step()
+            a = test_net(batch)
+            e_test = ebm_ext.chain_energy(unary.detach(), chain.trans.detach(), a, L, chain.start.detach(),
+                                          chain.end.detach()).mean()
+            opt_test.zero_grad()
+            e_test.backward()
+            opt_test.step()
+            hinge_sum += hinge.item()
+        for module in (features, cost_net, test_net):
+            module.eval()
+        with torch.no_grad():
+            viterbi_dev = token_accuracy([chain.decode(features(b), b.lengths) for b in dev], dev)
+            net_dev = token_accuracy([test_net.decode(b) for b in dev], dev)
+        history.append({"epoch": epoch, "hinge": hinge_sum / len(train), "viterbi_dev": viterbi_dev,
+                        "inference_network_dev": net_dev})
+        if net_dev > best:
+            best = net_dev
+            best_state = copy.deepcopy((features.state_dict(), chain.state_dict(), test_net.state_dict()))
+    features.load_state_dict(best_state[0])
+    chain.load_state_dict(best_state[1])
+    test_net.load_state_dict(best_state[2])
+    with torch.no_grad():
+        viterbi_test = token_accuracy([chain.decode(features(b), b.lengths) for b in test], test)
+        net_test = token_accuracy([test_net.decode(b) for b in test], test)
+    metrics = {"history": history, "viterbi_test_acc": viterbi_test, "inference_network_test_acc": net_test,
+               "seconds": time.perf_counter() - start_time, "config": vars(args)}
+    write_json(metrics, pathlib.Path(args.out) / "metrics.json")
+    print(f"joint training ({args.epochs} epochs, {metrics['seconds']:.0f} s): Viterbi on the energy "
+          f"{100 * viterbi_test:.2f} %, test-time inference network {100 * net_test:.2f} % (test)")
+    return metrics
+
+
+def analyse(args) -> dict:
+    torch.manual_seed(args.seed)
+    model, vocabs = load_tagger(args.checkpoint)
+    for q in model.parameters():
+        q.requires_grad_(False)
+    root = data_dir(args.data_dir)
+    splits = [D.read_sentences(root / f) for f in CORPORA[args.corpus]]
+    if args.limit:
+        splits = [s[:args.limit] for s in splits]
+    train, dev, test = (encoded(s, vocabs, size) for s, size in zip(splits, (16, 256, 256)))
+    show = not args.no_progress
+    metrics = {"checkpoint": str(args.checkpoint), "relaxed": {}}
+    for method in ("entropic", "projected"):
+        metrics["relaxed"][method] = relaxed(model, test, args.relaxed_steps, args.relaxed_lr, method)
+    lm = train_tag_lm(train, len(vocabs.tags), args.tag_lm_epochs, args.seed, show)
+    metrics["tag_lm"] = {"weight": args.tag_lm_weight,
+                         "acc": tag_lm_inference(model, lm, test, args.tag_lm_weight, 30, 0.2, args.relaxed_steps)}
+    net, history = train_inference_network(model, train, dev, args.epochs, args.lr, args.local_weight, show)
+    with torch.no_grad():
+        infnet_acc = token_accuracy([net.decode(b) for b in test], test)
+        one = D.encode(splits[2][:256], vocabs)
+        _, t_viterbi = timed(lambda: model.chain.decode(model.features(one), one.lengths))
+        _, t_net = timed(lambda: net.decode(one))
+    metrics["inference_network"] = {"history": history, "test_acc": infnet_acc,
+                                    "sentences_per_s_viterbi": 256 / t_viterbi, "sentences_per_s_net": 256 / t_net}
+    metrics["viterbi_test_acc"] = metrics["relaxed"]["entropic"]["viterbi_acc"]
+    write_json(metrics, pathlib.Path(args.out) / "metrics.json")
+    r = metrics["relaxed"]
+    print(f"Viterbi {100 * metrics['viterbi_test_acc']:.2f} %; relaxed+rounding: entropic "
+          f"{100 * r['entropic']['relaxed_acc']:.2f} % ({100 * r['entropic']['rounding_is_viterbi']:.1f} % of "
+          f"sentences = Viterbi's path), projected {100 * r['projected']['relaxed_acc']:.2f} % "
+          f"({100 * r['projected']['rounding_is_viterbi']:.1f} %); chain + tag LM {100 * metrics['tag_lm']['acc']:.2f} %; "
+          f"inference network {100 * infnet_acc:.2f} % at {256 / t_net:.0f} sentences/s "
+          f"(Viterbi {256 / t_viterbi:.0f}/s, batch 256)")
+    return metrics
+
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    j = sub.add_parser("joint", help="train energy, cost-augmented and test-time inference networks together")
+    a = sub.add_parser("analyse", help="relaxed inference, tag LM and an inference network on a trained energy")
+    a.add_argument("--checkpoint", required=True, help="a python/tagger.py checkpoint (the energy)")
+    for q in (a, j):
+        q.add_argument("--out", required=True)
+        q.add_argument("--corpus", choices=sorted(CORPORA), default="twpos")
+        q.add_argument("--data-dir")
+        q.add_argument("--limit", type=int, default=0, help="use only the first N sentences of each split")
+        q.add_argument("--seed", type=int, default=1)
+        q.add_argument("--no-progress", action="store_true")
+    a.add_argument("--relaxed-steps", type=int, default=50)
+    a.add_argument("--relaxed-lr", type=float, default=0.5)
+    a.add_argument("--tag-lm-epochs", type=int, default=10)
+    a.add_argument("--tag-lm-weight", type=float, default=0.5)
+    a.add_argument("--epochs", type=int, default=10, help="inference network epochs")
+    a.add_argument("--lr", type=float, default=1e-3)
+    a.add_argument("--local-weight", type=float, default=0.0)
+    j.add_argument("--epochs", type=int, default=20)
+    j.add_argument("--lr", type=float, default=1e-3)
+    j.add_argument("--hidden", type=int, default=200)
+    args = p.parse_args(argv)
+    if args.command == "joint":
+        return joint(args)
+    return analyse(args)
+
+if __name__ == "__main__":
+    main()
