@@ -40,7 +40,7 @@ def tweets():
     return vocabs, D.encode(test[:256], vocabs)
 
 
-@pytest.mark.parametrize("impl", ["viterbi", "inference network"])
+@pytest.mark.parametrize("impl", ["ebm_ext viterbi", "inference network"])
 def test_decode_256_tweets(benchmark, tweets, impl):
     """Same network size either way (the inference network is a copy of the feature network)."""
     vocabs, batch = tweets
@@ -51,7 +51,7 @@ def test_decode_256_tweets(benchmark, tweets, impl):
                               num_prefixes=len(vocabs.prefixes), hidden=200, char_filters=100).eval()
     chain = ChainEnergy(K)
     net = InferenceNetwork(features).eval()
-    if impl == "viterbi":
+    if impl == "ebm_ext viterbi":
         fn = lambda: chain.decode(features(batch), batch.lengths)  # noqa: E731
     else:
         fn = lambda: net.decode(batch)  # noqa: E731

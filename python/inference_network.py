@@ -8,9 +8,11 @@
   3. infnet    an inference network A(x) (the same feature network, started from the energy's own,
                softmax outputs) trained to minimise E(x, A(x)) with the energy frozen, plus
                `--local-weight` times the cross-entropy to the energy's local classifier
-               argmin_k unary; test accuracy and decoding speed against Viterbi on the same energy.
+               argmin_k unary and `--gold-weight` times that to the gold tags (Tu & Gimpel's
+               local term); test accuracy and decoding speed against Viterbi on the same energy.
 
-  joint        (Tu & Gimpel 2018) trains, from scratch, the energy with the margin-rescaled hinge
+  joint        (Tu & Gimpel 2018) trains, after a few epochs of local-classifier pretraining of the
+               feature network, the energy with the margin-rescaled hinge
                [Delta(F(x), y) - E(x, F(x)) + E(x, y)]_+ whose competitor comes from a
                cost-augmented inference network F (trained to maximise the hinge; Delta is the
                relaxed L1 cost sum_t ||F_t(x) - onehot(y_t)||_1), and alongside a test-time
@@ -113,7 +115,7 @@ def tag_lm_inference(model, lm, test, weight, steps, lr, relaxed_steps):
     return token_accuracy(predicted, test)
 
 
-def train_inference_network(model, train, dev, epochs, lr, local_weight, show):
+def train_inference_network(model, train, dev, epochs, lr, local_weight, gold_weight, show):
     net = InferenceNetwork(copy.deepcopy(model.features))
     for q in net.parameters():  # the copy of the frozen energy's network learns
         q.requires_grad_(True)
@@ -130,6 +132,9 @@ def train_inference_network(model, train, dev, epochs, lr, local_weight, show):
                 mask = torch.arange(y.shape[1])[None, :] < L[:, None]
                 local = unary.argmin(-1)
                 loss = loss + local_weight * torch.nn.functional.nll_loss(torch.log(y.clamp_min(1e-12))[mask], local[mask])
+            if gold_weight > 0:  # Tu & Gimpel's local cross-entropy on the gold tags
+                mask = torch.arange(y.shape[1])[None, :] < L[:, None]
+                loss = loss + gold_weight * torch.nn.functional.nll_loss(torch.log(y.clamp_min(1e-12))[mask], batch.tags[mask])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -159,13 +164,23 @@ def joint(args) -> dict:
         return FeatureNetwork(len(vocabs.words), len(vocabs.chars), K, num_suffixes=len(vocabs.suffixes),
                               num_prefixes=len(vocabs.prefixes), hidden=args.hidden, word_dropout=0.05)
     features, chain = network(), ChainEnergy(K)
-    cost_net, test_net = InferenceNetwork(network()), InferenceNetwork(network())
+    show = not args.no_progress
+    if args.pretrain_epochs:  # a local classifier first (token NLL), as Tu & Gimpel do
+        opt = torch.optim.Adam(features.parameters(), lr=args.lr)
+        features.train()
+        for _ in progress(range(args.pretrain_epochs), show, desc="pretrain"):
+            for batch in train:
+                loss = ebm_ext.losses.token_nll(features(batch), batch.tags, batch.lengths)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    # Both inference networks start as copies of the energy's network (A(x) = softmax(-unary)).
+    cost_net, test_net = InferenceNetwork(copy.deepcopy(features)), InferenceNetwork(copy.deepcopy(features))
     energy_params = list(features.parameters()) + list(chain.parameters())
     opt_energy = torch.optim.Adam(energy_params, lr=args.lr)
     opt_cost = torch.optim.Adam(cost_net.parameters(), lr=args.lr)
     opt_test = torch.optim.Adam(test_net.parameters(), lr=args.lr)
     history, best, best_state = [], -1.0, None
-    show = not args.no_progress
     start_time = time.perf_counter()
     for epoch in progress(range(1, args.epochs + 1), show, desc="joint"):
         for module in (features, cost_net, test_net):
@@ -181,8 +196,14 @@ def joint(args) -> dict:
             e_cost = ebm_ext.chain_energy(unary, chain.trans, y, L, chain.start, chain.end)
             e_gold = ebm_ext.chain_energy(unary, chain.trans, batch.tags, L, chain.start, chain.end)
             hinge = torch.relu(delta - e_cost + e_gold).mean()
-            grads_cost = torch.autograd.grad(-hinge, list(cost_net.parameters()), retain_graph=True)
-            grads_energy = torch.autograd.grad(hinge, energy_params, allow_unused=True)
+            energy_loss = hinge
+            if args.local_weight > 0:  # keep the unary energies a local classifier too
+                energy_loss = energy_loss + args.local_weight * ebm_ext.losses.token_nll(unary, batch.tags, L)
+            # F is the cost-augmented inference network: it maximises Delta(F(x), y) - E(x, F(x)),
+            # the hinge's inner max (not the hinge itself, whose gradient vanishes once it is 0).
+            grads_cost = torch.autograd.grad(-(delta - e_cost).mean(), list(cost_net.parameters()),
+                                             retain_graph=True)
+            grads_energy = torch.autograd.grad(energy_loss, energy_params, allow_unused=True)
             for params, grads, opt in ((list(cost_net.parameters()), grads_cost, opt_cost),
                                        (energy_params, grads_energy, opt_energy)):
                 opt.zero_grad()
@@ -237,7 +258,8 @@ def analyse(args) -> dict:
     lm = train_tag_lm(train, len(vocabs.tags), args.tag_lm_epochs, args.seed, show)
     metrics["tag_lm"] = {"weight": args.tag_lm_weight,
                          "acc": tag_lm_inference(model, lm, test, args.tag_lm_weight, 30, 0.2, args.relaxed_steps)}
-    net, history = train_inference_network(model, train, dev, args.epochs, args.lr, args.local_weight, show)
+    net, history = train_inference_network(model, train, dev, args.epochs, args.lr, args.local_weight,
+                                           args.gold_weight, show)
     with torch.no_grad():
         infnet_acc = token_accuracy([net.decode(b) for b in test], test)
         one = D.encode(splits[2][:256], vocabs)
@@ -271,17 +293,25 @@ def main(argv=None):
         q.add_argument("--limit", type=int, default=0, help="use only the first N sentences of each split")
         q.add_argument("--seed", type=int, default=1)
         q.add_argument("--no-progress", action="store_true")
+        q.add_argument("--threads", type=int, default=0)
     a.add_argument("--relaxed-steps", type=int, default=50)
     a.add_argument("--relaxed-lr", type=float, default=0.5)
     a.add_argument("--tag-lm-epochs", type=int, default=10)
     a.add_argument("--tag-lm-weight", type=float, default=0.5)
-    a.add_argument("--epochs", type=int, default=10, help="inference network epochs")
+    a.add_argument("--epochs", type=int, default=20, help="inference network epochs")
     a.add_argument("--lr", type=float, default=1e-3)
-    a.add_argument("--local-weight", type=float, default=0.0)
+    a.add_argument("--local-weight", type=float, default=0.0,
+                   help="cross-entropy to the energy's local classifier argmin_k unary")
+    a.add_argument("--gold-weight", type=float, default=0.0, help="cross-entropy to the gold tags")
     j.add_argument("--epochs", type=int, default=20)
     j.add_argument("--lr", type=float, default=1e-3)
     j.add_argument("--hidden", type=int, default=200)
+    j.add_argument("--pretrain-epochs", type=int, default=5, help="epochs of local-classifier pretraining")
+    j.add_argument("--local-weight", type=float, default=0.0,
+                   help="token NLL of the unary energies added to the energy's hinge")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.command == "joint":
         return joint(args)
     return analyse(args)
