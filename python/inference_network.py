@@ -307,8 +307,8 @@ def main(argv=None):
     j.add_argument("--lr", type=float, default=1e-3)
     j.add_argument("--hidden", type=int, default=200)
     j.add_argument("--pretrain-epochs", type=int, default=5, help="epochs of local-classifier pretraining")
-    j.add_argument("--local-weight", type=float, default=0.0,
-                   help="token NLL of the unary energies added to the energy's hinge")
+    j.add_argument("--local-weight", type=float, default=1.0,
+                   help="token NLL of the unary energies added to the energy's hinge (0: the hinge alone)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
