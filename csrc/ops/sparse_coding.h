@@ -91,9 +91,16 @@ inline at::Tensor sparse_coding_lipschitz_aten(const at::Tensor& D) {
   return 2 * rayleigh;
 }
 
-}  // namespace ebm_ext
-
-namespace ebm_ext {
+// The step's L on the host (one synchronisation on CUDA): the given one, or D's.
+inline double lipschitz_value(const at::Tensor& D, const c10::optional<at::Tensor>& lipschitz) {
+  const double L = lipschitz.has_value() ? lipschitz->item<double>()
+                                         : sparse_coding_lipschitz_aten(D).item<double>();
+  TORCH_CHECK(std::isfinite(L) && L >= 0, "sparse_code: ",
+              lipschitz.has_value() ? "lipschitz must be a finite number >= 0, got "
+                                    : "D must be finite (its Lipschitz constant came out as ",
+              L, lipschitz.has_value() ? "" : ")");
+  return L;
+}
 
 // The free energy F(y) = E(y, z*) at the code z* that sparse_code finds, written once with ATen
 // for both backends: (energy (B,), z* (B, m)). Its gradient (envelope theorem: dF/dy = 2 r,

@@ -276,12 +276,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_code_cpu(
   auto gap = at::zeros({B}, y.options());
   auto iterations = at::zeros({B}, y.options().dtype(at::kLong));
   if (B == 0) return {at::zeros({0, m}, y.options()), gap, iterations};
-  const double L = lipschitz.has_value() ? lipschitz->item<double>()
-                                         : sparse_coding_lipschitz_aten(D).item<double>();
-  TORCH_CHECK(std::isfinite(L) && L >= 0, "sparse_code: ",
-              lipschitz.has_value() ? "lipschitz must be a finite number >= 0, got "
-                                    : "D must be finite (its Lipschitz constant came out as ",
-              L, lipschitz.has_value() ? "" : ")");
+  const double L = lipschitz_value(D, lipschitz);
   if (L == 0) {  // D = 0: every code has energy ||y||^2 + lam ||z||_1, so z = 0
     return {at::zeros({B, m}, y.options()), gap, iterations};
   }

@@ -151,12 +151,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_code_cuda(
   const auto acc = at::toOpMathType(y.scalar_type());
   auto iterations = at::zeros({B}, y.options().dtype(at::kLong));
   if (B == 0) return {at::zeros({0, m}, y.options()), at::zeros({0}, y.options()), iterations};
-  const double L = lipschitz.has_value() ? lipschitz->item<double>()
-                                         : sparse_coding_lipschitz_aten(D).item<double>();
-  TORCH_CHECK(std::isfinite(L) && L >= 0, "sparse_code: ",
-              lipschitz.has_value() ? "lipschitz must be a finite number >= 0, got "
-                                    : "D must be finite (its Lipschitz constant came out as ",
-              L, lipschitz.has_value() ? "" : ")");
+  const double L = lipschitz_value(D, lipschitz);
   if (L == 0) return {at::zeros({B, m}, y.options()), at::zeros({B}, y.options()), iterations};
   const auto Da = D.to(acc);
   const auto G = at::mm(Da.t(), Da).contiguous();
