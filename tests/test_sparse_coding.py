@@ -79,9 +79,10 @@ def test_any_shape_reaches_the_lars_optimum(B, n, m, lam, seed, method, nonneg):
     want = _lars(y, D, lam, positive=nonneg)
     energy = ref.sparse_coding_energy(y, D, lam, z)
     best = ref.sparse_coding_energy(y, D, lam, want)
-    assert (energy - best <= 1e-7 * best.clamp_min(1)).all()
-    # A sample stops on its gap or on max_iter (ISTA on nearly collinear atoms can be that slow).
+    # A sample stops on its gap or on max_iter (ISTA on nearly collinear atoms can be that slow),
+    # and either way the returned relative gap bounds how far its energy is from the optimum.
     assert ((gap <= 1e-10) | (iterations == 50000)).all() and (iterations <= 50000).all()
+    assert ((energy - best) / best.clamp_min(1e-12) <= gap + 1e-9).all()
 
 
 def test_each_sample_stops_on_its_own_gap():
