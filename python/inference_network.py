@@ -297,7 +297,7 @@ def main(argv=None):
     a.add_argument("--relaxed-steps", type=int, default=50)
     a.add_argument("--relaxed-lr", type=float, default=0.5)
     a.add_argument("--tag-lm-epochs", type=int, default=10)
-    a.add_argument("--tag-lm-weight", type=float, default=0.5)
+    a.add_argument("--tag-lm-weight", type=float, default=0.2)
     a.add_argument("--epochs", type=int, default=20, help="inference network epochs")
     a.add_argument("--lr", type=float, default=1e-3)
     a.add_argument("--local-weight", type=float, default=0.0,
