@@ -164,6 +164,7 @@ def test_envelope_gradient_equals_the_formula():
     r = (y - z @ D.t()).detach()
     torch.testing.assert_close(gy, 2 * weights[:, None] * r)
     torch.testing.assert_close(gD, -2 * (weights[:, None] * r).t() @ z)
+    assert energy.requires_grad and not z.requires_grad  # the codes are not differentiated
 
 
 def test_opcheck(device, dtype):

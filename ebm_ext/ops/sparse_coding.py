@@ -91,6 +91,7 @@ def _sparse_coding_lipschitz_fake(D):
 def _setup(ctx, inputs, output):
     y, D = inputs[0], inputs[1]
     ctx.save_for_backward(y, D, output[1])
+    ctx.mark_non_differentiable(output[1])  # the codes are an argmin: a constant to autograd
 
 
 def _backward(ctx, grad_energy, grad_z):
