@@ -15,6 +15,7 @@
 
 #include "../kmeans.h"
 #include "chain_common.cuh"
+#include "reduce.cuh"
 
 namespace ebm_ext {
 namespace {
@@ -116,7 +117,7 @@ __global__ void distance_kernel(const scalar_t* __restrict__ y, const scalar_t* 
     const acc_t diff = static_cast<acc_t>(yp[q]) - static_cast<acc_t>(wj[q]);
     s += diff * diff;
   }
-  for (int offset = 16; offset > 0; offset /= 2) s += __shfl_xor_sync(0xffffffffu, s, offset);
+  s = cuda_reduce::warp_reduce(s, cuda_reduce::Sum());
   if (lane == 0) dist2[p] = static_cast<scalar_t>(s);
 }
 

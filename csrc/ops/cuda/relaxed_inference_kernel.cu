@@ -15,9 +15,14 @@
 
 #include "../relaxed_inference.h"
 #include "chain_common.cuh"
+#include "reduce.cuh"
 
 namespace ebm_ext {
 namespace {
+
+using cuda_reduce::Min;
+using cuda_reduce::Sum;
+using cuda_reduce::warp_reduce;
 
 constexpr int kThreads = 256;
 
@@ -33,17 +38,6 @@ struct Args {
   bool entropic;
   int64_t steps;
 };
-
-template <typename T>
-__device__ __forceinline__ T warp_sum(T v) {
-  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-template <typename T>
-__device__ __forceinline__ T warp_min(T v) {
-  for (int offset = 16; offset > 0; offset /= 2) v = min(v, __shfl_xor_sync(0xffffffffu, v, offset));
-  return v;
-}
 
 // p_t <- projection of v_t = p_t - lr g_t onto the simplex, by one warp.
 template <typename acc_t>
@@ -67,8 +61,8 @@ __device__ void project_row(acc_t* p, const acc_t* g, int K, acc_t lr) {
         count += 1;
       }
     }
-    sum = warp_sum(sum);
-    count = warp_sum(count);
+    sum = warp_reduce(sum, Sum());
+    count = warp_reduce(count, Sum());
     const acc_t next = (sum - 1) / count;
     bool dropped = false;
     for (int k = lane; k < K; k += 32) {
@@ -128,14 +122,14 @@ __global__ void relaxed_inference_kernel(const scalar_t* __restrict__ unary,
           e[t * K + k] += a.lr * g[t * K + k];
           lowest = min(lowest, e[t * K + k]);
         }
-        lowest = warp_min(lowest);
+        lowest = warp_reduce(lowest, Min());
         acc_t total = 0;
         for (int k = threadIdx.x % 32; k < K; k += 32) {
           e[t * K + k] -= lowest;
           p[t * K + k] = exp(-e[t * K + k]);
           total += p[t * K + k];
         }
-        total = warp_sum(total);
+        total = warp_reduce(total, Sum());
         for (int k = threadIdx.x % 32; k < K; k += 32) p[t * K + k] /= total;
       } else {
         project_row(p + t * K, g + t * K, K, a.lr);

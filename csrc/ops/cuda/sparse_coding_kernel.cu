@@ -15,9 +15,14 @@
 
 #include "../sparse_coding.h"
 #include "chain_common.cuh"
+#include "reduce.cuh"
 
 namespace ebm_ext {
 namespace {
+
+using cuda_reduce::block_reduce;
+using cuda_reduce::Max;
+using cuda_reduce::Sum;
 
 constexpr int kMaxThreads = 256;
 constexpr size_t kSharedBytes = 32 * 1024;  // x in shared memory up to this size
@@ -29,27 +34,6 @@ struct Params {
   double tol;
   bool fista, nonneg;
 };
-
-struct Sum {
-  template <typename T>
-  __device__ T operator()(T a, T b) const { return a + b; }
-};
-struct Max {
-  template <typename T>
-  __device__ T operator()(T a, T b) const { return a > b ? a : b; }
-};
-
-// The same value in every thread of the block (blockDim.x a multiple of 32).
-template <typename T, typename Op>
-__device__ T block_reduce(T v, T* scratch, Op op) {
-  for (int offset = 16; offset > 0; offset /= 2) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
-  __syncthreads();  // the scratch may still be read from the previous reduction
-  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
-  __syncthreads();
-  T r = scratch[0];
-  for (int w = 1; w < int(blockDim.x / 32); ++w) r = op(r, scratch[w]);
-  return r;
-}
 
 // (G v)_j over the nonzeros of v.
 template <typename acc_t>

@@ -1,0 +1,40 @@
+// Warp and block reductions shared by the CUDA kernels: every lane (or thread) gets the result.
+#pragma once
+
+namespace ebm_ext {
+namespace cuda_reduce {
+
+struct Sum {
+  template <typename T>
+  __device__ T operator()(T a, T b) const { return a + b; }
+};
+struct Min {  // min() of floating types ignores a NaN operand, like fmin
+  template <typename T>
+  __device__ T operator()(T a, T b) const { return min(a, b); }
+};
+struct Max {
+  template <typename T>
+  __device__ T operator()(T a, T b) const { return a > b ? a : b; }
+};
+
+// Over the 32 lanes of a full warp.
+template <typename T, typename Op>
+__device__ __forceinline__ T warp_reduce(T v, Op op) {
+  for (int offset = 16; offset > 0; offset /= 2) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
+// Over the block (blockDim.x a multiple of 32); `scratch` holds one T per warp.
+template <typename T, typename Op>
+__device__ T block_reduce(T v, T* scratch, Op op) {
+  v = warp_reduce(v, op);
+  __syncthreads();  // the scratch may still be read from the previous reduction
+  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
+  __syncthreads();
+  T r = scratch[0];
+  for (int w = 1; w < int(blockDim.x / 32); ++w) r = op(r, scratch[w]);
+  return r;
+}
+
+}  // namespace cuda_reduce
+}  // namespace ebm_ext
