@@ -224,7 +224,6 @@ def sparse_coding_energy(y: Tensor, D: Tensor, lam: float, z: Tensor) -> Tensor:
     return ((y - z @ D.t()) ** 2).sum(1) + lam * z.abs().sum(1)
 
 
-
 def _relaxed_energy_vectorised(unary, trans, p, start, end, last):
     """The relaxed chain energy with tensor ops (p already 0 at t >= L; last = L - 1, clamped)."""
     energy = (unary * p).sum((1, 2)) + ((p[:, :-1] @ trans) * p[:, 1:]).sum((1, 2))

@@ -13,6 +13,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
+from .nn import local_decode
 from .ops import chain_energy, project_simplex
 
 
@@ -57,7 +58,8 @@ def gradient_inference(energy_fn: Callable[[Tensor], Tensor], y0: Tensor, steps:
             else:
                 new = project_simplex(y - lr * velocity)
             moving = active.view(view)
-            change = (new - y).abs().flatten(1).amax(1)
+            if tol is not None:
+                change = (new - y).abs().flatten(1).amax(1)
             y = torch.where(moving, new, y)
             taken += active.long()
             if tol is not None:
@@ -123,6 +125,4 @@ class InferenceNetwork(nn.Module):
 
     def decode(self, batch) -> Tensor:
         """Tags (B, T): the argmax of A(x), -1 past each length."""
-        tags = self.features(batch).argmin(-1)
-        T = tags.shape[1]
-        return tags.masked_fill(torch.arange(T, device=tags.device)[None, :] >= batch.lengths[:, None], -1)
+        return local_decode(self.features(batch), batch.lengths)

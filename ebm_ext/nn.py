@@ -34,6 +34,13 @@ class CharCNN(nn.Module):
         return torch.where(torch.isfinite(h), h, torch.zeros_like(h)).view(B, T, -1)
 
 
+def local_decode(unary: Tensor, lengths: Tensor) -> Tensor:
+    """Per-position argmin of unary energies (B, T, K): tags (B, T), -1 past each length."""
+    tags = unary.argmin(-1)
+    T = unary.shape[1]
+    return torch.where(torch.arange(T, device=tags.device) < lengths[:, None], tags, -1)
+
+
 class FeatureNetwork(nn.Module):
     """Word, suffix and word-shape embeddings + character CNN + BiLSTM -> unary energies
     (B, T, K). Everything is learnt from the training data (no pretrained vectors)."""
@@ -132,9 +139,7 @@ class EnergyTagger(nn.Module):
         """Tags (B, T), -1 past each length."""
         unary = self.features(batch)
         if self.criterion == "token_nll":
-            tags = unary.argmin(-1)
-            T = unary.shape[1]
-            return torch.where(torch.arange(T, device=tags.device) < batch.lengths[:, None], tags, -1)
+            return local_decode(unary, batch.lengths)
         return self.chain.decode(unary, batch.lengths)
 
 

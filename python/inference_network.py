@@ -38,17 +38,34 @@ from ebm_ext import data as D  # noqa: E402
 from ebm_ext.inference import InferenceNetwork, TagLanguageModel, chain_plus_tag_lm, gradient_inference  # noqa: E402
 from ebm_ext.nn import ChainEnergy, FeatureNetwork  # noqa: E402
 from loop import eval_mode, progress, write_json  # noqa: E402
-from tagger import CORPORA, batches, data_dir, load_tagger  # noqa: E402
+from tagger import CORPORA, batches, data_dir, load_tagger, tagset  # noqa: E402
 
 
 def encoded(sentences, vocabs, size):
     return [D.encode(chunk, vocabs) for chunk in batches(sentences, size)]
 
 
+def positions(lengths, T):
+    """(B, T) mask of the positions t < L."""
+    return torch.arange(T)[None, :] < lengths[:, None]
+
+
+def cross_entropy(y, targets, mask):
+    """Mean -log y[target] over the masked positions of relaxed tags y (B, T, K)."""
+    return torch.nn.functional.nll_loss(torch.log(y.clamp_min(1e-12))[mask], targets[mask])
+
+
+def read_splits(args):
+    """train, dev, test sentences of the corpus (first --limit of each)."""
+    root = data_dir(args.data_dir)
+    splits = [D.read_sentences(root / f) for f in CORPORA[args.corpus]]
+    return [s[:args.limit] for s in splits] if args.limit else splits
+
+
 def token_accuracy(pred_batches, data) -> float:
     correct = total = 0
     for tags, batch in zip(pred_batches, data):
-        mask = torch.arange(batch.tags.shape[1])[None, :] < batch.lengths[:, None]
+        mask = positions(batch.lengths, batch.tags.shape[1])
         correct += ((tags == batch.tags) & mask).sum().item()
         total += mask.sum().item()
     return correct / max(1, total)
@@ -100,16 +117,15 @@ def train_tag_lm(train, K, epochs, seed, show):
 
 
 def tag_lm_inference(model, lm, test, weight, steps, lr, relaxed_steps):
+    for p in lm.parameters():  # inference only: the tag LM is fixed
+        p.requires_grad_(False)
     predicted = []
     for batch in test:
         unary, trans, L, start, end = chain_args(model, batch)
         start_point, _ = ebm_ext.chain_relaxed_inference(unary, trans, L, start, end, steps=relaxed_steps, lr=0.5)
-        T = unary.shape[1]
-        mask = (torch.arange(T)[None, :] < L[:, None])[..., None].to(unary.dtype)
+        mask = positions(L, unary.shape[1])[..., None].to(unary.dtype)
         start_point = torch.where(mask > 0, start_point, 1.0 / unary.shape[2])
         energy = chain_plus_tag_lm(unary, trans, L, start, end, lm, weight)
-        for p in lm.parameters():
-            p.requires_grad_(False)
         y, _, _ = gradient_inference(energy, start_point.clamp_min(1e-6), steps=steps, lr=lr, mask=mask)
         predicted.append(y.argmax(-1).masked_fill(mask[..., 0] == 0, -1))
     return token_accuracy(predicted, test)
@@ -128,13 +144,11 @@ def train_inference_network(model, train, dev, epochs, lr, local_weight, gold_we
             unary, trans, L, start, end = chain_args(model, batch)
             y = net(batch)
             loss = ebm_ext.chain_energy(unary, trans, y, L, start, end).mean()
+            mask = positions(L, y.shape[1])
             if local_weight > 0:
-                mask = torch.arange(y.shape[1])[None, :] < L[:, None]
-                local = unary.argmin(-1)
-                loss = loss + local_weight * torch.nn.functional.nll_loss(torch.log(y.clamp_min(1e-12))[mask], local[mask])
+                loss = loss + local_weight * cross_entropy(y, unary.argmin(-1), mask)
             if gold_weight > 0:  # Tu & Gimpel's local cross-entropy on the gold tags
-                mask = torch.arange(y.shape[1])[None, :] < L[:, None]
-                loss = loss + gold_weight * torch.nn.functional.nll_loss(torch.log(y.clamp_min(1e-12))[mask], batch.tags[mask])
+                loss = loss + gold_weight * cross_entropy(y, batch.tags, mask)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -151,11 +165,8 @@ def train_inference_network(model, train, dev, epochs, lr, local_weight, gold_we
 def joint(args) -> dict:
     """Energy + cost-augmented inference network + test-time inference network, trained together."""
     torch.manual_seed(args.seed)
-    root = data_dir(args.data_dir)
-    splits = [D.read_sentences(root / f) for f in CORPORA[args.corpus]]
-    if args.limit:
-        splits = [s[:args.limit] for s in splits]
-    tags, _ = D.read_tagset(root / "twpos" / "tagset.tsv") if args.corpus == "twpos" else (list(D.UPOS), None)
+    splits = read_splits(args)
+    tags, _ = tagset(args.corpus, data_dir(args.data_dir))
     vocabs = D.Vocabularies.build(splits[0], tags)
     train, dev, test = (encoded(s, vocabs, size) for s, size in zip(splits, (16, 256, 256)))
     K = len(vocabs.tags)
@@ -188,7 +199,7 @@ def joint(args) -> dict:
         hinge_sum = 0.0
         for batch in train:
             L = batch.lengths
-            mask = (torch.arange(batch.tags.shape[1])[None, :] < L[:, None])[..., None].float()
+            mask = positions(L, batch.tags.shape[1])[..., None].float()
             gold = torch.nn.functional.one_hot(batch.tags.clamp_min(0), K).float() * mask
             unary = features(batch)
             y = cost_net(batch) * mask
@@ -246,10 +257,7 @@ def analyse(args) -> dict:
     model, vocabs = load_tagger(args.checkpoint)
     for q in model.parameters():
         q.requires_grad_(False)
-    root = data_dir(args.data_dir)
-    splits = [D.read_sentences(root / f) for f in CORPORA[args.corpus]]
-    if args.limit:
-        splits = [s[:args.limit] for s in splits]
+    splits = read_splits(args)
     train, dev, test = (encoded(s, vocabs, size) for s, size in zip(splits, (16, 256, 256)))
     show = not args.no_progress
     metrics = {"checkpoint": str(args.checkpoint), "relaxed": {}}

@@ -110,8 +110,9 @@ __attribute__((always_inline)) inline void gram_times(const Problem<S>& p, const
 // residual theta = s r, s = min(1, a / ||D^T r||_inf), is dual feasible, and the dual value
 // is 1/2 ||y||^2 - 1/2 ||y - theta||^2; with nonneg the constraint is max_j (D^T theta)_j <= a.
 template <typename S>
-__attribute__((always_inline)) inline void duality_gap(const Problem<S>& p, const S* b, double yy, const S* z, Workspace<S>& w,
-                        double& gap, double& primal) {
+__attribute__((always_inline)) inline void duality_gap(const Problem<S>& p, const S* b, double yy,
+                                                       const S* z, Workspace<S>& w, double& gap,
+                                                       double& primal) {
   gram_times(p, z, w.gx.data(), w.support.data());
   double bz = 0, zGz = 0, l1 = 0, cmax = 0;
   for (int64_t j = 0; j < p.m; ++j) {
@@ -184,8 +185,8 @@ __attribute__((always_inline)) inline int64_t iterate(const Problem<S>& p, const
   }
 }
 
-// One sample. The iterations run on a working set W: the code's support plus the coordinates
-// whose optimality condition fails (|(D^T r)_j| > lam / 2). Outside W the code stays 0, so an
+// One sample. The iterations run on a working set W: the code's support plus the worst of the
+// coordinates whose optimality condition fails (|(D^T r)_j| > lam / 2). Outside W the code stays 0, so an
 // iteration there costs nnz x |W| instead of nnz x m. After each solve on W the gap of the
 // whole problem decides: done, or a new W. A W of more than half the atoms is not worth the
 // gathering: then the whole problem is iterated (and always when lam = 0).
