@@ -15,6 +15,7 @@ except ImportError as error:  # never fall back silently to slow Python
 
 from . import losses, ops  # noqa: E402  (ops registers fake and autograd implementations)
 from .ops import (  # noqa: E402
+    bilstm,
     chain_energy,
     chain_log_partition,
     chain_marginals,
@@ -22,6 +23,7 @@ from .ops import (  # noqa: E402
     kmeans_energy,
     loss_augmented_viterbi,
     nearest_centroid,
+    packed_order,
     project_simplex,
     sparse_code,
     sparse_coding_energy,
@@ -43,6 +45,8 @@ def build_info() -> dict:
 __all__ = [
     "build_info",
     "losses",
+    "bilstm",
+    "packed_order",
     "chain_energy",
     "chain_log_partition",
     "chain_marginals",

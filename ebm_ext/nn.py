@@ -13,12 +13,13 @@ from torch import Tensor, nn
 
 from . import losses
 from .data import SHAPES, Batch
-from .ops import (chain_energy, kmeans_energy, nearest_centroid, sparse_code, sparse_coding_energy,
-                  viterbi)
+from .ops import (bilstm, chain_energy, kmeans_energy, nearest_centroid, packed_order, sparse_code,
+                  sparse_coding_energy, viterbi)
 
 
 class CharCNN(nn.Module):
-    """Character embeddings, one convolution and max-pooling over the characters of a word."""
+    """Character embeddings, one convolution and max-pooling over the characters of a word:
+    chars (..., C) character ids, 0 = padding -> (..., filters)."""
 
     def __init__(self, num_chars: int, dim: int = 30, filters: int = 50, width: int = 3):
         super().__init__()
@@ -27,11 +28,68 @@ class CharCNN(nn.Module):
         self.out_dim = filters
 
     def forward(self, chars: Tensor) -> Tensor:
-        B, T, C = chars.shape
-        x = self.embed(chars.view(B * T, C)).transpose(1, 2)      # (BT, dim, C)
-        h = self.conv(x).masked_fill((chars.view(B * T, 1, C) == 0), float("-inf"))
+        C = chars.shape[-1]
+        words = chars.reshape(-1, C)
+        x = self.embed(words).transpose(1, 2)      # (words, dim, C)
+        h = self.conv(x).masked_fill((words == 0)[:, None, :], float("-inf"))
         h = h.amax(dim=2)
-        return torch.where(torch.isfinite(h), h, torch.zeros_like(h)).view(B, T, -1)
+        h = torch.where(torch.isfinite(h), h, torch.zeros_like(h))
+        return h.view(*chars.shape[:-1], -1)
+
+
+class BiLSTM(nn.Module):
+    """A bidirectional one-layer LSTM on the fused kernel ``ebm_ext.bilstm``, over packed rows:
+    ``forward(input (N, I), batch_sizes)`` -> (N, 2 * hidden_size) (see ``ebm_ext.packed_order``
+    for packing a padded batch). Same parameters as nn.LSTM(bidirectional=True) with the two
+    directions stacked and b_ih + b_hh as one bias, initialised as nn.LSTM initialises them;
+    ``from_lstm`` copies an nn.LSTM's."""
+
+    def __init__(self, input_size: int, hidden_size: int):
+        super().__init__()
+        H = hidden_size
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(2, 4 * H, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(2, 4 * H, H))
+        self.bias = nn.Parameter(torch.empty(2, 4 * H))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        bound = self.hidden_size ** -0.5
+        for w in (self.weight_ih, self.weight_hh, self.bias):
+            w.uniform_(-bound, bound)
+        self.bias.add_(torch.empty_like(self.bias).uniform_(-bound, bound))  # b_ih + b_hh
+
+    @classmethod
+    def from_lstm(cls, lstm: nn.LSTM) -> "BiLSTM":
+        if not (lstm.bidirectional and lstm.num_layers == 1 and lstm.bias
+                and lstm.proj_size == 0):
+            raise ValueError("BiLSTM.from_lstm: needs a one-layer bidirectional nn.LSTM with "
+                             "biases and no projection")
+        m = cls(lstm.input_size, lstm.hidden_size).to(lstm.weight_ih_l0)
+        with torch.no_grad():
+            m.weight_ih.copy_(torch.stack([lstm.weight_ih_l0, lstm.weight_ih_l0_reverse]))
+            m.weight_hh.copy_(torch.stack([lstm.weight_hh_l0, lstm.weight_hh_l0_reverse]))
+            m.bias.copy_(torch.stack([lstm.bias_ih_l0 + lstm.bias_hh_l0,
+                                      lstm.bias_ih_l0_reverse + lstm.bias_hh_l0_reverse]))
+        return m
+
+    def forward(self, input: Tensor, batch_sizes: Tensor) -> Tensor:
+        return bilstm(input, batch_sizes, self.weight_ih, self.weight_hh, self.bias)
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout whose mask comes from torch.rand: on CPU, 2.7x faster than the bernoulli_
+    draw nn.Dropout makes (0.45 ms against 1.2 ms for 234 x 270 floats), the same in
+    distribution."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if self.p == 1:
+            return x * 0
+        keep = torch.rand_like(x).ge_(self.p).mul_(1.0 / (1.0 - self.p))
+        return x * keep
 
 
 def local_decode(unary: Tensor, lengths: Tensor) -> Tensor:
@@ -43,38 +101,48 @@ def local_decode(unary: Tensor, lengths: Tensor) -> Tensor:
 
 class FeatureNetwork(nn.Module):
     """Word, suffix and word-shape embeddings + character CNN + BiLSTM -> unary energies
-    (B, T, K). Everything is learnt from the training data (no pretrained vectors)."""
+    (B, T, K). Everything is learnt from the training data (no pretrained vectors).
+
+    Only the real tokens are computed: the batch is packed (``packed_order``) before the
+    embeddings, so neither the character CNN, nor dropout, nor the BiLSTM sees the padding,
+    and the energies are scattered back into (B, T, K) with zeros past each length."""
 
     def __init__(self, num_words: int, num_chars: int, num_tags: int, num_suffixes: int = 2,
-                 num_prefixes: int = 2, word_dim: int = 100, char_dim: int = 30, char_filters: int = 50,
-                 affix_dim: int = 30, shape_dim: int = 10, hidden: int = 150,
-                 dropout: float = 0.5, word_dropout: float = 0.0):
+                 num_prefixes: int = 2, word_dim: int = 100, char_dim: int = 30,
+                 char_filters: int = 100, affix_dim: int = 30, shape_dim: int = 10,
+                 hidden: int = 200, dropout: float = 0.5, word_dropout: float = 0.05):
         super().__init__()
         self.words = nn.Embedding(num_words, word_dim, padding_idx=0)
         self.suffixes = nn.Embedding(num_suffixes, affix_dim, padding_idx=0)
         self.prefixes = nn.Embedding(num_prefixes, affix_dim, padding_idx=0)
         self.shapes = nn.Embedding(len(SHAPES), shape_dim)
         self.chars = CharCNN(num_chars, char_dim, char_filters)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.word_dropout = word_dropout
         width = word_dim + 2 * affix_dim + shape_dim + self.chars.out_dim
-        self.lstm = nn.LSTM(width, hidden, batch_first=True, bidirectional=True)
+        self.lstm = BiLSTM(width, hidden)
         self.out = nn.Linear(2 * hidden, num_tags)
 
     def forward(self, batch: Batch) -> Tensor:
-        words = batch.words
+        B, T = batch.words.shape
+        index, batch_sizes = packed_order(batch.lengths, T)
+        index = index.to(batch.words.device)
+
+        def pack(x: Tensor) -> Tensor:
+            return x.reshape(B * T, *x.shape[2:]).index_select(0, index)
+
+        words = pack(batch.words)
         if self.training and self.word_dropout > 0:
             # Replace words by <unk> at random so that the unknown embedding is learnt.
             drop = torch.rand(words.shape, device=words.device) < self.word_dropout
             words = torch.where(drop & (words > 0), torch.ones_like(words), words)
-        x = torch.cat([self.words(words), self.suffixes(batch.suffixes),
-                       self.prefixes(batch.prefixes), self.shapes(batch.shapes),
-                       self.chars(batch.chars)], dim=-1)
-        packed = nn.utils.rnn.pack_padded_sequence(self.dropout(x), batch.lengths.cpu(),
-                                                   batch_first=True, enforce_sorted=False)
-        h, _ = self.lstm(packed)
-        h, _ = nn.utils.rnn.pad_packed_sequence(h, batch_first=True, total_length=words.shape[1])
-        return -self.out(self.dropout(h))  # energies: minus the scores
+        x = torch.cat([self.words(words), self.suffixes(pack(batch.suffixes)),
+                       self.prefixes(pack(batch.prefixes)), self.shapes(pack(batch.shapes)),
+                       self.chars(pack(batch.chars))], dim=-1)
+        h = self.lstm(self.dropout(x), batch_sizes)
+        energies = -self.out(self.dropout(h))  # energies: minus the scores
+        unary = energies.new_zeros(B * T, energies.shape[-1]).index_copy(0, index, energies)
+        return unary.view(B, T, -1)
 
 
 class ChainEnergy(nn.Module):

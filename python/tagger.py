@@ -109,7 +109,7 @@ def train(args) -> dict:
         vocabs = D.Vocabularies.build(train_s, tags)
     torch.manual_seed(args.seed)
     model = build_model(config, vocabs).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], fused=True)
     history, best, bad, start_epoch = [], -1.0, 0, 0
     if state is not None:
         model.load_state_dict(state["model"])

@@ -10,7 +10,7 @@ EXPECTED_OPS = {"chain_energy", "viterbi", "viterbi_kbest", "loss_augmented_vite
                 "chain_log_partition", "chain_marginals", "_chain_log_partition_backward",
                 "project_simplex", "nearest_centroid",
                 "sparse_code", "sparse_coding_energy", "sparse_coding_lipschitz",
-                "chain_relaxed_inference"}
+                "chain_relaxed_inference", "bilstm", "_bilstm_backward"}
 
 
 def test_cuda_kernels_built_when_torch_has_cuda():

@@ -1,0 +1,88 @@
+"""A bidirectional one-layer LSTM over packed sequences, forward and backward fused in C++/CUDA.
+
+The layout is PyTorch's PackedSequence: ``input`` (N, I) time-major, step t holding the
+``batch_sizes[t]`` sequences that are still running, longest first (what
+``torch.nn.utils.rnn.pack_padded_sequence`` gives as ``.data`` and ``.batch_sizes``). Gates are
+in nn.LSTM's order (i, f, g, o), so nn.LSTM's weights load as they are: ``weight_ih`` =
+stack(weight_ih_l0, weight_ih_l0_reverse), ``weight_hh`` likewise, ``bias`` = b_ih + b_hh per
+direction. ``packed_order`` gives the packing of a padded batch without building a
+PackedSequence.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+_ops = torch.ops.ebm_ext
+
+
+def bilstm(input: Tensor, batch_sizes: Tensor, weight_ih: Tensor, weight_hh: Tensor,
+           bias: Tensor) -> Tensor:
+    """Both directions of an LSTM over packed rows: ``input`` (N, I), ``batch_sizes`` (T,) int64
+    on the CPU (non-increasing, summing to N), ``weight_ih`` (2, 4H, I), ``weight_hh``
+    (2, 4H, H), ``bias`` (2, 4H). Returns (N, 2H): [left-to-right h_t | right-to-left h_t] for
+    each row, as nn.LSTM(bidirectional=True) on the same PackedSequence, from zero initial
+    states. Differentiable in input, weights and bias (the backward is its own kernel)."""
+    return _ops.bilstm(input, batch_sizes, weight_ih, weight_hh, bias)[0]
+
+
+def packed_order(lengths: Tensor, T: Optional[int] = None) -> tuple[Tensor, Tensor]:
+    """The packed layout of a right-padded batch of sequences of ``lengths`` (B,) in (B, T):
+    ``(index (N,), batch_sizes (max L,))``, where ``index`` holds the flat position b * T + t of
+    each packed row (steps in order; within a step, longer sequences first, ties by b), so
+    ``x.reshape(B * T, -1)[index]`` packs x and ``index_copy`` unpacks. Sequences of length 0
+    have no rows."""
+    lengths = lengths.cpu()
+    if T is None:
+        T = int(lengths.max()) if lengths.numel() else 0
+    order = torch.argsort(lengths, descending=True, stable=True)
+    steps = torch.arange(T)
+    running = lengths[order][None, :] > steps[:, None]           # (T, B): step t, sorted rank
+    index = (order[None, :] * T + steps[:, None])[running]
+    batch_sizes = running.sum(1)
+    return index, batch_sizes[batch_sizes > 0]
+
+
+def _check_fake(op, input, weight_ih, weight_hh):
+    torch._check(input.dim() == 2, lambda: f"{op}: input must be a 2-D tensor (N, I)")
+    torch._check(weight_hh.dim() == 3 and weight_hh.shape[0] == 2
+                 and weight_hh.shape[1] == 4 * weight_hh.shape[2],
+                 lambda: f"{op}: weight_hh must have shape (2, 4H, H)")
+    H = weight_hh.shape[2]
+    torch._check(tuple(weight_ih.shape) == (2, 4 * H, input.shape[1]),
+                 lambda: f"{op}: weight_ih must have shape (2, 4H, I)")
+    return input.shape[0], H
+
+
+@torch.library.register_fake("ebm_ext::bilstm")
+def _bilstm_fake(input, batch_sizes, weight_ih, weight_hh, bias):
+    N, H = _check_fake("bilstm", input, weight_ih, weight_hh)
+    torch._check(tuple(bias.shape) == (2, 4 * H), lambda: "bilstm: bias must have shape (2, 4H)")
+    return input.new_empty(N, 2 * H), input.new_empty(N, 8 * H), input.new_empty(N, 2 * H)
+
+
+@torch.library.register_fake("ebm_ext::_bilstm_backward")
+def _bilstm_backward_fake(grad_output, input, batch_sizes, weight_ih, weight_hh, output, gates,
+                          cells):
+    N, H = _check_fake("_bilstm_backward", input, weight_ih, weight_hh)
+    return (input.new_empty(input.shape), weight_ih.new_empty(weight_ih.shape),
+            weight_hh.new_empty(weight_hh.shape), weight_hh.new_empty(2, 4 * H))
+
+
+def _setup(ctx, inputs, output):
+    input, batch_sizes, weight_ih, weight_hh, _ = inputs
+    output, gates, cells = output
+    ctx.mark_non_differentiable(gates, cells)
+    ctx.save_for_backward(input, batch_sizes, weight_ih, weight_hh, output, gates, cells)
+
+
+def _backward(ctx, grad_output, _grad_gates, _grad_cells):
+    input, batch_sizes, weight_ih, weight_hh, output, gates, cells = ctx.saved_tensors
+    d_input, d_ih, d_hh, d_bias = _ops._bilstm_backward(
+        grad_output.contiguous(), input, batch_sizes, weight_ih, weight_hh, output, gates, cells)
+    return d_input, None, d_ih, d_hh, d_bias
+
+
+torch.library.register_autograd("ebm_ext::bilstm", _backward, setup_context=_setup)
