@@ -242,37 +242,65 @@ class Batch:
         return Batch(*(move(getattr(self, f.name)) for f in dataclasses.fields(self)))
 
 
+@dataclasses.dataclass
+class Encoded:
+    """One sentence as index tensors, to be padded into a Batch by ``collate``: encode the
+    corpus once, collate every epoch."""
+    words: torch.Tensor     # (L,) int64
+    chars: torch.Tensor     # (L, C) int64, C = the longest word's characters (capped)
+    suffixes: torch.Tensor  # (L,)
+    prefixes: torch.Tensor  # (L,)
+    shapes: torch.Tensor    # (L,)
+    tags: Optional[torch.Tensor]  # (L,) or None
+
+
+def encode_sentence(sentence: Sentence, vocabs: Vocabularies, max_word_len: int = 20,
+                    with_tags: bool = True) -> Encoded:
+    """Index tensors of one (tokens, tags) sentence. Unknown tags raise ValueError."""
+    tokens, labels = sentence
+    as_tensor = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
+    C = max((min(len(t), max_word_len) for t in tokens), default=1)
+    chars = torch.zeros(len(tokens), C, dtype=torch.long)
+    for i, token in enumerate(tokens):
+        ids = [vocabs.chars[ch] for ch in token[:max_word_len]]
+        chars[i, :len(ids)] = as_tensor(ids)
+    tags = None
+    if with_tags:
+        for tag in labels:
+            if tag not in vocabs.tags.index:
+                raise ValueError(f"unknown tag {tag!r} (known: {' '.join(vocabs.tags.items)})")
+        tags = as_tensor([vocabs.tags.index[tag] for tag in labels])
+    return Encoded(as_tensor([vocabs.words[word_key(t)] for t in tokens]), chars,
+                   as_tensor([vocabs.suffixes[suffix_key(t)] for t in tokens]),
+                   as_tensor([vocabs.prefixes[prefix_key(t)] for t in tokens]),
+                   as_tensor([shape(t) for t in tokens]), tags)
+
+
+def collate(items: Sequence[Encoded]) -> Batch:
+    """Pads encoded sentences into a Batch (tags -1 past each length; None if any item has
+    none)."""
+    B = len(items)
+    lengths = torch.tensor([len(e.words) for e in items], dtype=torch.long)
+    T = int(lengths.max()) if B else 0
+    C = max((e.chars.shape[1] for e in items), default=1)
+    words, suffixes, prefixes, shapes = (torch.zeros(B, T, dtype=torch.long) for _ in range(4))
+    chars = torch.zeros(B, T, C, dtype=torch.long)
+    with_tags = all(e.tags is not None for e in items)
+    tags = torch.full((B, T), -1, dtype=torch.long) if with_tags else None
+    for b, e in enumerate(items):
+        L = len(e.words)
+        words[b, :L], suffixes[b, :L], prefixes[b, :L], shapes[b, :L] = (
+            e.words, e.suffixes, e.prefixes, e.shapes)
+        chars[b, :L, :e.chars.shape[1]] = e.chars
+        if with_tags:
+            tags[b, :L] = e.tags
+    return Batch(words, chars, suffixes, prefixes, shapes, lengths, tags)
+
+
 def encode(sentences: Sequence[Sentence], vocabs: Vocabularies, max_word_len: int = 20,
            with_tags: bool = True) -> Batch:
     """Pads a list of sentences into a Batch. Unknown tags raise ValueError."""
-    B = len(sentences)
-    T = max((len(tokens) for tokens, _ in sentences), default=0)
-    C = max((min(len(t), max_word_len) for tokens, _ in sentences for t in tokens), default=1)
-    words = [[0] * T for _ in range(B)]
-    suffixes = [[0] * T for _ in range(B)]
-    prefixes = [[0] * T for _ in range(B)]
-    shapes = [[0] * T for _ in range(B)]
-    chars = [[[0] * C for _ in range(T)] for _ in range(B)]
-    tags = [[-1] * T for _ in range(B)]
-    for b, (tokens, labels) in enumerate(sentences):
-        for t, token in enumerate(tokens):
-            words[b][t] = vocabs.words[word_key(token)]
-            suffixes[b][t] = vocabs.suffixes[suffix_key(token)]
-            prefixes[b][t] = vocabs.prefixes[prefix_key(token)]
-            shapes[b][t] = shape(token)
-            for c, ch in enumerate(token[:max_word_len]):
-                chars[b][t][c] = vocabs.chars[ch]
-            if with_tags:
-                tag = labels[t]
-                if tag not in vocabs.tags.index:
-                    raise ValueError(f"unknown tag {tag!r} (known: {' '.join(vocabs.tags.items)})")
-                tags[b][t] = vocabs.tags.index[tag]
-    as_tensor = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
-    lengths = as_tensor([len(tokens) for tokens, _ in sentences])
-    return Batch(as_tensor(words).view(B, T), as_tensor(chars).view(B, T, C),
-                 as_tensor(suffixes).view(B, T), as_tensor(prefixes).view(B, T),
-                 as_tensor(shapes).view(B, T), lengths,
-                 as_tensor(tags).view(B, T) if with_tags else None)
+    return collate([encode_sentence(s, vocabs, max_word_len, with_tags) for s in sentences])
 
 
 def tokenize(line: str) -> list[str]:

@@ -53,13 +53,16 @@ def batches(sentences, size: int, generator=None):
             for s in range(0, len(sentences), size)]
 
 
-def accuracy(model: EnergyTagger, sentences, vocabs, device, batch_size=256):
-    """(token accuracy, gold tags, predicted tags) over `sentences`."""
+def accuracy(model: EnergyTagger, sentences, vocabs, device, batch_size=256, encoded=None):
+    """(token accuracy, gold tags, predicted tags) over `sentences` (`encoded`: the same,
+    already through D.encode_sentence)."""
+    if encoded is None:
+        encoded = [D.encode_sentence(s, vocabs) for s in sentences]
     gold, pred = [], []
     with eval_mode(model):
-        for chunk in batches(sentences, batch_size):
-            batch = D.encode(chunk, vocabs).to(device)
-            tags = model.predict(batch).cpu()
+        for start in range(0, len(sentences), batch_size):
+            chunk = sentences[start:start + batch_size]
+            tags = model.predict(D.collate(encoded[start:start + batch_size]).to(device)).cpu()
             for b, (_, labels) in enumerate(chunk):
                 gold.extend(labels)
                 pred.extend(vocabs.tags.items[i] for i in tags[b, : len(labels)].tolist())
@@ -74,7 +77,8 @@ def build_model(config: dict, vocabs: D.Vocabularies) -> EnergyTagger:
                               num_prefixes=len(vocabs.prefixes), word_dim=config["word_dim"],
                               char_filters=config["char_filters"],
                               hidden=config["hidden"], dropout=config["dropout"],
-                              word_dropout=config["word_dropout"])
+                              word_dropout=config["word_dropout"],
+                              unary_scale=config["unary_scale"])
     cost = None
     if config["criterion"] == "margin_rescaled":
         cost = hamming_cost(K)
@@ -98,8 +102,9 @@ def train(args) -> dict:
     config = {"corpus": args.corpus, "criterion": args.criterion, "word_dim": args.word_dim,
               "char_filters": args.char_filters,
               "hidden": args.hidden, "dropout": args.dropout, "word_dropout": args.word_dropout,
+              "unary_scale": args.unary_scale,
               "margin": args.margin, "categories": categories, "lr": args.lr,
-              "batch_size": args.batch_size, "seed": args.seed}
+              "batch_size": args.batch_size, "seed": args.seed, "ema": args.ema}
     last = out / "last.pt"
     state = load_checkpoint(last) if args.resume and last.exists() else None
     if state is not None:
@@ -107,13 +112,22 @@ def train(args) -> dict:
         config = state["config"]
     else:
         vocabs = D.Vocabularies.build(train_s, tags)
+    train_e, dev_e = ([D.encode_sentence(s, vocabs) for s in split] for split in (train_s, dev_s))
     torch.manual_seed(args.seed)
     model = build_model(config, vocabs).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], fused=True)
+    # Decoding and checkpoints use the exponential moving average of the weights when --ema is set
+    # (Polyak averaging: the averaged perceptron's trick, for every criterion).
+    average = (torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config["ema"]),
+        use_buffers=True) if config["ema"] > 0 else None)
+    decoder = average.module if average is not None else model
     history, best, bad, start_epoch = [], -1.0, 0, 0
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if average is not None:
+            average.load_state_dict(state["average"])
         history, best, bad, start_epoch = state["history"], state["best"], state["bad"], state["epoch"]
         torch.set_rng_state(state["rng"])
     net = torch.nn.parallel.DistributedDataParallel(model) if ddp.active else model
@@ -126,22 +140,24 @@ def train(args) -> dict:
         tick = time.perf_counter()
         model.train()
         order = torch.Generator().manual_seed(args.seed * 1000 + epoch)
-        mine = batches(train_s, config["batch_size"], order)
+        mine = batches(train_e, config["batch_size"], order)
         mine = mine[: len(mine) // ddp.world * ddp.world][ddp.rank::ddp.world]
         total = 0.0
         bar = progress(mine, show, desc=f"epoch {epoch + 1}")
         for chunk in bar:
-            batch = D.encode(chunk, vocabs).to(device)
+            batch = D.collate(chunk).to(device)
             loss = net(batch)  # the loss; through DDP's wrapper its gradients are all-reduced
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             optimizer.step()
+            if average is not None:
+                average.update_parameters(model)
             total += loss.item()
             if show:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
         train_loss = ddp.mean(total / max(1, len(mine)))
-        dev_acc, _, _ = accuracy(model, dev_s, vocabs, device)
+        dev_acc, _, _ = accuracy(decoder, dev_s, vocabs, device, encoded=dev_e)
         improved = dev_acc > best
         if improved:
             best, bad = dev_acc, 0
@@ -157,8 +173,10 @@ def train(args) -> dict:
                           "vocabs": vocabs.state(), "config": config, "history": history,
                           "best": best, "bad": bad, "epoch": epoch + 1,
                           "rng": torch.get_rng_state()}
+            if average is not None:
+                checkpoint["average"] = average.state_dict()
             if improved:
-                save_checkpoint({"model": model.state_dict(), "vocabs": vocabs.state(),
+                save_checkpoint({"model": decoder.state_dict(), "vocabs": vocabs.state(),
                                  "config": config}, out / "best.pt")
             save_checkpoint(checkpoint, last)
             print(f"epoch {epoch + 1}: loss {train_loss:.4f}  dev {100 * dev_acc:.2f}%"
@@ -247,6 +265,12 @@ def main(argv=None):
     t.add_argument("--dropout", type=float, default=0.5)
     t.add_argument("--word-dropout", type=float, default=0.05)
     t.add_argument("--margin", type=float, default=1.0)
+    t.add_argument("--ema", type=float, default=0.0,
+                   help="decode with an exponential moving average of the weights, this decay "
+                   "per step (0: the weights themselves)")
+    t.add_argument("--unary-scale", type=float, default=0.0,
+                   help="standardise the unary energies over the tags at each position and "
+                   "scale them by this (0: as the network gives them)")
     t.add_argument("--seed", type=int, default=1)
     t.add_argument("--limit", type=int, default=0, help="use only the first N sentences of each split")
     t.add_argument("--threads", type=int, default=0)
