@@ -226,6 +226,41 @@ class EnergyTagger(nn.Module):
         return self.chain.decode(unary, batch.lengths)
 
 
+class TaggerEnsemble(nn.Module):
+    """Several EnergyTaggers as one energy, E(x, y) = (1/M) sum_m E_m(x, y). A mean of chain
+    energies is the chain energy of the members' mean unary, transition, start and end
+    energies, so decoding stays exact: Viterbi on the means (the per-position argmin when the
+    members are feed-forward taggers)."""
+
+    def __init__(self, members):
+        super().__init__()
+        members = list(members)
+        if not members:
+            raise ValueError("TaggerEnsemble: needs at least one member")
+        local = {m.criterion == "token_nll" for m in members}
+        if len(local) > 1:
+            raise ValueError("TaggerEnsemble: members must be all chain energies or all "
+                             "feed-forward (token_nll) taggers")
+        self.members = nn.ModuleList(members)
+        self.local = local.pop()
+
+    def energies(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The ensemble's (unary (B, T, K), trans, start, end)."""
+        def mean(values):
+            return torch.stack(list(values)).mean(0)
+        chains = [m.chain for m in self.members]
+        return (mean(m.features(batch) for m in self.members), mean(c.trans for c in chains),
+                mean(c.start for c in chains), mean(c.end for c in chains))
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> Tensor:
+        """Tags (B, T), -1 past each length."""
+        unary, trans, start, end = self.energies(batch)
+        if self.local:
+            return local_decode(unary, batch.lengths)
+        return viterbi(unary, trans, batch.lengths, start, end)[1]
+
+
 class KMeansEnergy(nn.Module):
     """K-means as an energy-based model: F(y) = min_j ||y - W_j||^2 with centroids W (k, d) as
     rows. ``forward`` gives the free energy (N,) (differentiable in y and W), ``assign`` the

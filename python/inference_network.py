@@ -36,7 +36,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import ebm_ext  # noqa: E402
 from ebm_ext import data as D  # noqa: E402
 from ebm_ext.inference import InferenceNetwork, TagLanguageModel, chain_plus_tag_lm, gradient_inference  # noqa: E402
-from ebm_ext.nn import ChainEnergy, FeatureNetwork  # noqa: E402
+from ebm_ext.nn import ChainEnergy, EnergyTagger, FeatureNetwork  # noqa: E402
 from loop import eval_mode, progress, write_json  # noqa: E402
 from tagger import CORPORA, batches, data_dir, load_tagger, tagset  # noqa: E402
 
@@ -255,6 +255,9 @@ def joint(args) -> dict:
 def analyse(args) -> dict:
     torch.manual_seed(args.seed)
     model, vocabs = load_tagger(args.checkpoint)
+    if not isinstance(model, EnergyTagger):
+        raise SystemExit(f"analyse: {args.checkpoint} holds an ensemble; give one tagger's "
+                         "best.pt (an ensemble's members are in its member-k folders)")
     for q in model.parameters():
         q.requires_grad_(False)
     splits = read_splits(args)

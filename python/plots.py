@@ -24,15 +24,19 @@ def _save(fig, path) -> None:
     atomic_write_bytes(path, lambda f: f.write(buf.getvalue()))
 
 
-def learning_curves(history: list[dict], path, title: str = "") -> None:
-    epochs = [h["epoch"] for h in history]
+def learning_curves(histories: dict[str, list[dict]], path, title: str = "") -> None:
+    """Training loss and dev accuracy per epoch, one line per run (label -> history)."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax1.plot(epochs, [h["train_loss"] for h in history], marker="o")
+    for label, history in histories.items():
+        epochs = [h["epoch"] for h in history]
+        ax1.plot(epochs, [h["train_loss"] for h in history], marker=".", label=label)
+        ax2.plot(epochs, [100 * h["dev_acc"] for h in history], marker=".", label=label)
     ax1.set(xlabel="epoch", ylabel="training loss (mean per sentence)", title="loss")
-    ax2.plot(epochs, [100 * h["dev_acc"] for h in history], marker="o", color="tab:green")
     ax2.set(xlabel="epoch", ylabel="dev token accuracy (%)", title="dev accuracy")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
+    if len(histories) > 1:
+        ax2.legend(fontsize=8)
     fig.suptitle(title)
     _save(fig, path)
 

@@ -11,6 +11,7 @@ EBM_DATA environment variable); nothing is copied into the repository.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import pathlib
 import sys
@@ -23,7 +24,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import ebm_ext  # noqa: E402
 from ebm_ext import data as D  # noqa: E402
 from ebm_ext.losses import category_cost, hamming_cost  # noqa: E402
-from ebm_ext.nn import CRITERIA, EnergyTagger, FeatureNetwork  # noqa: E402
+from ebm_ext.nn import CRITERIA, EnergyTagger, FeatureNetwork, TaggerEnsemble  # noqa: E402
 from loop import (Distributed, eval_mode, load_checkpoint, progress, save_checkpoint,  # noqa: E402
                   write_json)
 
@@ -87,24 +88,31 @@ def build_model(config: dict, vocabs: D.Vocabularies) -> EnergyTagger:
     return EnergyTagger(features, K, config["criterion"], cost=cost, margin=config["margin"])
 
 
-def train(args) -> dict:
-    device = torch.device(args.device)
-    ddp = Distributed(device)
-    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // ddp.world))
+def read_data(args):
+    """(train, dev, test) sentences, the tags and their categories, per the command line."""
     root = data_dir(args.data_dir)
     paths = [pathlib.Path(p) if p else root / d
              for p, d in zip((args.train, args.dev, args.test), CORPORA[args.corpus])]
-    train_s, dev_s, test_s = (D.read_sentences(p) for p in paths)
+    splits = [D.read_sentences(p) for p in paths]
     if args.limit:
-        train_s, dev_s, test_s = train_s[: args.limit], dev_s[: args.limit], test_s[: args.limit]
-    out = pathlib.Path(args.out)
+        splits = [split[: args.limit] for split in splits]
     tags, categories = tagset(args.corpus, root)
+    return splits, tags, categories
+
+
+def train_member(args, ddp: Distributed, splits, tags, categories, seed: int,
+                 out: pathlib.Path) -> dict:
+    """Trains one tagger with `seed` into `out` (best.pt: the best dev epoch's weights, last.pt:
+    everything to resume from); returns its history."""
+    device = torch.device(args.device)
+    train_s, dev_s, _ = splits
     config = {"corpus": args.corpus, "criterion": args.criterion, "word_dim": args.word_dim,
               "char_filters": args.char_filters,
               "hidden": args.hidden, "dropout": args.dropout, "word_dropout": args.word_dropout,
               "unary_scale": args.unary_scale,
               "margin": args.margin, "categories": categories, "lr": args.lr,
-              "batch_size": args.batch_size, "seed": args.seed, "ema": args.ema}
+              "batch_size": args.batch_size, "seed": seed, "ema": args.ema,
+              "schedule": args.schedule}
     last = out / "last.pt"
     state = load_checkpoint(last) if args.resume and last.exists() else None
     if state is not None:
@@ -113,9 +121,13 @@ def train(args) -> dict:
     else:
         vocabs = D.Vocabularies.build(train_s, tags)
     train_e, dev_e = ([D.encode_sentence(s, vocabs) for s in split] for split in (train_s, dev_s))
-    torch.manual_seed(args.seed)
+    torch.manual_seed(seed)
     model = build_model(config, vocabs).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], fused=True)
+    steps = args.epochs * max(1, math.ceil(len(train_e) / config["batch_size"]) // ddp.world)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
+        if config["schedule"] == "cosine" else 1.0)
     # Decoding and checkpoints use the exponential moving average of the weights when --ema is set
     # (Polyak averaging: the averaged perceptron's trick, for every criterion).
     average = (torch.optim.swa_utils.AveragedModel(
@@ -126,6 +138,7 @@ def train(args) -> dict:
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
         if average is not None:
             average.load_state_dict(state["average"])
         history, best, bad, start_epoch = state["history"], state["best"], state["bad"], state["epoch"]
@@ -139,7 +152,7 @@ def train(args) -> dict:
             break
         tick = time.perf_counter()
         model.train()
-        order = torch.Generator().manual_seed(args.seed * 1000 + epoch)
+        order = torch.Generator().manual_seed(seed * 1000 + epoch)
         mine = batches(train_e, config["batch_size"], order)
         mine = mine[: len(mine) // ddp.world * ddp.world][ddp.rank::ddp.world]
         total = 0.0
@@ -151,6 +164,7 @@ def train(args) -> dict:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             optimizer.step()
+            scheduler.step()
             if average is not None:
                 average.update_parameters(model)
             total += loss.item()
@@ -163,13 +177,12 @@ def train(args) -> dict:
             best, bad = dev_acc, 0
         else:
             bad += 1
-            for group in optimizer.param_groups:  # anneal on a plateau (1.0: keep the rate)
-                group["lr"] *= args.lr_decay
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "dev_acc": dev_acc,
                         "seconds": time.perf_counter() - tick})
         stop = ddp.broadcast_flag(bad >= args.patience)
         if ddp.main:
             checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict(),
                           "vocabs": vocabs.state(), "config": config, "history": history,
                           "best": best, "bad": bad, "epoch": epoch + 1,
                           "rng": torch.get_rng_state()}
@@ -184,36 +197,84 @@ def train(args) -> dict:
         ddp.barrier()
     result = {"config": {k: v for k, v in config.items() if k != "categories"},
               "history": history, "train_seconds": time.perf_counter() - began,
-              "processes": ddp.world}
+              "best_epoch": max(history, key=lambda h: h["dev_acc"])["epoch"] if history else 0}
     if ddp.active:
         result["rank_param_max_diff"] = ddp.max_param_difference(model)
+    return result
+
+
+def train(args) -> dict:
+    """Trains one tagger into OUT, or with --ensemble M, M taggers (seeds seed .. seed+M-1, in
+    OUT/member-1 ..) whose mean energy decodes (TaggerEnsemble); OUT/best.pt then holds all of
+    them. Scores the result on dev and test: metrics.json and pictures in OUT."""
+    ddp = Distributed(torch.device(args.device))
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // ddp.world))
+    splits, tags, categories = read_data(args)
+    out = pathlib.Path(args.out)
+    if args.ensemble == 1:
+        members = [train_member(args, ddp, splits, tags, categories, args.seed, out)]
+        folders = [out]
+    else:
+        folders = [out / f"member-{k + 1}" for k in range(args.ensemble)]
+        members = [train_member(args, ddp, splits, tags, categories, args.seed + k, folder)
+                   for k, folder in enumerate(folders)]
+    result = {"config": members[0]["config"], "processes": ddp.world,
+              "train_seconds": sum(m["train_seconds"] for m in members)}
+    if args.ensemble == 1:
+        result.update(members[0])
     if ddp.main:
-        best_state = load_checkpoint(out / "best.pt")
-        model.load_state_dict(best_state["model"])
-        dev_acc, _, _ = accuracy(model, dev_s, vocabs, device)
-        test_acc, gold, pred = accuracy(model, test_s, vocabs, device)
-        result.update(dev_acc=dev_acc, test_acc=test_acc,
-                      best_epoch=max(history, key=lambda h: h["dev_acc"])["epoch"])
+        device = torch.device(args.device)
+        states = [load_checkpoint(folder / "best.pt") for folder in folders]
+        state = states[0]
+        if args.ensemble > 1:
+            state = {"members": [s["model"] for s in states], "vocabs": states[0]["vocabs"],
+                     "config": states[0]["config"]}
+            save_checkpoint(state, out / "best.pt")
+        model, vocabs = load_tagger_state(state, device)
+        dev_acc, _, _ = accuracy(model, splits[1], vocabs, device)
+        test_acc, gold, pred = accuracy(model, splits[2], vocabs, device)
+        result.update(dev_acc=dev_acc, test_acc=test_acc)
+        if args.ensemble > 1:
+            for member, state in zip(members, states):
+                one, _ = load_tagger_state(state, device)
+                member.update(dev_acc=accuracy(one, splits[1], vocabs, device)[0],
+                              test_acc=accuracy(one, splits[2], vocabs, device)[0])
+            result["members"] = members
         write_json(result, out / "metrics.json")
         if not args.no_pictures:
             import plots
+            config = members[0]["config"]
             title = f"{args.corpus} · {config['criterion']}"
-            plots.learning_curves(history, out / "curves.png", title)
+            plots.learning_curves({f"seed {m['config']['seed']}": m["history"] for m in members},
+                                  out / "curves.png", title)
             plots.confusion_by_category(gold, pred, dict(zip(tags, categories)),
                                         out / "confusion.png", f"{title} · test")
-        print(f"test accuracy {100 * test_acc:.2f}% (dev {100 * dev_acc:.2f}%, "
+        what = f"ensemble of {args.ensemble}: " if args.ensemble > 1 else ""
+        print(f"{what}test accuracy {100 * test_acc:.2f}% (dev {100 * dev_acc:.2f}%, "
               f"{result['train_seconds']:.0f} s) -> {out / 'metrics.json'}", flush=True)
     ddp.barrier()  # no rank tears the process group down while rank 0 still writes
     ddp.close()
     return result
 
 
-def load_tagger(path, device="cpu") -> tuple[EnergyTagger, D.Vocabularies]:
-    state = load_checkpoint(path)
+def load_tagger_state(state: dict, device="cpu"):
+    """(tagger, vocabularies) of a best.pt's contents: an EnergyTagger, or a TaggerEnsemble when
+    it holds several members."""
     vocabs = D.Vocabularies.from_state(state["vocabs"])
-    model = build_model(state["config"], vocabs)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), vocabs
+    if "members" not in state:
+        model = build_model(state["config"], vocabs)
+        model.load_state_dict(state["model"])
+        return model.to(device).eval(), vocabs
+    members = []
+    for weights in state["members"]:
+        member = build_model(state["config"], vocabs)
+        member.load_state_dict(weights)
+        members.append(member)
+    return TaggerEnsemble(members).to(device).eval(), vocabs
+
+
+def load_tagger(path, device="cpu"):
+    return load_tagger_state(load_checkpoint(path), device)
 
 
 def evaluate(args) -> dict:
@@ -257,8 +318,8 @@ def main(argv=None):
     t.add_argument("--patience", type=int, default=6, help="epochs without dev improvement")
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--lr", type=float, default=2e-3)
-    t.add_argument("--lr-decay", type=float, default=1.0,
-                   help="multiply the learning rate by this after each epoch without dev gain")
+    t.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+                   help="learning rate over the steps of --epochs: constant, or cosine decay to 0")
     t.add_argument("--word-dim", type=int, default=100)
     t.add_argument("--hidden", type=int, default=200)
     t.add_argument("--char-filters", type=int, default=100)
@@ -272,6 +333,9 @@ def main(argv=None):
                    help="standardise the unary energies over the tags at each position and "
                    "scale them by this (0: as the network gives them)")
     t.add_argument("--seed", type=int, default=1)
+    t.add_argument("--ensemble", type=int, default=1,
+                   help="train this many taggers (seeds seed, seed+1, ...) and decode with their "
+                   "mean energy")
     t.add_argument("--limit", type=int, default=0, help="use only the first N sentences of each split")
     t.add_argument("--threads", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")

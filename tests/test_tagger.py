@@ -72,12 +72,27 @@ def test_checkpoints_load_with_weights_only(trained):
     assert not list(trained.glob(".*.tmp"))  # atomic writes leave no temporary files
 
 
-def test_resume_equals_uninterrupted(tmp_path):
+def interrupted(args, after: str):
+    """Runs the tagger and kills it (SIGKILL) as soon as it prints a line starting with `after`."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, str(TAGGER), *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=env)
+    for line in proc.stdout:
+        if line.startswith(after):
+            proc.kill()
+            break
+    proc.wait()
+
+
+@pytest.mark.parametrize("options", [[], ["--schedule", "cosine", "--ema", "0.9"]],
+                         ids=["constant", "cosine-ema"])
+def test_resume_equals_uninterrupted(tmp_path, options):
     common = [*SMALL, "--limit", "60", "--criterion", "crf_nll", "--patience", "10",
-              "--no-pictures"]
-    run("train", *common, "--epochs", "3", "--out", tmp_path / "a")
-    run("train", *common, "--epochs", "1", "--out", tmp_path / "b")
-    run("train", *common, "--epochs", "3", "--out", tmp_path / "b", "--resume")
+              "--no-pictures", "--epochs", "12", *options]
+    run("train", *common, "--out", tmp_path / "a")
+    interrupted(["train", *common, "--out", tmp_path / "b"], after="epoch 1:")
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["epoch"] < 12
+    run("train", *common, "--out", tmp_path / "b", "--resume")
     a, b = params(tmp_path / "a" / "last.pt"), params(tmp_path / "b" / "last.pt")
     assert a.keys() == b.keys()
     for k in a:
@@ -85,6 +100,23 @@ def test_resume_equals_uninterrupted(tmp_path):
     ha = json.loads((tmp_path / "a" / "metrics.json").read_text())["history"]
     hb = json.loads((tmp_path / "b" / "metrics.json").read_text())["history"]
     assert [h["train_loss"] for h in ha] == [h["train_loss"] for h in hb]
+
+
+def test_ensemble_decodes_with_its_members_mean_energy(tmp_path):
+    run("train", *SMALL, "--limit", "60", "--criterion", "crf_nll", "--epochs", "2",
+        "--ensemble", "2", "--out", tmp_path)
+    state = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert len(state["members"]) == 2
+    for k in (1, 2):  # each member is an ordinary run of its own seed
+        member = torch.load(tmp_path / f"member-{k}" / "best.pt", weights_only=True)
+        assert member["config"]["seed"] == k
+        assert all(torch.equal(member["model"][n], state["members"][k - 1][n]) for n in member["model"])
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert [m["config"]["seed"] for m in metrics["members"]] == [1, 2]
+    assert all(0 < m["test_acc"] < 1 for m in metrics["members"]) and 0 < metrics["test_acc"] < 1
+    out = run("eval", "--checkpoint", tmp_path / "best.pt", "--file", DATA / "twpos" / "oct27.dev")
+    assert "token accuracy" in out.stdout
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_margin_picture(tmp_path):

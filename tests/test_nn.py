@@ -1,0 +1,119 @@
+"""The tagger modules: the feature network computes only real tokens (each sentence alone gives
+the same energies as in a padded batch), the character convolution is nn.Conv1d's, dropout,
+standardised unary energies, and the ensemble's decoding is the exact argmin of its members'
+mean energy (brute force)."""
+import itertools
+
+import pytest
+import torch
+
+from ebm_ext import data as D
+from ebm_ext import chain_energy
+from ebm_ext.nn import CharCNN, Dropout, EnergyTagger, FeatureNetwork, TaggerEnsemble
+from chain_cases import DATA
+
+SENTENCES = [(["lol", "@bob", "this", "is", "gr8", "!"], ["!", "@", "O", "V", "A", ","]),
+             (["Hello"], ["!"]),
+             (["http://t.co/x", "#win", "so", "good"], ["U", "#", "R", "A"])]
+
+
+def small_network(unary_scale=0.0, seed=0):
+    tags, _ = D.read_tagset(DATA / "twpos" / "tagset.tsv")
+    vocabs = D.Vocabularies.build(SENTENCES, tags)
+    torch.manual_seed(seed)
+    net = FeatureNetwork(len(vocabs.words), len(vocabs.chars), len(tags),
+                         num_suffixes=len(vocabs.suffixes), num_prefixes=len(vocabs.prefixes),
+                         word_dim=8, char_filters=6, affix_dim=4, shape_dim=3, hidden=5,
+                         unary_scale=unary_scale).double().eval()
+    return net, vocabs
+
+
+def test_each_sentence_alone_gets_its_energies_in_the_batch():
+    net, vocabs = small_network()
+    batch = D.encode(SENTENCES, vocabs)
+    unary = net(batch)
+    for b, sentence in enumerate(SENTENCES):
+        alone = net(D.encode([sentence], vocabs))[0]
+        L = len(sentence[0])
+        torch.testing.assert_close(unary[b, :L], alone)
+        assert torch.equal(unary[b, L:], torch.zeros_like(unary[b, L:]))
+
+
+def test_gradients_reach_every_parameter_but_padding():
+    net, vocabs = small_network()
+    net.train()
+    net(D.encode(SENTENCES, vocabs)).sum().backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert torch.equal(net.words.weight.grad[0], torch.zeros_like(net.words.weight.grad[0]))
+
+
+def test_char_cnn_is_conv1d_and_max_pooling():
+    torch.manual_seed(0)
+    m = CharCNN(50, 7, 11, width=3).double()
+    chars = torch.randint(1, 50, (9, 6))
+    chars[:, 4:] = 0
+    chars[2, 1:] = 0
+    x = m.embed(chars).transpose(1, 2)
+    want = m.conv(x).masked_fill((chars == 0)[:, None, :], float("-inf")).amax(2)
+    torch.testing.assert_close(m(chars), want)
+    assert m(chars.view(3, 3, 6)).shape == (3, 3, 11)
+
+
+def test_dropout_keeps_the_expectation():
+    d = Dropout(0.25)
+    x = torch.ones(200_000, dtype=torch.float64)
+    y = d(x)
+    assert set(torch.unique(y).tolist()) == {0.0, 1 / 0.75}
+    assert abs(y.mean().item() - 1) < 0.01
+    assert torch.equal(d.eval()(x), x)
+    assert torch.equal(Dropout(1.0)(x), torch.zeros_like(x))
+
+
+def test_unary_scale_standardises_the_energies_over_the_tags():
+    net, vocabs = small_network(unary_scale=2.0)
+    batch = D.encode(SENTENCES, vocabs)
+    unary = net(batch)
+    valid = torch.arange(unary.shape[1])[None, :] < batch.lengths[:, None]
+    u = unary[valid]
+    torch.testing.assert_close(u.mean(-1), torch.zeros(len(u), dtype=u.dtype))
+    torch.testing.assert_close(u.var(-1, unbiased=False), torch.full((len(u),), 4.0, dtype=u.dtype),
+                               atol=1e-3, rtol=1e-3)
+
+
+def tagger(criterion, seed):
+    net, vocabs = small_network(seed=seed)
+    model = EnergyTagger(net, net.out.out_features, criterion).double().eval()
+    with torch.no_grad():
+        for p in model.chain.parameters():
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(seed + 10)))
+    return model, vocabs
+
+
+def test_ensemble_decodes_the_argmin_of_the_mean_energy():
+    members = [tagger("crf_nll", seed)[0] for seed in range(3)]
+    _, vocabs = tagger("crf_nll", 0)
+    ensemble = TaggerEnsemble(members)
+    sentence = SENTENCES[2]
+    batch = D.encode([sentence], vocabs)
+    K, L = members[0].chain.trans.shape[0], len(sentence[0])
+    paths = torch.tensor(list(itertools.product(range(K), repeat=L)))   # all K^L tag sequences
+    with torch.no_grad():
+        mean = sum(chain_energy(m.features(batch).expand(len(paths), -1, -1), m.chain.trans, paths,
+                                None, m.chain.start, m.chain.end) for m in members) / len(members)
+    assert torch.equal(ensemble.predict(batch)[0], paths[mean.argmin()])
+
+
+def test_ensemble_of_one_is_the_tagger_and_local_members_decode_locally():
+    model, vocabs = tagger("perceptron", 0)
+    batch = D.encode(SENTENCES, vocabs)
+    assert torch.equal(TaggerEnsemble([model]).predict(batch), model.predict(batch))
+    local = [tagger("token_nll", seed)[0] for seed in range(2)]
+    unary = (local[0].features(batch) + local[1].features(batch)) / 2
+    want = torch.where(torch.arange(unary.shape[1])[None] < batch.lengths[:, None],
+                       unary.argmin(-1), -1)
+    assert torch.equal(TaggerEnsemble(local).predict(batch), want)
+    with pytest.raises(ValueError, match="all chain energies or all feed-forward"):
+        TaggerEnsemble([model, local[0]])
+    with pytest.raises(ValueError, match="at least one member"):
+        TaggerEnsemble([])
