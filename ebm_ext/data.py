@@ -203,6 +203,7 @@ class Vocabularies:
     suffixes: Vocab
     prefixes: Vocab
     tags: Vocab  # no specials: index = tag id
+    word_counts: list = dataclasses.field(default_factory=list)  # training count per word index
 
     @classmethod
     def build(cls, sentences: Sequence[Sentence], tags: Sequence[str],
@@ -213,18 +214,19 @@ class Vocabularies:
         chars = Vocab(sorted({c for t in tokens for c in t}))
         suffixes = Vocab(sorted({suffix_key(t) for t in tokens}))
         prefixes = Vocab(sorted({prefix_key(t) for t in tokens}))
-        return cls(words, chars, suffixes, prefixes, Vocab(tags, specials=()))
+        return cls(words, chars, suffixes, prefixes, Vocab(tags, specials=()),
+                   [counts.get(w, 0) for w in words.items])
 
     def state(self) -> dict:
         return {"words": self.words.state(), "chars": self.chars.state(),
                 "suffixes": self.suffixes.state(), "prefixes": self.prefixes.state(),
-                "tags": self.tags.state()}
+                "tags": self.tags.state(), "word_counts": list(self.word_counts)}
 
     @classmethod
     def from_state(cls, state: dict) -> "Vocabularies":
         return cls(Vocab.from_state(state["words"]), Vocab.from_state(state["chars"]),
                    Vocab.from_state(state["suffixes"]), Vocab.from_state(state["prefixes"]),
-                   Vocab.from_state(state["tags"]))
+                   Vocab.from_state(state["tags"]), list(state.get("word_counts", [])))
 
 
 @dataclasses.dataclass

@@ -107,6 +107,34 @@ def local_decode(unary: Tensor, lengths: Tensor) -> Tensor:
     return torch.where(torch.arange(T, device=tags.device) < lengths[:, None], tags, -1)
 
 
+class CharBiLSTM(nn.Module):
+    """Character embeddings read by a BiLSTM (the fused kernel, over the characters of all words
+    at once): a word is its last left-to-right state and its first right-to-left one,
+    concatenated: chars (..., C) character ids, left-aligned, 0 = padding -> (..., 2 * hidden)."""
+
+    def __init__(self, num_chars: int, dim: int = 30, hidden: int = 50):
+        super().__init__()
+        self.embed = nn.Embedding(num_chars, dim, padding_idx=0)
+        self.lstm = BiLSTM(dim, hidden)
+        self.out_dim = 2 * hidden
+
+    def forward(self, chars: Tensor) -> Tensor:
+        C = chars.shape[-1]
+        words = chars.reshape(-1, C)
+        W, H = words.shape[0], self.lstm.hidden_size
+        lengths = (words != 0).sum(1)
+        index, batch_sizes = packed_order(lengths, C)
+        index = index.to(words.device)
+        h = self.lstm(self.embed(words.reshape(-1).index_select(0, index)), batch_sizes)
+        row = torch.zeros(W * C, dtype=torch.long, device=words.device)
+        row[index] = torch.arange(len(index), device=words.device)
+        start = torch.arange(W, device=words.device) * C
+        last, first = row[start + (lengths - 1).clamp(min=0)], row[start]
+        out = torch.cat([h[last, :H], h[first, H:]], dim=-1)
+        out = torch.where(lengths[:, None] > 0, out, torch.zeros_like(out))  # no characters
+        return out.view(*chars.shape[:-1], -1)
+
+
 class FeatureNetwork(nn.Module):
     """Word, suffix and word-shape embeddings + character CNN + BiLSTM -> unary energies
     (B, T, K). Everything is learnt from the training data (no pretrained vectors).
@@ -119,18 +147,34 @@ class FeatureNetwork(nn.Module):
                  num_prefixes: int = 2, word_dim: int = 100, char_dim: int = 30,
                  char_filters: int = 100, affix_dim: int = 30, shape_dim: int = 10,
                  hidden: int = 200, dropout: float = 0.5, word_dropout: float = 0.05,
-                 unary_scale: float = 0.0):
+                 unary_scale: float = 0.0, word_counts: Optional[Tensor] = None,
+                 unk_alpha: float = 0.0, layers: int = 1, char_model: str = "cnn"):
         super().__init__()
         self.words = nn.Embedding(num_words, word_dim, padding_idx=0)
         self.suffixes = nn.Embedding(num_suffixes, affix_dim, padding_idx=0)
         self.prefixes = nn.Embedding(num_prefixes, affix_dim, padding_idx=0)
         self.shapes = nn.Embedding(len(SHAPES), shape_dim)
-        self.chars = CharCNN(num_chars, char_dim, char_filters)
+        if char_model not in ("cnn", "lstm"):
+            raise ValueError(f"FeatureNetwork: char_model must be 'cnn' or 'lstm', got {char_model!r}")
+        # char_filters: the width of a word's character representation either way
+        self.chars = (CharCNN(num_chars, char_dim, char_filters) if char_model == "cnn"
+                      else CharBiLSTM(num_chars, char_dim, char_filters // 2))
         self.dropout = Dropout(dropout)
         self.word_dropout = word_dropout
         self.unary_scale = unary_scale
+        if unk_alpha > 0:
+            if word_counts is None or len(word_counts) != num_words:
+                raise ValueError(f"FeatureNetwork: unk_alpha needs the training count of each of "
+                                 f"the {num_words} words")
+            # A word seen c times is read as <unk> with probability alpha / (alpha + c): rare
+            # words are trained the way unseen ones are met.
+            counts = torch.as_tensor(word_counts, dtype=torch.float32)
+            self.register_buffer("rare_word_dropout", unk_alpha / (unk_alpha + counts))
+        else:
+            self.rare_word_dropout = None
         width = word_dim + 2 * affix_dim + shape_dim + self.chars.out_dim
         self.lstm = BiLSTM(width, hidden)
+        self.upper = nn.ModuleList(BiLSTM(2 * hidden, hidden) for _ in range(layers - 1))
         self.out = nn.Linear(2 * hidden, num_tags)
 
     def forward(self, batch: Batch) -> Tensor:
@@ -142,14 +186,19 @@ class FeatureNetwork(nn.Module):
             return x.reshape(B * T, *x.shape[2:]).index_select(0, index)
 
         words = pack(batch.words)
-        if self.training and self.word_dropout > 0:
+        if self.training and (self.word_dropout > 0 or self.rare_word_dropout is not None):
             # Replace words by <unk> at random so that the unknown embedding is learnt.
-            drop = torch.rand(words.shape, device=words.device) < self.word_dropout
+            p = torch.full(words.shape, self.word_dropout, device=words.device)
+            if self.rare_word_dropout is not None:
+                p = 1 - (1 - p) * (1 - self.rare_word_dropout[words])
+            drop = torch.rand(words.shape, device=words.device) < p
             words = torch.where(drop & (words > 0), torch.ones_like(words), words)
         x = torch.cat([self.words(words), self.suffixes(pack(batch.suffixes)),
                        self.prefixes(pack(batch.prefixes)), self.shapes(pack(batch.shapes)),
                        self.chars(pack(batch.chars))], dim=-1)
         h = self.lstm(self.dropout(x), batch_sizes)
+        for lstm in self.upper:
+            h = lstm(self.dropout(h), batch_sizes)
         scores = self.out(self.dropout(h))
         if self.unary_scale > 0:
             # Standardised over the tags at every position, then scaled: the energies cannot
@@ -183,7 +232,8 @@ CRITERIA = ("token_nll", "crf_nll", "perceptron", "margin", "margin_rescaled",
 class EnergyTagger(nn.Module):
     """A tagger E(x, y) = chain energy over the feature network's unary energies, trained by one
     of ``CRITERIA``. With ``token_nll`` (the feed-forward tagger) there are no transitions and
-    decoding is the per-position argmin."""
+    decoding is the per-position argmin. ``margin`` is the margin hinge's m; the margin-rescaled
+    criteria scale their cost by it (Delta = margin * cost)."""
 
     def __init__(self, features: FeatureNetwork, num_tags: int, criterion: str = "crf_nll",
                  cost: Optional[Tensor] = None, margin: float = 1.0):
@@ -214,7 +264,8 @@ class EnergyTagger(nn.Module):
             return losses.perceptron(unary, c.trans, gold, L, c.start, c.end)
         if self.criterion == "margin":
             return losses.margin_hinge(unary, c.trans, gold, self.margin, L, c.start, c.end)
-        return losses.margin_rescaled_hinge(unary, c.trans, gold, self.cost.to(unary.dtype), L,
+        cost = self.margin * self.cost.to(unary.dtype)
+        return losses.margin_rescaled_hinge(unary, c.trans, gold, cost, L,
                                             c.start, c.end)
 
     @torch.no_grad()

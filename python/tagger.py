@@ -79,7 +79,9 @@ def build_model(config: dict, vocabs: D.Vocabularies) -> EnergyTagger:
                               char_filters=config["char_filters"],
                               hidden=config["hidden"], dropout=config["dropout"],
                               word_dropout=config["word_dropout"],
-                              unary_scale=config["unary_scale"])
+                              unary_scale=config["unary_scale"],
+                              word_counts=vocabs.word_counts, unk_alpha=config["unk_alpha"],
+                              layers=config["layers"], char_model=config["char_model"])
     cost = None
     if config["criterion"] == "margin_rescaled":
         cost = hamming_cost(K)
@@ -109,7 +111,8 @@ def train_member(args, ddp: Distributed, splits, tags, categories, seed: int,
     config = {"corpus": args.corpus, "criterion": args.criterion, "word_dim": args.word_dim,
               "char_filters": args.char_filters,
               "hidden": args.hidden, "dropout": args.dropout, "word_dropout": args.word_dropout,
-              "unary_scale": args.unary_scale,
+              "unary_scale": args.unary_scale, "unk_alpha": args.unk_alpha,
+              "layers": args.layers, "char_model": args.char_model,
               "margin": args.margin, "categories": categories, "lr": args.lr,
               "batch_size": args.batch_size, "seed": seed, "ema": args.ema,
               "schedule": args.schedule}
@@ -325,7 +328,15 @@ def main(argv=None):
     t.add_argument("--char-filters", type=int, default=100)
     t.add_argument("--dropout", type=float, default=0.5)
     t.add_argument("--word-dropout", type=float, default=0.05)
-    t.add_argument("--margin", type=float, default=1.0)
+    t.add_argument("--unk-alpha", type=float, default=0.0,
+                   help="read a training word seen c times as <unk> with probability "
+                   "alpha / (alpha + c) (0: off)")
+    t.add_argument("--layers", type=int, default=1, help="stacked BiLSTM layers")
+    t.add_argument("--char-model", choices=["cnn", "lstm"], default="cnn",
+                   help="how a word's characters are read: a convolution or a BiLSTM")
+    t.add_argument("--margin", type=float, default=1.0,
+                   help="the margin of the margin hinge; the margin-rescaled hinges scale "
+                   "their cost by it")
     t.add_argument("--ema", type=float, default=0.0,
                    help="decode with an exponential moving average of the weights, this decay "
                    "per step (0: the weights themselves)")

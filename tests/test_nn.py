@@ -9,7 +9,7 @@ import torch
 
 from ebm_ext import data as D
 from ebm_ext import chain_energy
-from ebm_ext.nn import CharCNN, Dropout, EnergyTagger, FeatureNetwork, TaggerEnsemble
+from ebm_ext.nn import CharBiLSTM, CharCNN, Dropout, EnergyTagger, FeatureNetwork, TaggerEnsemble
 from chain_cases import DATA
 
 SENTENCES = [(["lol", "@bob", "this", "is", "gr8", "!"], ["!", "@", "O", "V", "A", ","]),
@@ -117,3 +117,49 @@ def test_ensemble_of_one_is_the_tagger_and_local_members_decode_locally():
         TaggerEnsemble([model, local[0]])
     with pytest.raises(ValueError, match="at least one member"):
         TaggerEnsemble([])
+
+
+def test_char_bilstm_is_the_final_states_of_an_lstm_over_each_word():
+    torch.manual_seed(0)
+    m = CharBiLSTM(20, 5, 7).double()
+    chars = torch.tensor([[3, 4, 5, 0], [6, 0, 0, 0], [0, 0, 0, 0], [7, 8, 9, 10]])
+    out = m(chars)
+    lstm = torch.nn.LSTM(5, 7, bidirectional=True, batch_first=True).double()
+    with torch.no_grad():
+        for suffix, d in (("", 0), ("_reverse", 1)):
+            getattr(lstm, f"weight_ih_l0{suffix}").copy_(m.lstm.weight_ih[d])
+            getattr(lstm, f"weight_hh_l0{suffix}").copy_(m.lstm.weight_hh[d])
+            getattr(lstm, f"bias_ih_l0{suffix}").copy_(m.lstm.bias[d])
+            getattr(lstm, f"bias_hh_l0{suffix}").zero_()
+    for w, L in enumerate((chars != 0).sum(1).tolist()):
+        if L == 0:
+            assert torch.equal(out[w], torch.zeros_like(out[w]))
+            continue
+        _, (h, _) = lstm(m.embed(chars[w:w + 1, :L]))
+        torch.testing.assert_close(out[w], torch.cat([h[0, 0], h[1, 0]]))
+
+
+def test_rare_words_are_read_as_unknown_by_their_count():
+    net, vocabs = small_network()
+    counts = torch.tensor(vocabs.word_counts)
+    assert counts[2:].min() >= 1 and counts[:2].sum() == 0  # <pad>, <unk>
+    rare = FeatureNetwork(len(vocabs.words), len(vocabs.chars), 25, word_counts=vocabs.word_counts,
+                          unk_alpha=0.5, word_dropout=0.0)
+    torch.testing.assert_close(rare.rare_word_dropout[2:], 0.5 / (0.5 + counts[2:].float()))
+    with pytest.raises(ValueError, match="needs the training count"):
+        FeatureNetwork(len(vocabs.words), len(vocabs.chars), 25, unk_alpha=0.5)
+
+
+@pytest.mark.parametrize("options", [{"layers": 2}, {"char_model": "lstm"}])
+def test_feature_network_variants_keep_sentences_apart(options):
+    tags, _ = D.read_tagset(DATA / "twpos" / "tagset.tsv")
+    vocabs = D.Vocabularies.build(SENTENCES, tags)
+    torch.manual_seed(0)
+    net = FeatureNetwork(len(vocabs.words), len(vocabs.chars), len(tags),
+                         num_suffixes=len(vocabs.suffixes), num_prefixes=len(vocabs.prefixes),
+                         word_dim=8, char_filters=6, hidden=5, **options).double().eval()
+    unary = net(D.encode(SENTENCES, vocabs))
+    for b, sentence in enumerate(SENTENCES):
+        torch.testing.assert_close(unary[b, :len(sentence[0])], net(D.encode([sentence], vocabs))[0])
+    with pytest.raises(ValueError, match="char_model must be 'cnn' or 'lstm'"):
+        FeatureNetwork(10, 10, 3, char_model="gru")
