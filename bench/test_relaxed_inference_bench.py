@@ -48,7 +48,7 @@ def test_decode_256_tweets(benchmark, tweets, impl):
     K = len(vocabs.tags)
     torch.manual_seed(0)
     features = FeatureNetwork(len(vocabs.words), len(vocabs.chars), K, num_suffixes=len(vocabs.suffixes),
-                              num_prefixes=len(vocabs.prefixes), hidden=200, char_filters=100).eval()
+                              num_prefixes=len(vocabs.prefixes)).eval()
     chain = ChainEnergy(K)
     net = InferenceNetwork(features).eval()
     if impl == "ebm_ext viterbi":

@@ -146,7 +146,7 @@ class FeatureNetwork(nn.Module):
     def __init__(self, num_words: int, num_chars: int, num_tags: int, num_suffixes: int = 2,
                  num_prefixes: int = 2, word_dim: int = 100, char_dim: int = 30,
                  char_filters: int = 100, affix_dim: int = 30, shape_dim: int = 10,
-                 hidden: int = 200, dropout: float = 0.5, word_dropout: float = 0.05,
+                 hidden: int = 150, dropout: float = 0.5, word_dropout: float = 0.05,
                  unary_scale: float = 0.0, word_counts: Optional[Tensor] = None,
                  unk_alpha: float = 0.0, layers: int = 1, char_model: str = "cnn"):
         super().__init__()

@@ -27,6 +27,8 @@ def main(argv=None):
     p.add_argument("--corpora", nargs="+", default=["twpos", "ewt"], choices=["twpos", "ewt"])
     p.add_argument("--criteria", nargs="+", default=list(CRITERIA), choices=CRITERIA)
     p.add_argument("--runs", default="runs", help="folder of the runs and of table.md")
+    p.add_argument("--suffix", default="", help="appended to each run's folder name "
+                   "(runs/<corpus>-<criterion><suffix>), to keep runs of other settings apart")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                    help="arguments passed on to tagger.py train (e.g. --epochs 10)")
     args = p.parse_args(argv)
@@ -34,7 +36,7 @@ def main(argv=None):
     rows = []
     for corpus in args.corpora:
         for criterion in args.criteria:
-            out = runs / f"{corpus}-{criterion}"
+            out = runs / f"{corpus}-{criterion}{args.suffix}"
             metrics = out / "metrics.json"
             if not metrics.exists():
                 cmd = [sys.executable, str(HERE / "tagger.py"), "train", "--corpus", corpus,
@@ -46,9 +48,11 @@ def main(argv=None):
     lines = ["| corpus | criterion | dev acc | test acc | epochs (best) | training time |",
              "| --- | --- | ---: | ---: | ---: | ---: |"]
     for corpus, criterion, m in rows:
-        lines.append(f"| {corpus} | {NAMES[criterion]} | {100 * m['dev_acc']:.2f} | "
-                     f"{100 * m['test_acc']:.2f} | {len(m['history'])} ({m['best_epoch']}) | "
-                     f"{m['train_seconds'] / 60:.1f} min |")
+        members = m.get("members", [m])
+        name = NAMES[criterion] + (f", ensemble of {len(members)}" if "members" in m else "")
+        epochs = "; ".join(f"{len(x['history'])} ({x['best_epoch']})" for x in members)
+        lines.append(f"| {corpus} | {name} | {100 * m['dev_acc']:.2f} | "
+                     f"{100 * m['test_acc']:.2f} | {epochs} | {m['train_seconds'] / 60:.1f} min |")
     text = "\n".join(lines) + "\n"
     atomic_write_bytes(runs / "table.md", lambda f: f.write(text.encode("utf-8")))
     print(text)

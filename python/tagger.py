@@ -11,6 +11,7 @@ EBM_DATA environment variable); nothing is copied into the repository.
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import os
 import pathlib
@@ -29,6 +30,14 @@ from loop import (Distributed, eval_mode, load_checkpoint, progress, save_checkp
                   write_json)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# The perceptron and the k=2 margin hinge are scale-free (the perceptron) or nearly so, and their
+# gradient reaches only the positions where the rival path differs from gold, often one per
+# sentence: by default they get standardised unary energies (flat energies, the perceptron's
+# trivial zero, cannot be reached) and more epochs.
+SPARSE = ("perceptron", "margin")
+EPOCHS, SLOW_EPOCHS = 60, 200
+# The network's defaults are the command line's: one place for them.
+NET = {name: p.default for name, p in inspect.signature(FeatureNetwork).parameters.items()}
 CORPORA = {
     "twpos": ("twpos/oct27.train", "twpos/oct27.dev", "twpos/oct27.test"),
     "ewt": ("ud_ewt/en_ewt-ud-train.conllu", "ud_ewt/en_ewt-ud-dev.conllu",
@@ -206,6 +215,12 @@ def train_member(args, ddp: Distributed, splits, tags, categories, seed: int,
     return result
 
 
+def member_args(args, k: int) -> argparse.Namespace:
+    """The options of ensemble member k: members cycle through the --char-model list."""
+    models = args.char_model.split(",")
+    return argparse.Namespace(**{**vars(args), "char_model": models[k % len(models)]})
+
+
 def train(args) -> dict:
     """Trains one tagger into OUT, or with --ensemble M, M taggers (seeds seed .. seed+M-1, in
     OUT/member-1 ..) whose mean energy decodes (TaggerEnsemble); OUT/best.pt then holds all of
@@ -215,12 +230,13 @@ def train(args) -> dict:
     splits, tags, categories = read_data(args)
     out = pathlib.Path(args.out)
     if args.ensemble == 1:
-        members = [train_member(args, ddp, splits, tags, categories, args.seed, out)]
+        members = [train_member(member_args(args, 0), ddp, splits, tags, categories, args.seed,
+                                out)]
         folders = [out]
     else:
         folders = [out / f"member-{k + 1}" for k in range(args.ensemble)]
-        members = [train_member(args, ddp, splits, tags, categories, args.seed + k, folder)
-                   for k, folder in enumerate(folders)]
+        members = [train_member(member_args(args, k), ddp, splits, tags, categories,
+                                args.seed + k, folder) for k, folder in enumerate(folders)]
     result = {"config": members[0]["config"], "processes": ddp.world,
               "train_seconds": sum(m["train_seconds"] for m in members)}
     if args.ensemble == 1:
@@ -231,7 +247,7 @@ def train(args) -> dict:
         state = states[0]
         if args.ensemble > 1:
             state = {"members": [s["model"] for s in states], "vocabs": states[0]["vocabs"],
-                     "config": states[0]["config"]}
+                     "member_configs": [s["config"] for s in states]}
             save_checkpoint(state, out / "best.pt")
         model, vocabs = load_tagger_state(state, device)
         dev_acc, _, _ = accuracy(model, splits[1], vocabs, device)
@@ -269,8 +285,8 @@ def load_tagger_state(state: dict, device="cpu"):
         model.load_state_dict(state["model"])
         return model.to(device).eval(), vocabs
     members = []
-    for weights in state["members"]:
-        member = build_model(state["config"], vocabs)
+    for weights, config in zip(state["members"], state["member_configs"]):
+        member = build_model(config, vocabs)
         member.load_state_dict(weights)
         members.append(member)
     return TaggerEnsemble(members).to(device).eval(), vocabs
@@ -305,6 +321,14 @@ def tag(args) -> None:
             print()
 
 
+def char_models(text: str) -> str:
+    models = text.split(",")
+    if not all(m in ("cnn", "lstm") for m in models):
+        raise argparse.ArgumentTypeError(f"expected cnn, lstm or a comma-separated list of them, "
+                                         f"got {text!r}")
+    return text
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -317,32 +341,38 @@ def main(argv=None):
     t.add_argument("--train", help="training file (either format), instead of the corpus's")
     t.add_argument("--dev")
     t.add_argument("--test")
-    t.add_argument("--epochs", type=int, default=40)
-    t.add_argument("--patience", type=int, default=6, help="epochs without dev improvement")
-    t.add_argument("--batch-size", type=int, default=16)
-    t.add_argument("--lr", type=float, default=2e-3)
-    t.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+    t.add_argument("--epochs", type=int, default=None,
+                   help=f"epochs (default {EPOCHS}, {SLOW_EPOCHS} for {' and '.join(SPARSE)})")
+    t.add_argument("--patience", type=int, default=None,
+                   help="stop after this many epochs without dev improvement (default: a third "
+                   "of the epochs)")
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--schedule", choices=["constant", "cosine"], default="cosine",
                    help="learning rate over the steps of --epochs: constant, or cosine decay to 0")
-    t.add_argument("--word-dim", type=int, default=100)
-    t.add_argument("--hidden", type=int, default=200)
-    t.add_argument("--char-filters", type=int, default=100)
-    t.add_argument("--dropout", type=float, default=0.5)
-    t.add_argument("--word-dropout", type=float, default=0.05)
-    t.add_argument("--unk-alpha", type=float, default=0.0,
+    t.add_argument("--word-dim", type=int, default=NET["word_dim"])
+    t.add_argument("--hidden", type=int, default=NET["hidden"])
+    t.add_argument("--char-filters", type=int, default=NET["char_filters"])
+    t.add_argument("--dropout", type=float, default=NET["dropout"])
+    t.add_argument("--word-dropout", type=float, default=NET["word_dropout"])
+    t.add_argument("--unk-alpha", type=float, default=NET["unk_alpha"],
                    help="read a training word seen c times as <unk> with probability "
                    "alpha / (alpha + c) (0: off)")
-    t.add_argument("--layers", type=int, default=1, help="stacked BiLSTM layers")
-    t.add_argument("--char-model", choices=["cnn", "lstm"], default="cnn",
-                   help="how a word's characters are read: a convolution or a BiLSTM")
+    t.add_argument("--layers", type=int, default=NET["layers"], help="stacked BiLSTM layers")
+    t.add_argument("--char-model", type=char_models, default=NET["char_model"],
+                   help="how a word's characters are read: cnn (a convolution) or lstm (a "
+                   "BiLSTM); a comma-separated list for an ensemble, whose members cycle "
+                   "through it (cnn,lstm: half of each)")
     t.add_argument("--margin", type=float, default=1.0,
                    help="the margin of the margin hinge; the margin-rescaled hinges scale "
                    "their cost by it")
     t.add_argument("--ema", type=float, default=0.0,
                    help="decode with an exponential moving average of the weights, this decay "
                    "per step (0: the weights themselves)")
-    t.add_argument("--unary-scale", type=float, default=0.0,
+    t.add_argument("--unary-scale", type=float, default=None,
                    help="standardise the unary energies over the tags at each position and "
-                   "scale them by this (0: as the network gives them)")
+                   "scale them by this (0: as the network gives them; default 1 for "
+                   f"{' and '.join(SPARSE)}, 0 otherwise)")
     t.add_argument("--seed", type=int, default=1)
     t.add_argument("--ensemble", type=int, default=1,
                    help="train this many taggers (seeds seed, seed+1, ...) and decode with their "
@@ -366,6 +396,13 @@ def main(argv=None):
     m.add_argument("--out", required=True)
     args = p.parse_args(argv)
     if args.command == "train":
+        sparse = args.criterion in SPARSE
+        if args.epochs is None:
+            args.epochs = SLOW_EPOCHS if sparse else EPOCHS
+        if args.unary_scale is None:
+            args.unary_scale = 1.0 if sparse else NET["unary_scale"]
+        if args.patience is None:
+            args.patience = max(1, args.epochs // 3)
         return train(args)
     if args.command == "eval":
         return evaluate(args)

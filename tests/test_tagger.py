@@ -104,9 +104,10 @@ def test_resume_equals_uninterrupted(tmp_path, options):
 
 def test_ensemble_decodes_with_its_members_mean_energy(tmp_path):
     run("train", *SMALL, "--limit", "60", "--criterion", "crf_nll", "--epochs", "2",
-        "--ensemble", "2", "--out", tmp_path)
+        "--ensemble", "2", "--char-model", "cnn,lstm", "--out", tmp_path)
     state = torch.load(tmp_path / "best.pt", weights_only=True)
     assert len(state["members"]) == 2
+    assert [c["char_model"] for c in state["member_configs"]] == ["cnn", "lstm"]
     for k in (1, 2):  # each member is an ordinary run of its own seed
         member = torch.load(tmp_path / f"member-{k}" / "best.pt", weights_only=True)
         assert member["config"]["seed"] == k
