@@ -237,7 +237,11 @@ def train(args) -> dict:
         folders = [out / f"member-{k + 1}" for k in range(args.ensemble)]
         members = [train_member(member_args(args, k), ddp, splits, tags, categories,
                                 args.seed + k, folder) for k, folder in enumerate(folders)]
-    result = {"config": members[0]["config"], "processes": ddp.world,
+    config = dict(members[0]["config"])
+    if args.ensemble > 1:  # the ensemble's own settings; each member's are in members[k]
+        config.update(ensemble=args.ensemble,
+                      char_model=",".join(m["config"]["char_model"] for m in members))
+    result = {"config": config, "processes": ddp.world,
               "train_seconds": sum(m["train_seconds"] for m in members)}
     if args.ensemble == 1:
         result.update(members[0])
@@ -262,7 +266,6 @@ def train(args) -> dict:
         write_json(result, out / "metrics.json")
         if not args.no_pictures:
             import plots
-            config = members[0]["config"]
             title = f"{args.corpus} · {config['criterion']}"
             plots.learning_curves({f"seed {m['config']['seed']}": m["history"] for m in members},
                                   out / "curves.png", title)
