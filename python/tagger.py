@@ -225,18 +225,15 @@ def train(args) -> dict:
     """Trains one tagger into OUT, or with --ensemble M, M taggers (seeds seed .. seed+M-1, in
     OUT/member-1 ..) whose mean energy decodes (TaggerEnsemble); OUT/best.pt then holds all of
     them. Scores the result on dev and test: metrics.json and pictures in OUT."""
-    ddp = Distributed(torch.device(args.device))
+    device = torch.device(args.device)
+    ddp = Distributed(device)
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // ddp.world))
     splits, tags, categories = read_data(args)
     out = pathlib.Path(args.out)
-    if args.ensemble == 1:
-        members = [train_member(member_args(args, 0), ddp, splits, tags, categories, args.seed,
-                                out)]
-        folders = [out]
-    else:
-        folders = [out / f"member-{k + 1}" for k in range(args.ensemble)]
-        members = [train_member(member_args(args, k), ddp, splits, tags, categories,
-                                args.seed + k, folder) for k, folder in enumerate(folders)]
+    folders = ([out] if args.ensemble == 1
+               else [out / f"member-{k + 1}" for k in range(args.ensemble)])
+    members = [train_member(member_args(args, k), ddp, splits, tags, categories, args.seed + k,
+                            folder) for k, folder in enumerate(folders)]
     config = dict(members[0]["config"])
     if args.ensemble > 1:  # the ensemble's own settings; each member's are in members[k]
         config.update(ensemble=args.ensemble,
@@ -246,7 +243,6 @@ def train(args) -> dict:
     if args.ensemble == 1:
         result.update(members[0])
     if ddp.main:
-        device = torch.device(args.device)
         states = [load_checkpoint(folder / "best.pt") for folder in folders]
         state = states[0]
         if args.ensemble > 1:
@@ -254,14 +250,15 @@ def train(args) -> dict:
                      "member_configs": [s["config"] for s in states]}
             save_checkpoint(state, out / "best.pt")
         model, vocabs = load_tagger_state(state, device)
-        dev_acc, _, _ = accuracy(model, splits[1], vocabs, device)
-        test_acc, gold, pred = accuracy(model, splits[2], vocabs, device)
+        dev, test = splits[1], splits[2]
+        dev_e, test_e = ([D.encode_sentence(s, vocabs) for s in split] for split in (dev, test))
+        dev_acc, _, _ = accuracy(model, dev, vocabs, device, encoded=dev_e)
+        test_acc, gold, pred = accuracy(model, test, vocabs, device, encoded=test_e)
         result.update(dev_acc=dev_acc, test_acc=test_acc)
         if args.ensemble > 1:
-            for member, state in zip(members, states):
-                one, _ = load_tagger_state(state, device)
-                member.update(dev_acc=accuracy(one, splits[1], vocabs, device)[0],
-                              test_acc=accuracy(one, splits[2], vocabs, device)[0])
+            for member, one in zip(members, model.members):
+                member.update(dev_acc=accuracy(one, dev, vocabs, device, encoded=dev_e)[0],
+                              test_acc=accuracy(one, test, vocabs, device, encoded=test_e)[0])
             result["members"] = members
         write_json(result, out / "metrics.json")
         if not args.no_pictures:
