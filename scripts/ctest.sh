@@ -1,12 +1,7 @@
 #!/usr/bin/env bash
-# Builds the ops and the C++ tests with CMake (find_package(Torch) from .venv's torch) and runs
-# them with ctest.
+# Builds the ops, the C++ tests and the SIMT emulation's sanitizer tests with CMake
+# (scripts/cmake_build.sh) and runs them with ctest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# CMake needs torch and ninja from .venv, not the extension: set up only when .venv is missing.
-[ -x .venv/bin/python ] && .venv/bin/python -c 'import torch, ninja' 2>/dev/null || bash scripts/setup.sh
-prefix=$(.venv/bin/python -c 'import torch; print(torch.utils.cmake_prefix_path)')
-cmake -S . -B build/cmake -G Ninja -DCMAKE_PREFIX_PATH="$prefix" \
-  -DCMAKE_MAKE_PROGRAM="$(.venv/bin/python -c 'import ninja, os; print(os.path.join(ninja.BIN_DIR, "ninja"))')" >/dev/null
-cmake --build build/cmake -j "${MAX_JOBS:-2}"
+bash scripts/cmake_build.sh
 ctest --test-dir build/cmake --output-on-failure

@@ -1,12 +1,38 @@
 import pytest
 import torch
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+from cuda_backends import EMULATION_MISSING, Emulated, EmulatedCUDA, RealCUDA
+
+HAS_CUDA = torch.cuda.is_available()
+DEVICES = ["cpu", "emulated"] + (["cuda"] if HAS_CUDA else [])
+GPU_BACKENDS = ["emulated"] + (["cuda"] if HAS_CUDA else [])
 
 
 @pytest.fixture(params=DEVICES)
 def device(request):
-    return request.param
+    """Where a test's ops run: "cpu", "cuda", or "emulated": the test sees "cpu" tensors and its
+    ops run the emulated CUDA kernels (tests/cuda_backends.py)."""
+    if request.param != "emulated":
+        yield request.param
+        return
+    if EMULATION_MISSING:
+        pytest.skip(EMULATION_MISSING)
+    with EmulatedCUDA():
+        yield "cpu"
+
+
+@pytest.fixture(params=GPU_BACKENDS)
+def gpu(request):
+    """The CUDA side of a CPU == CUDA test: `gpu.to(x)` moves an input, and the ops are called
+    inside `with gpu():`. The emulated backend must have run at least one emulated kernel."""
+    if request.param == "cuda":
+        yield RealCUDA()
+        return
+    if EMULATION_MISSING:
+        pytest.skip(EMULATION_MISSING)
+    backend = Emulated()
+    yield backend
+    assert backend.calls, "the test ran no emulated CUDA kernel"
 
 
 @pytest.fixture(params=[torch.float32, torch.float64], ids=["f32", "f64"])

@@ -10,6 +10,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 import ebm_ext
 from ebm_ext.nn import BiLSTM
 from conftest import requires_cuda, tolerance
+from cuda_backends import skip_compile_if_emulated
 
 
 def make_case(lengths, I, H, dtype=torch.float64, device="cpu", seed=0):
@@ -130,6 +131,7 @@ def test_opcheck_and_compile(device):
 
     ours.zero_grad(set_to_none=True)
 
+    skip_compile_if_emulated()
     @torch.compile(fullgraph=True, backend="aot_eager")
     def total(x, wi, wh, b):
         return ebm_ext.bilstm(x, bs, wi, wh, b).sum()

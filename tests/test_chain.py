@@ -10,6 +10,7 @@ from ebm_ext import _reference as ref
 from chain_cases import (all_paths, category_cost, make_chain, padded, path_energy,
                          tweet_categories)
 from conftest import requires_cuda, tolerance
+from cuda_backends import skip_compile_if_emulated
 
 small = st.fixed_dictionaries({
     "B": st.integers(1, 3), "T": st.integers(0, 5), "K": st.integers(1, 4),
@@ -325,6 +326,7 @@ def test_torch_compile_fullgraph(device):
     unary, trans, L, start, end = make_chain(4, 6, 5, dtype=torch.float32, device=device)
     unary.requires_grad_()
 
+    skip_compile_if_emulated()
     @torch.compile(fullgraph=True, backend="aot_eager")
     def margin(unary, trans):
         e2, _ = ebm_ext.viterbi_kbest(unary, trans, 2, L, start, end)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 import ebm_ext
 from ebm_ext import _reference as ref
 from conftest import requires_cuda, tolerance
+from cuda_backends import skip_compile_if_emulated
 
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "python"))
 import kmeans  # noqa: E402
@@ -99,6 +100,7 @@ def test_opcheck(device, dtype):
 
 def test_compile_fullgraph(device):
     y, W = _points(20, 6, 4, seed=7, device=device, dtype=torch.float32)
+    skip_compile_if_emulated()
     compiled = torch.compile(lambda a, b: ebm_ext.kmeans_energy(a, b).sum(), fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(y, W), ebm_ext.kmeans_energy(y, W).sum())
 

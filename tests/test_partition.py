@@ -11,6 +11,7 @@ import ebm_ext
 from ebm_ext import _reference as ref
 from chain_cases import all_paths, make_chain
 from conftest import requires_cuda, tolerance
+from cuda_backends import skip_compile_if_emulated
 
 small = st.fixed_dictionaries({
     "B": st.integers(1, 3), "T": st.integers(0, 4), "K": st.integers(1, 4),
@@ -164,6 +165,7 @@ def test_opcheck_and_compile(device):
     torch.library.opcheck(ops._chain_log_partition_backward.default,
                           (grad, unary.detach(), trans.detach(), L, start, end))
 
+    skip_compile_if_emulated()
     @torch.compile(fullgraph=True, backend="aot_eager")
     def nll(unary, trans):
         return ebm_ext.chain_log_partition(unary, trans, L, start, end).sum()

@@ -9,6 +9,7 @@ import ebm_ext
 from ebm_ext import _reference as ref
 from chain_cases import make_chain
 from conftest import requires_cuda, tolerance
+from cuda_backends import skip_compile_if_emulated
 
 
 @pytest.mark.parametrize("method", ["entropic", "projected"])
@@ -100,6 +101,7 @@ def test_opcheck(device, dtype):
 
 def test_compile_fullgraph(device):
     unary, trans, L, start, end = make_chain(3, 5, 4, device=device, dtype=torch.float32, seed=8)
+    skip_compile_if_emulated()
     f = torch.compile(lambda u, t: ebm_ext.chain_relaxed_inference(u, t, L, start, end, steps=5)[1].sum(),
                       fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(f(unary, trans), ebm_ext.chain_relaxed_inference(unary, trans, L, start, end, steps=5)[1].sum())

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 import ebm_ext
 from ebm_ext import _reference as ref
 from conftest import requires_cuda, tolerance
+from cuda_backends import skip_compile_if_emulated
 
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "python"))
 import sparse_coding  # noqa: E402
@@ -178,6 +179,7 @@ def test_opcheck(device, dtype):
 def test_compile_fullgraph(device):
     y, D = _problem(5, 6, 10, seed=13, device=device, dtype=torch.float32)
     D.requires_grad_()
+    skip_compile_if_emulated()
     f = torch.compile(lambda a, b: ebm_ext.sparse_coding_energy(a, b, 0.2).sum(), fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(f(y, D), ebm_ext.sparse_coding_energy(y, D, 0.2).sum())
     f(y, D).backward()

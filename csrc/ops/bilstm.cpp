@@ -3,7 +3,9 @@
 // `cells` are the forward's saved activations, inputs of the backward only.
 #include <torch/library.h>
 
-TORCH_LIBRARY_FRAGMENT(ebm_ext, m) {
+#include "backend.h"
+
+TORCH_LIBRARY_FRAGMENT(EBM_OP_NAMESPACE, m) {
   m.def(
       "bilstm(Tensor input, Tensor batch_sizes, Tensor weight_ih, Tensor weight_hh, "
       "Tensor bias) -> (Tensor output, Tensor gates, Tensor cells)");

@@ -20,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include "backend.h"
+
 namespace ebm_ext {
 
 struct BiLSTMDims {
@@ -74,7 +76,7 @@ inline BiLSTMDims check_bilstm_weights(const char* op, const at::Tensor& input,
               bilstm_shape_str(input));
   TORCH_CHECK(at::isFloatingType(input.scalar_type()), op,
               ": input must be a floating-point tensor, got ", input.scalar_type());
-  TORCH_CHECK(input.is_cuda() || input.scalar_type() == at::kFloat ||
+  TORCH_CHECK(on_cuda(input) || input.scalar_type() == at::kFloat ||
                   input.scalar_type() == at::kDouble,
               op, ": on CPU, input must be float32 or float64, got ", input.scalar_type());
   TORCH_CHECK(weight_hh.dim() == 3 && weight_hh.size(0) == 2 && weight_hh.size(2) >= 1 &&

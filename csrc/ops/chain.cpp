@@ -2,7 +2,9 @@
 // implementations in ebm_ext/ops/chain.py.
 #include <torch/library.h>
 
-TORCH_LIBRARY_FRAGMENT(ebm_ext, m) {
+#include "backend.h"
+
+TORCH_LIBRARY_FRAGMENT(EBM_OP_NAMESPACE, m) {
   m.def(
       "chain_energy(Tensor unary, Tensor trans, Tensor tags, Tensor? lengths=None, "
       "Tensor? start=None, Tensor? end=None) -> Tensor");

@@ -8,6 +8,8 @@
 #include <ATen/ATen.h>
 #include <c10/util/Optional.h>
 
+#include "backend.h"
+
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -42,7 +44,7 @@ inline void check_float_like_unary(const char* op, const char* name, const at::T
 inline void check_lengths_range(const char* op, const at::Tensor& lengths, int64_t T) {
   if (lengths.numel() == 0) return;
   int64_t lo, hi;
-  if (lengths.is_cpu()) {
+  if (!on_cuda(lengths)) {
     const auto l = lengths.contiguous();
     const int64_t* p = l.data_ptr<int64_t>();
     lo = *std::min_element(p, p + l.numel());
@@ -66,7 +68,7 @@ inline ChainDims check_chain_inputs(const char* op, const at::Tensor& unary,
               shape_str(unary));
   TORCH_CHECK(at::isFloatingType(unary.scalar_type()), op,
               ": unary must be a floating-point tensor, got ", unary.scalar_type());
-  TORCH_CHECK(unary.is_cuda() || unary.scalar_type() == at::kFloat ||
+  TORCH_CHECK(on_cuda(unary) || unary.scalar_type() == at::kFloat ||
                   unary.scalar_type() == at::kDouble,
               op, ": on CPU, unary must be float32 or float64, got ", unary.scalar_type());
   const ChainDims d{unary.size(0), unary.size(1), unary.size(2)};
@@ -106,7 +108,7 @@ inline void check_tag_values(const char* op, const char* name, const at::Tensor&
                              const c10::optional<at::Tensor>& lengths, int64_t K) {
   if (tags.numel() == 0) return;
   const int64_t B = tags.size(0), T = tags.size(-1), C = tags.numel() / (B * T);
-  if (tags.is_cpu()) {
+  if (!on_cuda(tags)) {
     const auto y = tags.contiguous();
     const int64_t* p = y.data_ptr<int64_t>();
     const auto l = lengths.has_value() ? lengths->contiguous() : at::Tensor();
@@ -229,7 +231,7 @@ inline ChainDims check_loss_augmented_inputs(const at::Tensor& unary, const at::
               "), got ", shape_str(cost));
   check_float_like_unary(op, "cost", cost, unary);
   double lowest, largest_diagonal;
-  if (cost.is_cpu()) {
+  if (!on_cuda(cost)) {
     const auto c = cost.to(at::kDouble).contiguous();
     const double* p = c.data_ptr<double>();
     lowest = *std::min_element(p, p + c.numel(), [](double a, double b) { return a < b; });

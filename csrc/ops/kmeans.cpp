@@ -3,6 +3,8 @@
 // ebm_ext/ops/kmeans.py.
 #include <torch/library.h>
 
-TORCH_LIBRARY_FRAGMENT(ebm_ext, m) {
+#include "backend.h"
+
+TORCH_LIBRARY_FRAGMENT(EBM_OP_NAMESPACE, m) {
   m.def("nearest_centroid(Tensor y, Tensor W) -> (Tensor dist2, Tensor index)");
 }

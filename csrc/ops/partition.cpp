@@ -2,7 +2,9 @@
 // of log Z is its own op (a forward-backward kernel), not autograd through a time loop.
 #include <torch/library.h>
 
-TORCH_LIBRARY_FRAGMENT(ebm_ext, m) {
+#include "backend.h"
+
+TORCH_LIBRARY_FRAGMENT(EBM_OP_NAMESPACE, m) {
   m.def(
       "chain_log_partition(Tensor unary, Tensor trans, Tensor? lengths=None, "
       "Tensor? start=None, Tensor? end=None) -> Tensor");

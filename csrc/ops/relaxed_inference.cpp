@@ -2,7 +2,9 @@
 // Kernels live in cpu/ and cuda/; the fake implementation in ebm_ext/ops/relaxed_inference.py.
 #include <torch/library.h>
 
-TORCH_LIBRARY_FRAGMENT(ebm_ext, m) {
+#include "backend.h"
+
+TORCH_LIBRARY_FRAGMENT(EBM_OP_NAMESPACE, m) {
   m.def(
       "chain_relaxed_inference(Tensor unary, Tensor trans, Tensor? lengths=None, "
       "Tensor? start=None, Tensor? end=None, int steps=20, float lr=1.0, "

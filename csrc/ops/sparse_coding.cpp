@@ -2,7 +2,9 @@
 // implementations in ebm_ext/ops/sparse_coding.py.
 #include <torch/library.h>
 
-TORCH_LIBRARY_FRAGMENT(ebm_ext, m) {
+#include "backend.h"
+
+TORCH_LIBRARY_FRAGMENT(EBM_OP_NAMESPACE, m) {
   m.def(
       "sparse_code(Tensor y, Tensor D, float lam, int max_iter=1000, float tol=1e-4, "
       "str method=\"fista\", bool nonneg=False, Tensor? z0=None, Tensor? lipschitz=None, "

@@ -3,15 +3,12 @@
 // (row, hidden unit), arithmetic in the accumulation type (float for half/bfloat16 inputs).
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <cmath>
 
 #include "../bilstm.h"
-#include "chain_common.cuh"
+#include "device.cuh"
 
 namespace ebm_ext {
 namespace {
@@ -91,20 +88,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bilstm_cuda(const at::Tensor& inp
   const auto checked = check_bilstm_inputs(input, batch_sizes, weight_ih, weight_hh, bias);
   const BiLSTMDims& d = checked.first;
   const PackedSteps& s = checked.second;
-  const c10::cuda::CUDAGuard guard(input.device());
+  const DeviceGuard guard(input.device());
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   auto f = bilstm_forward_buffers(input, weight_ih, bias, d);
   if (d.N == 0) return {f.output, f.gates, f.cells};
-  const auto stream = at::cuda::getCurrentCUDAStream();
   EBM_DISPATCH_CUDA_FLOATS(input.scalar_type(), "bilstm_cuda", [&] {
     for (int dir = 0; dir < 2; ++dir) {
       auto rec = at::empty({s.size[0], 4 * d.H}, input.options());
       bilstm_direction_forward(dir, s, weight_hh, f.output, rec,
                                [&](const StepRows& st, const at::Tensor& r) {
-        cell_forward_kernel<scalar_t><<<blocks_for(st.rows * d.H), kThreads, 0, stream>>>(
+        launch_kernel<cell_forward_kernel<scalar_t>>(blocks_for(st.rows * d.H), kThreads, 0,
             f.gates.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(), f.cells.data_ptr<scalar_t>(),
             f.output.data_ptr<scalar_t>(), st, d.H);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     }
   });
@@ -119,12 +114,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bilstm_backward_cuda(
                                                     weight_hh, output, gates, cells);
   const BiLSTMDims& d = checked.first;
   const PackedSteps& s = checked.second;
-  const c10::cuda::CUDAGuard guard(input.device());
+  const DeviceGuard guard(input.device());
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   auto d_gates = at::empty({d.N, 8 * d.H}, input.options());
   if (d.N > 0) {
-    const auto stream = at::cuda::getCurrentCUDAStream();
-    const auto g = grad_output.contiguous(), a = gates.contiguous(), c = cells.contiguous();
+      const auto g = grad_output.contiguous(), a = gates.contiguous(), c = cells.contiguous();
     EBM_DISPATCH_CUDA_FLOATS(input.scalar_type(), "bilstm_backward_cuda", [&] {
       for (int dir = 0; dir < 2; ++dir) {
         auto dh_rec = at::empty({s.size[0], d.H}, input.options());
@@ -132,11 +126,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bilstm_backward_cuda(
         bilstm_direction_backward(
             dir, s, weight_hh, d_gates, dh_rec, dc_rec,
             [&](const StepRows& st, const at::Tensor& dh, const at::Tensor& dc) {
-              cell_backward_kernel<scalar_t><<<blocks_for(st.rows * d.H), kThreads, 0, stream>>>(
+              launch_kernel<cell_backward_kernel<scalar_t>>(blocks_for(st.rows * d.H), kThreads, 0,
                   g.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(),
                   dh.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(), d_gates.data_ptr<scalar_t>(),
                   st, d.H);
-              C10_CUDA_KERNEL_LAUNCH_CHECK();
             });
       }
     });
@@ -146,7 +139,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bilstm_backward_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ebm_ext, CUDA, m) {
+EBM_CUDA_LIBRARY_IMPL(m) {
   m.impl("bilstm", &bilstm_cuda);
   m.impl("_bilstm_backward", &bilstm_backward_cuda);
 }

@@ -2,9 +2,7 @@
 // kernel (inputs staged once in the accumulation type), and the launch shape.
 #pragma once
 
-#include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
+#include "device.cuh"
 
 #include <cstdint>
 #include <limits>
@@ -89,9 +87,6 @@ template <typename acc_t>
 size_t shared_bytes(const ChainArgs<acc_t>& a, size_t before) {
   return before + (a.trans_in_shared ? a.K * a.K * sizeof(acc_t) : 0);
 }
-
-#define EBM_DISPATCH_CUDA_FLOATS(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
 }  // namespace cuda_chain
 }  // namespace ebm_ext

@@ -4,15 +4,13 @@
 // CPU kernel's (right-to-left min-plus, smallest minimising index), so both return the same tags.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <cstdint>
 #include <limits>
 
 #include "../chain.h"
+#include "device.cuh"
 #include "chain_common.cuh"
 
 namespace ebm_ext {
@@ -25,7 +23,7 @@ __global__ void viterbi_kernel(const scalar_t* __restrict__ unary, ChainArgs<acc
                                const int64_t* __restrict__ gold, const acc_t* __restrict__ cost,
                                ptr_t* __restrict__ ptr, scalar_t* __restrict__ energy_out,
                                scalar_t* __restrict__ delta_out, int64_t* __restrict__ tags_out) {
-  extern __shared__ unsigned char smem_raw[];
+  EBM_DYNAMIC_SHARED(unsigned char, smem_raw);
   acc_t* beta = reinterpret_cast<acc_t*>(smem_raw);
   acc_t* w = beta + a.K;
   const int64_t b = blockIdx.x;
@@ -111,7 +109,7 @@ template <typename scalar_t, typename acc_t>
 __global__ void kbest_kernel(const scalar_t* __restrict__ unary, ChainArgs<acc_t> a, int k,
                              int32_t* __restrict__ ptr, scalar_t* __restrict__ energy_out,
                              int64_t* __restrict__ tags_out) {
-  extern __shared__ unsigned char smem_raw[];
+  EBM_DYNAMIC_SHARED(unsigned char, smem_raw);
   const int K = a.K;
   // Shared layout: beta (k, K) | w (k, K) | final values (k) | transT (K, K) if staged |
   // final codes (k int32, last so that the acc_t arrays stay aligned).
@@ -243,10 +241,9 @@ void launch_viterbi(const Staged& s, const at::Tensor& gold, const at::Tensor& c
   scalar_t* delta_p = delta ? delta->data_ptr<scalar_t>() : nullptr;
   auto* ptr_p = static_cast<ptr_t*>(backptr.data_ptr());
   const auto smem = shared_bytes(a, before);
-  viterbi_kernel<scalar_t, acc_t, ptr_t><<<B, threads_for(K), smem, at::cuda::getCurrentCUDAStream()>>>(
+  launch_kernel<viterbi_kernel<scalar_t, acc_t, ptr_t>>(B, threads_for(K), smem,
       s.unary.data_ptr<scalar_t>(), a, gold_p, cost_p, ptr_p, energy.data_ptr<scalar_t>(), delta_p,
       tags.data_ptr<int64_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename scalar_t>
@@ -267,7 +264,7 @@ std::tuple<at::Tensor, at::Tensor> viterbi_cuda(const at::Tensor& unary, const a
                                                 const c10::optional<at::Tensor>& start,
                                                 const c10::optional<at::Tensor>& end) {
   const auto d = check_chain_inputs("viterbi", unary, trans, lengths, start, end);
-  const c10::cuda::CUDAGuard guard(unary.device());
+  const DeviceGuard guard(unary.device());
   auto energy = at::empty({d.B}, unary.options());
   auto tags = at::empty({d.B, d.T}, unary.options().dtype(at::kLong));
   if (d.B == 0) return {energy, tags};
@@ -283,7 +280,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_augmented_viterbi_cuda(
     const at::Tensor& cost, const c10::optional<at::Tensor>& lengths,
     const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end) {
   const auto d = check_loss_augmented_inputs(unary, trans, gold, cost, lengths, start, end);
-  const c10::cuda::CUDAGuard guard(unary.device());
+  const DeviceGuard guard(unary.device());
   auto energy = at::empty({d.B}, unary.options());
   auto delta = at::empty({d.B}, unary.options());
   auto tags = at::empty({d.B, d.T}, unary.options().dtype(at::kLong));
@@ -304,7 +301,7 @@ std::tuple<at::Tensor, at::Tensor> viterbi_kbest_cuda(const at::Tensor& unary,
   const char* op = "viterbi_kbest";
   check_kbest_k(op, k);
   const auto d = check_chain_inputs(op, unary, trans, lengths, start, end);
-  const c10::cuda::CUDAGuard guard(unary.device());
+  const DeviceGuard guard(unary.device());
   auto energy = at::empty({d.B, k}, unary.options());
   auto tags = at::empty({d.B, k, d.T}, unary.options().dtype(at::kLong));
   if (d.B == 0) return {energy, tags};
@@ -313,21 +310,18 @@ std::tuple<at::Tensor, at::Tensor> viterbi_kbest_cuda(const at::Tensor& unary,
     using acc_t = at::opmath_type<scalar_t>;
     // beta and w (k*K each) and the final list (k values) before transT, its k codes after.
     const size_t before = (2 * k * d.K + k) * sizeof(acc_t);
-    TORCH_CHECK(before <= 96 * 1024, op, ": k * K must be at most ",
-                96 * 1024 / (2 * sizeof(acc_t)) - k, " on CUDA (shared memory), got ", k * d.K);
+    const size_t most = max_dynamic_shared_bytes(), per_rank = sizeof(acc_t) + sizeof(int32_t);
+    TORCH_CHECK(before + k * sizeof(int32_t) <= most, op, ": k * K must be at most ",
+                most > k * per_rank ? (most - k * per_rank) / (2 * sizeof(acc_t)) : 0,
+                " on this CUDA device (", most, " bytes of shared memory per block), got k * K = ",
+                k * d.K);
     auto a = chain_args<acc_t>(s, before);
     const size_t smem = shared_bytes(a, before) + k * sizeof(int32_t);
-    auto kernel = kbest_kernel<scalar_t, acc_t>;
-    if (smem > 48 * 1024) {
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(smem)));
-    }
     const auto backptr = at::empty({d.B, std::max<int64_t>(d.T - 1, 1), k, d.K},
                                    unary.options().dtype(at::kInt));
-    kernel<<<d.B, threads_for(d.K), smem, at::cuda::getCurrentCUDAStream()>>>(
+    launch_kernel<kbest_kernel<scalar_t, acc_t>>(d.B, threads_for(d.K), smem,
         s.unary.data_ptr<scalar_t>(), a, static_cast<int>(k), backptr.data_ptr<int32_t>(),
         energy.data_ptr<scalar_t>(), tags.data_ptr<int64_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {energy, tags};
 }
@@ -339,7 +333,7 @@ at::Tensor chain_energy_cuda(const at::Tensor& unary, const at::Tensor& trans,
   if (check_chain_energy_inputs(unary, trans, tags, lengths, start, end)) {
     return relaxed_chain_energy(unary, trans, tags, lengths, start, end);
   }
-  const c10::cuda::CUDAGuard guard(unary.device());
+  const DeviceGuard guard(unary.device());
   auto out_shape = tags.sizes().vec();
   out_shape.pop_back();
   auto energy = at::empty(out_shape, unary.options());
@@ -353,17 +347,16 @@ at::Tensor chain_energy_cuda(const at::Tensor& unary, const at::Tensor& trans,
     auto a = chain_args<acc_t>(s, 0);
     const int threads = 128;
     const auto blocks = static_cast<unsigned>((n_paths + threads - 1) / threads);
-    chain_energy_kernel<scalar_t, acc_t><<<blocks, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    launch_kernel<chain_energy_kernel<scalar_t, acc_t>>(blocks, threads, 0,
         s.unary.data_ptr<scalar_t>(), a, tags_c.data_ptr<int64_t>(), n_paths, C,
         energy.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return energy;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ebm_ext, CUDA, m) {
+EBM_CUDA_LIBRARY_IMPL(m) {
   m.impl("chain_energy", &chain_energy_cuda);
   m.impl("viterbi", &viterbi_cuda);
   m.impl("viterbi_kbest", &viterbi_kbest_cuda);

@@ -6,15 +6,12 @@
 // A second kernel recomputes the distance to the chosen centroid as sum (y - W_j)^2.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <limits>
 
 #include "../kmeans.h"
-#include "chain_common.cuh"
+#include "device.cuh"
 #include "reduce.cuh"
 
 namespace ebm_ext {
@@ -123,35 +120,32 @@ __global__ void distance_kernel(const scalar_t* __restrict__ y, const scalar_t* 
 
 std::tuple<at::Tensor, at::Tensor> nearest_centroid_cuda(const at::Tensor& y, const at::Tensor& W) {
   check_nearest_centroid_inputs(y, W);
-  const c10::cuda::CUDAGuard guard(y.device());
+  const DeviceGuard guard(y.device());
   const int64_t N = y.size(0), d = y.size(1), k = W.size(0);
   auto dist2 = at::empty({N}, y.options());
   auto index = at::empty({N}, y.options().dtype(at::kLong));
   if (N == 0) return {dist2, index};
   const auto yc = y.contiguous();
   const auto Wc = W.contiguous();
-  const auto stream = at::cuda::getCurrentCUDAStream();
   EBM_DISPATCH_CUDA_FLOATS(y.scalar_type(), "nearest_centroid_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto norm = Wc.to(c10::CppTypeToScalarType<acc_t>::value).square().sum(1).contiguous();
     const unsigned blocks = static_cast<unsigned>((N + kTile - 1) / kTile);
-    nearest_centroid_kernel<scalar_t, acc_t><<<blocks, kSide * kSide, 0, stream>>>(
+    launch_kernel<nearest_centroid_kernel<scalar_t, acc_t>>(blocks, kSide * kSide, 0,
         yc.data_ptr<scalar_t>(), Wc.data_ptr<scalar_t>(), norm.data_ptr<acc_t>(), N, k, d,
         index.data_ptr<int64_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
     constexpr int threads = 256;
     const unsigned warp_blocks = static_cast<unsigned>((N * 32 + threads - 1) / threads);
-    distance_kernel<scalar_t, acc_t><<<warp_blocks, threads, 0, stream>>>(
+    launch_kernel<distance_kernel<scalar_t, acc_t>>(warp_blocks, threads, 0,
         yc.data_ptr<scalar_t>(), Wc.data_ptr<scalar_t>(), index.data_ptr<int64_t>(), N, d,
         dist2.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {dist2, index};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ebm_ext, CUDA, m) {
+EBM_CUDA_LIBRARY_IMPL(m) {
   m.impl("nearest_centroid", &nearest_centroid_cuda);
 }
 

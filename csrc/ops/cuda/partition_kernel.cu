@@ -2,14 +2,12 @@
 // per tag, transitions in shared memory when they fit. Each thread folds its log-sum-exp online
 // (running maximum, rescaled sum), so any energy range is exact; exponentials are cheap here.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <limits>
 
 #include "../partition.h"
+#include "device.cuh"
 #include "chain_common.cuh"
 
 namespace ebm_ext {
@@ -37,7 +35,7 @@ __device__ __forceinline__ acc_t lse_value(acc_t m, acc_t s) {
 template <typename scalar_t, typename acc_t>
 __global__ void log_partition_kernel(const scalar_t* __restrict__ unary, ChainArgs<acc_t> a,
                                      acc_t* __restrict__ alpha, acc_t* __restrict__ logz) {
-  extern __shared__ unsigned char smem_raw[];
+  EBM_DYNAMIC_SHARED(unsigned char, smem_raw);
   const int K = a.K;
   const int64_t T = a.T, b = blockIdx.x;
   const int64_t L = a.lengths ? a.lengths[b] : T;
@@ -75,7 +73,7 @@ __global__ void marginals_kernel(const scalar_t* __restrict__ unary, ChainArgs<a
                                  const acc_t* __restrict__ alpha, const acc_t* __restrict__ logz,
                                  const scalar_t* __restrict__ scale,
                                  scalar_t* __restrict__ d_unary, acc_t* __restrict__ pairs) {
-  extern __shared__ unsigned char smem_raw[];
+  EBM_DYNAMIC_SHARED(unsigned char, smem_raw);
   const int K = a.K;
   acc_t* beta = reinterpret_cast<acc_t*>(smem_raw);
   acc_t* q = beta + K;
@@ -132,10 +130,8 @@ Launch run_forward(const at::Tensor& unary, const at::Tensor& trans,
   EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "chain_log_partition_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto a = chain_args<acc_t>(l.s, 0);
-    log_partition_kernel<scalar_t, acc_t>
-        <<<unary.size(0), threads_for(a.K), shared_bytes(a, 0), at::cuda::getCurrentCUDAStream()>>>(
+    launch_kernel<log_partition_kernel<scalar_t, acc_t>>(unary.size(0), threads_for(a.K), shared_bytes(a, 0),
             l.s.unary.data_ptr<scalar_t>(), a, l.alpha.data_ptr<acc_t>(), l.logz.data_ptr<acc_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return l;
 }
@@ -145,7 +141,7 @@ at::Tensor chain_log_partition_cuda(const at::Tensor& unary, const at::Tensor& t
                                     const c10::optional<at::Tensor>& start,
                                     const c10::optional<at::Tensor>& end) {
   const auto d = check_chain_inputs("chain_log_partition", unary, trans, lengths, start, end);
-  const c10::cuda::CUDAGuard guard(unary.device());
+  const DeviceGuard guard(unary.device());
   if (d.B == 0 || d.T == 0) return at::zeros({d.B}, unary.options());
   return run_forward(unary, trans, lengths, start, end).logz.to(unary.scalar_type());
 }
@@ -155,7 +151,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_backward_cuda
     const c10::optional<at::Tensor>& lengths, const c10::optional<at::Tensor>& start,
     const c10::optional<at::Tensor>& end, bool want_params) {
   const auto d = check_chain_inputs(op, unary, trans, lengths, start, end);
-  const c10::cuda::CUDAGuard guard(unary.device());
+  const DeviceGuard guard(unary.device());
   auto d_unary = at::zeros({d.B, d.T, d.K}, unary.options());
   auto d_trans = at::zeros({d.K, d.K}, unary.options());
   auto d_start = at::zeros({d.K}, unary.options());
@@ -171,12 +167,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_backward_cuda
     const size_t before = 2 * d.K * sizeof(acc_t);
     auto a = chain_args<acc_t>(l.s, before);
     acc_t* pairs_p = pairs.defined() ? pairs.data_ptr<acc_t>() : nullptr;
-    marginals_kernel<scalar_t, acc_t>
-        <<<d.B, threads_for(d.K), shared_bytes(a, before), at::cuda::getCurrentCUDAStream()>>>(
+    launch_kernel<marginals_kernel<scalar_t, acc_t>>(d.B, threads_for(d.K), shared_bytes(a, before),
             l.s.unary.data_ptr<scalar_t>(), a, l.alpha.data_ptr<acc_t>(),
             l.logz.data_ptr<acc_t>(), scale_c.data_ptr<scalar_t>(), d_unary.data_ptr<scalar_t>(),
             pairs_p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   // NaN inputs: the sequence's marginals (and everything summed from them) are NaN.
   const auto nan_rows = at::isnan(l.logz).view({d.B, 1, 1});
@@ -216,7 +210,7 @@ at::Tensor chain_marginals_cuda(const at::Tensor& unary, const at::Tensor& trans
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ebm_ext, CUDA, m) {
+EBM_CUDA_LIBRARY_IMPL(m) {
   m.impl("chain_log_partition", &chain_log_partition_cuda);
   m.impl("chain_marginals", &chain_marginals_cuda);
   m.impl("_chain_log_partition_backward", &chain_log_partition_backward_cuda);

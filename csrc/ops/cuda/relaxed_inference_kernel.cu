@@ -6,15 +6,12 @@
 // exact, at most K rounds of warp sums).
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <limits>
 
 #include "../relaxed_inference.h"
-#include "chain_common.cuh"
+#include "device.cuh"
 #include "reduce.cuh"
 
 namespace ebm_ext {
@@ -145,7 +142,7 @@ std::tuple<at::Tensor, at::Tensor> chain_relaxed_inference_cuda(
     double lr, c10::string_view method, const c10::optional<at::Tensor>& init) {
   const auto o = check_chain_relaxed_inference_inputs(unary, trans, lengths, start, end, steps, lr,
                                                       method, init);
-  const c10::cuda::CUDAGuard guard(unary.device());
+  const DeviceGuard guard(unary.device());
   const int64_t B = unary.size(0), T = unary.size(1), K = unary.size(2);
   const auto acc = at::toOpMathType(unary.scalar_type());
   auto p = at::zeros(unary.sizes(), unary.options().dtype(acc));
@@ -163,11 +160,9 @@ std::tuple<at::Tensor, at::Tensor> chain_relaxed_inference_cuda(
                     en.defined() ? en.data_ptr<acc_t>() : nullptr,
                     l.defined() ? l.data_ptr<int64_t>() : nullptr, T, static_cast<int>(K),
                     acc_t(o.lr), o.entropic, o.steps};
-      relaxed_inference_kernel<scalar_t, acc_t><<<static_cast<unsigned>(B), kThreads, 0,
-                                                  at::cuda::getCurrentCUDAStream()>>>(
+      launch_kernel<relaxed_inference_kernel<scalar_t, acc_t>>(static_cast<unsigned>(B), kThreads, 0,
           u.data_ptr<scalar_t>(), i.defined() ? i.data_ptr<scalar_t>() : nullptr, a,
           p.data_ptr<acc_t>(), e.data_ptr<acc_t>(), g.data_ptr<acc_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
   const auto probs = p.to(unary.scalar_type());
@@ -176,7 +171,7 @@ std::tuple<at::Tensor, at::Tensor> chain_relaxed_inference_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ebm_ext, CUDA, m) {
+EBM_CUDA_LIBRARY_IMPL(m) {
   m.impl("chain_relaxed_inference", &chain_relaxed_inference_cuda);
 }
 

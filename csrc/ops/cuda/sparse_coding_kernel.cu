@@ -6,15 +6,12 @@
 // G are read coalesced. Block-wide sums (the restart test, the gap) go through warp shuffles.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <cmath>
 
 #include "../sparse_coding.h"
-#include "chain_common.cuh"
+#include "device.cuh"
 #include "reduce.cuh"
 
 namespace ebm_ext {
@@ -76,7 +73,7 @@ __global__ void sparse_code_kernel(const acc_t* __restrict__ G, const acc_t* __r
                                    acc_t* __restrict__ x_global, acc_t* __restrict__ z_all,
                                    acc_t* __restrict__ next_all, acc_t* __restrict__ gap_out,
                                    int64_t* __restrict__ iterations_out, bool x_in_shared) {
-  extern __shared__ unsigned char smem_raw[];
+  EBM_DYNAMIC_SHARED(unsigned char, smem_raw);
   __shared__ double scratch[32];
   const int64_t sample = blockIdx.x, m = p.m;
   const acc_t* b = b_all + sample * m;
@@ -130,7 +127,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_code_cuda(
     const c10::optional<at::Tensor>& lipschitz, int64_t check_every) {
   const auto o = check_sparse_code_inputs("sparse_code", y, D, lam, max_iter, tol, method, nonneg,
                                           z0, lipschitz, check_every);
-  const c10::cuda::CUDAGuard guard(y.device());
+  const DeviceGuard guard(y.device());
   const int64_t B = y.size(0), m = D.size(1);
   const auto acc = at::toOpMathType(y.scalar_type());
   auto iterations = at::zeros({B}, y.options().dtype(at::kLong));
@@ -151,20 +148,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_code_cuda(
     at::Tensor x_global = x_in_shared ? at::Tensor() : at::empty_like(z);
     Params<scalar_t> p{m, o.max_iter, o.check_every, scalar_t(o.lam), scalar_t(1.0 / L), o.tol,
                        o.fista, o.nonneg};
-    sparse_code_kernel<scalar_t><<<static_cast<unsigned>(B), threads, x_in_shared ? x_bytes : 0,
-                                   at::cuda::getCurrentCUDAStream()>>>(
+    launch_kernel<sparse_code_kernel<scalar_t>>(static_cast<unsigned>(B), threads, x_in_shared ? x_bytes : 0,
         G.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), yy.data_ptr<double>(), p,
         x_in_shared ? nullptr : x_global.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(),
         next.data_ptr<scalar_t>(), gap.data_ptr<scalar_t>(), iterations.data_ptr<int64_t>(),
         x_in_shared);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {z.to(y.scalar_type()), gap.to(y.scalar_type()), iterations};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ebm_ext, CUDA, m) {
+EBM_CUDA_LIBRARY_IMPL(m) {
   m.impl("sparse_code", &sparse_code_cuda);
   m.impl("sparse_coding_energy", &sparse_coding_energy_aten);
   m.impl("sparse_coding_lipschitz", &sparse_coding_lipschitz_aten);

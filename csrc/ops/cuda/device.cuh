@@ -1,0 +1,101 @@
+// What every CUDA kernel file includes instead of the CUDA headers: the device, its stream and
+// guard, the launch, and the op namespace the kernels register under. Under nvcc these are
+// CUDA's; in the SIMT emulation build (EBM_SIMT_EMULATION: g++ compiles the same .cu files as
+// host code, csrc/simt/simt.h) they are the emulator's, the kernels run on CPU tensors, and the
+// ops register as ebm_ext_emu::<op> for CPU tensors, beside the real CPU kernels. This file is
+// the only place the two builds differ: no kernel body and no launcher forks.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <torch/library.h>
+
+#include <cstring>
+#include <string>
+
+#include "../backend.h"
+
+#ifdef EBM_SIMT_EMULATION
+#include "../../simt/simt.h"
+
+// CUDA's error macros and guards, as the emulation gives them.
+#define C10_CUDA_KERNEL_LAUNCH_CHECK() ::ebm_ext::simt::check_last_error(__FILE__, __LINE__)
+#define C10_CUDA_CHECK(expr)                                                             \
+  do {                                                                                   \
+    const cudaError_t ebm_status = (expr);                                               \
+    TORCH_CHECK(ebm_status == cudaSuccess, "CUDA error (SIMT emulation): ",               \
+                cudaGetErrorString(ebm_status), " from ", #expr);                        \
+  } while (0)
+
+namespace ebm_ext {
+// The emulated device is the CPU: its guard only checks where the tensors are.
+struct DeviceGuard {
+  explicit DeviceGuard(const c10::Device& device) {
+    TORCH_CHECK(device.is_cpu(), "SIMT emulation: the emulated CUDA kernels take CPU tensors, got ",
+                device);
+  }
+};
+inline size_t max_dynamic_shared_bytes() { return simt::kMaxSharedBytesOptin; }
+}  // namespace ebm_ext
+
+#define EBM_CUDA_LIBRARY_IMPL(m) TORCH_LIBRARY_IMPL(EBM_OP_NAMESPACE, CPU, m)
+#define EBM_DYNAMIC_SHARED(type, name) \
+  type* name = reinterpret_cast<type*>(::ebm_ext::simt::self().dynamic_shared)
+
+#else  // nvcc
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+
+namespace ebm_ext {
+using DeviceGuard = c10::cuda::CUDAGuard;
+inline size_t max_dynamic_shared_bytes() {
+  return at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+}
+}  // namespace ebm_ext
+
+#define EBM_CUDA_LIBRARY_IMPL(m) TORCH_LIBRARY_IMPL(EBM_OP_NAMESPACE, CUDA, m)
+#define EBM_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
+
+namespace ebm_ext {
+
+constexpr size_t kSharedBytesWithoutOptin = 48 * 1024;
+
+// The kernel's name, from this function's signature ("... [with auto Kernel = name; ...]").
+template <auto Kernel>
+std::string kernel_name() {
+  const std::string s = __PRETTY_FUNCTION__;
+  const auto at = s.find("Kernel = ");
+  if (at == std::string::npos) return s;
+  const auto from = at + 9;
+  return s.substr(from, s.find_first_of(";]", from) - from);
+}
+
+// The one launch of every kernel: on the current stream, after opting in to the dynamic shared
+// memory it needs above 48 KiB (a clear error beyond the device's maximum), followed by the
+// launch check.
+template <auto Kernel, typename... Args>
+void launch_kernel(dim3 grid, dim3 block, size_t shared_bytes, Args&&... args) {
+  if (shared_bytes > kSharedBytesWithoutOptin) {
+    const size_t most = max_dynamic_shared_bytes();
+    TORCH_CHECK(shared_bytes <= most, kernel_name<Kernel>(), ": needs ", shared_bytes,
+                " bytes of shared memory per block; the device allows at most ", most);
+    C10_CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(shared_bytes)));
+  }
+#ifdef EBM_SIMT_EMULATION
+  simt::run_kernel(Kernel, grid, block, shared_bytes, kernel_name<Kernel>().c_str(),
+                   std::forward<Args>(args)...);
+#else
+  Kernel<<<grid, block, shared_bytes, at::cuda::getCurrentCUDAStream()>>>(
+      std::forward<Args>(args)...);
+#endif
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace ebm_ext
+
+#define EBM_DISPATCH_CUDA_FLOATS(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
