@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/cmake_build.sh ebm_ext_emu
-.venv/bin/python -m pytest tests "$@"
+EBM_REQUIRE_EMULATION=1 .venv/bin/python -m pytest tests "$@"

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -6,6 +8,11 @@ from cuda_backends import EMULATION_MISSING, Emulated, EmulatedCUDA, RealCUDA
 HAS_CUDA = torch.cuda.is_available()
 DEVICES = ["cpu", "emulated"] + (["cuda"] if HAS_CUDA else [])
 GPU_BACKENDS = ["emulated"] + (["cuda"] if HAS_CUDA else [])
+# EBM_TEST_DEVICES=cuda (scripts/gpu_check.sh) keeps only the named backends' cases.
+if os.environ.get("EBM_TEST_DEVICES"):
+    _keep = os.environ["EBM_TEST_DEVICES"].split(",")
+    DEVICES = [d for d in DEVICES if d in _keep]
+    GPU_BACKENDS = [d for d in GPU_BACKENDS if d in _keep]
 
 
 @pytest.fixture(params=DEVICES)

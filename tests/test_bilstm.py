@@ -194,18 +194,18 @@ def test_bad_backward_inputs():
         torch.ops.ebm_ext._bilstm_backward(torch.ones(5, 8), x, bs, wi, wh, output, cells, cells)
 
 
-@requires_cuda
 @pytest.mark.parametrize("lengths,I,H", [([7, 3, 7, 1, 5], 6, 20), ([40, 12, 33, 1] * 8, 70, 200)])
-def test_cuda_matches_cpu(lengths, I, H, dtype):
+def test_cuda_matches_cpu(lengths, I, H, dtype, gpu):
     lstm, ours, packed = make_case(lengths, I, H, dtype)
     x = packed.data.clone().requires_grad_()
     out = ours(x, packed.batch_sizes)
     g = torch.randn_like(out)
     out.backward(g)
-    cu = BiLSTM.from_lstm(lstm).cuda()
-    xc = packed.data.cuda().requires_grad_()
-    outc = cu(xc, packed.batch_sizes)
-    outc.backward(g.cuda())
+    cu = gpu.to(BiLSTM.from_lstm(lstm))
+    xc = gpu.to(packed.data).requires_grad_()
+    with gpu():
+        outc = cu(xc, packed.batch_sizes)
+        outc.backward(gpu.to(g))
     tol = tolerance(dtype)
     torch.testing.assert_close(outc.cpu(), out, **tol)
     torch.testing.assert_close(xc.grad.cpu(), x.grad, **tol)
@@ -213,11 +213,11 @@ def test_cuda_matches_cpu(lengths, I, H, dtype):
         torch.testing.assert_close(getattr(cu, name).grad.cpu(), getattr(ours, name).grad, **tol)
 
 
-@requires_cuda
 @pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
-def test_cuda_half_precision_is_close_to_float32(half):
+def test_cuda_half_precision_is_close_to_float32(half, gpu):
     lstm, ours, packed = make_case([9, 4, 7], 8, 32, torch.float32)
-    cu = BiLSTM.from_lstm(lstm).cuda()
-    want = cu(packed.data.cuda(), packed.batch_sizes)
-    got = BiLSTM.from_lstm(lstm).cuda().to(half)(packed.data.cuda().to(half), packed.batch_sizes)
+    cu = gpu.to(BiLSTM.from_lstm(lstm))
+    with gpu():
+        want = cu(gpu.to(packed.data), packed.batch_sizes)
+        got = gpu.to(BiLSTM.from_lstm(lstm)).to(half)(gpu.to(packed.data).to(half), packed.batch_sizes)
     torch.testing.assert_close(got.float(), want, atol=3e-2, rtol=3e-2)

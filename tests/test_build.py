@@ -30,3 +30,13 @@ def test_every_op_has_kernels_for_each_built_backend():
 
 def test_built_against_running_torch():
     assert torch.__version__.startswith(ebm_ext.build_info()["torch_version"])
+
+
+def test_every_cuda_kernel_has_an_emulated_build():
+    """The SIMT emulation compiles every .cu file: each op with a CPU kernel has its emulated
+    CUDA twin (ebm_ext_emu::<op>), so the CPU == CUDA tests miss none."""
+    import pytest
+    from cuda_backends import EMULATION_MISSING, emulated_ops
+    if EMULATION_MISSING:
+        pytest.skip(EMULATION_MISSING)
+    assert set(emulated_ops()) == set(ebm_ext.build_info()["cpu_ops"])

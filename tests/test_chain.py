@@ -401,9 +401,8 @@ def test_device_mismatch_is_reported():
 
 # ---- CPU == CUDA -----------------------------------------------------------------------------------
 
-@requires_cuda
 @pytest.mark.parametrize("shape", [(64, 50, 25), (8, 30, 300), (5, 1, 3), (33, 17, 1)])
-def test_cuda_matches_cpu(shape, dtype):
+def test_cuda_matches_cpu(shape, dtype, gpu):
     unary, trans, L, start, end = make_chain(*shape, dtype=dtype, seed=1)
     gold = _gold_for(unary, L, 1)
     cost = _hamming(shape[2], dtype)
@@ -411,13 +410,13 @@ def test_cuda_matches_cpu(shape, dtype):
            ebm_ext.viterbi_kbest(unary, trans, 3, L, start, end),
            ebm_ext.loss_augmented_viterbi(unary, trans, gold, cost, L, start, end),
            (ebm_ext.chain_energy(unary, trans, gold.clamp(min=0), L, start, end),)]
-    c = lambda x: None if x is None else x.cuda()  # noqa: E731
-    args = [c(x) for x in (unary, trans, L, start, end)]
-    gpu = [ebm_ext.viterbi(*args),
-           ebm_ext.viterbi_kbest(args[0], args[1], 3, *args[2:]),
-           ebm_ext.loss_augmented_viterbi(args[0], args[1], gold.cuda(), cost.cuda(), *args[2:]),
-           (ebm_ext.chain_energy(args[0], args[1], gold.clamp(min=0).cuda(), *args[2:]),)]
-    for a, b in zip(cpu, gpu):
+    args = [gpu.to(x) for x in (unary, trans, L, start, end)]
+    with gpu():
+        on_gpu = [ebm_ext.viterbi(*args),
+                  ebm_ext.viterbi_kbest(args[0], args[1], 3, *args[2:]),
+                  ebm_ext.loss_augmented_viterbi(args[0], args[1], gpu.to(gold), gpu.to(cost), *args[2:]),
+                  (ebm_ext.chain_energy(args[0], args[1], gpu.to(gold.clamp(min=0)), *args[2:]),)]
+    for a, b in zip(cpu, on_gpu):
         for x, y in zip(a, b):
             if x.dtype == torch.long:
                 assert torch.equal(x, y.cpu())
@@ -425,12 +424,63 @@ def test_cuda_matches_cpu(shape, dtype):
                 torch.testing.assert_close(x, y.cpu(), **tolerance(dtype))
 
 
-@requires_cuda
 @pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
-def test_cuda_half_inputs_accumulate_in_float32(half):
+def test_cuda_half_inputs_accumulate_in_float32(half, gpu):
     unary, trans, L, start, end = make_chain(16, 20, 8, dtype=torch.float32, seed=2)
-    args = [x.cuda().to(half) if x.is_floating_point() else x.cuda() for x in (unary, trans, L, start, end)]
-    e, y = ebm_ext.viterbi(*args)
+    args = [gpu.to(x).to(half) if x.is_floating_point() else gpu.to(x) for x in (unary, trans, L, start, end)]
+    with gpu():
+        e, y = ebm_ext.viterbi(*args)
     ref_e = ebm_ext.chain_energy(*[a.float() if a.is_floating_point() else a for a in args[:2]],
                                  y.clamp(min=0), args[2], args[3].float(), args[4].float())
     torch.testing.assert_close(e.float(), ref_e, atol=5e-2, rtol=1e-2)
+
+
+# ---- non-finite parameters and the device's shared memory, on every backend -----------------
+
+@pytest.mark.parametrize("name", ["trans", "start", "end"])
+def test_nan_in_shared_parameters_gives_nan_for_every_nonempty_sequence(name, device):
+    unary, trans, _, start, end = make_chain(4, 5, 3, device=device, seed=3)
+    L = torch.tensor([5, 0, 1, 3], device=device)
+    params = {"trans": trans, "start": start, "end": end}
+    params[name].view(-1)[0] = float("nan")
+    args = (unary, params["trans"], L, params["start"], params["end"])
+    gold = torch.zeros(4, 5, dtype=torch.long, device=device)
+    outputs = {"viterbi": ebm_ext.viterbi(*args)[0],
+               "viterbi_kbest": ebm_ext.viterbi_kbest(args[0], args[1], 2, *args[2:])[0][:, 0],
+               "loss_augmented_viterbi": ebm_ext.loss_augmented_viterbi(
+                   args[0], args[1], gold, _hamming(3).to(device), *args[2:])[0],
+               "chain_log_partition": ebm_ext.chain_log_partition(*args)}
+    for op, energy in outputs.items():
+        assert torch.isnan(energy[[0, 2, 3]]).all(), op  # L = 1 uses no transition: NaN all the same
+        assert energy[1] == 0, op  # the empty sequence uses no parameter
+
+
+def test_large_K_opts_in_to_shared_memory(gpu):
+    # 7000 tags: Viterbi's and the marginals' two K-vectors (56 KB in float32) are over the
+    # 48 KiB a kernel may use without opting in.
+    g = torch.Generator().manual_seed(5)
+    unary, trans = torch.randn(1, 2, 7000, generator=g), torch.randn(7000, 7000, generator=g)
+    with gpu():
+        decoded = ebm_ext.viterbi(gpu.to(unary), gpu.to(trans))
+        marginals = ebm_ext.chain_marginals(gpu.to(unary), gpu.to(trans))
+    want = ebm_ext.viterbi(unary, trans)
+    assert torch.equal(decoded[1].cpu(), want[1])
+    torch.testing.assert_close(decoded[0].cpu(), want[0])
+    torch.testing.assert_close(marginals.cpu(), ebm_ext.chain_marginals(unary, trans), atol=1e-6, rtol=1e-4)
+
+
+def test_K_beyond_the_devices_shared_memory_is_a_clear_error(gpu):
+    K = 15000  # float64: 2 K values are 240000 bytes, more than any GPU's 227 KiB per block
+    unary = gpu.to(torch.zeros(1, 2, K, dtype=torch.float64))
+    trans = gpu.to(torch.zeros(1, 1, dtype=torch.float64)).expand(K, K)
+    with gpu():
+        for call in (lambda: ebm_ext.viterbi(unary, trans),
+                     lambda: ebm_ext.loss_augmented_viterbi(unary, trans, gpu.to(torch.zeros(1, 2, dtype=torch.long)),
+                                                            trans),
+                     lambda: ebm_ext.chain_marginals(unary, trans)):
+            with pytest.raises(RuntimeError, match=r": K must be at most \d+ on this CUDA device \(\d+ bytes of "
+                                                   r"shared memory per block\), got K=15000"):
+                call()
+        with pytest.raises(RuntimeError, match=r"viterbi_kbest: k \* K must be at most \d+ on this CUDA device "
+                                               r"\(\d+ bytes of shared memory per block\), got k \* K = 30000"):
+            ebm_ext.viterbi_kbest(unary, trans, 2)

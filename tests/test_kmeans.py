@@ -105,25 +105,27 @@ def test_compile_fullgraph(device):
     torch.testing.assert_close(compiled(y, W), ebm_ext.kmeans_energy(y, W).sum())
 
 
-@requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_cpu_equals_cuda(dtype):
+def test_cpu_equals_cuda(dtype, gpu):
     y, W = _points(5000, 300, 33, seed=8, dtype=dtype, integers=True)
     on_cpu = ebm_ext.nearest_centroid(y, W)
-    on_gpu = ebm_ext.nearest_centroid(y.cuda(), W.cuda())
+    with gpu():
+        on_gpu = ebm_ext.nearest_centroid(gpu.to(y), gpu.to(W))
     assert torch.equal(on_cpu[1], on_gpu[1].cpu())
     assert torch.equal(on_cpu[0], on_gpu[0].cpu())
     y, W = _points(3000, 200, 70, seed=9, dtype=dtype)
-    on_cpu, on_gpu = ebm_ext.nearest_centroid(y, W), ebm_ext.nearest_centroid(y.cuda(), W.cuda())
+    on_cpu = ebm_ext.nearest_centroid(y, W)
+    with gpu():
+        on_gpu = ebm_ext.nearest_centroid(gpu.to(y), gpu.to(W))
     assert (on_cpu[1] == on_gpu[1].cpu()).float().mean() > 0.999
     torch.testing.assert_close(on_cpu[0], on_gpu[0].cpu(), **tolerance(dtype))
 
 
-@requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_cuda_half_precision(dtype):
+def test_cuda_half_precision(dtype, gpu):
     y, W = _points(500, 40, 16, seed=10, integers=True)
-    dist2, index = ebm_ext.nearest_centroid(y.cuda().to(dtype), W.cuda().to(dtype))
+    with gpu():
+        dist2, index = ebm_ext.nearest_centroid(gpu.to(y).to(dtype), gpu.to(W).to(dtype))
     assert torch.equal(index.cpu(), ref.nearest_centroid(y, W)[1])
 
 

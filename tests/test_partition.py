@@ -192,17 +192,47 @@ def test_bad_inputs(call, message):
         call()
 
 
-@requires_cuda
 @pytest.mark.parametrize("shape", [(64, 50, 25), (8, 30, 300), (5, 1, 3)])
-def test_cuda_matches_cpu(shape, dtype):
+def test_cuda_matches_cpu(shape, dtype, gpu):
     unary, trans, L, start, end = make_chain(*shape, dtype=dtype, seed=1)
     tol = tolerance(dtype)
-    cu = [x.cuda() for x in (unary, trans, L, start, end)]
-    torch.testing.assert_close(ebm_ext.chain_log_partition(*cu).cpu(),
-                               ebm_ext.chain_log_partition(unary, trans, L, start, end), **tol)
-    torch.testing.assert_close(ebm_ext.chain_marginals(*cu).cpu(),
-                               ebm_ext.chain_marginals(unary, trans, L, start, end), **tol)
+    cu = [gpu.to(x) for x in (unary, trans, L, start, end)]
     grad = torch.rand(shape[0], dtype=dtype)
     op = torch.ops.ebm_ext._chain_log_partition_backward
-    for a, b in zip(op(grad.cuda(), *cu), op(grad, unary, trans, L, start, end)):
+    with gpu():
+        on_gpu = [ebm_ext.chain_log_partition(*cu), ebm_ext.chain_marginals(*cu), *op(gpu.to(grad), *cu)]
+    on_cpu = [ebm_ext.chain_log_partition(unary, trans, L, start, end),
+              ebm_ext.chain_marginals(unary, trans, L, start, end), *op(grad, unary, trans, L, start, end)]
+    for a, b in zip(on_gpu, on_cpu):
         torch.testing.assert_close(a.cpu(), b, **tol)
+
+
+def test_nan_as_the_only_term_of_a_sum_gives_nan(device):
+    nan, inf = float("nan"), float("inf")
+    one_tag = torch.tensor([[[nan], [0.0]]], dtype=torch.float64, device=device)
+    assert torch.isnan(ebm_ext.chain_log_partition(one_tag, torch.zeros(1, 1, dtype=torch.float64, device=device)))
+    forbidden_or_nan = torch.tensor([[[nan, inf], [0.0, 0.0]]], dtype=torch.float64, device=device)
+    trans = torch.zeros(2, 2, dtype=torch.float64, device=device)
+    assert torch.isnan(ebm_ext.chain_log_partition(forbidden_or_nan, trans))
+    assert torch.isnan(ebm_ext.chain_marginals(forbidden_or_nan, trans)).all()
+
+
+def test_nan_marginals_stop_at_the_length(device):
+    unary, trans, _, _, _ = make_chain(2, 4, 3, lengths=False, device=device, seed=4)
+    unary[0, 0, 0] = float("nan")
+    marg = ebm_ext.chain_marginals(unary, trans, torch.tensor([2, 4], device=device))
+    assert torch.isnan(marg[0, :2]).all() and (marg[0, 2:] == 0).all()
+    assert torch.isfinite(marg[1]).all()
+
+
+def test_float32_keeps_its_precision_at_large_energies(device):
+    # Energies of 1e4 at every position: the log-space messages grow to ~T * 1e4 unless they
+    # are normalised per position; the float32 marginals must still match float64's.
+    g = torch.Generator().manual_seed(6)
+    unary = (1e4 + torch.randn(3, 30, 6, generator=g, dtype=torch.float64)).float()
+    trans = torch.randn(6, 6, generator=g, dtype=torch.float64).float()
+    got = ebm_ext.chain_marginals(unary.to(device), trans.to(device))
+    want = ebm_ext.chain_marginals(unary.double(), trans.double())
+    torch.testing.assert_close(got.double().cpu(), want, atol=2e-5, rtol=0)
+    torch.testing.assert_close(ebm_ext.chain_log_partition(unary.to(device), trans.to(device)).double().cpu(),
+                               ebm_ext.chain_log_partition(unary.double(), trans.double()), atol=0, rtol=1e-7)

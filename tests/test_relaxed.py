@@ -103,12 +103,23 @@ def test_project_simplex_bad_inputs(call, message):
         call()
 
 
-@requires_cuda
-def test_cuda_matches_cpu():
+def test_cuda_matches_cpu(gpu):
     v = torch.randn(50, 33, dtype=torch.float64) * 3
-    torch.testing.assert_close(ebm_ext.project_simplex(v.cuda()).cpu(), ebm_ext.project_simplex(v))
     unary, trans, L, start, end = make_chain(8, 9, 5, seed=9)
     probs = _probs(8, 9, 5)
-    cu = [x.cuda() for x in (unary, trans, probs, L, start, end)]
-    torch.testing.assert_close(ebm_ext.chain_energy(*cu).cpu(),
-                               ebm_ext.chain_energy(unary, trans, probs, L, start, end))
+    cu = [gpu.to(x) for x in (unary, trans, probs, L, start, end)]
+    with gpu():
+        simplex, energy = ebm_ext.project_simplex(gpu.to(v)), ebm_ext.chain_energy(*cu)
+    torch.testing.assert_close(simplex.cpu(), ebm_ext.project_simplex(v))
+    torch.testing.assert_close(energy.cpu(), ebm_ext.chain_energy(unary, trans, probs, L, start, end))
+
+
+def test_project_simplex_rows_of_minus_inf_and_any_strides(device):
+    inf = float("inf")
+    v = torch.tensor([[-inf, -inf, -inf], [0.3, -inf, 5.0]], dtype=torch.float64, device=device)
+    torch.testing.assert_close(ebm_ext.project_simplex(v),
+                               torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64, device=device))
+    w = torch.randn(6, 4, dtype=torch.float64, device=device).t()  # non-contiguous rows
+    out = ebm_ext.project_simplex(w)
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, ebm_ext.project_simplex(w.contiguous()))

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 
 #include <string>
 #include <vector>
@@ -192,9 +193,14 @@ struct BiLSTMForward {
 inline BiLSTMForward bilstm_forward_buffers(const at::Tensor& input, const at::Tensor& weight_ih,
                                             const at::Tensor& bias, const BiLSTMDims& d) {
   BiLSTMForward f;
-  f.gates = at::addmm(bias.reshape({8 * d.H}), input, weight_ih.reshape({8 * d.H, d.I}).t());
+  // Gates and cells in the accumulation type (float32 for half inputs, which the CUDA kernels
+  // take): the recurrence's state never passes through half precision; the outputs h are the
+  // input's dtype, as they feed the next step's GEMM and the caller.
+  const auto acc = input.options().dtype(at::toOpMathType(input.scalar_type()));
+  f.gates = at::addmm(bias.reshape({8 * d.H}).to(acc.dtype()), input.to(acc.dtype()),
+                      weight_ih.reshape({8 * d.H, d.I}).to(acc.dtype()).t());
   f.output = at::empty({d.N, 2 * d.H}, input.options());
-  f.cells = at::empty({d.N, 2 * d.H}, input.options());
+  f.cells = at::empty({d.N, 2 * d.H}, acc);
   return f;
 }
 
@@ -229,9 +235,15 @@ inline std::pair<BiLSTMDims, PackedSteps> check_bilstm_backward_inputs(
   TORCH_CHECK(gates.sizes() == c10::IntArrayRef({d.N, 8 * d.H}), op,
               ": gates must have shape (N, 8H) = (", d.N, ", ", 8 * d.H, "), got ",
               bilstm_shape_str(gates));
-  for (const auto* t : {&grad_output, &output, &cells, &gates}) {
+  for (const auto* t : {&grad_output, &output}) {
     TORCH_CHECK(t->scalar_type() == input.scalar_type() && t->device() == input.device(), op,
-                ": the saved tensors and grad_output must have input's dtype and device");
+                ": output and grad_output must have input's dtype and device");
+  }
+  const auto acc = at::toOpMathType(input.scalar_type());
+  for (const auto* t : {&cells, &gates}) {
+    TORCH_CHECK(t->scalar_type() == acc && t->device() == input.device(), op,
+                ": gates and cells must be in input's accumulation type (", acc,
+                ") on its device, as bilstm returns them");
   }
   return {d, check_batch_sizes(op, batch_sizes, d.N)};
 }

@@ -19,9 +19,12 @@ inline void check_project_simplex_inputs(const at::Tensor& v) {
               "project_simplex: the last dimension of v must be >= 1, got shape ", v.sizes());
 }
 
-// Sort-based projection (Held et al.; Duchi et al. 2008) with tensor ops: rows holding NaN or
-// +inf become NaN. Used by the CUDA backend, where sort and scan are device primitives.
-inline at::Tensor project_simplex_aten(const at::Tensor& v) {
+// Sort-based projection (Held et al.; Duchi et al. 2008) with tensor ops, used by the CUDA
+// backend, where sort and scan are device primitives. The same rules as the CPU row below:
+// rows holding NaN or +inf become NaN, a row of -inf only becomes zeros, and the output is
+// contiguous (the fake kernel says so) whatever the input's strides.
+inline at::Tensor project_simplex_aten(const at::Tensor& input) {
+  const auto v = input.contiguous();
   if (v.numel() == 0) return at::empty_like(v);
   const int64_t K = v.size(-1);
   const auto sorted = std::get<0>(v.sort(-1, /*descending=*/true));
@@ -29,9 +32,10 @@ inline at::Tensor project_simplex_aten(const at::Tensor& v) {
   const auto ind = at::arange(1, K + 1, v.options());
   const auto rho = ((sorted - css / ind) > 0).sum(-1, /*keepdim=*/true).clamp_min(1);
   const auto theta = css.gather(-1, rho - 1) / rho.to(v.scalar_type());
-  auto out = (v - theta).clamp_min(0);
-  const auto bad = (at::isnan(v) | (v == std::numeric_limits<double>::infinity())).any(-1, true);
-  return out.masked_fill(bad, std::numeric_limits<double>::quiet_NaN());
+  const double inf = std::numeric_limits<double>::infinity();
+  auto out = (v - theta).clamp_min(0).masked_fill((v == -inf).all(-1, true), 0);
+  const auto bad = (at::isnan(v) | (v == inf)).any(-1, true);
+  return out.masked_fill(bad, std::numeric_limits<double>::quiet_NaN()).contiguous();
 }
 
 // One row on the CPU: sort a copy, find the threshold theta with sum_k max(v_k - theta, 0) = 1,

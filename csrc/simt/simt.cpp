@@ -117,13 +117,12 @@ class Block {
     if (bar_.arrived == n_) {
       bar_.result = vote == Vote::Or ? bar_.any : vote == Vote::And ? bar_.all : bar_.count;
       bar_.arrived = 0;
-      ++bar_.generation;
+      bar_.generation.fetch_add(1, std::memory_order_release);
       released(n_ - 1);
       bar_.cv.notify_all();
       return bar_.result;
     }
-    const uint64_t generation = bar_.generation;
-    wait(lk, bar_.cv, [&] { return bar_.generation != generation; }, file, line);
+    wait(lk, bar_.cv, bar_.generation, bar_.generation.load(std::memory_order_relaxed), file, line);
     return bar_.result;  // rewritten only by a round this thread takes part in
   }
 
@@ -170,8 +169,7 @@ class Block {
       }
       return w.result[lane];
     }
-    const uint64_t generation = w.generation;
-    wait(lk, w.cv, [&] { return w.generation != generation; }, file, line);
+    wait(lk, w.cv, w.generation, w.generation.load(std::memory_order_relaxed), file, line);
     return w.result[lane];  // rewritten only by a round this lane takes part in
   }
 
@@ -207,7 +205,8 @@ class Block {
     std::mutex mu;
     std::condition_variable cv;
     unsigned arrived = 0, exited = 0;
-    uint64_t generation = 0;
+    // Written under mu; atomic so that a waiter may poll it while it spins (simt.cpp's wait).
+    std::atomic<uint64_t> generation{0};
     const char* file = nullptr;
     int line = 0;
     int any = 0, all = 1, count = 0, result = 0;
@@ -216,7 +215,7 @@ class Block {
     std::mutex mu;
     std::condition_variable cv;
     unsigned exists = 0, exited = 0, arrived = 0, expected = 0;
-    uint64_t generation = 0;
+    std::atomic<uint64_t> generation{0};
     const char* file = nullptr;
     int line = 0;
     uint64_t in[kWarpSize] = {}, result[kWarpSize] = {};
@@ -263,7 +262,7 @@ class Block {
     }
     const unsigned waiting = popcount(w.expected) - 1;
     w.arrived = 0;
-    ++w.generation;
+    w.generation.fetch_add(1, std::memory_order_release);
     released(waiting);
     w.cv.notify_all();
     return ok;
@@ -278,23 +277,32 @@ class Block {
     if (failed()) throw Abort{};
   }
 
-  // Waits for `done` under `lk`, counted as blocked until a releasing round says otherwise;
-  // reports a deadlock (every thread blocked or returned, nothing moving for a few ticks) or
-  // a wait longer than EBM_SIMT_TIMEOUT seconds (60 by default).
-  template <typename Done>
-  void wait(std::unique_lock<std::mutex>& lk, std::condition_variable& cv, Done done,
-            const char* file, int line) {
+  // Waits under `lk` until `generation` moves on from `seen`, counted as blocked until a
+  // releasing round says otherwise. It first spins a little, yielding: a block's threads are
+  // many more than the cores, and a barrier usually completes within one round of the
+  // scheduler, far sooner than a sleep and a wake-up. Then it sleeps, and reports a deadlock
+  // (every thread blocked or returned, nothing moving for a few ticks) or a wait longer than
+  // EBM_SIMT_TIMEOUT seconds (60 by default).
+  void wait(std::unique_lock<std::mutex>& lk, std::condition_variable& cv,
+            const std::atomic<uint64_t>& generation, uint64_t seen_generation, const char* file,
+            int line) {
     using clock = std::chrono::steady_clock;
     blocked_.fetch_add(1, std::memory_order_relaxed);
+    const auto moved = [&] { return generation.load(std::memory_order_acquire) != seen_generation; };
+    lk.unlock();
     const auto began = clock::now();
+    while (!moved() && !failed() && clock::now() - began < std::chrono::microseconds(300)) {
+      std::this_thread::yield();
+    }
+    lk.lock();
     uint64_t seen = progress_.load(std::memory_order_relaxed);
     int still = 0;
-    while (!done()) {
+    while (!moved()) {
       if (failed()) {
         blocked_.fetch_sub(1, std::memory_order_relaxed);
         throw Abort{};
       }
-      if (cv.wait_for(lk, std::chrono::milliseconds(50)) != std::cv_status::timeout || done()) {
+      if (cv.wait_for(lk, std::chrono::milliseconds(50)) != std::cv_status::timeout || moved()) {
         continue;
       }
       const uint64_t p = progress_.load(std::memory_order_relaxed);

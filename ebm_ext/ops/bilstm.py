@@ -60,7 +60,10 @@ def _check_fake(op, input, weight_ih, weight_hh):
 def _bilstm_fake(input, batch_sizes, weight_ih, weight_hh, bias):
     N, H = _check_fake("bilstm", input, weight_ih, weight_hh)
     torch._check(tuple(bias.shape) == (2, 4 * H), lambda: "bilstm: bias must have shape (2, 4H)")
-    return input.new_empty(N, 2 * H), input.new_empty(N, 8 * H), input.new_empty(N, 2 * H)
+    # gates and cells in the accumulation type: float32 for half/bfloat16 inputs (CUDA)
+    acc = torch.float32 if input.dtype in (torch.float16, torch.bfloat16) else input.dtype
+    return (input.new_empty(N, 2 * H), input.new_empty(N, 8 * H, dtype=acc),
+            input.new_empty(N, 2 * H, dtype=acc))
 
 
 @torch.library.register_fake("ebm_ext::_bilstm_backward")

@@ -356,7 +356,7 @@ at::Tensor chain_log_partition_cpu(const at::Tensor& unary, const at::Tensor& tr
       for (int64_t b = lo; b < hi; ++b) {
         const int64_t L = prob.length(b);
         const scalar_t z = L == 0 ? scalar_t(0) : fb.forward(b, L);
-        out[b] = prob.params_nan ? std::numeric_limits<scalar_t>::quiet_NaN() : z;
+        out[b] = L > 0 && prob.params_nan ? std::numeric_limits<scalar_t>::quiet_NaN() : z;
       }
     });
   });

@@ -25,10 +25,18 @@ struct ChainArgs {
   const acc_t* start;   // (K,) or nullptr
   const acc_t* end;     // (K,) or nullptr
   const int64_t* lengths;
+  const bool* params_nan;  // whether trans, start or end holds a NaN (a device scalar)
   int64_t T;
   int K;
   bool trans_in_shared;
 };
+
+// Kernels that keep vectors of K values in dynamic shared memory: K is bounded by the device.
+inline void check_shared_tags(const char* op, int64_t K, size_t bytes_per_tag) {
+  const size_t most = max_dynamic_shared_bytes();
+  TORCH_CHECK(size_t(K) * bytes_per_tag <= most, op, ": K must be at most ", most / bytes_per_tag,
+              " on this CUDA device (", most, " bytes of shared memory per block), got K=", K);
+}
 
 // Copies a K x K matrix (trans or transT) to shared memory when it fits; returns where to
 // read it from.
@@ -52,7 +60,7 @@ __device__ acc_t at_or_zero(const acc_t* p, int64_t i) {
 // Inputs converted once to contiguous tensors in the accumulation type (trans, start, end are
 // K or K*K values: negligible next to unary, which is read in its own dtype).
 struct Staged {
-  at::Tensor unary, trans, transT, start, end, lengths;
+  at::Tensor unary, trans, transT, start, end, lengths, params_nan;
 };
 
 inline Staged stage(const at::Tensor& unary, const at::Tensor& trans,
@@ -66,6 +74,11 @@ inline Staged stage(const at::Tensor& unary, const at::Tensor& trans,
   if (start.has_value()) s.start = start->to(acc).contiguous();
   if (end.has_value()) s.end = end->to(acc).contiguous();
   if (lengths.has_value()) s.lengths = lengths->contiguous();
+  // A NaN in the shared parameters makes every non-empty sequence's result NaN, as on the CPU;
+  // told to the kernels through device memory, without a host synchronisation.
+  s.params_nan = at::isnan(s.trans).any();
+  if (s.start.defined()) s.params_nan = s.params_nan.logical_or(at::isnan(s.start).any());
+  if (s.end.defined()) s.params_nan = s.params_nan.logical_or(at::isnan(s.end).any());
   return s;
 }
 
@@ -77,6 +90,7 @@ ChainArgs<acc_t> chain_args(const Staged& s, size_t shared_before) {
   a.start = s.start.defined() ? s.start.data_ptr<acc_t>() : nullptr;
   a.end = s.end.defined() ? s.end.data_ptr<acc_t>() : nullptr;
   a.lengths = s.lengths.defined() ? s.lengths.data_ptr<int64_t>() : nullptr;
+  a.params_nan = s.params_nan.data_ptr<bool>();
   a.T = s.unary.size(1);
   a.K = static_cast<int>(s.unary.size(2));
   a.trans_in_shared = shared_before + a.K * a.K * sizeof(acc_t) <= kSharedTransBytes;

@@ -44,7 +44,7 @@ __global__ void viterbi_kernel(const scalar_t* __restrict__ unary, ChainArgs<acc
   const int64_t* g = gold ? gold + b * T : nullptr;
   ptr_t* p = ptr + b * (T > 1 ? T - 1 : 1) * K;
   const acc_t inf = std::numeric_limits<acc_t>::infinity();
-  bool nan = false;
+  bool nan = *a.params_nan;
   for (int i = threadIdx.x; i < K; i += blockDim.x) beta[i] = at_or_zero(a.end, i);
   __syncthreads();
   for (int64_t t = L - 1; t >= 0; --t) {
@@ -132,7 +132,7 @@ __global__ void kbest_kernel(const scalar_t* __restrict__ unary, ChainArgs<acc_t
   const acc_t* tT = stage_trans(a, top + k);
   const scalar_t* u = unary + b * T * K;
   int32_t* p = ptr + b * (T > 1 ? T - 1 : 1) * k * K;
-  bool nan = false;
+  bool nan = *a.params_nan;
   for (int i = threadIdx.x; i < k * K; i += blockDim.x) beta[i] = i < K ? at_or_zero(a.end, i) : inf;
   __syncthreads();
   for (int64_t t = L - 1; t >= 0; --t) {
@@ -268,6 +268,7 @@ std::tuple<at::Tensor, at::Tensor> viterbi_cuda(const at::Tensor& unary, const a
   auto energy = at::empty({d.B}, unary.options());
   auto tags = at::empty({d.B, d.T}, unary.options().dtype(at::kLong));
   if (d.B == 0) return {energy, tags};
+  check_shared_tags("viterbi", d.K, 2 * c10::elementSize(at::toOpMathType(unary.scalar_type())));
   const auto s = stage(unary, trans, lengths, start, end);
   EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "viterbi_cuda", [&] {
     decode_cuda<scalar_t>(s, at::Tensor(), at::Tensor(), energy, nullptr, tags);
@@ -285,6 +286,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_augmented_viterbi_cuda(
   auto delta = at::empty({d.B}, unary.options());
   auto tags = at::empty({d.B, d.T}, unary.options().dtype(at::kLong));
   if (d.B == 0) return {energy, delta, tags};
+  check_shared_tags("loss_augmented_viterbi", d.K,
+                    2 * c10::elementSize(at::toOpMathType(unary.scalar_type())));
   const auto s = stage(unary, trans, lengths, start, end);
   const auto gold_c = gold.contiguous();
   EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "loss_augmented_viterbi_cuda", [&] {
@@ -305,16 +308,18 @@ std::tuple<at::Tensor, at::Tensor> viterbi_kbest_cuda(const at::Tensor& unary,
   auto energy = at::empty({d.B, k}, unary.options());
   auto tags = at::empty({d.B, k, d.T}, unary.options().dtype(at::kLong));
   if (d.B == 0) return {energy, tags};
+  // Shared memory holds beta and w (k K values each) and the final list (k values, k codes).
+  const size_t value = c10::elementSize(at::toOpMathType(unary.scalar_type()));
+  const size_t most = max_dynamic_shared_bytes(), per_rank = value + sizeof(int32_t);
+  TORCH_CHECK(2 * k * d.K * value + k * per_rank <= most, op, ": k * K must be at most ",
+              most > k * per_rank ? (most - k * per_rank) / (2 * value) : 0,
+              " on this CUDA device (", most, " bytes of shared memory per block), got k * K = ",
+              k * d.K);
   const auto s = stage(unary, trans, lengths, start, end);
   EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "viterbi_kbest_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     // beta and w (k*K each) and the final list (k values) before transT, its k codes after.
     const size_t before = (2 * k * d.K + k) * sizeof(acc_t);
-    const size_t most = max_dynamic_shared_bytes(), per_rank = sizeof(acc_t) + sizeof(int32_t);
-    TORCH_CHECK(before + k * sizeof(int32_t) <= most, op, ": k * K must be at most ",
-                most > k * per_rank ? (most - k * per_rank) / (2 * sizeof(acc_t)) : 0,
-                " on this CUDA device (", most, " bytes of shared memory per block), got k * K = ",
-                k * d.K);
     auto a = chain_args<acc_t>(s, before);
     const size_t smem = shared_bytes(a, before) + k * sizeof(int32_t);
     const auto backptr = at::empty({d.B, std::max<int64_t>(d.T - 1, 1), k, d.K},

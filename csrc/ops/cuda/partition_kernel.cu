@@ -1,6 +1,10 @@
 // CUDA kernels of the log-partition family, in log space: one block per sequence, one thread
 // per tag, transitions in shared memory when they fit. Each thread folds its log-sum-exp online
 // (running maximum, rescaled sum), so any energy range is exact; exponentials are cheap here.
+// The forward and backward messages are normalised at every position (their maximum
+// subtracted, the offsets summed in double), so that float32 keeps its precision however large
+// the energies grow along the chain: a marginal is exp of a difference of O(1) numbers plus a
+// double offset, never of two numbers of size T * |energy|.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -9,6 +13,7 @@
 #include "../partition.h"
 #include "device.cuh"
 #include "chain_common.cuh"
+#include "reduce.cuh"
 
 namespace ebm_ext {
 using namespace cuda_chain;
@@ -26,99 +31,147 @@ __device__ __forceinline__ void lse_add(acc_t x, acc_t& m, acc_t& s) {
   }
 }
 
+// No term is s == 0 (log 0 = -inf); a NaN term left s NaN, whatever m is.
 template <typename acc_t>
 __device__ __forceinline__ acc_t lse_value(acc_t m, acc_t s) {
-  return m == -std::numeric_limits<acc_t>::infinity() ? m : m + log(s);
+  return s == acc_t(0) ? -std::numeric_limits<acc_t>::infinity() : m + log(s);
 }
 
-// Forward: alpha[b, t, j] (log, unary at t included) into `alpha` and log Z into logz.
+// The block's largest value of `local` (one per thread), as the offset to subtract: 0 when it
+// is not finite (all -inf: nothing to normalise; +inf or NaN: left to propagate).
+__device__ __forceinline__ double block_offset(double local, double* scratch) {
+  const double c = cuda_reduce::block_reduce(local, scratch, cuda_reduce::Max());
+  return isfinite(c) ? c : 0.0;
+}
+
+// Forward: alpha[b, t, j] - offset[b, t] (log, unary at t included) into `alpha`, the
+// offsets (double) into `offset`, log Z (double) into logz. The unary energy, the large term,
+// is subtracted in double before the offset is, so alpha is exact to its own rounding.
 template <typename scalar_t, typename acc_t>
 __global__ void log_partition_kernel(const scalar_t* __restrict__ unary, ChainArgs<acc_t> a,
-                                     acc_t* __restrict__ alpha, acc_t* __restrict__ logz) {
+                                     acc_t* __restrict__ alpha, double* __restrict__ offset,
+                                     double* __restrict__ logz) {
   EBM_DYNAMIC_SHARED(unsigned char, smem_raw);
+  __shared__ double scratch[32];
   const int K = a.K;
   const int64_t T = a.T, b = blockIdx.x;
   const int64_t L = a.lengths ? a.lengths[b] : T;
   if (L == 0) {
-    if (threadIdx.x == 0) logz[b] = acc_t(0);
+    if (threadIdx.x == 0) logz[b] = 0;  // one empty path, whatever the parameters hold
     return;
   }
   const acc_t* tr = stage_matrix(a.trans, a, reinterpret_cast<acc_t*>(smem_raw));
   const scalar_t* u = unary + b * T * K;
   acc_t* al = alpha + b * T * K;
-  for (int j = threadIdx.x; j < K; j += blockDim.x) {
-    al[j] = -(static_cast<acc_t>(u[j]) + at_or_zero(a.start, j));
-  }
+  double* off = offset + b * T;
+  const acc_t inf = std::numeric_limits<acc_t>::infinity();
+  const auto first = [&](int j) {
+    return -(static_cast<double>(u[j]) + static_cast<double>(at_or_zero(a.start, j)));
+  };
+  double top = -inf;
+  for (int j = threadIdx.x; j < K; j += blockDim.x) top = fmax(top, first(j));
+  double c = block_offset(top, scratch);
+  for (int j = threadIdx.x; j < K; j += blockDim.x) al[j] = static_cast<acc_t>(first(j) - c);
+  double total = c;  // the same in every thread
+  if (threadIdx.x == 0) off[0] = total;
   __syncthreads();
   for (int64_t t = 1; t < L; ++t) {
     const acc_t* prev = al + (t - 1) * K;
+    top = -inf;
     for (int j = threadIdx.x; j < K; j += blockDim.x) {
-      acc_t m = -std::numeric_limits<acc_t>::infinity(), s = 0;
+      acc_t m = -inf, s = 0;
       for (int i = 0; i < K; ++i) lse_add(prev[i] - tr[i * K + j], m, s);
-      al[t * K + j] = lse_value(m, s) - static_cast<acc_t>(u[t * K + j]);
+      const acc_t l = lse_value(m, s);
+      al[t * K + j] = l;  // the log-sum-exp alone until the offset is known
+      const double v = double(l) - double(u[t * K + j]);
+      top = isnan(v) ? v : fmax(top, v);
     }
+    c = block_offset(top, scratch);  // its barriers: every prev[i] read before it is needed
+    for (int j = threadIdx.x; j < K; j += blockDim.x) {
+      al[t * K + j] = static_cast<acc_t>(double(al[t * K + j]) - double(u[t * K + j]) - c);
+    }
+    total += c;
+    if (threadIdx.x == 0) off[t] = total;
     __syncthreads();
   }
   if (threadIdx.x == 0) {
-    acc_t m = -std::numeric_limits<acc_t>::infinity(), s = 0;
+    acc_t m = -inf, s = 0;
     for (int j = 0; j < K; ++j) lse_add(al[(L - 1) * K + j] - at_or_zero(a.end, j), m, s);
-    logz[b] = lse_value(m, s);
+    const double z = total + double(lse_value(m, s));
+    logz[b] = *a.params_nan ? std::numeric_limits<double>::quiet_NaN() : z;
   }
 }
 
 // Backward: marginals scale_b * p(y_t = k) into d_unary and, when pairs is not null, the pair
-// marginals summed over t into pairs[b] (thread i owns row i: no atomics, deterministic).
+// marginals summed over t into pairs[b] (thread i owns row i: no atomics, deterministic). beta
+// is normalised like alpha, its running offset `total` (double) the same in every thread; the
+// message q = beta - unary is shifted by the forward's step offset off[t] - off[t-1] (which is
+// about -unary), so that it too stays O(1) in the accumulation type.
 template <typename scalar_t, typename acc_t>
 __global__ void marginals_kernel(const scalar_t* __restrict__ unary, ChainArgs<acc_t> a,
-                                 const acc_t* __restrict__ alpha, const acc_t* __restrict__ logz,
-                                 const scalar_t* __restrict__ scale,
+                                 const acc_t* __restrict__ alpha, const double* __restrict__ offset,
+                                 const double* __restrict__ logz, const scalar_t* __restrict__ scale,
                                  scalar_t* __restrict__ d_unary, acc_t* __restrict__ pairs) {
   EBM_DYNAMIC_SHARED(unsigned char, smem_raw);
+  __shared__ double scratch[32];
   const int K = a.K;
   acc_t* beta = reinterpret_cast<acc_t*>(smem_raw);
   acc_t* q = beta + K;
-  const acc_t* trT = stage_trans(a, q + K);
   const int64_t T = a.T, b = blockIdx.x;
   const int64_t L = a.lengths ? a.lengths[b] : T;
-  const acc_t lz = logz[b];
+  const double lz = logz[b];
   const acc_t g = static_cast<acc_t>(scale[b]);
   const acc_t inf = std::numeric_limits<acc_t>::infinity();
-  if (L == 0 || g == acc_t(0) || lz == -inf || lz == inf) return;  // nothing flows
+  if (L == 0 || g == acc_t(0) || !isfinite(lz)) return;  // nothing flows (NaN rows: the host)
+  const acc_t* trT = stage_trans(a, q + K);
   const scalar_t* u = unary + b * T * K;
   const acc_t* al = alpha + b * T * K;
+  const double* off = offset + b * T;
   scalar_t* du = d_unary + b * T * K;
   acc_t* pr = pairs ? pairs + b * K * K : nullptr;
-  for (int i = threadIdx.x; i < K; i += blockDim.x) beta[i] = -at_or_zero(a.end, i);
-  __syncthreads();
+  double top = -inf;
+  for (int i = threadIdx.x; i < K; i += blockDim.x) top = fmax(top, -double(at_or_zero(a.end, i)));
+  double c = block_offset(top, scratch);
+  for (int i = threadIdx.x; i < K; i += blockDim.x) {
+    beta[i] = static_cast<acc_t>(-double(at_or_zero(a.end, i)) - c);
+  }
+  double total = c;
   for (int64_t t = L - 1; t >= 0; --t) {
+    // Each thread reads only the beta entries it wrote.
+    const acc_t shift = static_cast<acc_t>(off[t] + total - lz);
     for (int k = threadIdx.x; k < K; k += blockDim.x) {
-      du[t * K + k] = static_cast<scalar_t>(g * exp(al[t * K + k] + beta[k] - lz));
+      du[t * K + k] = static_cast<scalar_t>(g * exp(al[t * K + k] + beta[k] + shift));
     }
     if (t == 0) break;
+    const double step = off[t] - off[t - 1];
     for (int j = threadIdx.x; j < K; j += blockDim.x) {
-      q[j] = beta[j] - static_cast<acc_t>(u[t * K + j]);
+      q[j] = static_cast<acc_t>(double(beta[j]) - double(u[t * K + j]) - step);
     }
     __syncthreads();
+    top = -inf;
     for (int i = threadIdx.x; i < K; i += blockDim.x) {
-      const acc_t ai = al[(t - 1) * K + i];
+      const acc_t ai = al[(t - 1) * K + i] + shift;
       acc_t m = -inf, s = 0;
       for (int j = 0; j < K; ++j) {
         const acc_t x = q[j] - trT[j * K + i];
         lse_add(x, m, s);
-        if (pr) pr[i * K + j] += g * exp(ai + x - lz);
+        if (pr) pr[i * K + j] += g * exp(ai + x);
       }
-      beta[i] = lse_value(m, s);  // every thread has read q and its own beta[i] only
+      beta[i] = lse_value(m, s);
+      top = isnan(double(beta[i])) ? double(beta[i]) : fmax(top, double(beta[i]));
     }
-    __syncthreads();
+    c = block_offset(top, scratch);  // its barriers: every q[j] read before q is rewritten
+    for (int i = threadIdx.x; i < K; i += blockDim.x) beta[i] = static_cast<acc_t>(double(beta[i]) - c);
+    total += step + c;
   }
 }
 
 struct Launch {
   Staged s;
-  at::Tensor alpha, logz;
+  at::Tensor alpha, offset, logz;  // alpha in the accumulation type, offset and log Z in double
 };
 
-// Runs the forward kernel; alpha (B, T, K) and log Z (B,) in the accumulation type.
+// Runs the forward kernel.
 Launch run_forward(const at::Tensor& unary, const at::Tensor& trans,
                    const c10::optional<at::Tensor>& lengths,
                    const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end) {
@@ -126,12 +179,14 @@ Launch run_forward(const at::Tensor& unary, const at::Tensor& trans,
   l.s = stage(unary, trans, lengths, start, end);
   const auto acc = at::toOpMathType(unary.scalar_type());
   l.alpha = at::empty(unary.sizes(), unary.options().dtype(acc));
-  l.logz = at::empty({unary.size(0)}, unary.options().dtype(acc));
+  l.offset = at::empty({unary.size(0), unary.size(1)}, unary.options().dtype(at::kDouble));
+  l.logz = at::empty({unary.size(0)}, unary.options().dtype(at::kDouble));
   EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "chain_log_partition_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto a = chain_args<acc_t>(l.s, 0);
-    launch_kernel<log_partition_kernel<scalar_t, acc_t>>(unary.size(0), threads_for(a.K), shared_bytes(a, 0),
-            l.s.unary.data_ptr<scalar_t>(), a, l.alpha.data_ptr<acc_t>(), l.logz.data_ptr<acc_t>());
+    launch_kernel<log_partition_kernel<scalar_t, acc_t>>(
+        unary.size(0), threads_for(a.K), shared_bytes(a, 0), l.s.unary.data_ptr<scalar_t>(), a,
+        l.alpha.data_ptr<acc_t>(), l.offset.data_ptr<double>(), l.logz.data_ptr<double>());
   });
   return l;
 }
@@ -152,13 +207,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_backward_cuda
     const c10::optional<at::Tensor>& end, bool want_params) {
   const auto d = check_chain_inputs(op, unary, trans, lengths, start, end);
   const DeviceGuard guard(unary.device());
+  const auto acc = at::toOpMathType(unary.scalar_type());
+  check_shared_tags(op, d.K, 2 * c10::elementSize(acc));  // beta and q
   auto d_unary = at::zeros({d.B, d.T, d.K}, unary.options());
   auto d_trans = at::zeros({d.K, d.K}, unary.options());
   auto d_start = at::zeros({d.K}, unary.options());
   auto d_end = at::zeros({d.K}, unary.options());
   if (d.B == 0 || d.T == 0) return {d_unary, d_trans, d_start, d_end};
   auto l = run_forward(unary, trans, lengths, start, end);
-  const auto acc = at::toOpMathType(unary.scalar_type());
   at::Tensor pairs = want_params ? at::zeros({d.B, d.K, d.K}, unary.options().dtype(acc))
                                  : at::Tensor();
   const auto scale_c = scale.contiguous();
@@ -167,23 +223,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_backward_cuda
     const size_t before = 2 * d.K * sizeof(acc_t);
     auto a = chain_args<acc_t>(l.s, before);
     acc_t* pairs_p = pairs.defined() ? pairs.data_ptr<acc_t>() : nullptr;
-    launch_kernel<marginals_kernel<scalar_t, acc_t>>(d.B, threads_for(d.K), shared_bytes(a, before),
-            l.s.unary.data_ptr<scalar_t>(), a, l.alpha.data_ptr<acc_t>(),
-            l.logz.data_ptr<acc_t>(), scale_c.data_ptr<scalar_t>(), d_unary.data_ptr<scalar_t>(),
-            pairs_p);
+    launch_kernel<marginals_kernel<scalar_t, acc_t>>(
+        d.B, threads_for(d.K), shared_bytes(a, before), l.s.unary.data_ptr<scalar_t>(), a,
+        l.alpha.data_ptr<acc_t>(), l.offset.data_ptr<double>(), l.logz.data_ptr<double>(),
+        scale_c.data_ptr<scalar_t>(), d_unary.data_ptr<scalar_t>(), pairs_p);
   });
-  // NaN inputs: the sequence's marginals (and everything summed from them) are NaN.
-  const auto nan_rows = at::isnan(l.logz).view({d.B, 1, 1});
+  // NaN inputs: the sequence's marginals at t < L (and everything summed from them) are NaN;
+  // positions past the length stay 0, as on the CPU. No host synchronisation.
+  const auto L = lengths.has_value() ? *lengths
+                                     : at::full({d.B}, d.T, unary.options().dtype(at::kLong));
+  const auto inside = at::arange(d.T, L.options()).view({1, d.T}) < L.view({d.B, 1});
+  const auto nan_rows = at::isnan(l.logz).view({d.B, 1}).logical_and(inside).view({d.B, d.T, 1});
   d_unary.masked_fill_(nan_rows, std::numeric_limits<double>::quiet_NaN());
   if (want_params) {
     d_trans = pairs.sum(0).to(unary.scalar_type());
+    d_trans.masked_fill_(at::isnan(l.logz).any(), std::numeric_limits<double>::quiet_NaN());
     d_start = d_unary.select(1, 0).sum(0);
-    auto L = lengths.has_value() ? *lengths
-                                 : at::full({d.B}, d.T, unary.options().dtype(at::kLong));
     auto last = (L - 1).clamp_min(0).view({d.B, 1, 1}).expand({d.B, 1, d.K});
     auto has = (L > 0).view({d.B, 1}).to(unary.scalar_type());
     d_end = (d_unary.gather(1, last).squeeze(1) * has).sum(0);
-    if (at::isnan(l.logz).any().item<bool>()) d_trans.fill_(std::numeric_limits<double>::quiet_NaN());
   }
   return {d_unary, d_trans, d_start, d_end};
 }

@@ -36,5 +36,27 @@ __device__ T block_reduce(T v, T* scratch, Op op) {
   return r;
 }
 
+// Exclusive prefix sum over the block in thread order (blockDim.x a multiple of 32); `total`
+// gets the block's sum in every thread. `scratch` holds one T per warp.
+template <typename T>
+__device__ T block_exclusive_scan(T v, T* scratch, T& total) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  T inclusive = v;
+  for (int d = 1; d < 32; d *= 2) {
+    const T other = __shfl_up_sync(0xffffffffu, inclusive, d);
+    if (lane >= d) inclusive += other;
+  }
+  __syncthreads();  // the scratch may still be read from the previous scan
+  if (lane == 31) scratch[warp] = inclusive;
+  __syncthreads();
+  T before = 0;
+  total = 0;
+  for (int w = 0; w < int(blockDim.x / 32); ++w) {
+    if (w < warp) before += scratch[w];
+    total += scratch[w];
+  }
+  return before + inclusive - v;
+}
+
 }  // namespace cuda_reduce
 }  // namespace ebm_ext

@@ -1,14 +1,20 @@
-// CUDA kernels of the sparse-coding family. sparse_code: one block per sample, each thread
-// owning coordinates j = threadIdx.x + k * blockDim.x, so a sample stops on its own duality gap
-// (a converged block simply exits). As on the CPU, the iteration reads the Gram matrix
-// G = D^T D and b = D^T y (one GEMM each, on the stream): (G x)_j sums G[i, j] x_i over the
-// nonzero x_i only, a test that is uniform across the block (x is in shared memory), and rows of
-// G are read coalesced. Block-wide sums (the restart test, the gap) go through warp shuffles.
+// CUDA kernels of the sparse-coding family. sparse_code: one block per sample, so a sample
+// stops on its own duality gap (a converged block simply exits), with the CPU kernel's
+// algorithm (csrc/ops/cpu/sparse_coding_kernel.cpp) and so its accuracy and the meaning of
+// `iterations`: ISTA/FISTA with gradient restart on a working set W (the support plus the worst
+// violators of the optimality condition), at W's own Gershgorin step, to Celer's inner
+// tolerance, until the whole problem's duality gap passes; the whole problem is iterated when W
+// would hold more than half of the atoms. Everything comes from the Gram matrix G = D^T D and
+// b = D^T y, formed in float64 whatever the dtype (and so whatever the TF32 switch says) and
+// rounded once: (G v)_k sums G[i, k] v_i over the nonzero v_i only, a test uniform across the
+// block (v is shared). Block-wide sums and counts go through warp shuffles; the working set is
+// compacted with a block scan, in increasing order.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
 #include <cmath>
+#include <limits>
 
 #include "../sparse_coding.h"
 #include "device.cuh"
@@ -17,12 +23,13 @@
 namespace ebm_ext {
 namespace {
 
+using cuda_reduce::block_exclusive_scan;
 using cuda_reduce::block_reduce;
 using cuda_reduce::Max;
 using cuda_reduce::Sum;
 
 constexpr int kMaxThreads = 256;
-constexpr size_t kSharedBytes = 32 * 1024;  // x in shared memory up to this size
+constexpr size_t kSharedBytes = 32 * 1024;  // the iterate x in shared memory up to this size
 
 template <typename acc_t>
 struct Params {
@@ -32,30 +39,47 @@ struct Params {
   bool fista, nonneg;
 };
 
-// (G v)_j over the nonzeros of v.
+// The coordinates a solve runs on: all m atoms (set == nullptr) or the n of a working set.
+struct Coords {
+  const int32_t* set;
+  int64_t n;
+  __device__ __forceinline__ int64_t operator[](int64_t k) const { return set ? set[k] : k; }
+};
+
+// Per-sample scratch in global memory, m entries each.
 template <typename acc_t>
-__device__ __forceinline__ acc_t gram_times(const acc_t* __restrict__ G, const acc_t* v, int64_t m,
-                                            int64_t j) {
+struct Scratch {
+  acc_t *x, *next, *sub_b, *sub_z, *c;
+  int32_t* set;
+};
+
+// (G_SS v)_k over the nonzeros of v (v indexed by position in S).
+template <typename acc_t>
+__device__ __forceinline__ acc_t gram_times(const acc_t* __restrict__ G, int64_t m, Coords S,
+                                            const acc_t* v, int64_t k) {
+  const int64_t col = S[k];
   acc_t s = 0;
-  for (int64_t i = 0; i < m; ++i) {
+  for (int64_t i = 0; i < S.n; ++i) {
     const acc_t vi = v[i];
-    if (vi != acc_t(0)) s += G[i * m + j] * vi;
+    if (vi != acc_t(0)) s += G[S[i] * m + col] * vi;
   }
   return s;
 }
 
-// The duality gap of z as in the CPU kernel (csrc/ops/cpu/sparse_coding_kernel.cpp), the same
-// in every thread.
+// The duality gap of z on S, as in the CPU kernel, the same in every thread; with `c`, also
+// (D^T r)_k = b_k - (G z)_k per position.
 template <typename acc_t>
-__device__ void duality_gap(const acc_t* __restrict__ G, const acc_t* b, double yy, const acc_t* z,
-                            const Params<acc_t>& p, double* scratch, double& gap, double& primal) {
+__device__ void duality_gap(const acc_t* __restrict__ G, int64_t m, Coords S, const acc_t* b,
+                            double yy, const acc_t* z, const Params<acc_t>& p, double* scratch,
+                            double& gap, double& primal, acc_t* c = nullptr) {
   double bz = 0, zGz = 0, l1 = 0, cmax = 0;
-  for (int64_t j = threadIdx.x; j < p.m; j += blockDim.x) {
-    const double gz = gram_times(G, z, p.m, j), zj = z[j], bj = b[j];
-    bz += bj * zj;
-    zGz += zj * gz;
-    l1 += fabs(zj);
-    cmax = fmax(cmax, p.nonneg ? bj - gz : fabs(bj - gz));
+  for (int64_t k = threadIdx.x; k < S.n; k += blockDim.x) {
+    const double gz = gram_times(G, m, S, z, k), zk = z[k], bk = b[k];
+    bz += bk * zk;
+    zGz += zk * gz;
+    l1 += fabs(zk);
+    cmax = fmax(cmax, p.nonneg ? bk - gz : fabs(bk - gz));
+    if (c) c[k] = static_cast<acc_t>(bk - gz);
   }
   bz = block_reduce(bz, scratch, Sum());
   zGz = block_reduce(zGz, scratch, Sum());
@@ -67,33 +91,26 @@ __device__ void duality_gap(const acc_t* __restrict__ G, const acc_t* b, double 
   gap = primal - (2 * s * (yy - bz) - s * s * rr);
 }
 
+// ISTA/FISTA on S from z until the relative gap is at most tol (checked every check_every
+// iterations) or after `budget` iterations; returns the iterations taken, the last gap in
+// gap/primal. x is where the iterate lives (shared memory when it fits).
 template <typename acc_t>
-__global__ void sparse_code_kernel(const acc_t* __restrict__ G, const acc_t* __restrict__ b_all,
-                                   const double* __restrict__ yy_all, Params<acc_t> p,
-                                   acc_t* __restrict__ x_global, acc_t* __restrict__ z_all,
-                                   acc_t* __restrict__ next_all, acc_t* __restrict__ gap_out,
-                                   int64_t* __restrict__ iterations_out, bool x_in_shared) {
-  EBM_DYNAMIC_SHARED(unsigned char, smem_raw);
-  __shared__ double scratch[32];
-  const int64_t sample = blockIdx.x, m = p.m;
-  const acc_t* b = b_all + sample * m;
-  acc_t* z = z_all + sample * m;
-  acc_t* next = next_all + sample * m;
-  acc_t* x = x_in_shared ? reinterpret_cast<acc_t*>(smem_raw) : x_global + sample * m;
-  for (int64_t j = threadIdx.x; j < m; j += blockDim.x) x[j] = z[j];
+__device__ int64_t iterate(const acc_t* __restrict__ G, int64_t m, Coords S, const acc_t* b,
+                           double yy, acc_t* z, acc_t* x, acc_t* next, const Params<acc_t>& p,
+                           acc_t step, double tol, int64_t budget, double* scratch, double& gap,
+                           double& primal) {
+  for (int64_t k = threadIdx.x; k < S.n; k += blockDim.x) x[k] = z[k];
   __syncthreads();
-  const acc_t threshold = p.lam * p.step, two_step = 2 * p.step;
-  double t = 1, gap = 0, primal = 0;
-  duality_gap(G, b, yy_all[sample], z, p, scratch, gap, primal);
-  int64_t it = gap <= p.tol * primal ? 0 : 1;  // a warm start may already be good enough
-  for (; it > 0; ++it) {
+  const acc_t threshold = p.lam * step, two_step = 2 * step;
+  double t = 1;
+  for (int64_t it = 1;; ++it) {
     double restart = 0;
-    for (int64_t j = threadIdx.x; j < m; j += blockDim.x) {
-      const acc_t v = x[j] - two_step * (gram_times(G, x, m, j) - b[j]);
+    for (int64_t k = threadIdx.x; k < S.n; k += blockDim.x) {
+      const acc_t v = x[k] - two_step * (gram_times(G, m, S, x, k) - b[k]);
       acc_t shrunk = v - threshold > acc_t(0) ? v - threshold : acc_t(0);
       if (!p.nonneg && v + threshold < acc_t(0)) shrunk = v + threshold;
-      next[j] = shrunk;
-      restart += double((x[j] - shrunk) * (shrunk - z[j]));
+      next[k] = shrunk;
+      restart += double((x[k] - shrunk) * (shrunk - z[k]));
     }
     restart = block_reduce(restart, scratch, Sum());  // also: every x[i] read before rewriting
     acc_t beta = 0;
@@ -104,20 +121,130 @@ __global__ void sparse_code_kernel(const acc_t* __restrict__ G, const acc_t* __r
     } else {
       t = 1;
     }
-    for (int64_t j = threadIdx.x; j < m; j += blockDim.x) {
-      const acc_t n = next[j];
-      x[j] = n + beta * (n - z[j]);
-      z[j] = n;
+    for (int64_t k = threadIdx.x; k < S.n; k += blockDim.x) {
+      const acc_t n = next[k];
+      x[k] = n + beta * (n - z[k]);
+      z[k] = n;
     }
     __syncthreads();
-    if (it % p.check_every == 0 || it == p.max_iter) {
-      duality_gap(G, b, yy_all[sample], z, p, scratch, gap, primal);
-      if (gap <= p.tol * primal || it == p.max_iter) break;  // uniform across the block
+    if (it % p.check_every == 0 || it == budget) {
+      duality_gap(G, m, S, b, yy, z, p, scratch, gap, primal);
+      if (gap <= tol * primal || it == budget) return it;  // uniform across the block
     }
+  }
+}
+
+// The excess of coordinate j over the optimality condition, > 0 for a violator at z_j = 0.
+template <typename acc_t>
+__device__ __forceinline__ double excess(const Params<acc_t>& p, acc_t c) {
+  return (p.nonneg ? double(c) : fabs(double(c))) - double(p.lam) / 2;
+}
+
+template <typename acc_t>
+__global__ void sparse_code_kernel(const acc_t* __restrict__ G, const acc_t* __restrict__ b_all,
+                                   const double* __restrict__ yy_all, Params<acc_t> p,
+                                   acc_t* __restrict__ z_all, Scratch<acc_t> work,
+                                   int64_t x_capacity, acc_t* __restrict__ gap_out,
+                                   int64_t* __restrict__ iterations_out) {
+  EBM_DYNAMIC_SHARED(unsigned char, smem_raw);
+  __shared__ double scratch[32];
+  __shared__ int64_t count_scratch[32];
+  const int64_t sample = blockIdx.x, m = p.m;
+  const acc_t* b = b_all + sample * m;
+  const double yy = yy_all[sample];
+  acc_t* z = z_all + sample * m;
+  Scratch<acc_t> w{work.x + sample * m, work.next + sample * m, work.sub_b + sample * m,
+                   work.sub_z + sample * m, work.c + sample * m, work.set + sample * m};
+  acc_t* shared_x = reinterpret_cast<acc_t*>(smem_raw);
+  const Coords all{nullptr, m};
+  double gap = 0, primal = 0;
+  int64_t used = 0;
+  duality_gap(G, m, all, b, yy, z, p, scratch, gap, primal, w.c);
+  while (!(gap <= p.tol * primal) && used < p.max_iter) {
+    // The working set from c = D^T r: the support, plus as many of the worst violators as the
+    // support has members (at least 8). The violators' cut is the extra-th largest excess,
+    // found by bisection on its bit pattern (positive doubles order as their bits).
+    double size = 0, violators = 0, worst = 0;
+    for (int64_t j = threadIdx.x; j < m; j += blockDim.x) {
+      const double e = excess(p, w.c[j]);
+      if (z[j] != acc_t(0)) {
+        size += 1;
+      } else if (e > 0) {
+        violators += 1;
+        worst = fmax(worst, e);
+      }
+    }
+    size = block_reduce(size, scratch, Sum());
+    violators = block_reduce(violators, scratch, Sum());
+    worst = block_reduce(worst, scratch, Max());
+    const double extra = fmin(violators, fmax(8.0, size));
+    const int64_t budget = p.max_iter - used;
+    if (2 * (size + extra) > double(m) || p.lam == acc_t(0)) {
+      acc_t* x = m <= x_capacity ? shared_x : w.x;
+      used += iterate(G, m, all, b, yy, z, x, w.next, p, p.step, p.tol, budget, scratch, gap, primal);
+      break;
+    }
+    double cut = 0;  // violators with excess >= cut join: the `extra` worst (ties all join)
+    if (violators > extra) {
+      uint64_t lo = 0, hi;
+      memcpy(&hi, &worst, sizeof(hi));
+      while (lo < hi) {  // the largest bit pattern with at least `extra` violators at or above it
+        const uint64_t mid = lo + (hi - lo + 1) / 2;
+        double t;
+        memcpy(&t, &mid, sizeof(t));
+        double above = 0;
+        for (int64_t j = threadIdx.x; j < m; j += blockDim.x) {
+          above += z[j] == acc_t(0) && excess(p, w.c[j]) >= t;
+        }
+        above = block_reduce(above, scratch, Sum());
+        if (above >= extra) {
+          lo = mid;
+        } else {
+          hi = mid - 1;
+        }
+      }
+      memcpy(&cut, &lo, sizeof(cut));
+    }
+    int64_t n = 0;
+    for (int64_t base = 0; base < m; base += blockDim.x) {
+      const int64_t j = base + threadIdx.x;
+      bool in = false;
+      if (j < m) {
+        const double e = excess(p, w.c[j]);
+        in = z[j] != acc_t(0) || (e > 0 && e >= cut);
+      }
+      int64_t total;
+      const int64_t at = block_exclusive_scan<int64_t>(in, count_scratch, total);
+      if (in) w.set[n + at] = static_cast<int32_t>(j);
+      n += total;
+    }
+    __syncthreads();
+    if (n == 0) break;  // nothing to move: z = 0 is optimal to the gap's precision
+    const Coords S{w.set, n};
+    double row_max = 0;  // Gershgorin's bound of lambda_max(G_WW): W's own, safe step
+    for (int64_t k = threadIdx.x; k < n; k += blockDim.x) {
+      w.sub_b[k] = b[S[k]];
+      w.sub_z[k] = z[S[k]];
+      double row = 0;
+      for (int64_t i = 0; i < n; ++i) row += fabs(double(G[S[k] * m + S[i]]));
+      row_max = fmax(row_max, row);
+    }
+    row_max = block_reduce(row_max, scratch, Max());
+    const acc_t step = row_max > 0 ? acc_t(fmax(double(p.step), 1 / (2 * row_max))) : p.step;
+    // Solve on W as well as the whole problem is solved so far (a third of its gap), and down
+    // to half the tolerance, so that the whole problem's gap, which can only be larger, passes
+    // once W holds the optimum's support.
+    const double inner_tol = fmax(p.tol / 2, 0.3 * gap / primal);
+    acc_t* x = n <= x_capacity ? shared_x : w.x;
+    used += iterate(G, m, S, w.sub_b, yy, w.sub_z, x, w.next, p, step, inner_tol, budget, scratch,
+                    gap, primal);
+    for (int64_t k = threadIdx.x; k < n; k += blockDim.x) z[S[k]] = w.sub_z[k];
+    __syncthreads();
+    duality_gap(G, m, all, b, yy, z, p, scratch, gap, primal, w.c);
   }
   if (threadIdx.x == 0) {
     gap_out[sample] = primal > 0 ? acc_t(gap / primal) : acc_t(0);
-    iterations_out[sample] = it;
+    iterations_out[sample] = used;
   }
 }
 
@@ -134,25 +261,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_code_cuda(
   if (B == 0) return {at::zeros({0, m}, y.options()), at::zeros({0}, y.options()), iterations};
   const double L = lipschitz_value(D, lipschitz);
   if (L == 0) return {at::zeros({B, m}, y.options()), at::zeros({B}, y.options()), iterations};
-  const auto Da = D.to(acc);
-  const auto G = at::mm(Da.t(), Da).contiguous();
-  const auto b = at::mm(y.to(acc), Da).contiguous();
+  // G and b in float64, rounded once: exact to the accumulation type, and independent of
+  // torch.backends.cuda.matmul.allow_tf32 (TF32 would raise the float32 gap floor ~100x).
+  const auto Dd = D.to(at::kDouble);
+  const auto G = at::mm(Dd.t(), Dd).to(acc).contiguous();
+  const auto b = at::mm(y.to(at::kDouble), Dd).to(acc).contiguous();
   const auto yy = y.to(at::kDouble).square().sum(1).contiguous();
   auto z = z0.has_value() ? z0->to(acc).contiguous().clone() : at::zeros({B, m}, y.options().dtype(acc));
-  auto next = at::empty_like(z);
   auto gap = at::zeros({B}, y.options().dtype(acc));
+  auto work = at::empty({5, B, m}, y.options().dtype(acc));
+  auto set = at::empty({B, m}, y.options().dtype(at::kInt));
   const int threads = static_cast<int>(std::min<int64_t>(kMaxThreads, (m + 31) / 32 * 32));
   AT_DISPATCH_FLOATING_TYPES(acc, "sparse_code_cuda", [&] {
-    const size_t x_bytes = size_t(m) * sizeof(scalar_t);
-    const bool x_in_shared = x_bytes <= kSharedBytes;
-    at::Tensor x_global = x_in_shared ? at::Tensor() : at::empty_like(z);
+    const int64_t capacity = static_cast<int64_t>(kSharedBytes / sizeof(scalar_t));
+    const size_t x_bytes = size_t(std::min(m, capacity)) * sizeof(scalar_t);
     Params<scalar_t> p{m, o.max_iter, o.check_every, scalar_t(o.lam), scalar_t(1.0 / L), o.tol,
                        o.fista, o.nonneg};
-    launch_kernel<sparse_code_kernel<scalar_t>>(static_cast<unsigned>(B), threads, x_in_shared ? x_bytes : 0,
-        G.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), yy.data_ptr<double>(), p,
-        x_in_shared ? nullptr : x_global.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(),
-        next.data_ptr<scalar_t>(), gap.data_ptr<scalar_t>(), iterations.data_ptr<int64_t>(),
-        x_in_shared);
+    scalar_t* w = work.data_ptr<scalar_t>();
+    const int64_t n = B * m;
+    Scratch<scalar_t> scratch{w, w + n, w + 2 * n, w + 3 * n, w + 4 * n, set.data_ptr<int32_t>()};
+    launch_kernel<sparse_code_kernel<scalar_t>>(
+        static_cast<unsigned>(B), threads, x_bytes, G.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(),
+        yy.data_ptr<double>(), p, z.data_ptr<scalar_t>(), scratch, std::min(m, capacity),
+        gap.data_ptr<scalar_t>(), iterations.data_ptr<int64_t>());
   });
   return {z.to(y.scalar_type()), gap.to(y.scalar_type()), iterations};
 }

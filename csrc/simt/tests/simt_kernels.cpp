@@ -41,7 +41,8 @@ void run(const std::string& what, const std::function<void()>& f) {
   try {
     f();
   } catch (const std::exception& e) {
-    std::printf("FAIL: %s threw: %s\n", what.c_str(), e.what());
+    const std::string message = e.what();
+    std::printf("FAIL: %s threw: %s\n", what.c_str(), message.substr(0, message.find('\n')).c_str());
     ++failures;
   }
 }
@@ -167,8 +168,8 @@ int main() {
       const int64_t H = 5, I = 3;
       const auto batch_sizes = at::tensor(std::vector<int64_t>{3, 3, 2, 1}, at::kLong);
       const auto x = at::randn({9, I}).to(dtype);
-      const auto w_ih = at::randn({8 * H, I}).to(dtype), w_hh = at::randn({2, 4 * H, H}).to(dtype);
-      const auto bias = at::randn({8 * H}).to(dtype);
+      const auto w_ih = at::randn({2, 4 * H, I}).to(dtype), w_hh = at::randn({2, 4 * H, H}).to(dtype);
+      const auto bias = at::randn({2, 4 * H}).to(dtype);
       const auto out = call("bilstm", {x, batch_sizes, w_ih, w_hh, bias});
       expect_finite("bilstm", out);
       const auto g = at::randn_like(out[0].toTensor());
