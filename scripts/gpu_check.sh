@@ -71,5 +71,11 @@ except (OSError, KeyError, ValueError):
     bench = []
 json.dump({"steps": steps, "bench": bench}, open(sys.argv[3], "w"), indent=1)
 print(json.dumps(steps))
+failed = [s["step"] for s in steps if s["exit"] != "0"]
+if failed:
+    print("gpu_check: failed steps:", ", ".join(failed))
+sys.exit(1 if failed else 0)
 PY
+rc=$?
 rm -f "$steps"
+exit $rc

@@ -221,3 +221,17 @@ def test_cuda_half_precision_is_close_to_float32(half, gpu):
         want = cu(gpu.to(packed.data), packed.batch_sizes)
         got = gpu.to(BiLSTM.from_lstm(lstm)).to(half)(gpu.to(packed.data).to(half), packed.batch_sizes)
     torch.testing.assert_close(got.float(), want, atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+def test_cuda_half_inputs_keep_gates_and_cells_in_float32(half, gpu):
+    lstm, ours, packed = make_case([6, 3, 5], 4, 8, torch.float32)
+    weights = [gpu.to(getattr(ours, name).detach()).to(half) for name in ("weight_ih", "weight_hh", "bias")]
+    with gpu():
+        output, gates, cells = torch.ops.ebm_ext.bilstm(gpu.to(packed.data).to(half), packed.batch_sizes, *weights)
+    assert output.dtype == half and gates.dtype == torch.float32 and cells.dtype == torch.float32
+    # against float32 on the CPU from the same half-rounded inputs
+    want = torch.ops.ebm_ext.bilstm(packed.data.to(half).float(), packed.batch_sizes,
+                                    *(w.cpu().float() for w in weights))
+    torch.testing.assert_close(cells.cpu(), want[2], atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(output.float().cpu(), want[0], atol=1e-2, rtol=1e-2)

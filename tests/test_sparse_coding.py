@@ -194,7 +194,10 @@ def test_compile_fullgraph(device):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cpu_equals_cuda(dtype, gpu):
     y, D = _problem(300, 64, 256, seed=14, dtype=dtype)
-    tol = 1e-6 if dtype == torch.float32 else 1e-12
+    y = y[:300 if gpu.name == "cuda" else 2]  # emulated: 256-thread barriers, a few samples
+    # float32's floor: the gap, evaluated in float32 products, stops near 5e-6 relative here
+    # (measured 4.6e-6 to 9.9e-6), as on the CPU.
+    tol = 2e-5 if dtype == torch.float32 else 1e-12
     on_cpu, gap_cpu, it_cpu = ebm_ext.sparse_code(y, D, 0.2, tol=tol, max_iter=5000, return_info=True)
     with gpu():
         on_gpu, gap, it_gpu = ebm_ext.sparse_code(gpu.to(y), gpu.to(D), 0.2, tol=tol, max_iter=5000,
@@ -220,15 +223,18 @@ def test_cuda_large_dictionary_converges(gpu):
 
 def test_cuda_gram_ignores_the_tf32_switch(gpu):
     y, D = _problem(50, 32, 128, seed=16, dtype=torch.float32)
+    y = y[:50 if gpu.name == "cuda" else 4]
     previous = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("high")  # TF32 GEMMs on a GPU that has them
     try:
         with gpu():
-            _, gap, iterations = ebm_ext.sparse_code(gpu.to(y), gpu.to(D), 0.2, tol=1e-6, max_iter=3000,
+            _, gap, iterations = ebm_ext.sparse_code(gpu.to(y), gpu.to(D), 0.2, tol=2e-5, max_iter=3000,
                                                      return_info=True)
     finally:
         torch.set_float32_matmul_precision(previous)
-    assert (gap <= 1e-6).all() and (iterations < 3000).all()
+    # float32's floor here is ~4e-6 relative (measured 1e-6 to 3.7e-6); a TF32 Gram matrix would
+    # put it near 1e-3.
+    assert (gap <= 2e-5).all() and (iterations < 3000).all()
 
 
 _y, _D = torch.zeros(3, 4), torch.zeros(4, 5)
