@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "ops/partition.h"
+
 namespace {
 
 // Names of the ebm_ext ops that have a kernel for `key` in this process.
@@ -41,4 +43,7 @@ pybind11::dict build_info() {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "ebm_ext kernels; the ops are under torch.ops.ebm_ext";
   m.def("build_info", &build_info, "What this build of ebm_ext._C contains.");
+  m.def("_take_partition_domain_counts", &ebm_ext::take_partition_domain_counts,
+        "(exp-domain, log-space) sequences run by the CPU log-partition kernels since the last "
+        "call; resets both.");
 }

@@ -11,7 +11,7 @@ import ebm_ext
 from ebm_ext import _reference as ref
 from chain_cases import all_paths, make_chain
 from conftest import requires_cuda, tolerance
-from cuda_backends import skip_compile_if_emulated
+from cuda_backends import emulating, skip_compile_if_emulated
 
 small = st.fixed_dictionaries({
     "B": st.integers(1, 3), "T": st.integers(0, 4), "K": st.integers(1, 4),
@@ -66,9 +66,13 @@ def test_gradient_is_minus_marginals_and_pair_marginals(device):
 @pytest.mark.parametrize("trans_scale", [1.0, 1e4], ids=["exp-domain", "log-space"])
 def test_gradcheck(device, trans_scale):
     unary, trans, L, start, end = make_chain(3, 5, 3, device=device, seed=8)
-    trans = trans * trans_scale / 1e3 if trans_scale > 1 else trans  # range beyond the fast path
+    trans = trans * trans_scale  # 1e4: a finite range far beyond the exp domain's 600
     args = [x.requires_grad_() for x in (unary, trans, start, end)]
+    _domain_counts()
     torch.autograd.gradcheck(lambda u, t, s, e: ebm_ext.chain_log_partition(u, t, L, s, e), args)
+    if not emulating():  # the CPU kernels say which recursion ran
+        exp_runs, log_runs = _domain_counts()
+        assert (exp_runs > 0, log_runs > 0) == ((True, False) if trans_scale == 1 else (False, True))
 
 
 @pytest.mark.parametrize("shape", [(16, 40, 25), (4, 9, 70), (5, 1, 3), (3, 0, 2)])
@@ -236,3 +240,124 @@ def test_float32_keeps_its_precision_at_large_energies(device):
     torch.testing.assert_close(got.double().cpu(), want, atol=2e-5, rtol=0)
     torch.testing.assert_close(ebm_ext.chain_log_partition(unary.to(device), trans.to(device)).double().cpu(),
                                ebm_ext.chain_log_partition(unary.double(), trans.double()), atol=0, rtol=1e-7)
+
+
+# ---- exactness where the exp domain is hardest: wide transitions, wide unary, forbidden moves --
+
+def _domain_counts():
+    """(exp-domain, log-space) sequences the CPU kernels ran since the last call."""
+    return ebm_ext._C._take_partition_domain_counts()
+
+
+def _brute_all(unary, trans, L, start, end, b):
+    """log Z, marginals (T, K), pair marginal sums (K, K), p(y_0), p(y_{L-1}) of sequence b."""
+    T, K = unary.shape[1], unary.shape[2]
+    paths = all_paths(unary, trans, L, start, end, b)
+    zeros = lambda *s: torch.zeros(*s, dtype=torch.float64)  # noqa: E731
+    marg, pair, first, last = zeros(T, K), zeros(K, K), zeros(K), zeros(K)
+    scores = torch.tensor([-e for e, _ in paths], dtype=torch.float64)
+    logz = torch.logsumexp(scores, 0).item() if paths else 0.0
+    if not paths or logz == -math.inf:
+        return logz, marg, pair, first, last
+    for (_, path), s in zip(paths, scores):
+        p = math.exp(s - logz)
+        for t, y in enumerate(path):
+            marg[t, y] += p
+            if t:
+                pair[path[t - 1], y] += p
+        if path:
+            first[path[0]] += p
+            last[path[-1]] += p
+    return logz, marg, pair, first, last
+
+
+# Energies drawn to break a rescaled exp-domain recursion: transitions whose finite values span
+# up to the switch limit (60 in float32, 600 in float64), unary energies spread far wider, and
+# +inf (forbidden) tags and transitions that leave a state as the only way on.
+@st.composite
+def hard_chains(draw):
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    limit = 60.0 if dtype == torch.float32 else 600.0
+    B, T, K = draw(st.integers(1, 2)), draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    span = draw(st.floats(0.0, 1.0)) * limit
+    unary_span = draw(st.sampled_from([1.0, 3.0, 20.0])) * limit
+    inf = math.inf
+
+    def values(n, scale, p_inf):
+        vals = draw(st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1), st.sampled_from([0.0, 1.0])),
+                             min_size=n, max_size=n))
+        return [inf if r < p_inf else z * scale * v for r, v, z in vals]
+
+    p_inf = draw(st.sampled_from([0.0, 0.0, 0.2, 0.4]))
+    unary = torch.tensor(values(B * T * K, unary_span, p_inf / 2), dtype=torch.float64).view(B, T, K)
+    trans = torch.tensor(values(K * K, span, p_inf), dtype=torch.float64).view(K, K)
+    with_ends = draw(st.booleans())
+    start = torch.tensor(values(K, unary_span, p_inf / 2), dtype=torch.float64) if with_ends else None
+    end = torch.tensor(values(K, unary_span, p_inf / 2), dtype=torch.float64) if with_ends else None
+    L = torch.tensor(draw(st.lists(st.integers(0, T), min_size=B, max_size=B)))
+    cast = lambda x: None if x is None else x.to(dtype)  # noqa: E731
+    return dtype, cast(unary), cast(trans), L, cast(start), cast(end)
+
+
+def _check_against_brute_force(dtype, unary, trans, L, start, end, device="cpu"):
+    move = lambda x: None if x is None else x.to(device)  # noqa: E731
+    args = [move(x) for x in (unary, trans, L, start, end)]
+    logz = ebm_ext.chain_log_partition(*args).cpu()
+    marg = ebm_ext.chain_marginals(*args).cpu()
+    grad = torch.ones(unary.shape[0], dtype=dtype, device=device)
+    du, dt, ds, de = [x.cpu() for x in torch.ops.ebm_ext._chain_log_partition_backward(grad, *args)]
+    # The oracle sums the very (rounded) values the op sees, in float64.
+    exact = [None if x is None else x.double() for x in (unary, trans, L, start, end)]
+    rtol, atol = (1e-5, 1e-5) if dtype == torch.float32 else (1e-12, 1e-10)
+    patol = 2e-5 if dtype == torch.float32 else 1e-9
+    pair_sum, first_sum, last_sum = 0, 0, 0
+    for b in range(unary.shape[0]):
+        z, m, pair, first, last = _brute_all(*exact, b)
+        if z == -math.inf:
+            assert logz[b].item() == -math.inf
+        else:
+            assert logz[b].item() == pytest.approx(z, rel=rtol, abs=atol)
+        torch.testing.assert_close(marg[b].double(), m, atol=patol, rtol=0)
+        torch.testing.assert_close(-du[b].double(), m, atol=patol, rtol=0)
+        pair_sum, first_sum, last_sum = pair_sum + pair, first_sum + first, last_sum + last
+    torch.testing.assert_close(-dt.double(), pair_sum, atol=patol * unary.shape[0], rtol=0)
+    if start is not None:
+        torch.testing.assert_close(-ds.double(), first_sum, atol=patol * unary.shape[0], rtol=0)
+        torch.testing.assert_close(-de.double(), last_sum, atol=patol * unary.shape[0], rtol=0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(hard_chains())
+def test_exact_where_the_exp_domain_is_hardest(case):
+    _check_against_brute_force(*case)
+
+
+@pytest.mark.parametrize("dtype,unary,trans", [
+    # The cases that lost mass or gave NaN marginals before the rescaling came before the
+    # products (log Z -1179.31, -117.31 and NaN marginals at t = 0).
+    (torch.float64, [[0, 1000], [0, 160], [0, 0]], [[590, 590], [0, 0]]),
+    (torch.float32, [[0, 100], [0, 50], [0, 0]], [[59, 59], [0, 0]]),
+    (torch.float32, [[0, 0], [math.inf, 0], [0, math.inf]], [[0, 55], [55, 55]]),
+    # A dead end: tag 0 at t = 0 is 80 cheaper but cannot go on, so the only paths run through
+    # a tag below float32's range at t = 0 (the exp domain must notice and rerun in log space).
+    (torch.float32, [[0, 100], [0, 0]], [[math.inf, math.inf], [0, 0]]),
+])
+def test_regressions_of_the_exp_domain(dtype, unary, trans, device):
+    unary, trans = torch.tensor([unary], dtype=dtype), torch.tensor(trans, dtype=dtype)
+    _check_against_brute_force(dtype, unary, trans, None, None, None, device)
+
+
+def test_each_recursion_reports_which_ran():
+    unary, trans, L, start, end = make_chain(4, 6, 3, lengths=False, seed=8)
+    _domain_counts()
+    ebm_ext.chain_log_partition(unary, trans, L, start, end)
+    assert _domain_counts() == (4, 0)
+    ebm_ext.chain_log_partition(unary, trans * 1e3, L, start, end)  # finite range >> 600
+    assert _domain_counts() == (0, 4)
+    dead_end = torch.tensor([[[0.0, 800.0], [0.0, 0.0]]], dtype=torch.float64)
+    inf = math.inf
+    ebm_ext.chain_log_partition(dead_end, torch.tensor([[inf, inf], [0.0, 0.0]], dtype=torch.float64))
+    assert _domain_counts() == (0, 1)
+    bio = torch.tensor([[0.0, inf], [0.0, 0.0]], dtype=torch.float64)  # I after O forbidden
+    ebm_ext.chain_marginals(unary[:, :, :2], bio)
+    assert _domain_counts() == (4, 0)

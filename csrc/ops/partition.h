@@ -6,6 +6,8 @@
 
 #include "chain.h"
 
+#include <utility>
+
 namespace ebm_ext {
 
 inline void check_partition_grad(const char* op, const at::Tensor& grad, const at::Tensor& unary) {
@@ -13,5 +15,9 @@ inline void check_partition_grad(const char* op, const at::Tensor& grad, const a
               ": grad must have shape (B,) = (", unary.size(0), ",), got ", shape_str(grad));
   check_float_like_unary(op, "grad", grad, unary);
 }
+
+// Sequences the CPU kernels of this family ran in the exp domain and in log space since the
+// last call (which resets both): the tests assert which path ran.
+std::pair<int64_t, int64_t> take_partition_domain_counts();
 
 }  // namespace ebm_ext

@@ -1,18 +1,21 @@
 // CPU kernels of the log-partition family: a scaled forward-backward in the exp domain.
 //
-// Scores are minus energies. With E[i][j] = exp(tmin - trans[i][j]) (tmin the smallest finite
-// transition) the forward recursion is a vector-matrix product per step,
+// Scores are minus energies. With E[i][j] = exp(tmax - trans[i][j]) (tmax the largest finite
+// transition, so E is in [1, exp(range)] where finite) the forward recursion is a vector-matrix
+// product per step,
 //   v_t(j) = sum_i a_{t-1}(i) E[i][j],   a_t(j) = v_t(j) exp(umin_t - unary[t][j]) / m_t,
 // with every vector rescaled so that its largest entry is 1 and the logs of the scales summed.
-// That is exact as long as no transition is more than kMaxRange below the best one into the
-// same tag, because then every v_t(j) of a reachable j is at least exp(-kMaxRange): the range of
-// finite transitions is checked once per call and, past it (energies of 1e4 in trans), the
-// kernels switch to a log-space recursion that is slower but has no such limit.
+// Why that is exact, and when it is not, is explained above ForwardBackward: with finite
+// transitions of range <= kMaxRange (60 in float32, 600 in float64) always; with forbidden
+// (+inf) transitions each sequence checks itself and reruns in log space when the check fails;
+// past kMaxRange every sequence runs in log space. The tests read which path ran through
+// take_partition_domain_counts().
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -98,12 +101,15 @@ struct Problem {
   const S* start;
   const S* end;
   const int64_t* lengths;
-  int64_t B, T, K, Kp;
-  bool exp_domain;   // false: the log-space fallback
-  S tmin;            // E = exp(tmin - trans)
+  int64_t B, T, K, Kp, W;  // W: 64-bit words of a tag set
+  bool exp_domain;   // false: every sequence in log space (the finite range exceeds kMaxRange)
+  bool trans_inf;    // some transition is forbidden: the exp domain checks itself per sequence
+  S tmax;            // E = exp(tmax - trans), in [1, c] where finite
+  S c;               // exp(finite range of trans)
   const S* E;        // (K, Kp), E[i*Kp + j]
   const S* ET;       // (K, Kp), ET[j*Kp + i]
-  bool params_nan;
+  std::vector<uint64_t> succ;  // (K, W): the tags j that tag i may move to
+  bool params_nan;   // NaN or -inf in trans/start/end: every non-empty sequence is NaN
 
   int64_t length(int64_t b) const { return lengths ? lengths[b] : T; }
   S start_at(int64_t j) const { return start ? start[j] : S(0); }
@@ -114,6 +120,14 @@ struct Problem {
 struct Inputs {
   at::Tensor unary, trans, start, end, lengths, E, ET;
 };
+
+// NaN or -inf: the values the rules turn into a NaN result.
+template <typename S>
+bool any_invalid(const S* x, int64_t n) {
+  bool bad = false;
+  for (int64_t i = 0; i < n; ++i) bad |= !(x[i] > -inf_v<S>);
+  return bad;
+}
 
 template <typename S>
 Problem<S> make_problem(Inputs& x, const at::Tensor& unary, const at::Tensor& trans,
@@ -135,35 +149,38 @@ Problem<S> make_problem(Inputs& x, const at::Tensor& unary, const at::Tensor& tr
   p.T = unary.size(1);
   p.K = unary.size(2);
   p.Kp = padded(p.K, Lanes<S>::N);
-  // Range of the finite transitions decides the recursion; -inf or NaN anywhere also goes to
-  // the log-space path, which propagates them.
+  p.W = (p.K + 63) / 64;
+  p.params_nan = any_invalid(p.trans, p.K * p.K);
+  for (const S* q : {p.start, p.end})
+    if (q) p.params_nan |= any_invalid(q, p.K);
+  // The range of the finite transitions bounds how far a tag that is cheap later can climb back
+  // from below the smallest normal number (see the top of this file): up to kMaxRange the exp
+  // domain is exact, beyond it the whole call runs in log space.
   S lo = inf_v<S>, hi = -inf_v<S>;
-  bool odd = false;
-  for (int64_t n = 0; n < p.K * p.K; ++n) {
-    const S v = p.trans[n];
-    if (v == inf_v<S>) continue;
-    if (!(v > -inf_v<S>)) {
-      odd = true;
-      continue;
+  p.trans_inf = false;
+  p.succ.assign(p.K * p.W, 0);
+  for (int64_t i = 0; i < p.K; ++i)
+    for (int64_t j = 0; j < p.K; ++j) {
+      const S v = p.trans[i * p.K + j];
+      if (v == inf_v<S>) {
+        p.trans_inf = true;
+        continue;
+      }
+      p.succ[i * p.W + j / 64] |= uint64_t(1) << (j % 64);
+      if (!(v > -inf_v<S>)) continue;  // NaN/-inf: params_nan
+      lo = std::min(lo, v);
+      hi = std::max(hi, v);
     }
-    lo = std::min(lo, v);
-    hi = std::max(hi, v);
-  }
-  bool nan = false;
-  for (const S* q : {p.start, p.end}) {
-    if (!q) continue;
-    for (int64_t j = 0; j < p.K; ++j) nan |= std::isnan(q[j]);
-  }
-  p.params_nan = nan || any_nan(p.trans, p.K * p.K);
-  p.exp_domain = !odd && !(hi - lo > kMaxRange<S>);
-  p.tmin = lo == inf_v<S> ? S(0) : lo;
+  p.exp_domain = !(hi - lo > kMaxRange<S>);
+  p.tmax = lo == inf_v<S> ? S(0) : hi;
+  p.c = lo == inf_v<S> ? S(1) : std::exp(hi - lo);
   x.E = at::zeros({p.K, p.Kp}, trans.options());
   x.ET = at::zeros({p.K, p.Kp}, trans.options());
   S* E = x.E.data_ptr<S>();
   S* ET = x.ET.data_ptr<S>();
   for (int64_t i = 0; i < p.K; ++i)
     for (int64_t j = 0; j < p.K; ++j) {
-      const S e = std::exp(p.tmin - p.trans[i * p.K + j]);
+      const S e = std::exp(p.tmax - p.trans[i * p.K + j]);
       E[i * p.Kp + j] = e;
       ET[j * p.Kp + i] = e;
     }
@@ -173,26 +190,105 @@ Problem<S> make_problem(Inputs& x, const at::Tensor& unary, const at::Tensor& tr
 }
 
 // Scratch of one thread, and the forward-backward of one sequence in either domain.
+//
+// Exp domain, all transitions finite: every entry of E is in [1, c], so after a_{t-1} is
+// rescaled to a largest entry of 1 each v_t(j) = sum_i a_{t-1}(i) E(i, j) is >= 1, the largest
+// v_t(j) w_t(j) is >= 1 (w_t = 1 at the cheapest tag) and nothing that matters can underflow: an
+// entry lost below the smallest normal number is below it relative to the largest one, and a
+// later step can raise its share by at most c (the backward messages of two tags differ by at
+// most the ratio of two transitions). The backward is the same with q_t = c w_t beta_t.
+// With forbidden transitions that bound is gone (a tag can be the only way on), so the kernel
+// tracks the tags on some complete path (`relevant`, exact, in bit sets) and checks that each of
+// their rescaled values is at least tau; a sequence that fails runs again in log space.
 template <typename S>
 struct ForwardBackward {
+  // Small enough that a relevant entry is never denormal, even as a product of two of them.
+  static constexpr S tau = std::is_same<S, float>::value ? S(0x1p-62) : S(0x1p-510);
+
   const Problem<S>& p;
   // exp domain: a (T, Kp) rescaled forward vectors, v (T, Kp) the products before the unary
   // factor, w (T, Kp) = exp(umin_t - unary_t), beta/next (Kp).
   // log space: a (T, Kp) log forward, beta (Kp) log backward.
   std::vector<S> a, v, w, beta, next, tmp;
+  std::vector<uint64_t> relevant, allowed, reach, nxt;  // (T, W), (W), (W), (W)
+  int64_t exp_runs = 0, log_runs = 0;  // sequences run in each domain, for the tests
 
   explicit ForwardBackward(const Problem<S>& prob)
       : p(prob), a(std::max<int64_t>(1, prob.T) * prob.Kp), v(a.size()), w(a.size()),
-        beta(prob.Kp), next(prob.Kp), tmp(prob.Kp) {}
+        beta(prob.Kp), next(prob.Kp), tmp(prob.Kp),
+        relevant(std::max<int64_t>(1, prob.T) * prob.W), allowed(prob.W), reach(prob.W),
+        nxt(prob.W) {}
+
+  // NaN or -inf in the unary energies the sequence reads.
+  bool invalid(int64_t b, int64_t L) const { return any_invalid(p.unary_at(b, 0), L * p.K); }
+
+  // The energy of tag j at position t of a length-L sequence, start and end included.
+  S energy_at(int64_t b, int64_t t, int64_t L, int64_t j) const {
+    return p.unary_at(b, t)[j] + (t == 0 ? p.start_at(j) : S(0)) +
+           (t == L - 1 ? p.end_at(j) : S(0));
+  }
+
+  static bool has(const uint64_t* set, int64_t j) { return (set[j / 64] >> (j % 64)) & 1; }
+
+  // relevant_t = tags on some path of finite energy: reachable from the start and able to reach
+  // the end. Returns false when there is no such path (log Z = -inf).
+  bool find_relevant(int64_t b, int64_t L) {
+    const int64_t W = p.W, K = p.K;
+    auto fill_allowed = [&](int64_t t) {
+      std::fill(allowed.begin(), allowed.end(), 0);
+      for (int64_t j = 0; j < K; ++j)
+        if (energy_at(b, t, L, j) < inf_v<S>) allowed[j / 64] |= uint64_t(1) << (j % 64);
+    };
+    // Backward: co-reachable sets, excluding the tag's own energy, into relevant.
+    uint64_t* G = relevant.data();
+    std::fill(G + (L - 1) * W, G + L * W, ~uint64_t(0));
+    for (int64_t t = L - 1; t >= 1; --t) {
+      fill_allowed(t);
+      for (int64_t w = 0; w < W; ++w) allowed[w] &= G[t * W + w];
+      uint64_t* prev = G + (t - 1) * W;
+      std::fill(prev, prev + W, 0);
+      for (int64_t i = 0; i < K; ++i) {
+        bool any = false;
+        for (int64_t w = 0; w < W; ++w) any |= (p.succ[i * W + w] & allowed[w]) != 0;
+        if (any) prev[i / 64] |= uint64_t(1) << (i % 64);
+      }
+    }
+    // Forward: reachable sets, intersected in place.
+    for (int64_t t = 0; t < L; ++t) {
+      fill_allowed(t);
+      if (t == 0) {
+        std::copy(allowed.begin(), allowed.end(), reach.begin());
+      } else {
+        std::fill(nxt.begin(), nxt.end(), 0);
+        for (int64_t i = 0; i < K; ++i)
+          if (has(reach.data(), i))
+            for (int64_t w = 0; w < W; ++w) nxt[w] |= p.succ[i * W + w];
+        for (int64_t w = 0; w < W; ++w) reach[w] = nxt[w] & allowed[w];
+      }
+      bool any = false;
+      for (int64_t w = 0; w < W; ++w) {
+        G[t * W + w] &= reach[w];
+        any |= G[t * W + w] != 0;
+      }
+      if (!any) return false;
+    }
+    return true;
+  }
+
+  // Every relevant entry of x (position t) is at least tau.
+  bool above_tau(const S* x, int64_t t) const {
+    const uint64_t* r = relevant.data() + t * p.W;
+    for (int64_t j = 0; j < p.K; ++j)
+      if (has(r, j) && !(x[j] >= tau)) return false;
+    return true;
+  }
 
   // Fills w_t = exp(umin - x) for x = unary_t (+ end at the last position, so that the end
-  // energies are rescaled together with the unary ones); returns umin (+inf: no tag allowed,
-  // NaN: NaN input).
+  // energies are rescaled together with the unary ones); returns umin (+inf: no tag allowed).
   S unary_factor(int64_t b, int64_t t, bool last) {
     const S* u = p.unary_at(b, t);
     for (int64_t j = 0; j < p.K; ++j) tmp[j] = u[j] + (last ? p.end_at(j) : S(0));
     std::fill(tmp.begin() + p.K, tmp.end(), inf_v<S>);
-    if (any_nan(tmp.data(), p.K)) return std::numeric_limits<S>::quiet_NaN();
     const S umin = *std::min_element(tmp.begin(), tmp.begin() + p.K);
     if (umin == inf_v<S>) {
       std::fill(w.begin() + t * p.Kp, w.begin() + (t + 1) * p.Kp, S(0));
@@ -204,39 +300,47 @@ struct ForwardBackward {
 
   // log Z of sequence b (exp domain); keeps a, v, w for the backward pass. The start energies
   // join the unary ones at t = 0 and the end energies at t = L - 1, so every rescaling sees the
-  // whole energy of its position.
-  S forward_exp(int64_t b, int64_t L) {
+  // whole energy of its position. Sets `exact` false when the checks of a sequence with
+  // forbidden transitions fail (the result is then to be recomputed in log space).
+  S forward_exp(int64_t b, int64_t L, bool& exact) {
     const int64_t K = p.K, Kp = p.Kp;
+    exact = true;
+    if (p.trans_inf && !find_relevant(b, L)) return -inf_v<S>;
     S logz = 0;
     {
-      const S* u = p.unary_at(b, 0);
       S* a0 = a.data();
-      for (int64_t j = 0; j < K; ++j) {
-        a0[j] = -(u[j] + p.start_at(j) + (L == 1 ? p.end_at(j) : S(0)));
-      }
-      if (any_nan(a0, K)) return std::numeric_limits<S>::quiet_NaN();
+      for (int64_t j = 0; j < K; ++j) a0[j] = -energy_at(b, 0, L, j);
       const S m = *std::max_element(a0, a0 + K);
       if (m == -inf_v<S>) return -inf_v<S>;
       for (int64_t j = 0; j < K; ++j) a0[j] = std::exp(a0[j] - m);
       std::fill(a0 + K, a0 + Kp, S(0));
       logz = m;
+      if (p.trans_inf && !above_tau(a0, 0)) return exact = false, S(0);
     }
     for (int64_t t = 1; t < L; ++t) {
       S* at = a.data() + t * Kp;
       S* vt = v.data() + t * Kp;
       vecmat(a.data() + (t - 1) * Kp, p.E, K, Kp, vt);
       const S umin = unary_factor(b, t, t == L - 1);
-      if (std::isnan(umin)) return umin;
       const S* wt = w.data() + t * Kp;
       S m = 0;
       for (int64_t j = 0; j < Kp; ++j) {
         at[j] = vt[j] * wt[j];
         m = std::max(m, at[j]);
       }
-      if (m == 0) return -inf_v<S>;
+      if (m == 0) {
+        if (p.trans_inf) return exact = false, S(0);  // relevant tags exist but vanished
+        return -inf_v<S>;
+      }
       const S inv = S(1) / m;
       for (int64_t j = 0; j < Kp; ++j) at[j] *= inv;
-      logz += std::log(m) - p.tmin - umin;
+      logz += std::log(m) - p.tmax - umin;
+      if (p.trans_inf) {
+        const uint64_t* r = relevant.data() + t * p.W;
+        for (int64_t j = 0; j < K; ++j)
+          if (has(r, j) && !(wt[j] >= std::numeric_limits<S>::min())) return exact = false, S(0);
+        if (!above_tau(at, t)) return exact = false, S(0);
+      }
     }
     const S* aL = a.data() + (L - 1) * Kp;
     S total = 0;
@@ -246,7 +350,9 @@ struct ForwardBackward {
 
   // Marginals of sequence b into marg (L, K) rows, scaled by `scale`; pair marginals (times
   // scale, before the elementwise product with E) added into pair (K, Kp). Needs forward_exp.
-  void backward_exp(int64_t L, S scale, S* marg, int64_t marg_stride, S* pair) {
+  // Returns false when a check of a sequence with forbidden transitions fails (then marg and
+  // pair hold partial sums: recompute in log space).
+  bool backward_exp(int64_t L, S scale, S* marg, int64_t marg_stride, S* pair) {
     const int64_t K = p.K, Kp = p.Kp;
     std::fill(beta.begin(), beta.begin() + K, S(1));  // the end energies are in a_{L-1}
     std::fill(beta.begin() + K, beta.end(), S(0));
@@ -259,14 +365,23 @@ struct ForwardBackward {
         for (int64_t j = 0; j < K; ++j) marg[t * marg_stride + j] = at[j] * beta[j] * f;
       }
       if (t == 0) break;
-      // q = w_t * beta_t; pair marginals a_{t-1}(i) E(i,j) q(j) / Z_t with Z_t = sum_j v_t q.
+      // q = c w_t beta_t rescaled to a largest entry of 1; pair marginals
+      // a_{t-1}(i) E(i,j) q(j) / Z_t with Z_t = sum_j v_t q.
       const S* wt = w.data() + t * Kp;
       const S* vt = v.data() + t * Kp;
+      S qmax = 0;
+      for (int64_t j = 0; j < Kp; ++j) {
+        tmp[j] = wt[j] * (beta[j] * p.c);
+        qmax = std::max(qmax, tmp[j]);
+      }
+      if (!(qmax > 0)) return false;
+      const S qinv = S(1) / qmax;
       S z = 0;
       for (int64_t j = 0; j < Kp; ++j) {
-        tmp[j] = wt[j] * beta[j];
+        tmp[j] *= qinv;
         z += vt[j] * tmp[j];
       }
+      if (p.trans_inf && !above_tau(tmp.data(), t)) return false;
       if (pair) {
         const S f = scale / z;
         for (int64_t j = 0; j < Kp; ++j) next[j] = tmp[j] * f;
@@ -275,17 +390,19 @@ struct ForwardBackward {
       vecmat(tmp.data(), p.ET, K, Kp, next.data());
       S m = 0;
       for (int64_t i = 0; i < K; ++i) m = std::max(m, next[i]);
+      if (!(m > 0)) return false;
       const S inv = S(1) / m;
       for (int64_t i = 0; i < Kp; ++i) beta[i] = next[i] * inv;
+      if (p.trans_inf && !above_tau(beta.data(), t - 1)) return false;
     }
+    return true;
   }
 
   // ---- log space: the same quantities with log-sum-exp, for transitions of huge range ----
   static S logsumexp(const S* x, int64_t n) {
     S m = -inf_v<S>;
     for (int64_t i = 0; i < n; ++i) m = std::max(m, x[i]);
-    if (std::isnan(m) || any_nan(x, n)) return std::numeric_limits<S>::quiet_NaN();
-    if (m == -inf_v<S> || m == inf_v<S>) return m;
+    if (m == -inf_v<S>) return m;
     S s = 0;
     for (int64_t i = 0; i < n; ++i) s += std::exp(x[i] - m);
     return m + std::log(s);
@@ -332,8 +449,31 @@ struct ForwardBackward {
     }
   }
 
-  S forward(int64_t b, int64_t L) { return p.exp_domain ? forward_exp(b, L) : forward_log(b, L); }
+  // log Z of a valid (finite or +inf energies) sequence of length L >= 1; sets in_exp to the
+  // domain whose forward state is now held (the backward must use the same one).
+  S forward(int64_t b, int64_t L, bool& in_exp) {
+    if (p.exp_domain) {
+      bool exact;
+      const S z = forward_exp(b, L, exact);
+      if (exact) {
+        in_exp = true;
+        ++exp_runs;
+        return z;
+      }
+    }
+    in_exp = false;
+    ++log_runs;
+    return forward_log(b, L);
+  }
 };
+
+std::atomic<int64_t> g_exp_runs{0}, g_log_runs{0};
+
+template <typename S>
+void record_runs(const ForwardBackward<S>& fb) {
+  g_exp_runs += fb.exp_runs;
+  g_log_runs += fb.log_runs;
+}
 
 // Work per sequence is about T*K*K.
 int64_t grain(int64_t T, int64_t K) {
@@ -348,16 +488,24 @@ at::Tensor chain_log_partition_cpu(const at::Tensor& unary, const at::Tensor& tr
   auto logz = at::empty({d.B}, unary.options());
   if (d.B == 0) return logz;
   AT_DISPATCH_FLOATING_TYPES(unary.scalar_type(), "chain_log_partition_cpu", [&] {
+    using S = scalar_t;
     Inputs x;
-    const auto prob = make_problem<scalar_t>(x, unary, trans, lengths, start, end);
-    auto* out = logz.data_ptr<scalar_t>();
+    const auto prob = make_problem<S>(x, unary, trans, lengths, start, end);
+    auto* out = logz.data_ptr<S>();
     at::parallel_for(0, d.B, grain(d.T, d.K), [&](int64_t lo, int64_t hi) {
-      ForwardBackward<scalar_t> fb(prob);
+      ForwardBackward<S> fb(prob);
       for (int64_t b = lo; b < hi; ++b) {
         const int64_t L = prob.length(b);
-        const scalar_t z = L == 0 ? scalar_t(0) : fb.forward(b, L);
-        out[b] = L > 0 && prob.params_nan ? std::numeric_limits<scalar_t>::quiet_NaN() : z;
+        bool in_exp;
+        if (L == 0) {
+          out[b] = S(0);
+        } else if (prob.params_nan || fb.invalid(b, L)) {
+          out[b] = std::numeric_limits<S>::quiet_NaN();
+        } else {
+          out[b] = fb.forward(b, L, in_exp);
+        }
       }
+      record_runs(fb);
     });
   });
   return logz;
@@ -365,8 +513,8 @@ at::Tensor chain_log_partition_cpu(const at::Tensor& unary, const at::Tensor& tr
 
 // The forward-backward shared by the gradient of log Z and the marginals: d_unary (B, T, K)
 // receives scale_b * p(y_t = k); with `want_params`, also the pair, first and last marginals
-// summed over the batch with the same scales. Sequences with log Z = +-inf or NaN contribute NaN
-// (NaN inputs) or nothing (no feasible path).
+// summed over the batch with the same scales. A sequence holding NaN or -inf (or any when the
+// parameters do) contributes NaN; one with no feasible path (log Z = -inf) contributes nothing.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_backward_cpu(
     const char* op, const at::Tensor& scale, const at::Tensor& unary, const at::Tensor& trans,
     const c10::optional<at::Tensor>& lengths, const c10::optional<at::Tensor>& start,
@@ -380,46 +528,60 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_backward_cpu(
   const auto scale_c = scale.contiguous();
   AT_DISPATCH_FLOATING_TYPES(unary.scalar_type(), "chain_forward_backward_cpu", [&] {
     using S = scalar_t;
+    constexpr S nan = std::numeric_limits<S>::quiet_NaN();
     Inputs x;
     const auto prob = make_problem<S>(x, unary, trans, lengths, start, end);
     const S* g = scale_c.data_ptr<S>();
     S* du = d_unary.data_ptr<S>();
     const int64_t K = d.K, Kp = prob.Kp;
     // Per-chunk sums of the parameter gradients, added in chunk order: deterministic for a
-    // given thread count.
+    // given thread count. pair_exp still lacks the factor E(i, j); pair_log is complete.
     const int64_t chunk = grain(d.T, d.K);
     const int64_t n_chunks = (d.B + chunk - 1) / chunk;
-    std::vector<std::vector<S>> pair(n_chunks), first(n_chunks), last(n_chunks);
+    std::vector<std::vector<S>> pair_exp(n_chunks), pair_log(n_chunks), first(n_chunks),
+        last(n_chunks);
     at::parallel_for(0, n_chunks, 1, [&](int64_t c_lo, int64_t c_hi) {
       ForwardBackward<S> fb(prob);
-      std::vector<S> marg;
+      // With forbidden transitions an exp-domain backward may fail half-way: its pair sums go
+      // here first.
+      std::vector<S> pair_seq(want_params && prob.trans_inf ? K * Kp : 0);
       for (int64_t c = c_lo; c < c_hi; ++c) {
         if (want_params) {
-          pair[c].assign(K * Kp, S(0));
+          pair_exp[c].assign(K * Kp, S(0));
+          pair_log[c].assign(K * Kp, S(0));
           first[c].assign(K, S(0));
           last[c].assign(K, S(0));
         }
         for (int64_t b = c * chunk; b < std::min(d.B, (c + 1) * chunk); ++b) {
           const int64_t L = prob.length(b);
           if (L == 0) continue;
-          const S logz = fb.forward(b, L);
           S* mb = du + b * d.T * K;
-          if (std::isnan(logz) || prob.params_nan) {
-            std::fill(mb, mb + L * K, std::numeric_limits<S>::quiet_NaN());
-            if (want_params) {
-              std::fill(pair[c].begin(), pair[c].end(), std::numeric_limits<S>::quiet_NaN());
-              std::fill(first[c].begin(), first[c].end(), std::numeric_limits<S>::quiet_NaN());
-              std::fill(last[c].begin(), last[c].end(), std::numeric_limits<S>::quiet_NaN());
-            }
+          if (prob.params_nan || fb.invalid(b, L)) {
+            std::fill(mb, mb + L * K, nan);
+            if (want_params)
+              for (auto* acc : {&pair_log[c], &first[c], &last[c]})
+                std::fill(acc->begin(), acc->end(), nan);
             continue;
           }
-          if (std::isinf(logz) || g[b] == S(0)) continue;
-          S* pr = want_params ? pair[c].data() : nullptr;
-          if (prob.exp_domain) {
-            fb.backward_exp(L, g[b], mb, K, pr);
-          } else {
-            fb.backward_log(b, L, logz, g[b], mb, K, pr);
+          bool in_exp;
+          const S logz = fb.forward(b, L, in_exp);
+          if (logz == -inf_v<S> || g[b] == S(0)) continue;
+          bool done = false;
+          if (in_exp) {
+            const bool local = want_params && prob.trans_inf;
+            S* pr = local ? pair_seq.data() : want_params ? pair_exp[c].data() : nullptr;
+            if (local) std::fill(pair_seq.begin(), pair_seq.end(), S(0));
+            done = fb.backward_exp(L, g[b], mb, K, pr);
+            if (done && local)
+              for (int64_t n = 0; n < K * Kp; ++n) pair_exp[c][n] += pair_seq[n];
+            if (!done) {  // redo the whole sequence in log space
+              --fb.exp_runs;
+              ++fb.log_runs;
+              fb.forward_log(b, L);
+            }
           }
+          if (!done)
+            fb.backward_log(b, L, logz, g[b], mb, K, want_params ? pair_log[c].data() : nullptr);
           if (want_params) {
             for (int64_t j = 0; j < K; ++j) {
               first[c][j] += mb[j];
@@ -428,6 +590,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_backward_cpu(
           }
         }
       }
+      record_runs(fb);
     });
     if (want_params) {
       S* dt = d_trans.data_ptr<S>();
@@ -436,9 +599,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_backward_cpu(
       for (int64_t c = 0; c < n_chunks; ++c) {
         for (int64_t i = 0; i < K; ++i) {
           for (int64_t j = 0; j < K; ++j) {
-            // exp domain: pair sums still lack the factor E(i, j).
-            const S e = prob.exp_domain ? prob.E[i * Kp + j] : S(1);
-            dt[i * K + j] += pair[c][i * Kp + j] * e;
+            // Only exp-domain sequences add to pair_exp (E may overflow when none can run there,
+            // and is 0 for a forbidden transition, which has no pair mass): keep 0 * inf out.
+            const S pe = pair_exp[c][i * Kp + j];
+            const S from_exp = pe == S(0) ? S(0) : pe * prob.E[i * Kp + j];
+            dt[i * K + j] += from_exp + pair_log[c][i * Kp + j];
           }
           ds[i] += first[c][i];
           de[i] += last[c][i];
@@ -471,6 +636,10 @@ at::Tensor chain_marginals_cpu(const at::Tensor& unary, const at::Tensor& trans,
 }
 
 }  // namespace
+
+std::pair<int64_t, int64_t> take_partition_domain_counts() {
+  return {g_exp_runs.exchange(0), g_log_runs.exchange(0)};
+}
 
 TORCH_LIBRARY_IMPL(ebm_ext, CPU, m) {
   m.impl("chain_log_partition", &chain_log_partition_cpu);
