@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,12 @@ struct ChainDims {
 
 inline std::string shape_str(const at::Tensor& t) {
   return c10::str(t.sizes());
+}
+
+// Whether t holds NaN or -inf, the energies the non-finite rules turn into NaN results (a 0-dim
+// bool tensor on t's device: no synchronisation until it is read).
+inline at::Tensor any_invalid_energy(const at::Tensor& t) {
+  return at::logical_not(t > -std::numeric_limits<double>::infinity()).any();
 }
 
 inline void check_same_device(const char* op, const char* name, const at::Tensor& t,
@@ -184,9 +191,34 @@ inline at::Tensor position_mask(const at::Tensor& like, const c10::optional<at::
   return (pos.unsqueeze(0) < lengths->unsqueeze(1)).unsqueeze(2).to(like.scalar_type());
 }
 
+// a * y where y == 0 gives exactly 0, whatever a holds: in a relaxed energy a tag with no mass
+// costs nothing, even when it is forbidden (+inf) or NaN.
+inline at::Tensor weighted(const at::Tensor& a, const at::Tensor& y) {
+  return at::where(y == 0, at::zeros({}, y.options()), a * y);
+}
+
+// y (..., K) @ M (K, N) with the same rule: the finite part by matmul, the non-finite entries of
+// M through indicator products (only when there are any on CPU; always on CUDA, which would
+// otherwise synchronise to find out).
+inline at::Tensor weighted_matmul(const at::Tensor& y, const at::Tensor& M) {
+  const auto finite = at::isfinite(M);
+  auto out = at::matmul(y, at::where(finite, M, at::zeros({}, M.options())));
+  if (!on_cuda(M) && finite.all().item<bool>()) return out;
+  const double inf = std::numeric_limits<double>::infinity();
+  const auto ind = [&](const at::Tensor& m) { return m.to(y.scalar_type()); };
+  const auto pos_inf = ind(M == inf), invalid = ind(at::logical_not(finite) & (M != inf));
+  const auto zero = at::zeros({}, y.options());
+  out = out + at::where(at::matmul(ind(y > 0), pos_inf) > 0, at::full({}, inf, y.options()), zero);
+  out = out + at::where(at::matmul(ind(y < 0), pos_inf) > 0, at::full({}, -inf, y.options()), zero);
+  out = out + at::where(at::matmul(ind(y != 0), invalid) > 0,
+                        at::full({}, std::numeric_limits<double>::quiet_NaN(), y.options()), zero);
+  return out;
+}
+
 // E of relaxed tags y (B, T, K), per-position distributions: unary, start and end terms are
-// linear, the transition term is y_{t-1}^T trans y_t. ATen ops (matmul), so one code serves
-// both devices.
+// linear, the transition term is y_{t-1}^T trans y_t. Positions t >= L are not read (nor their
+// transitions), entries of weight 0 contribute 0, and a result of -inf is NaN (-inf follows
+// NaN's rule). ATen ops, so one code serves both devices.
 inline at::Tensor relaxed_chain_energy(const at::Tensor& unary, const at::Tensor& trans,
                                        const at::Tensor& tags,
                                        const c10::optional<at::Tensor>& lengths,
@@ -194,19 +226,24 @@ inline at::Tensor relaxed_chain_energy(const at::Tensor& unary, const at::Tensor
                                        const c10::optional<at::Tensor>& end) {
   const int64_t B = unary.size(0), T = unary.size(1), K = unary.size(2);
   if (B == 0 || T == 0) return at::zeros({B}, unary.options());
-  const auto y = tags * position_mask(unary, lengths);
-  auto energy = (unary * y).sum({1, 2});
+  const auto inside = position_mask(unary, lengths) > 0;
+  const auto y = at::where(inside, tags, at::zeros({}, tags.options()));
+  auto energy = weighted(unary, y).sum({1, 2});
   if (T > 1) {
-    energy = energy + (at::matmul(y.narrow(1, 0, T - 1), trans) * y.narrow(1, 1, T - 1)).sum({1, 2});
+    const auto moved = weighted_matmul(y.narrow(1, 0, T - 1), trans);
+    energy = energy + weighted(moved, y.narrow(1, 1, T - 1)).sum({1, 2});
   }
-  if (start.has_value()) energy = energy + at::matmul(y.select(1, 0), *start);
+  if (start.has_value()) energy = energy + weighted(*start, y.select(1, 0)).sum(-1);
   if (end.has_value()) {
     auto last = lengths.has_value() ? (*lengths - 1).clamp_min(0)
                                     : at::full({B}, T - 1, unary.options().dtype(at::kLong));
     auto y_last = y.gather(1, last.view({B, 1, 1}).expand({B, 1, K})).squeeze(1);
-    energy = energy + at::matmul(y_last, *end);  // rows of length 0 are all zero
+    energy = energy + weighted(*end, y_last).sum(-1);  // rows of length 0 are all zero
   }
-  return energy;
+  const double inf = std::numeric_limits<double>::infinity();
+  return at::where(energy == -inf,
+                   at::full({}, std::numeric_limits<double>::quiet_NaN(), energy.options()),
+                   energy);
 }
 
 inline void check_kbest_k(const char* op, int64_t k) {

@@ -13,6 +13,7 @@ gets energy +inf; ``viterbi_kbest`` treats paths of energy +inf as missing.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -181,34 +182,50 @@ def _chain_energy_backward(ctx, grad):
     return du, dt, None, None, ds, de
 
 
+def _weighted_matmul(y: Tensor, M: Tensor) -> Tensor:
+    """y @ M where a zero weight contributes exactly 0 whatever M holds (the rule of the relaxed
+    energy's forward, csrc/ops/chain.h weighted_matmul). No data-dependent shortcut: the
+    backward must trace under torch.compile."""
+    finite = torch.isfinite(M)
+    out = y @ torch.where(finite, M, 0)
+    ind = lambda m: m.to(y.dtype)  # noqa: E731
+    pos_inf, invalid = ind(M == math.inf), ind(~finite & (M != math.inf))
+    out = out + torch.where(ind(y > 0) @ pos_inf > 0, math.inf, 0.0)
+    out = out + torch.where(ind(y < 0) @ pos_inf > 0, -math.inf, 0.0)
+    return out + torch.where(ind(y != 0) @ invalid > 0, math.nan, 0.0)
+
+
 def _relaxed_backward(grad, unary, trans, tags, lengths, start, end):
     """Gradients of sum_b grad[b] * E(relaxed tags b): the energy is linear in unary, start, end
-    and bilinear in consecutive tag distributions."""
+    and bilinear in consecutive tag distributions. Positions t >= L get zero gradients; the
+    gradient in a tag's weight is its energy (+inf for a forbidden tag), with the forward's rule
+    that a zero weight times a non-finite energy is 0."""
     B, T, K = unary.shape
     pos = torch.arange(T, device=unary.device)
     L = _lengths_or_full(lengths, B, T, unary.device)
-    mask = (pos < L[:, None]).unsqueeze(2).to(unary.dtype)
-    y = tags * mask
+    inside = (pos < L[:, None]).unsqueeze(2)
+    y = torch.where(inside, tags, 0)
     g = grad[:, None, None]
     d_unary = g * y
     d_tags = unary
     d_trans = None
     if T > 1:
-        d_tags = d_tags + torch.nn.functional.pad(y[:, 1:] @ trans.t(), (0, 0, 0, 1))
-        d_tags = d_tags + torch.nn.functional.pad(y[:, :-1] @ trans, (0, 0, 1, 0))
+        d_tags = d_tags + torch.nn.functional.pad(_weighted_matmul(y[:, 1:], trans.t()), (0, 0, 0, 1))
+        d_tags = d_tags + torch.nn.functional.pad(_weighted_matmul(y[:, :-1], trans), (0, 0, 1, 0))
         d_trans = torch.einsum("btk,btl->kl", g * y[:, :-1], y[:, 1:])
     else:
         d_trans = torch.zeros_like(trans)
-    first = (pos == 0).to(unary.dtype)[None, :, None]
-    last = (pos[None] == (L - 1)[:, None]).unsqueeze(2).to(unary.dtype)
+    first = (pos == 0)[None, :, None]
+    last = (pos[None] == (L - 1)[:, None]).unsqueeze(2)
     d_start = d_end = None
     if start is not None:
-        d_tags = d_tags + first * start
+        d_tags = d_tags + torch.where(first, start, 0)
         d_start = (g * y * first).sum((0, 1))
     if end is not None:
-        d_tags = d_tags + last * end
+        d_tags = d_tags + torch.where(last, end, 0)
         d_end = (g * y * last).sum((0, 1))
-    return d_unary, d_trans, g * d_tags * mask, None, d_start, d_end
+    d_tags = torch.where(inside, g * d_tags, 0)
+    return d_unary, d_trans, d_tags, None, d_start, d_end
 
 
 def _viterbi_setup(ctx, inputs, output):

@@ -218,7 +218,7 @@ struct Chain {
   const S* end;     // (K,) or nullptr
   const int64_t* lengths;  // (B,) or nullptr
   int64_t B, T, K, Kp;
-  bool trans_has_nan;
+  bool trans_has_nan;  // NaN or -inf in trans, start or end
 
   int64_t length(int64_t b) const { return lengths ? lengths[b] : T; }
   S start_at(int64_t j) const { return start ? start[j] : S(0); }
@@ -231,7 +231,8 @@ struct Chain {
     S e = start_at(tags[0]) + end_at(tags[L - 1]);
     for (int64_t t = 0; t < L; ++t) e += unary_at(b, t)[tags[t]];
     for (int64_t t = 1; t < L; ++t) e += trans[tags[t - 1] * K + tags[t]];
-    return e;
+    // -inf is not an energy: it follows NaN's rule.
+    return e == -std::numeric_limits<S>::infinity() ? std::numeric_limits<S>::quiet_NaN() : e;
   }
 };
 
@@ -270,9 +271,9 @@ Chain<S> make_chain(const Tensors& x) {
   c.T = x.unary.size(1);
   c.K = x.unary.size(2);
   c.Kp = x.transT.size(1);
-  bool nan = at::isnan(x.trans).any().item<bool>();
-  if (x.start.defined()) nan = nan || at::isnan(x.start).any().item<bool>();
-  if (x.end.defined()) nan = nan || at::isnan(x.end).any().item<bool>();
+  bool nan = any_invalid_energy(x.trans).item<bool>();
+  if (x.start.defined()) nan = nan || any_invalid_energy(x.start).item<bool>();
+  if (x.end.defined()) nan = nan || any_invalid_energy(x.end).item<bool>();
   c.trans_has_nan = nan;
   return c;
 }
@@ -308,7 +309,7 @@ struct Decoder {
     } else {
       for (int64_t j = 0; j < K; ++j) w[j] = u[j] + beta[j];
     }
-    return any_nan(w.data(), K);
+    return any_invalid(w.data(), K);
   }
 
   // Decodes sequence b into tags[0..T) (-1 past its length); returns the minimum of the
@@ -419,7 +420,7 @@ struct KBestDecoder {
       S* wr = w.data() + r * c.K;
       for (int64_t j = 0; j < c.K; ++j) wr[j] = u[j] + br[j];
     }
-    return any_nan(w.data(), k * c.K);
+    return any_invalid(w.data(), k * c.K);
   }
 
   // The same step as kbest_step, for any k: one slot at a time through memory.

@@ -121,14 +121,6 @@ struct Inputs {
   at::Tensor unary, trans, start, end, lengths, E, ET;
 };
 
-// NaN or -inf: the values the rules turn into a NaN result.
-template <typename S>
-bool any_invalid(const S* x, int64_t n) {
-  bool bad = false;
-  for (int64_t i = 0; i < n; ++i) bad |= !(x[i] > -inf_v<S>);
-  return bad;
-}
-
 template <typename S>
 Problem<S> make_problem(Inputs& x, const at::Tensor& unary, const at::Tensor& trans,
                         const c10::optional<at::Tensor>& lengths,

@@ -62,6 +62,14 @@ bool any_nan(const S* x, int64_t n) {
   return nan;
 }
 
+// NaN or -inf: the energies the non-finite rules turn into NaN results.
+template <typename S>
+bool any_invalid(const S* x, int64_t n) {
+  bool bad = false;
+  for (int64_t i = 0; i < n; ++i) bad |= !(x[i] > -std::numeric_limits<S>::infinity());
+  return bad;
+}
+
 // exp(x) for x <= 0, the only arguments the kernels form (energies minus their minimum):
 // Cephes' polynomial on 16 lanes, results below 1.6e-38 (and exp(-inf)) flushed to 0, NaN kept.
 __attribute__((always_inline)) inline Lanes<float>::V exp_nonpositive(Lanes<float>::V x) {

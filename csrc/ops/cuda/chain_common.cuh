@@ -76,9 +76,9 @@ inline Staged stage(const at::Tensor& unary, const at::Tensor& trans,
   if (lengths.has_value()) s.lengths = lengths->contiguous();
   // A NaN in the shared parameters makes every non-empty sequence's result NaN, as on the CPU;
   // told to the kernels through device memory, without a host synchronisation.
-  s.params_nan = at::isnan(s.trans).any();
-  if (s.start.defined()) s.params_nan = s.params_nan.logical_or(at::isnan(s.start).any());
-  if (s.end.defined()) s.params_nan = s.params_nan.logical_or(at::isnan(s.end).any());
+  s.params_nan = any_invalid_energy(s.trans);
+  if (s.start.defined()) s.params_nan = s.params_nan.logical_or(any_invalid_energy(s.start));
+  if (s.end.defined()) s.params_nan = s.params_nan.logical_or(any_invalid_energy(s.end));
   return s;
 }
 

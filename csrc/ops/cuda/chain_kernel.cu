@@ -51,7 +51,7 @@ __global__ void viterbi_kernel(const scalar_t* __restrict__ unary, ChainArgs<acc
     const acc_t* cr = cost ? cost + g[t] * K : nullptr;
     for (int j = threadIdx.x; j < K; j += blockDim.x) {
       const acc_t v = static_cast<acc_t>(u[t * K + j]) + beta[j] - at_or_zero(cr, j);
-      nan |= isnan(v);
+      nan |= !(v > -inf);  // NaN or -inf (-inf follows NaN's rule)
       w[j] = v;
     }
     __syncthreads();
@@ -99,7 +99,7 @@ __global__ void viterbi_kernel(const scalar_t* __restrict__ unary, ChainArgs<acc
     dl += cost[g[t] * K + tags[t]];
     if (t > 0) e += a.trans[tags[t - 1] * K + tags[t]];
   }
-  energy_out[b] = nan ? scalar_t(NAN) : static_cast<scalar_t>(e);
+  energy_out[b] = nan || e == -inf ? scalar_t(NAN) : static_cast<scalar_t>(e);
   delta_out[b] = static_cast<scalar_t>(dl);
 }
 
@@ -138,7 +138,7 @@ __global__ void kbest_kernel(const scalar_t* __restrict__ unary, ChainArgs<acc_t
   for (int64_t t = L - 1; t >= 0; --t) {
     for (int n = threadIdx.x; n < k * K; n += blockDim.x) {
       const acc_t v = static_cast<acc_t>(u[t * K + n % K]) + beta[n];
-      nan |= isnan(v);
+      nan |= !(v > -inf);  // NaN or -inf (-inf follows NaN's rule)
       w[n] = v;
     }
     __syncthreads();
@@ -222,7 +222,8 @@ __global__ void chain_energy_kernel(const scalar_t* __restrict__ unary, ChainArg
     e += static_cast<acc_t>(u[t * K + y[t]]);
     if (t > 0) e += a.trans[y[t - 1] * K + y[t]];
   }
-  energy_out[n] = static_cast<scalar_t>(e);
+  // -inf is not an energy: it follows NaN's rule.
+  energy_out[n] = e == -std::numeric_limits<acc_t>::infinity() ? scalar_t(NAN) : static_cast<scalar_t>(e);
 }
 
 template <typename scalar_t, typename ptr_t>

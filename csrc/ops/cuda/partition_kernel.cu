@@ -68,8 +68,13 @@ __global__ void log_partition_kernel(const scalar_t* __restrict__ unary, ChainAr
   const auto first = [&](int j) {
     return -(static_cast<double>(u[j]) + static_cast<double>(at_or_zero(a.start, j)));
   };
+  // NaN or -inf in a unary energy the sequence reads makes its log Z NaN (-inf follows NaN).
+  bool invalid = false;
   double top = -inf;
-  for (int j = threadIdx.x; j < K; j += blockDim.x) top = fmax(top, first(j));
+  for (int j = threadIdx.x; j < K; j += blockDim.x) {
+    top = fmax(top, first(j));
+    invalid |= !(u[j] > -inf);
+  }
   double c = block_offset(top, scratch);
   for (int j = threadIdx.x; j < K; j += blockDim.x) al[j] = static_cast<acc_t>(first(j) - c);
   double total = c;  // the same in every thread
@@ -85,6 +90,7 @@ __global__ void log_partition_kernel(const scalar_t* __restrict__ unary, ChainAr
       al[t * K + j] = l;  // the log-sum-exp alone until the offset is known
       const double v = double(l) - double(u[t * K + j]);
       top = isnan(v) ? v : fmax(top, v);
+      invalid |= !(u[t * K + j] > -inf);
     }
     c = block_offset(top, scratch);  // its barriers: every prev[i] read before it is needed
     for (int j = threadIdx.x; j < K; j += blockDim.x) {
@@ -94,11 +100,12 @@ __global__ void log_partition_kernel(const scalar_t* __restrict__ unary, ChainAr
     if (threadIdx.x == 0) off[t] = total;
     __syncthreads();
   }
+  invalid = __syncthreads_or(invalid);
   if (threadIdx.x == 0) {
     acc_t m = -inf, s = 0;
     for (int j = 0; j < K; ++j) lse_add(al[(L - 1) * K + j] - at_or_zero(a.end, j), m, s);
     const double z = total + double(lse_value(m, s));
-    logz[b] = *a.params_nan ? std::numeric_limits<double>::quiet_NaN() : z;
+    logz[b] = *a.params_nan || invalid ? std::numeric_limits<double>::quiet_NaN() : z;
   }
 }
 

@@ -1,0 +1,137 @@
+"""The non-finite and edge rules of the README's table, one test per row, on the CPU kernels and
+on the CUDA kernels (emulated, and on a GPU when there is one): NaN, -inf and +inf in each input
+of each chain op, padding, empty batches, T = 0, K = 1 and k > K^L."""
+import math
+
+import pytest
+import torch
+
+import ebm_ext
+from chain_cases import make_chain
+
+nan, inf = math.nan, math.inf
+
+
+def _chain_outputs(unary, trans, L, start, end):
+    """Every chain op's per-sequence number on one problem, by name: (B,) tensors (k-best: its
+    first and last rows), marginal rows summed over tags (NaN stays NaN)."""
+    B, T, K = unary.shape
+    gold = torch.zeros(B, T, dtype=torch.long, device=unary.device)
+    cost = (1 - torch.eye(K, dtype=unary.dtype)).to(unary.device)
+    uniform = torch.full_like(unary, 1.0 / K)
+    kbest = ebm_ext.viterbi_kbest(unary, trans, 2, L, start, end)[0]
+    grad = torch.ones(B, dtype=unary.dtype, device=unary.device)
+    d_unary = torch.ops.ebm_ext._chain_log_partition_backward(grad, unary, trans, L, start, end)[0]
+    out = {
+        "viterbi": ebm_ext.viterbi(unary, trans, L, start, end)[0],
+        "kbest_1": kbest[:, 0], "kbest_2": kbest[:, 1],
+        "loss_augmented": ebm_ext.loss_augmented_viterbi(unary, trans, gold, cost, L, start, end)[0],
+        "energy": ebm_ext.chain_energy(unary, trans, gold, L, start, end),
+        "relaxed_energy": ebm_ext.chain_energy(unary, trans, uniform, L, start, end),
+        "log_partition": ebm_ext.chain_log_partition(unary, trans, L, start, end),
+        "marginals": ebm_ext.chain_marginals(unary, trans, L, start, end).sum((1, 2)),
+        "log_partition_grad": d_unary.sum((1, 2)),
+    }
+    return {k: v.cpu() for k, v in out.items()}
+
+
+def _problem(device, seed=1):
+    unary, trans, _, start, end = make_chain(3, 4, 3, lengths=False, device=device, seed=seed)
+    L = torch.tensor([4, 2, 0], device=device)
+    return unary, trans, L, start, end
+
+
+@pytest.mark.parametrize("value", [nan, -inf], ids=["nan", "-inf"])
+def test_invalid_unary_makes_its_sequence_nan(device, value):
+    """Row: NaN or -inf in unary at t < L -> that sequence's results are NaN (tags in range)."""
+    unary, trans, L, start, end = _problem(device)
+    unary[0, 1, 0] = value  # tag 0 is on the gold path and on every candidate's reach
+    unary[1, 3, :] = value  # past sequence 1's length: never read
+    out = _chain_outputs(unary, trans, L, start, end)
+    for name, got in out.items():
+        assert torch.isnan(got[0]), name
+        assert torch.isfinite(got[1]), name
+        assert got[2] == 0 or name.startswith("kbest_2"), name  # length 0: energy and log Z 0
+    tags = ebm_ext.viterbi(unary, trans, L, start, end)[1]
+    assert ((tags[0] >= 0) & (tags[0] < 3)).all()
+
+
+@pytest.mark.parametrize("where", ["trans", "start", "end"])
+@pytest.mark.parametrize("value", [nan, -inf], ids=["nan", "-inf"])
+def test_invalid_parameters_make_every_nonempty_sequence_nan(device, where, value):
+    """Row: NaN or -inf anywhere in trans/start/end -> every sequence of length >= 1 is NaN (for
+    chain_energy of given paths: those whose path reads it); length 0 stays 0."""
+    unary, trans, L, start, end = _problem(device)
+    {"trans": trans, "start": start, "end": end}[where].view(-1)[0] = value
+    out = _chain_outputs(unary, trans, L, start, end)
+    for name, got in out.items():
+        assert torch.isnan(got[:2]).all(), name  # the gold path (all tag 0) reads entry 0 too
+        if not name.startswith("kbest_2"):
+            assert got[2] == 0, name
+
+
+def test_forbidden_tags_and_no_feasible_path(device):
+    """Row: +inf forbids a tag or transition; with no finite path viterbi gives +inf, k-best
+    rows are missing (+inf, tags -1), log Z is -inf and the marginals are 0."""
+    unary, trans, L, start, end = _problem(device)
+    unary[0, 2, :] = inf
+    unary[1, 0, 1:] = inf
+    out = _chain_outputs(unary, trans, L, start, end)
+    for name in ("viterbi", "kbest_1", "kbest_2", "loss_augmented"):
+        assert out[name][0] == inf, name
+    assert out["log_partition"][0] == -inf
+    assert out["marginals"][0] == 0 and out["log_partition_grad"][0] == 0
+    assert torch.isfinite(out["log_partition"][1]) and out["marginals"][1] == pytest.approx(2)
+    energy, tags = ebm_ext.viterbi_kbest(unary, trans, 2, L, start, end)
+    assert (tags[0].cpu() == -1).all()
+    assert (tags[1, :, :2].cpu()[:, 0] == 0).all()  # only tag 0 allowed at t = 0
+
+
+def test_relaxed_energy_reads_only_weighted_entries(device):
+    """Row: relaxed tags: weight 0 times +inf or NaN is 0; positions t >= L and their
+    transitions are not read; a weighted -inf is NaN."""
+    unary, trans, L, start, end = _problem(device)
+    probs = torch.full_like(unary, 0.5)
+    probs[..., 2] = 0
+    unary[..., 2] = inf              # forbidden tag, no mass
+    trans[2, :] = inf                # forbidden moves from it
+    unary[1, 2:] = nan               # padding of sequence 1
+    probs[1, 2:] = nan
+    got = ebm_ext.chain_energy(unary, trans, probs, L, start, end).cpu()
+    assert torch.isfinite(got[:2]).all() and got[2] == 0
+    one = ebm_ext.chain_energy(unary, trans, probs, torch.tensor([1, 1, 1], device=device), start, end)
+    trans_nan = trans.clone()
+    trans_nan[:2, :2] = nan          # read only by sequences of length >= 2
+    one_nan = ebm_ext.chain_energy(unary, trans_nan, probs, torch.tensor([1, 1, 1], device=device),
+                                   start, end)
+    torch.testing.assert_close(one, one_nan)
+    unary[0, 0, 0] = -inf
+    assert torch.isnan(ebm_ext.chain_energy(unary, trans, probs, L, start, end).cpu()[0])
+    # The gradient in a tag's weight is its energy: +inf for the forbidden tag, finite elsewhere.
+    probs = probs.clone().requires_grad_()
+    unary[0, 0, 0] = 0.0
+    ebm_ext.chain_energy(unary, trans, probs, L, start, end)[:2].sum().backward()
+    g = probs.grad.cpu()
+    assert torch.isfinite(g[0, :, :2]).all() and (g[1, 2:] == 0).all()
+
+
+def test_empty_batch_zero_length_and_one_tag(device):
+    """Rows: B = 0 gives empty results; T = 0 gives energy and log Z 0 and tags (B, 0); K = 1 has
+    one path; k > K^L leaves the missing rows at +inf with tags -1."""
+    for B, T, K in [(0, 3, 2), (2, 0, 2), (2, 3, 1)]:
+        unary = torch.randn(B, T, K, dtype=torch.float64, device=device)
+        trans = torch.randn(K, K, dtype=torch.float64, device=device)
+        out = _chain_outputs(unary, trans, None, None, None)
+        for name, got in out.items():
+            assert got.shape == (B,), name
+        if T == 0 and B:
+            assert (out["viterbi"] == 0).all() and (out["log_partition"] == 0).all()
+        if K == 1 and B:
+            want = unary.sum((1, 2)).cpu() + trans[0, 0].cpu() * (T - 1)
+            for name in ("viterbi", "kbest_1", "energy", "log_partition"):
+                torch.testing.assert_close(out[name] * (-1 if name == "log_partition" else 1), want)
+            assert (out["kbest_2"] == inf).all()
+    unary = torch.randn(1, 2, 2, dtype=torch.float64, device=device)
+    energy, tags = ebm_ext.viterbi_kbest(unary, torch.zeros(2, 2, dtype=torch.float64, device=device), 6)
+    assert torch.isfinite(energy[0, :4]).all() and (energy[0, 4:] == inf).all()
+    assert (tags[0, 4:] == -1).all()
