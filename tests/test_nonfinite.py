@@ -135,3 +135,57 @@ def test_empty_batch_zero_length_and_one_tag(device):
     energy, tags = ebm_ext.viterbi_kbest(unary, torch.zeros(2, 2, dtype=torch.float64, device=device), 6)
     assert torch.isfinite(energy[0, :4]).all() and (energy[0, 4:] == inf).all()
     assert (tags[0, 4:] == -1).all()
+
+
+# ---- answers that used to come back wrong without an error ---------------------------------
+
+def test_loss_augmented_cost_is_checked_everywhere(device):
+    unary = torch.randn(1, 2, 2, dtype=torch.float64, device=device)
+    gold = torch.zeros(1, 2, dtype=torch.long, device=device)
+    for bad, what in [(math.nan, "nan"), (math.inf, "inf"), (-1.0, "-1")]:
+        cost = torch.tensor([[0.0, 1.0], [bad, 0.0]], dtype=torch.float64, device=device)
+        with pytest.raises(RuntimeError, match=rf"loss_augmented_viterbi: cost must be finite and "
+                           rf"non-negative, got {what} at index \[1, 0\]"):
+            ebm_ext.loss_augmented_viterbi(unary, torch.zeros(2, 2, dtype=torch.float64, device=device),
+                                           gold, cost)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_project_simplex_of_large_entries(device, dtype):
+    """Shift-invariance: [1e8, 0] projects to [1, 0] (float32 used to return [1e8, 0])."""
+    got = ebm_ext.project_simplex(torch.tensor([[1e8, 0.0], [1e8, 1e8 - 0.5]], dtype=dtype, device=device))
+    want = torch.tensor([[1.0, 0.0], [0.75, 0.25]], dtype=torch.float64)
+    if dtype == torch.float32:
+        want[1] = torch.tensor([0.5, 0.5])  # 1e8 - 0.5 rounds to 1e8 in float32
+    torch.testing.assert_close(got.double().cpu(), want)
+
+
+@pytest.mark.parametrize("call", [
+    lambda u: ebm_ext.chain_marginals(u, torch.zeros(3, 3)).sum(),
+    lambda u: ebm_ext.chain_relaxed_inference(u, torch.zeros(3, 3), steps=2)[0].sum(),
+    lambda u: ebm_ext.sparse_code(u.flatten(1), torch.eye(12), 0.1).sum(),
+    lambda u: ebm_ext.sparse_coding_lipschitz(u.flatten(1)),
+    lambda u: torch.autograd.grad(ebm_ext.chain_log_partition(u, torch.zeros(3, 3)).sum(), u,
+                                  create_graph=True)[0].sum(),
+], ids=["chain_marginals", "chain_relaxed_inference", "sparse_code", "sparse_coding_lipschitz",
+        "chain_log_partition double backward"])
+def test_no_gradient_is_silently_none(call):
+    unary = torch.randn(2, 4, 3, requires_grad=True)
+    with pytest.raises(RuntimeError, match="is not differentiable: "):
+        call(unary).backward()
+
+
+def test_sparse_code_rules(device):
+    D = torch.randn(5, 8, generator=torch.Generator().manual_seed(0)).to(device)
+    y = torch.randn(3, 5, generator=torch.Generator().manual_seed(1)).to(device)
+    for L, message in [(0.0, r"lipschitz must be a finite number > 0"),
+                       (1e-3, r"lipschitz \(0.001\) must be at least the Lipschitz constant")]:
+        with pytest.raises(RuntimeError, match="sparse_code: " + message):
+            ebm_ext.sparse_code(y, D, 0.1, lipschitz=torch.tensor(L, device=device))
+    y[1, 2] = math.nan
+    z, gap, _ = ebm_ext.sparse_code(y, D, 0.1, return_info=True)
+    assert torch.isnan(z[1]).all() and torch.isnan(gap[1])
+    assert torch.isfinite(z[[0, 2]]).all() and (gap[[0, 2]] < 1e-3).all()
+    assert ebm_ext.sparse_coding_lipschitz(torch.zeros(3, 4, device=device)).item() == 0
+    z, gap, _ = ebm_ext.sparse_code(y[[0]], torch.zeros(5, 8, device=device), 0.1, return_info=True)
+    assert (z == 0).all() and (gap == 0).all()  # D = 0: z = 0 is exact

@@ -256,7 +256,7 @@ _y, _D = torch.zeros(3, 4), torch.zeros(4, 5)
     ((_y, _D, 0.1), {"z0": torch.zeros(3, 4)}, r"z0 must have shape \(B, m\) = \(3, 5\), got \[3, 4\]"),
     ((_y, _D, 0.1), {"z0": torch.zeros(3, 5, dtype=torch.float64)}, r"z0 must have the dtype of y \(Float\), got Double"),
     ((_y, _D, 0.1), {"lipschitz": torch.ones(2)}, r"lipschitz must hold one number \(from sparse_coding_lipschitz\(D\)\), got shape \[2\]"),
-    ((_y, _D, 0.1), {"lipschitz": torch.tensor(float("inf"))}, "lipschitz must be a finite number >= 0, got inf"),
+    ((_y, _D, 0.1), {"lipschitz": torch.tensor(float("inf"))}, "lipschitz must be a finite number > 0 \\(sparse_coding_lipschitz\\(D\\)\\), got inf"),
     ((_y, torch.full((4, 5), float("nan")), 0.1), {}, r"D must be finite \(its Lipschitz constant came out as nan\)"),
     ((_y.half(), _D.half(), 0.1), {}, "on CPU, y must be float32 or float64, got Half"),
 ])

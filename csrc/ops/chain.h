@@ -267,18 +267,15 @@ inline ChainDims check_loss_augmented_inputs(const at::Tensor& unary, const at::
   TORCH_CHECK(cost.size(0) == d.K, op, ": cost must have shape (K, K) = (", d.K, ", ", d.K,
               "), got ", shape_str(cost));
   check_float_like_unary(op, "cost", cost, unary);
-  double lowest, largest_diagonal;
-  if (!on_cuda(cost)) {
-    const auto c = cost.to(at::kDouble).contiguous();
-    const double* p = c.data_ptr<double>();
-    lowest = *std::min_element(p, p + c.numel(), [](double a, double b) { return a < b; });
-    largest_diagonal = 0;
-    for (int64_t i = 0; i < d.K; ++i) largest_diagonal = std::max(largest_diagonal, std::abs(p[i * d.K + i]));
-  } else {
-    lowest = cost.min().item<double>();
-    largest_diagonal = cost.diagonal().abs().max().item<double>();
+  // Every entry finite and >= 0 (NaN fails the comparison wherever it sits).
+  const auto bad = at::logical_not((cost >= 0) & at::isfinite(cost));
+  if (bad.any().item<bool>()) {
+    const auto at_ = at::nonzero(bad)[0].cpu();
+    const int64_t i = at_[0].item<int64_t>(), j = at_[1].item<int64_t>();
+    TORCH_CHECK(false, op, ": cost must be finite and non-negative, got ",
+                cost.select(0, i).select(0, j).item<double>(), " at index [", i, ", ", j, "]");
   }
-  TORCH_CHECK(lowest >= 0, op, ": cost must be non-negative, got a minimum of ", lowest);
+  const double largest_diagonal = cost.diagonal().abs().max().item<double>();
   TORCH_CHECK(largest_diagonal == 0, op,
               ": cost must have a zero diagonal (cost[y, y] = 0), got a largest diagonal entry of ",
               largest_diagonal);

@@ -27,13 +27,16 @@ inline at::Tensor project_simplex_aten(const at::Tensor& input) {
   const auto v = input.contiguous();
   if (v.numel() == 0) return at::empty_like(v);
   const int64_t K = v.size(-1);
-  const auto sorted = std::get<0>(v.sort(-1, /*descending=*/true));
+  // The projection is shift-invariant; shifted so the largest entry is 0, the threshold is
+  // found without cancellation (v = [1e8, 0] in float32 needs it).
+  const auto shifted = v - std::get<0>(v.max(-1, /*keepdim=*/true));
+  const auto sorted = std::get<0>(shifted.sort(-1, /*descending=*/true));
   const auto css = sorted.cumsum(-1) - 1;
   const auto ind = at::arange(1, K + 1, v.options());
   const auto rho = ((sorted - css / ind) > 0).sum(-1, /*keepdim=*/true).clamp_min(1);
   const auto theta = css.gather(-1, rho - 1) / rho.to(v.scalar_type());
   const double inf = std::numeric_limits<double>::infinity();
-  auto out = (v - theta).clamp_min(0).masked_fill((v == -inf).all(-1, true), 0);
+  auto out = (shifted - theta).clamp_min(0).masked_fill((v == -inf).all(-1, true), 0);
   const auto bad = (at::isnan(v) | (v == inf)).any(-1, true);
   return out.masked_fill(bad, std::numeric_limits<double>::quiet_NaN()).contiguous();
 }
@@ -48,7 +51,14 @@ void project_simplex_row(const S* v, S* out, int64_t K, std::vector<S>& buf) {
       return;
     }
   }
-  buf.assign(v, v + K);
+  // Shift-invariant: with the largest entry at 0 the threshold has no cancellation.
+  const S top = *std::max_element(v, v + K);
+  if (top == -std::numeric_limits<S>::infinity()) {  // a row of -inf only: zeros
+    std::fill(out, out + K, S(0));
+    return;
+  }
+  buf.resize(K);
+  for (int64_t k = 0; k < K; ++k) buf[k] = v[k] - top;
   std::sort(buf.begin(), buf.end(), std::greater<S>());
   S css = 0, theta = 0;
   for (int64_t j = 0; j < K; ++j) {
@@ -56,7 +66,7 @@ void project_simplex_row(const S* v, S* out, int64_t K, std::vector<S>& buf) {
     const S t = (css - S(1)) / S(j + 1);
     if (buf[j] - t > 0) theta = t;  // the condition holds for a prefix of j: keep the last
   }
-  for (int64_t k = 0; k < K; ++k) out[k] = std::max(v[k] - theta, S(0));
+  for (int64_t k = 0; k < K; ++k) out[k] = std::max((v[k] - top) - theta, S(0));
 }
 
 }  // namespace ebm_ext

@@ -81,7 +81,8 @@ inline at::Tensor sparse_coding_lipschitz_aten(const at::Tensor& D) {
     const auto w = at::mv(gram, v);
     rayleigh = at::dot(v, w);
     const auto norm = w.norm();
-    v = w / norm.clamp_min(1e-300);
+    // A zero D gives w = 0: stay at 0 (the smallest normal number of the dtype keeps 0 / 0 out).
+    v = w / norm.clamp_min(D.scalar_type() == at::kDouble ? 1e-300 : 1e-37);
     if (step % 10 == 0) {
       const double now = rayleigh.item<double>();
       if (std::abs(now - previous) <= 1e-7 * std::abs(now)) break;
@@ -92,14 +93,43 @@ inline at::Tensor sparse_coding_lipschitz_aten(const at::Tensor& D) {
 }
 
 // The step's L on the host (one synchronisation on CUDA): the given one, or D's.
+// A given L must be finite and > 0 (0 would be a step of infinity); D's own is 0 only when D is
+// all zeros, and then z = 0 is the exact answer.
 inline double lipschitz_value(const at::Tensor& D, const c10::optional<at::Tensor>& lipschitz) {
-  const double L = lipschitz.has_value() ? lipschitz->item<double>()
-                                         : sparse_coding_lipschitz_aten(D).item<double>();
-  TORCH_CHECK(std::isfinite(L) && L >= 0, "sparse_code: ",
-              lipschitz.has_value() ? "lipschitz must be a finite number >= 0, got "
-                                    : "D must be finite (its Lipschitz constant came out as ",
-              L, lipschitz.has_value() ? "" : ")");
+  if (lipschitz.has_value()) {
+    const double L = lipschitz->item<double>();
+    TORCH_CHECK(std::isfinite(L) && L > 0,
+                "sparse_code: lipschitz must be a finite number > 0 (sparse_coding_lipschitz(D)), got ",
+                L);
+    // 2 max_j ||D[:, j]||^2 (a Rayleigh quotient of D^T D) is a lower bound of the true constant:
+    // a step 1/L longer than that makes the iterates blow up or oscillate without an error.
+    const double lower = D.numel() ? 2 * D.to(at::kDouble).square().sum(0).max().item<double>() : 0;
+    TORCH_CHECK(L >= lower * (1 - 1e-6), "sparse_code: lipschitz (", L, ") must be at least the ",
+                "Lipschitz constant of the gradient, which is >= 2 max_j ||D[:, j]||^2 = ", lower,
+                "; pass sparse_coding_lipschitz(D)");
+    return L;
+  }
+  const double L = sparse_coding_lipschitz_aten(D).item<double>();
+  TORCH_CHECK(std::isfinite(L), "sparse_code: D must be finite (its Lipschitz constant came out as ",
+              L, ")");
   return L;
+}
+
+// The rules both backends apply to a finished solve: a row of y holding NaN or +-inf gets NaN
+// codes and gap (the solver's arithmetic on it means nothing); codes that overflowed on finite
+// data mean the step 1/lipschitz was too long, which is an error, not an answer.
+inline void finish_sparse_code(const at::Tensor& y, at::Tensor& z, at::Tensor& gap, double L,
+                               bool given) {
+  if (z.numel() == 0) return;
+  const auto bad_row = at::logical_not(at::isfinite(y).all(1));
+  const auto diverged = at::logical_not(at::isfinite(z).all(1)).logical_and(bad_row.logical_not());
+  TORCH_CHECK(!diverged.any().item<bool>(), "sparse_code: the iterates diverged (non-finite codes "
+              "from finite y): ", given ? "the given lipschitz" : "the computed Lipschitz constant",
+              " (", L, ") is below the Lipschitz constant of the gradient; pass "
+              "sparse_coding_lipschitz(D)");
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  z.masked_fill_(bad_row.unsqueeze(1), nan);
+  gap.masked_fill_(bad_row, nan);
 }
 
 // The free energy F(y) = E(y, z*) at the code z* that sparse_code finds, written once with ATen

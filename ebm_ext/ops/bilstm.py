@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+
+from ._autograd import register_not_differentiable
 from torch import Tensor
 
 _ops = torch.ops.ebm_ext
@@ -89,3 +91,6 @@ def _backward(ctx, grad_output, _grad_gates, _grad_cells):
 
 
 torch.library.register_autograd("ebm_ext::bilstm", _backward, setup_context=_setup)
+
+register_not_differentiable(
+    "_bilstm_backward", "the double backward of bilstm is not implemented")

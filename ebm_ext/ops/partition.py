@@ -14,6 +14,8 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+
+from ._autograd import register_not_differentiable
 from torch import Tensor
 
 _ops = torch.ops.ebm_ext
@@ -77,3 +79,10 @@ def _backward(ctx, grad):
 
 
 torch.library.register_autograd("ebm_ext::chain_log_partition", _backward, setup_context=_setup)
+
+register_not_differentiable(
+    "chain_marginals", "take minus the gradient of chain_log_partition in unary inside a graph "
+    "(torch.autograd.grad(..., create_graph=True)), or detach its inputs")
+register_not_differentiable(
+    "_chain_log_partition_backward", "the double backward of chain_log_partition is not "
+    "implemented; detach the marginals (or log Z's gradient) before differentiating them again")

@@ -4,6 +4,8 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+
+from ._autograd import register_not_differentiable
 from torch import Tensor
 
 _ops = torch.ops.ebm_ext
@@ -34,3 +36,7 @@ def _chain_relaxed_inference_fake(unary, trans, lengths=None, start=None, end=No
     K = unary.shape[2]
     torch._check(tuple(trans.shape) == (K, K), lambda: "chain_relaxed_inference: trans must have shape (K, K)")
     return torch.empty_like(unary, memory_format=torch.contiguous_format), unary.new_empty(unary.shape[0])
+
+register_not_differentiable(
+    "chain_relaxed_inference", "it is an inference routine; differentiate chain_energy at its "
+    "output (detached), or unroll ebm_ext.inference.gradient_inference")

@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+
+from ._autograd import register_not_differentiable
 from torch import Tensor
 
 _ops = torch.ops.ebm_ext
@@ -104,3 +106,9 @@ def _backward(ctx, grad_energy, grad_z):
 
 
 torch.library.register_autograd("ebm_ext::sparse_coding_energy", _backward, setup_context=_setup)
+
+register_not_differentiable(
+    "sparse_code", "differentiate the free energy sparse_coding_energy (envelope theorem), "
+    "or detach y and D")
+register_not_differentiable(
+    "sparse_coding_lipschitz", "it is a step size; detach D (sparse_coding_lipschitz(D.detach()))")

@@ -279,7 +279,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_code_cpu(
   if (B == 0) return {at::zeros({0, m}, y.options()), gap, iterations};
   const double L = lipschitz_value(D, lipschitz);
   if (L == 0) {  // D = 0: every code has energy ||y||^2 + lam ||z||_1, so z = 0
-    return {at::zeros({B, m}, y.options()), gap, iterations};
+    auto z = at::zeros({B, m}, y.options());
+    finish_sparse_code(y, z, gap, L, lipschitz.has_value());
+    return {z, gap, iterations};
   }
   at::Tensor codes;
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "sparse_code_cpu", [&] {
@@ -304,6 +306,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_code_cpu(
     });
     codes = mp == m ? z : z.narrow(1, 0, m).contiguous();
   });
+  finish_sparse_code(y, codes, gap, L, lipschitz.has_value());
   return {codes, gap, iterations};
 }
 

@@ -260,7 +260,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_code_cuda(
   auto iterations = at::zeros({B}, y.options().dtype(at::kLong));
   if (B == 0) return {at::zeros({0, m}, y.options()), at::zeros({0}, y.options()), iterations};
   const double L = lipschitz_value(D, lipschitz);
-  if (L == 0) return {at::zeros({B, m}, y.options()), at::zeros({B}, y.options()), iterations};
+  if (L == 0) {  // D = 0: z = 0 is exact
+    auto codes = at::zeros({B, m}, y.options());
+    auto gaps = at::zeros({B}, y.options());
+    finish_sparse_code(y, codes, gaps, L, lipschitz.has_value());
+    return {codes, gaps, iterations};
+  }
   // G and b in float64, rounded once: exact to the accumulation type, and independent of
   // torch.backends.cuda.matmul.allow_tf32 (TF32 would raise the float32 gap floor ~100x).
   const auto Dd = D.to(at::kDouble);
@@ -285,7 +290,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_code_cuda(
         yy.data_ptr<double>(), p, z.data_ptr<scalar_t>(), scratch, std::min(m, capacity),
         gap.data_ptr<scalar_t>(), iterations.data_ptr<int64_t>());
   });
-  return {z.to(y.scalar_type()), gap.to(y.scalar_type()), iterations};
+  auto codes = z.to(y.scalar_type());
+  auto gaps = gap.to(y.scalar_type());
+  finish_sparse_code(y, codes, gaps, L, lipschitz.has_value());
+  return {codes, gaps, iterations};
 }
 
 }  // namespace
