@@ -22,23 +22,35 @@ Sentence = tuple  # (tokens: list[str], tags: list[str])
 PAD, UNK = "<pad>", "<unk>"
 
 
+def read_text(path) -> str:
+    """A data file's text; ValueError naming the file and line when it is not UTF-8 (a binary
+    file, another encoding)."""
+    path = pathlib.Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
 def read_tweets(path) -> list[Sentence]:
     """Tweets of a ``token<TAB>tag`` file; every tweet ends with a blank line (the last may not)."""
     path = pathlib.Path(path)
     sentences, tokens, tags = [], [], []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            line = line.rstrip("\n").rstrip("\r")
-            if not line.strip():
-                if tokens:
-                    sentences.append((tokens, tags))
-                    tokens, tags = [], []
-                continue
-            fields = line.split("\t")
-            if len(fields) != 2 or not fields[0] or not fields[1].strip():
-                raise ValueError(f"{path}:{number}: expected 'token<TAB>tag', got {line!r}")
-            tokens.append(fields[0])
-            tags.append(fields[1].strip())
+    # Split on "\n" only: str.splitlines would also break tokens at U+2028, U+0085 and the like.
+    for number, line in enumerate(read_text(path).split("\n"), 1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            if tokens:
+                sentences.append((tokens, tags))
+                tokens, tags = [], []
+            continue
+        fields = line.split("\t")
+        if len(fields) != 2 or not fields[0] or not fields[1].strip():
+            raise ValueError(f"{path}:{number}: expected 'token<TAB>tag', got {line[:80]!r}")
+        tokens.append(fields[0])
+        tags.append(fields[1].strip())
     if tokens:
         sentences.append((tokens, tags))
     return sentences
@@ -50,7 +62,7 @@ def read_conllu(path, column: str = "upos") -> list[Sentence]:
     import conllu.exceptions
 
     path = pathlib.Path(path)
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     sentences = []
     lines = text.split("\n")
     start = 0

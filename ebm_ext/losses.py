@@ -28,6 +28,39 @@ def _reduce(loss: Tensor, reduction: str) -> Tensor:
     raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
 
 
+def _check_gold(op: str, unary: Tensor, gold: Tensor) -> None:
+    """gold must be int64 tags (B, T) matching unary (B, T, K): a float gold is a mistake here
+    (the chain ops would read it as relaxed tags), so it is named as such."""
+    if not isinstance(unary, Tensor):
+        raise ValueError(f"{op}: unary must be a tensor (B, T, K), got {type(unary).__name__}")
+    if not isinstance(gold, Tensor) or gold.dtype != torch.long:
+        got = gold.dtype if isinstance(gold, Tensor) else type(gold).__name__
+        raise ValueError(f"{op}: gold must be an int64 tensor of tags (B, T), got {got}")
+    if unary.dim() != 3 or tuple(gold.shape) != tuple(unary.shape[:2]):
+        raise ValueError(f"{op}: unary must be (B, T, K) and gold (B, T), got "
+                         f"{tuple(unary.shape)} and {tuple(gold.shape)}")
+
+
+def _check_lengths(op: str, lengths: Optional[Tensor], B: int, T: int) -> None:
+    if lengths is None:
+        return
+    if not isinstance(lengths, Tensor) or lengths.dtype != torch.long or tuple(lengths.shape) != (B,):
+        got = (f"{lengths.dtype} of shape {tuple(lengths.shape)}" if isinstance(lengths, Tensor)
+               else type(lengths).__name__)
+        raise ValueError(f"{op}: lengths must be an int64 tensor of shape (B,) = ({B},), got {got}")
+    if B and (int(lengths.min()) < 0 or int(lengths.max()) > T):
+        raise ValueError(f"{op}: lengths must be in [0, T={T}], got values in "
+                         f"[{int(lengths.min())}, {int(lengths.max())}]")
+
+
+def _check_gold_values(op: str, gold: Tensor, lengths: Optional[Tensor], K: int) -> None:
+    bad = _valid(gold, lengths) & ((gold < 0) | (gold >= K))
+    if bool(bad.any()):
+        b, t = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"{op}: gold must hold tags in [0, K={K}) at positions t < length, "
+                         f"got {int(gold[b, t])} at index [{b}, {t}]")
+
+
 def _valid(gold: Tensor, lengths: Optional[Tensor]) -> Tensor:
     B, T = gold.shape
     if lengths is None:
@@ -41,9 +74,12 @@ def token_nll(unary: Tensor, gold: Tensor, lengths: Optional[Tensor] = None,
 
     Each position is classified independently (no transitions).
     """
-    if unary.dim() != 3 or gold.shape != unary.shape[:2]:
-        raise ValueError(f"token_nll: unary must be (B, T, K) and gold (B, T), got "
-                         f"{tuple(unary.shape)} and {tuple(gold.shape)}")
+    _check_gold("token_nll", unary, gold)
+    B, T, K = unary.shape
+    _check_lengths("token_nll", lengths, B, T)
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"token_nll: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    _check_gold_values("token_nll", gold, lengths, K)
     valid = _valid(gold, lengths)
     logp = torch.log_softmax(-unary, dim=-1)
     picked = logp.gather(-1, torch.where(valid, gold, 0)[..., None]).squeeze(-1)
@@ -54,6 +90,9 @@ def crf_nll(unary: Tensor, trans: Tensor, gold: Tensor, lengths: Optional[Tensor
             start: Optional[Tensor] = None, end: Optional[Tensor] = None,
             reduction: str = "mean") -> Tensor:
     """-log p(gold) = E(gold) + log Z, with p(y) ∝ exp(-E(x, y))."""
+    _check_gold("crf_nll", unary, gold)
+    _check_lengths("crf_nll", lengths, *gold.shape)
+    _check_gold_values("crf_nll", gold, lengths, unary.shape[-1])
     loss = (chain_energy(unary, trans, gold, lengths, start, end)
             + chain_log_partition(unary, trans, lengths, start, end))
     return _reduce(loss, reduction)
@@ -63,6 +102,9 @@ def perceptron(unary: Tensor, trans: Tensor, gold: Tensor, lengths: Optional[Ten
                start: Optional[Tensor] = None, end: Optional[Tensor] = None,
                reduction: str = "mean") -> Tensor:
     """E(gold) - min_y E(y): zero when gold is a minimiser, pushes E(gold) down and E(y*) up."""
+    _check_gold("perceptron", unary, gold)
+    _check_lengths("perceptron", lengths, *gold.shape)
+    _check_gold_values("perceptron", gold, lengths, unary.shape[-1])
     best, _ = viterbi(unary, trans, lengths, start, end)
     return _reduce(chain_energy(unary, trans, gold, lengths, start, end) - best, reduction)
 
@@ -73,6 +115,9 @@ def margin_hinge(unary: Tensor, trans: Tensor, gold: Tensor, margin: float = 1.0
     """[m + E(gold) - min_{y != gold} E(y)]_+, exact: the competitor is the best path that is
     not gold, found by 2-best decoding. A sequence with no other path (length 0, or K = 1) has
     loss 0."""
+    _check_gold("margin_hinge", unary, gold)
+    _check_lengths("margin_hinge", lengths, *gold.shape)
+    _check_gold_values("margin_hinge", gold, lengths, unary.shape[-1])
     e_gold = chain_energy(unary, trans, gold, lengths, start, end)
     energy, tags = viterbi_kbest(unary, trans, 2, lengths, start, end)
     valid = _valid(gold, lengths)
@@ -86,6 +131,9 @@ def margin_rescaled_hinge(unary: Tensor, trans: Tensor, gold: Tensor, cost: Tens
                           end: Optional[Tensor] = None, reduction: str = "mean") -> Tensor:
     """[max_y (Delta(y, gold) - E(y)) + E(gold)]_+ with Delta(y, gold) = sum_t cost[gold_t, y_t],
     through cost-augmented decoding (any non-negative cost with a zero diagonal)."""
+    _check_gold("margin_rescaled_hinge", unary, gold)
+    _check_lengths("margin_rescaled_hinge", lengths, *gold.shape)
+    _check_gold_values("margin_rescaled_hinge", gold, lengths, unary.shape[-1])
     e_gold = chain_energy(unary, trans, gold, lengths, start, end)
     e_hat, delta, _ = loss_augmented_viterbi(unary, trans, gold, cost, lengths, start, end)
     return _reduce(torch.relu(delta - e_hat + e_gold), reduction)

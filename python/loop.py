@@ -35,10 +35,26 @@ def save_checkpoint(state: dict, path) -> None:
     atomic_write_bytes(path, lambda f: torch.save(state, f))
 
 
+class CheckpointError(ValueError):
+    """A file that is not a checkpoint of the expected kind; the message names the file."""
+
+
 def load_checkpoint(path) -> dict:
     """Checkpoints hold tensors, numbers, strings, lists and dicts only: they load with
-    weights_only=True (no code runs at load)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    weights_only=True (no code runs at load). Anything else (truncated, empty, random bytes, a
+    pickle that wants to run code) raises CheckpointError naming the file."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load reports damage as many types (EOFError, RuntimeError, ...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: "
+                              f"{first[:200]})") from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: a checkpoint holds a dict, got {type(state).__name__}")
+    return state
 
 
 def write_json(obj: Any, path) -> None:

@@ -26,7 +26,7 @@ import ebm_ext  # noqa: E402
 from ebm_ext import data as D  # noqa: E402
 from ebm_ext.losses import category_cost, hamming_cost  # noqa: E402
 from ebm_ext.nn import CRITERIA, EnergyTagger, FeatureNetwork, TaggerEnsemble  # noqa: E402
-from loop import (Distributed, eval_mode, load_checkpoint, progress, save_checkpoint,  # noqa: E402
+from loop import (CheckpointError, Distributed, eval_mode, load_checkpoint, progress, save_checkpoint,  # noqa: E402
                   write_json)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -293,12 +293,21 @@ def load_tagger_state(state: dict, device="cpu"):
 
 
 def load_tagger(path, device="cpu"):
-    return load_tagger_state(load_checkpoint(path), device)
+    """(tagger, vocabularies) of a best.pt; CheckpointError (naming the file) when it is not one."""
+    state = load_checkpoint(path)
+    try:
+        return load_tagger_state(state, device)
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        what = f"missing {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        raise CheckpointError(f"{path}: not a tagger checkpoint written by tagger.py train "
+                              f"({what[:200]})") from e
 
 
 def evaluate(args) -> dict:
     model, vocabs = load_tagger(args.checkpoint, args.device)
     sentences = D.read_sentences(args.file, args.format)
+    if not sentences:
+        raise ValueError(f"{args.file}: holds no sentences to evaluate")
     acc, _, _ = accuracy(model, sentences, vocabs, torch.device(args.device))
     result = {"file": str(args.file), "sentences": len(sentences),
               "tokens": sum(len(t) for t, _ in sentences), "accuracy": acc}
@@ -395,6 +404,13 @@ def main(argv=None):
     m = sub.add_parser("margin-picture", help="draw the margin loss against the energy gap")
     m.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, OSError) as e:  # bad data, checkpoints or paths: one line, exit 2
+        p.exit(2, f"{p.prog} {args.command}: error: {e}\n")
+
+
+def run(args):
     if args.command == "train":
         sparse = args.criterion in SPARSE
         if args.epochs is None:

@@ -364,7 +364,7 @@ def _bad_cases():
         (lambda: v(torch.randn(2, 3, 0), torch.randn(0, 0)), r"viterbi: unary must have at least one tag"),
         (lambda: kb(u, t, 0), r"viterbi_kbest: k must be >= 1, got 0"),
         (lambda: ca(u, t, g.int()), r"chain_energy: tags must be int64 \(B, T\) / \(B, C, T\) or floating \(B, T, K\), got Int"),
-        (lambda: ca(u, t, g.float()), r"chain_energy: relaxed tags must have the shape of unary \(B, T, K\) = \[2, 3, 4\], got \[2, 3\]"),
+        (lambda: ca(u, t, g.float()), r"chain_energy: tags must be int64 tags \(B, T\) or \(B, C, T\), or relaxed tags \(B, T, K\) = \[2, 3, 4\]; got Float tags of shape \[2, 3\] \(cast tag indices to int64\)"),
         (lambda: ca(u, t, u.double()), r"chain_energy: tags must have the same dtype as unary \(Float\), got Double"),
         (lambda: ca(u, t, g[:, :2]), r"chain_energy: tags must have shape \(B, T\) = \(2, 3\) or \(B, C, T\), got \[2, 2\]"),
         (lambda: ca(u, t, g + 4), r"chain_energy: tags must hold tags in \[0, K=4\) at positions t < length, got 4 at index \[0, 0\]"),

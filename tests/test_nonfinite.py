@@ -189,3 +189,38 @@ def test_sparse_code_rules(device):
     assert ebm_ext.sparse_coding_lipschitz(torch.zeros(3, 4, device=device)).item() == 0
     z, gap, _ = ebm_ext.sparse_code(y[[0]], torch.zeros(5, 8, device=device), 0.1, return_info=True)
     assert (z == 0).all() and (gap == 0).all()  # D = 0: z = 0 is exact
+
+
+# ---- messages that name the op, the argument, what was expected and what came ----------------
+
+_u, _t = torch.randn(2, 3, 4), torch.randn(4, 4)
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: ebm_ext.viterbi(None, _t), r"viterbi: unary must be a tensor, got None"),
+    (lambda: torch.ops.ebm_ext.viterbi(_u, None), r"viterbi: trans must be a tensor, got None"),
+    (lambda: ebm_ext.chain_energy(_u, _t, None), r"chain_energy: tags must be a tensor, got None"),
+    (lambda: ebm_ext.project_simplex(None), r"project_simplex: v must be a tensor, got None"),
+    (lambda: ebm_ext.bilstm(None, None, None, None, None), r"bilstm: input must be a tensor, got None"),
+    (lambda: ebm_ext.sparse_code(torch.randn(2, 3), None, 0.1), r"sparse_code: D must be a tensor, got None"),
+    (lambda: ebm_ext.viterbi(_u.to_sparse(), _t), r"viterbi: unary must be a dense \(strided\) tensor, got layout torch.sparse_coo"),
+    (lambda: ebm_ext.chain_log_partition(_u, _t.to_sparse()), r"chain_log_partition: trans must be a dense \(strided\) tensor"),
+    (lambda: ebm_ext.viterbi(_u, _t.to("meta")), r"viterbi: trans must be on the same device as unary \(cpu\), got meta"),
+    (lambda: ebm_ext.viterbi(_u, _t, torch.tensor([1, 2], device="meta")), r"viterbi: lengths must be on the same device as unary"),
+    (lambda: ebm_ext.nearest_centroid(torch.randn(2, 3), torch.randn(4, 3, device="meta")), r"nearest_centroid: W must be on the same device as y"),
+    (lambda: ebm_ext.viterbi_kbest(_u, _t, 2 ** 61), r"viterbi_kbest: k \* K must be < 2\^31, got k \* K = 9.2\d*e\+18 .*would need"),
+    (lambda: ebm_ext.viterbi_kbest(_u, _t, 10 ** 9), r"viterbi_kbest: k \* K must be < 2\^31, got k \* K = 4e\+09 \(k=1000000000, K=4\); the outputs and back-pointers would need 89.4\d* GiB"),
+    (lambda: ebm_ext.viterbi_kbest(torch.randn(64, 2000, 4), _t, 10 ** 6), r"viterbi_kbest: k=1000000 would need \d+.* GiB .* more than this machine's"),
+    (lambda: ebm_ext.chain_energy(_u, _t, torch.zeros(2, 3)), r"chain_energy: tags must be int64 tags \(B, T\) or \(B, C, T\), or relaxed tags \(B, T, K\) = \[2, 3, 4\]; got Float tags of shape \[2, 3\]"),
+    (lambda: ebm_ext.chain_relaxed_inference(_u, _t, lr=1e39), r"chain_relaxed_inference: lr must be finite in the energies' dtype \(Float\), got 1e\+39"),
+    (lambda: ebm_ext.losses.crf_nll(_u, _t, torch.zeros(2, 3)), r"crf_nll: gold must be an int64 tensor of tags \(B, T\), got torch.float32"),
+    (lambda: ebm_ext.losses.token_nll(_u, torch.zeros(2, 3, dtype=torch.long), torch.tensor([1, 5])), r"token_nll: lengths must be in \[0, T=3\], got values in \[1, 5\]"),
+    (lambda: ebm_ext.losses.token_nll(_u, torch.full((2, 3), 7)), r"token_nll: gold must hold tags in \[0, K=4\) at positions t < length, got 7 at index \[0, 0\]"),
+    (lambda: ebm_ext.packed_order(torch.tensor([3, 5]), 4), r"packed_order: lengths must be <= T=4, got 5"),
+    (lambda: ebm_ext.packed_order(torch.tensor([3, -1])), r"packed_order: lengths must be >= 0, got -1"),
+    (lambda: ebm_ext.packed_order(torch.tensor([3, 1]), 4.0), r"packed_order: T must be an int >= 0 or None, got 4.0"),
+    (lambda: ebm_ext.packed_order(torch.tensor([3.0, 1.0])), r"packed_order: lengths must be a 1-D int64 tensor \(B,\), got torch.float32"),
+])
+def test_clear_messages(call, message):
+    with pytest.raises((RuntimeError, ValueError), match=message):
+        call()

@@ -65,6 +65,33 @@ def test_eval_and_tag_commands(trained, tmp_path):
     assert len(out.stdout.strip().splitlines()) == 2
 
 
+def test_bad_files_and_checkpoints_fail_in_one_line(trained, tmp_path):
+    """Each bad input ends the command with a non-zero exit and one line on stderr naming the
+    file and what is wrong: no traceback, no '0.00% over 0 tokens'."""
+    best = trained / "best.pt"
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "binary.txt").write_bytes(b"ok\tN\n\xff\xfe\x00\x81binary\n")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "truncated.pt").write_bytes(best.read_bytes()[: best.stat().st_size // 2])
+    (tmp_path / "random.pt").write_bytes(os.urandom(4096))
+    torch.save({"model": {}}, tmp_path / "structure.pt")
+    torch.save([1, 2], tmp_path / "list.pt")
+    dev = DATA / "twpos" / "oct27.dev"
+    cases = [(best, tmp_path / "empty.txt", "holds no sentences"),
+             (best, tmp_path / "binary.txt", "binary.txt:2: not UTF-8 text"),
+             (tmp_path / "empty.pt", dev, "empty.pt: not a readable checkpoint"),
+             (tmp_path / "truncated.pt", dev, "truncated.pt: not a readable checkpoint"),
+             (tmp_path / "random.pt", dev, "random.pt: not a readable checkpoint"),
+             (tmp_path / "structure.pt", dev, "structure.pt: not a tagger checkpoint"),
+             (tmp_path / "list.pt", dev, "list.pt: a checkpoint holds a dict, got list"),
+             (tmp_path / "missing.pt", dev, "missing.pt: no such checkpoint file")]
+    for checkpoint, file, message in cases:
+        out = run("eval", "--checkpoint", checkpoint, "--file", file, check=False)
+        assert out.returncode != 0, (message, out.stdout)
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (message, out.stderr)
+
+
 def test_checkpoints_load_with_weights_only(trained):
     for name in ("best.pt", "last.pt"):
         state = torch.load(trained / name, weights_only=True)

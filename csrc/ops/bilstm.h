@@ -38,6 +38,7 @@ struct PackedSteps {
 inline std::string bilstm_shape_str(const at::Tensor& t) { return c10::str(t.sizes()); }
 
 inline PackedSteps check_batch_sizes(const char* op, const at::Tensor& batch_sizes, int64_t N) {
+  check_defined(op, "batch_sizes", batch_sizes);
   TORCH_CHECK(batch_sizes.dim() == 1 && batch_sizes.scalar_type() == at::kLong &&
                   batch_sizes.is_cpu(),
               op, ": batch_sizes must be a 1-D int64 CPU tensor (as in a PackedSequence), got ",
@@ -73,6 +74,9 @@ inline void check_bilstm_weight(const char* op, const char* name, const at::Tens
 // input (N, I) floating, weight_ih (2, 4H, I), weight_hh (2, 4H, H).
 inline BiLSTMDims check_bilstm_weights(const char* op, const at::Tensor& input,
                                        const at::Tensor& weight_ih, const at::Tensor& weight_hh) {
+  check_defined(op, "input", input);
+  check_defined(op, "weight_ih", weight_ih);
+  check_defined(op, "weight_hh", weight_hh);
   TORCH_CHECK(input.dim() == 2, op, ": input must be a 2-D tensor (N, I) of packed rows, got shape ",
               bilstm_shape_str(input));
   TORCH_CHECK(at::isFloatingType(input.scalar_type()), op,

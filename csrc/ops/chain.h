@@ -14,6 +14,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <unistd.h>
 #include <vector>
 
 namespace ebm_ext {
@@ -71,6 +72,8 @@ inline ChainDims check_chain_inputs(const char* op, const at::Tensor& unary,
                                     const c10::optional<at::Tensor>& lengths,
                                     const c10::optional<at::Tensor>& start,
                                     const c10::optional<at::Tensor>& end) {
+  check_defined(op, "unary", unary);
+  check_defined(op, "trans", trans);
   TORCH_CHECK(unary.dim() == 3, op, ": unary must be a 3-D tensor (B, T, K), got shape ",
               shape_str(unary));
   TORCH_CHECK(at::isFloatingType(unary.scalar_type()), op,
@@ -151,6 +154,7 @@ inline void check_tag_values(const char* op, const char* name, const at::Tensor&
 
 inline void check_tags(const char* op, const char* name, const at::Tensor& tags,
                        const at::Tensor& unary) {
+  check_defined(op, name, tags);
   TORCH_CHECK(tags.scalar_type() == at::kLong, op, ": ", name, " must be int64, got ",
               tags.scalar_type());
   check_same_device(op, name, tags, unary);
@@ -165,7 +169,11 @@ inline bool check_chain_energy_inputs(const at::Tensor& unary, const at::Tensor&
                                       const c10::optional<at::Tensor>& end) {
   const char* op = "chain_energy";
   const auto d = check_chain_inputs(op, unary, trans, lengths, start, end);
+  check_defined(op, "tags", tags);
   if (at::isFloatingType(tags.scalar_type())) {
+    TORCH_CHECK(tags.dim() == 3, op, ": tags must be int64 tags (B, T) or (B, C, T), or relaxed "
+                "tags (B, T, K) = ", shape_str(unary), "; got ", tags.scalar_type(),
+                " tags of shape ", shape_str(tags), " (cast tag indices to int64)");
     TORCH_CHECK(tags.sizes() == unary.sizes(), op,
                 ": relaxed tags must have the shape of unary (B, T, K) = ", shape_str(unary),
                 ", got ", shape_str(tags));
@@ -250,6 +258,24 @@ inline void check_kbest_k(const char* op, int64_t k) {
   TORCH_CHECK(k >= 1, op, ": k must be >= 1, got ", k);
 }
 
+// k-best's sizes, in double so that nothing wraps (k = 2^61 used to pass an int64 k * K check):
+// k * K indexes the back-pointers in int32, and a request whose outputs and back-pointers
+// (B (T - 1) k K int32) would not fit in this machine's memory is refused before allocating.
+inline void check_kbest_size(const char* op, int64_t k, const ChainDims& d, bool cuda) {
+  const double kK = double(k) * double(d.K);
+  const double bytes = double(d.B) * double(k) * (8.0 + 8.0 * double(d.T)) +
+                       double(cuda ? d.B : 1) * double(std::max<int64_t>(d.T - 1, 1)) * kK * 4.0;
+  const auto gib = [](double b) { return c10::str(b / double(1 << 30), " GiB"); };
+  TORCH_CHECK(kK < double(std::numeric_limits<int32_t>::max()), op,
+              ": k * K must be < 2^31, got k * K = ", kK, " (k=", k, ", K=", d.K,
+              "); the outputs and back-pointers would need ", gib(bytes));
+  if (!cuda) {
+    const double memory = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGESIZE));
+    TORCH_CHECK(memory <= 0 || bytes <= memory, op, ": k=", k, " would need ", gib(bytes),
+                " for the outputs and back-pointers, more than this machine's ", gib(memory));
+  }
+}
+
 // loss_augmented_viterbi: gold (B, T) int64 tags, cost (K, K) non-negative with zero diagonal.
 inline ChainDims check_loss_augmented_inputs(const at::Tensor& unary, const at::Tensor& trans,
                                              const at::Tensor& gold, const at::Tensor& cost,
@@ -262,6 +288,7 @@ inline ChainDims check_loss_augmented_inputs(const at::Tensor& unary, const at::
   TORCH_CHECK(gold.dim() == 2 && gold.size(0) == d.B && gold.size(1) == d.T, op,
               ": gold must have shape (B, T) = (", d.B, ", ", d.T, "), got ", shape_str(gold));
   check_tag_values(op, "gold", gold, lengths, d.K);
+  check_defined(op, "cost", cost);
   TORCH_CHECK(cost.dim() == 2 && cost.size(0) == cost.size(1), op,
               ": cost must be a square (K, K) matrix, got shape ", shape_str(cost));
   TORCH_CHECK(cost.size(0) == d.K, op, ": cost must have shape (K, K) = (", d.K, ", ", d.K,

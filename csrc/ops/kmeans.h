@@ -3,12 +3,16 @@
 
 #include <ATen/ATen.h>
 
+#include "backend.h"
+
 namespace ebm_ext {
 
 // y (N, d) points, W (k, d) centroids as rows. Returns nothing; throws a message naming the
 // argument, what was expected and what came.
 inline void check_nearest_centroid_inputs(const at::Tensor& y, const at::Tensor& W) {
   constexpr const char* op = "nearest_centroid";
+  check_defined(op, "y", y);
+  check_defined(op, "W", W);
   TORCH_CHECK(y.dim() == 2, op, ": y must be a 2-D tensor (N, d), got shape ", y.sizes());
   TORCH_CHECK(W.dim() == 2, op, ": W must be a 2-D tensor (k, d) of centroids as rows, got shape ",
               W.sizes());

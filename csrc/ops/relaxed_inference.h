@@ -32,6 +32,8 @@ inline RelaxedInferenceOptions check_chain_relaxed_inference_inputs(
   check_chain_inputs(op, unary, trans, lengths, start, end);
   TORCH_CHECK(steps >= 0, op, ": steps must be >= 0, got ", steps);
   TORCH_CHECK(std::isfinite(lr) && lr > 0, op, ": lr must be a finite number > 0, got ", lr);
+  TORCH_CHECK(unary.scalar_type() == at::kDouble || lr <= std::numeric_limits<float>::max(), op,
+              ": lr must be finite in the energies' dtype (", unary.scalar_type(), "), got ", lr);
   TORCH_CHECK(method == "entropic" || method == "projected", op,
               ": method must be 'entropic' or 'projected', got '", std::string(method), "'");
   if (init.has_value()) {

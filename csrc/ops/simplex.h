@@ -3,6 +3,8 @@
 
 #include <ATen/ATen.h>
 
+#include "backend.h"
+
 #include <algorithm>
 #include <cmath>
 #include <functional>
@@ -12,6 +14,7 @@
 namespace ebm_ext {
 
 inline void check_project_simplex_inputs(const at::Tensor& v) {
+  check_defined("project_simplex", "v", v);
   TORCH_CHECK(v.dim() >= 1, "project_simplex: v must have at least one dimension, got a 0-D tensor");
   TORCH_CHECK(at::isFloatingType(v.scalar_type()),
               "project_simplex: v must be a floating-point tensor, got ", v.scalar_type());

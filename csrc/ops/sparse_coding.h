@@ -5,6 +5,8 @@
 #pragma once
 
 #include <ATen/ATen.h>
+
+#include "backend.h"
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <cmath>
@@ -25,6 +27,8 @@ inline SparseCodeOptions check_sparse_code_inputs(
     const char* op, const at::Tensor& y, const at::Tensor& D, double lam, int64_t max_iter,
     double tol, c10::string_view method, bool nonneg, const c10::optional<at::Tensor>& z0,
     const c10::optional<at::Tensor>& lipschitz, int64_t check_every) {
+  check_defined(op, "y", y);
+  check_defined(op, "D", D);
   TORCH_CHECK(y.dim() == 2, op, ": y must be a 2-D tensor (B, n), got shape ", y.sizes());
   TORCH_CHECK(D.dim() == 2, op, ": D must be a 2-D tensor (n, m) with atoms as columns, got shape ",
               D.sizes());
@@ -65,6 +69,7 @@ inline SparseCodeOptions check_sparse_code_inputs(
 // The Rayleigh quotient converges from below and quadratically in the eigenvector's error;
 // iteration stops when it changes by less than 1e-7 relative (checked every 10 steps).
 inline at::Tensor sparse_coding_lipschitz_aten(const at::Tensor& D) {
+  check_defined("sparse_coding_lipschitz", "D", D);
   TORCH_CHECK(D.dim() == 2 && at::isFloatingType(D.scalar_type()),
               "sparse_coding_lipschitz: D must be a 2-D floating-point tensor (n, m), got shape ",
               D.sizes(), " and dtype ", D.scalar_type());

@@ -17,6 +17,8 @@ import torch
 from ._autograd import register_not_differentiable
 from torch import Tensor
 
+from ._checks import check_tensors
+
 _ops = torch.ops.ebm_ext
 
 
@@ -27,6 +29,9 @@ def bilstm(input: Tensor, batch_sizes: Tensor, weight_ih: Tensor, weight_hh: Ten
     (2, 4H, H), ``bias`` (2, 4H). Returns (N, 2H): [left-to-right h_t | right-to-left h_t] for
     each row, as nn.LSTM(bidirectional=True) on the same PackedSequence, from zero initial
     states. Differentiable in input, weights and bias (the backward is its own kernel)."""
+    check_tensors("bilstm", ("input", input, True), ("weight_ih", weight_ih, True),
+                  ("weight_hh", weight_hh, True), ("bias", bias, True))
+    check_tensors("bilstm", ("batch_sizes", batch_sizes, True))  # on the CPU, as nn.LSTM's
     return _ops.bilstm(input, batch_sizes, weight_ih, weight_hh, bias)[0]
 
 
@@ -36,7 +41,17 @@ def packed_order(lengths: Tensor, T: Optional[int] = None) -> tuple[Tensor, Tens
     each packed row (steps in order; within a step, longer sequences first, ties by b), so
     ``x.reshape(B * T, -1)[index]`` packs x and ``index_copy`` unpacks. Sequences of length 0
     have no rows."""
+    if not isinstance(lengths, Tensor) or lengths.dim() != 1 or lengths.dtype != torch.long:
+        got = (f"{lengths.dtype} of shape {tuple(lengths.shape)}" if isinstance(lengths, Tensor)
+               else type(lengths).__name__)
+        raise ValueError(f"packed_order: lengths must be a 1-D int64 tensor (B,), got {got}")
+    if T is not None and (isinstance(T, bool) or not isinstance(T, int) or T < 0):
+        raise ValueError(f"packed_order: T must be an int >= 0 or None, got {T!r}")
     lengths = lengths.cpu()
+    if lengths.numel() and int(lengths.min()) < 0:
+        raise ValueError(f"packed_order: lengths must be >= 0, got {int(lengths.min())}")
+    if T is not None and lengths.numel() and int(lengths.max()) > T:
+        raise ValueError(f"packed_order: lengths must be <= T={T}, got {int(lengths.max())}")
     if T is None:
         T = int(lengths.max()) if lengths.numel() else 0
     order = torch.argsort(lengths, descending=True, stable=True)

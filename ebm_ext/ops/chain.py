@@ -7,8 +7,8 @@ i -> j), ``start``/``end`` (K,) or None, ``lengths`` (B,) int64 or None (all T).
 right; output tags hold -1 at positions t >= L. Ties go to the lexicographically smallest path
 (smallest tag first), identically on CPU and CUDA.
 
-Non-finite inputs: +inf forbids a tag or transition. A sequence whose inputs hold NaN gets a NaN
-energy (its tags are then in range but unspecified). In ``viterbi`` a sequence with no finite path
+Non-finite inputs: +inf forbids a tag or transition. A sequence whose inputs hold NaN or -inf
+(not an energy) gets a NaN energy (its tags are then in range but unspecified). In ``viterbi`` a sequence with no finite path
 gets energy +inf; ``viterbi_kbest`` treats paths of energy +inf as missing.
 """
 from __future__ import annotations
@@ -18,6 +18,8 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+
+from ._checks import check_tensors
 
 _ops = torch.ops.ebm_ext
 
@@ -32,6 +34,7 @@ def chain_energy(unary: Tensor, trans: Tensor, tags: Tensor, lengths: Optional[T
     linear and the transition term is y_{t-1}^T trans y_t. Positions t >= L are ignored.
     Returns (B,) (or (B, C)); differentiable in unary, trans, start, end and relaxed tags.
     """
+    check_tensors("chain_energy", ("unary", unary, True), ("trans", trans, True), ("tags", tags, True), ("lengths", lengths, False), ("start", start, False), ("end", end, False))
     return _ops.chain_energy(unary, trans, tags, lengths, start, end)
 
 
@@ -42,6 +45,7 @@ def viterbi(unary: Tensor, trans: Tensor, lengths: Optional[Tensor] = None,
     Returns ``(energy (B,), tags (B, T) int64)``. ``energy`` is differentiable: its gradient is the
     indicator (counts) of the argmin path. A length-0 sequence has energy 0 and all tags -1.
     """
+    check_tensors("viterbi", ("unary", unary, True), ("trans", trans, True), ("lengths", lengths, False), ("start", start, False), ("end", end, False))
     return _ops.viterbi(unary, trans, lengths, start, end)
 
 
@@ -54,6 +58,7 @@ def viterbi_kbest(unary: Tensor, trans: Tensor, k: int, lengths: Optional[Tensor
     missing rows have energy +inf and tags -1. ``k=2`` gives min over y != best; energies are
     differentiable like ``viterbi``'s.
     """
+    check_tensors("viterbi_kbest", ("unary", unary, True), ("trans", trans, True), ("lengths", lengths, False), ("start", start, False), ("end", end, False))
     return _ops.viterbi_kbest(unary, trans, k, lengths, start, end)
 
 
@@ -67,6 +72,7 @@ def loss_augmented_viterbi(unary: Tensor, trans: Tensor, gold: Tensor, cost: Ten
     Returns ``(energy (B,) = E(y*), delta (B,) = Delta(y*, gold), tags (B, T))``; ``energy`` is
     differentiable as in ``viterbi``, ``delta`` in ``cost``. No augmented copy of ``unary`` is made.
     """
+    check_tensors("loss_augmented_viterbi", ("unary", unary, True), ("trans", trans, True), ("gold", gold, True), ("cost", cost, True), ("lengths", lengths, False), ("start", start, False), ("end", end, False))
     return _ops.loss_augmented_viterbi(unary, trans, gold, cost, lengths, start, end)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._checks import check_tensors
+
 _ops = torch.ops.ebm_ext
 
 
@@ -18,6 +20,7 @@ def nearest_centroid(y: Tensor, W: Tensor) -> tuple[Tensor, Tensor]:
     sum (y - W_j)^2. A point holding NaN gets a NaN distance; a centroid holding NaN is never
     picked. ``dist2`` is differentiable in y and W (the free energy, see ``kmeans_energy``).
     """
+    check_tensors("nearest_centroid", ("y", y, True), ("W", W, True))
     return _ops.nearest_centroid(y, W)
 
 

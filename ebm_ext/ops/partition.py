@@ -7,7 +7,7 @@ d log Z / d unary[b, t, k] = -p(y_t = k), d / d trans = -(pair marginals summed 
 d / d start = -p(y_0), d / d end = -p(y_{L-1}).
 
 Non-finite inputs: +inf energies forbid tags/transitions; a sequence with no allowed path has
-log Z = -inf and zero marginals; NaN inputs give NaN. Energies of -inf are not supported (NaN).
+log Z = -inf and zero marginals; NaN inputs give NaN, and so does -inf (not an energy).
 """
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ import torch
 from ._autograd import register_not_differentiable
 from torch import Tensor
 
+from ._checks import check_tensors
+
 _ops = torch.ops.ebm_ext
 
 
@@ -27,6 +29,7 @@ def chain_log_partition(unary: Tensor, trans: Tensor, lengths: Optional[Tensor] 
 
     Differentiable in unary, trans, start and end (the gradient is minus the marginals).
     """
+    check_tensors("chain_log_partition", ("unary", unary, True), ("trans", trans, True), ("lengths", lengths, False), ("start", start, False), ("end", end, False))
     return _ops.chain_log_partition(unary, trans, lengths, start, end)
 
 
@@ -37,6 +40,7 @@ def chain_marginals(unary: Tensor, trans: Tensor, lengths: Optional[Tensor] = No
     Not differentiable (use ``-autograd.grad(chain_log_partition(...).sum(), unary)`` to get
     marginals inside a graph).
     """
+    check_tensors("chain_marginals", ("unary", unary, True), ("trans", trans, True), ("lengths", lengths, False), ("start", start, False), ("end", end, False))
     return _ops.chain_marginals(unary, trans, lengths, start, end)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._checks import check_tensors
+
 _ops = torch.ops.ebm_ext
 
 
@@ -13,6 +15,7 @@ def project_simplex(v: Tensor) -> Tensor:
     Rows holding NaN or +inf give NaN rows; -inf entries project to 0. Differentiable: the
     Jacobian is the projection onto the face of the simplex the result lies on.
     """
+    check_tensors("project_simplex", ("v", v, True))
     return _ops.project_simplex(v)
 
 

@@ -13,6 +13,8 @@ import torch
 from ._autograd import register_not_differentiable
 from torch import Tensor
 
+from ._checks import check_tensors
+
 _ops = torch.ops.ebm_ext
 
 
@@ -20,6 +22,7 @@ def sparse_coding_lipschitz(D: Tensor) -> Tensor:
     """L = 2 * the largest eigenvalue of D^T D (0-dim tensor on D's device): the Lipschitz
     constant of the gradient of ||y - D z||^2. Found by power iteration on the smaller of
     D^T D and D D^T; pass it to ``sparse_code`` as ``lipschitz`` to reuse it across calls."""
+    check_tensors("sparse_coding_lipschitz", ("D", D, True))
     return _ops.sparse_coding_lipschitz(D)
 
 
@@ -41,6 +44,7 @@ def sparse_code(y: Tensor, D: Tensor, lam: float, max_iter: int = 1000, tol: flo
     The codes are not differentiable (use ``sparse_coding_energy`` for gradients).
     With ``return_info``, returns ``(z, rel_gap (B,), iterations (B,) int64)``.
     """
+    check_tensors("sparse_code", ("y", y, True), ("D", D, True), ("z0", z0, False), ("lipschitz", lipschitz, False))
     z, gap, iterations = _ops.sparse_code(y, D, lam, max_iter, tol, method, nonneg, z0,
                                           lipschitz, check_every)
     return (z, gap, iterations) if return_info else z
@@ -55,6 +59,7 @@ def sparse_coding_energy(y: Tensor, D: Tensor, lam: float, max_iter: int = 1000,
     without unrolling the solver: dF/dy = 2 (y - D z*), dF/dD = -2 (y - D z*) z*^T. The
     gradient is exact at the optimum; its error follows the codes' (``tol``).
     With ``return_codes``, returns ``(F, z*)``."""
+    check_tensors("sparse_coding_energy", ("y", y, True), ("D", D, True), ("z0", z0, False), ("lipschitz", lipschitz, False))
     energy, z = _ops.sparse_coding_energy(y, D, lam, max_iter, tol, method, nonneg, z0,
                                           lipschitz, check_every)
     return (energy, z) if return_codes else energy

@@ -509,8 +509,7 @@ std::tuple<at::Tensor, at::Tensor> viterbi_kbest_cpu(const at::Tensor& unary,
   const char* op = "viterbi_kbest";
   check_kbest_k(op, k);
   const auto d = check_chain_inputs(op, unary, trans, lengths, start, end);
-  TORCH_CHECK(k * d.K < std::numeric_limits<int32_t>::max(), op, ": k * K must be < 2^31, got ",
-              k * d.K);
+  check_kbest_size(op, k, d, /*cuda=*/false);
   auto energy = at::empty({d.B, k}, unary.options());
   auto tags = at::empty({d.B, k, d.T}, unary.options().dtype(at::kLong));
   if (d.B == 0) return {energy, tags};

@@ -305,6 +305,7 @@ std::tuple<at::Tensor, at::Tensor> viterbi_kbest_cuda(const at::Tensor& unary,
   const char* op = "viterbi_kbest";
   check_kbest_k(op, k);
   const auto d = check_chain_inputs(op, unary, trans, lengths, start, end);
+  check_kbest_size(op, k, d, /*cuda=*/true);
   const DeviceGuard guard(unary.device());
   auto energy = at::empty({d.B, k}, unary.options());
   auto tags = at::empty({d.B, k, d.T}, unary.options().dtype(at::kLong));
