@@ -372,7 +372,7 @@ def _bad_cases():
         (lambda: la(u, t, g[0], c), r"loss_augmented_viterbi: gold must have shape \(B, T\) = \(2, 3\), got \[3\]"),
         (lambda: la(u, t, g, c[:3]), r"loss_augmented_viterbi: cost must be a square \(K, K\) matrix, got shape \[3, 4\]"),
         (lambda: la(u, t, g, c[:3, :3]), r"loss_augmented_viterbi: cost must have shape \(K, K\) = \(4, 4\), got \[3, 3\]"),
-        (lambda: la(u, t, g, -c), r"loss_augmented_viterbi: cost must be non-negative, got a minimum of -1"),
+        (lambda: la(u, t, g, -c), r"loss_augmented_viterbi: cost must be finite and non-negative, got -1 at index \[0, 1\]"),
         (lambda: la(u, t, g, c + torch.eye(4)), r"loss_augmented_viterbi: cost must have a zero diagonal"),
         (lambda: la(u, t, g, c.double()), r"loss_augmented_viterbi: cost must have the same dtype as unary"),
     ]

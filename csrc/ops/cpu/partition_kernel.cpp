@@ -202,12 +202,15 @@ struct ForwardBackward {
   // factor, w (T, Kp) = exp(umin_t - unary_t), beta/next (Kp).
   // log space: a (T, Kp) log forward, beta (Kp) log backward.
   std::vector<S> a, v, w, beta, next, tmp;
+  std::vector<double> la, lbeta, ltmp, lnext;  // log space: (T, Kp) forward, (Kp) each
+  double log_z = 0;                            // of the last forward_log
   std::vector<uint64_t> relevant, allowed, reach, nxt;  // (T, W), (W), (W), (W)
   int64_t exp_runs = 0, log_runs = 0;  // sequences run in each domain, for the tests
 
   explicit ForwardBackward(const Problem<S>& prob)
       : p(prob), a(std::max<int64_t>(1, prob.T) * prob.Kp), v(a.size()), w(a.size()),
-        beta(prob.Kp), next(prob.Kp), tmp(prob.Kp),
+        beta(prob.Kp), next(prob.Kp), tmp(prob.Kp), la(a.size()), lbeta(prob.Kp),
+        ltmp(prob.Kp), lnext(prob.Kp),
         relevant(std::max<int64_t>(1, prob.T) * prob.W), allowed(prob.W), reach(prob.W),
         nxt(prob.W) {}
 
@@ -391,11 +394,13 @@ struct ForwardBackward {
   }
 
   // ---- log space: the same quantities with log-sum-exp, for transitions of huge range ----
-  static S logsumexp(const S* x, int64_t n) {
-    S m = -inf_v<S>;
+  // In float64 whatever S is: log messages reach T times the energies, and float32 would
+  // resolve exp(alpha + beta - log Z) only to ~1e-5 at energies of a few hundred.
+  static double logsumexp(const double* x, int64_t n) {
+    double m = -inf_v<double>;
     for (int64_t i = 0; i < n; ++i) m = std::max(m, x[i]);
-    if (m == -inf_v<S>) return m;
-    S s = 0;
+    if (m == -inf_v<double>) return m;
+    double s = 0;
     for (int64_t i = 0; i < n; ++i) s += std::exp(x[i] - m);
     return m + std::log(s);
   }
@@ -403,40 +408,42 @@ struct ForwardBackward {
   S forward_log(int64_t b, int64_t L) {
     const int64_t K = p.K, Kp = p.Kp;
     const S* u0 = p.unary_at(b, 0);
-    for (int64_t j = 0; j < K; ++j) a[j] = -(u0[j] + p.start_at(j));
+    for (int64_t j = 0; j < K; ++j) la[j] = -(double(u0[j]) + double(p.start_at(j)));
     for (int64_t t = 1; t < L; ++t) {
-      const S* prev = a.data() + (t - 1) * Kp;
+      const double* prev = la.data() + (t - 1) * Kp;
       const S* u = p.unary_at(b, t);
       for (int64_t j = 0; j < K; ++j) {
-        for (int64_t i = 0; i < K; ++i) tmp[i] = prev[i] - p.trans[i * K + j];
-        a[t * Kp + j] = logsumexp(tmp.data(), K) - u[j];
+        for (int64_t i = 0; i < K; ++i) ltmp[i] = prev[i] - double(p.trans[i * K + j]);
+        la[t * Kp + j] = logsumexp(ltmp.data(), K) - double(u[j]);
       }
     }
-    const S* aL = a.data() + (L - 1) * Kp;
-    for (int64_t j = 0; j < K; ++j) tmp[j] = aL[j] - p.end_at(j);
-    return logsumexp(tmp.data(), K);
+    const double* aL = la.data() + (L - 1) * Kp;
+    for (int64_t j = 0; j < K; ++j) ltmp[j] = aL[j] - double(p.end_at(j));
+    log_z = logsumexp(ltmp.data(), K);
+    return S(log_z);
   }
 
-  void backward_log(int64_t b, int64_t L, S logz, S scale, S* marg, int64_t marg_stride,
-                    S* pair) {
+  // Needs forward_log (its log Z in float64).
+  void backward_log(int64_t b, int64_t L, S scale, S* marg, int64_t marg_stride, S* pair) {
     const int64_t K = p.K, Kp = p.Kp;
-    for (int64_t i = 0; i < K; ++i) beta[i] = -p.end_at(i);
+    for (int64_t i = 0; i < K; ++i) lbeta[i] = -double(p.end_at(i));
     for (int64_t t = L - 1; t >= 0; --t) {
-      const S* at = a.data() + t * Kp;
+      const double* at = la.data() + t * Kp;
       if (marg)
         for (int64_t j = 0; j < K; ++j)
-          marg[t * marg_stride + j] = scale * std::exp(at[j] + beta[j] - logz);
+          marg[t * marg_stride + j] = S(double(scale) * std::exp(at[j] + lbeta[j] - log_z));
       if (t == 0) break;
-      const S* prev = a.data() + (t - 1) * Kp;
+      const double* prev = la.data() + (t - 1) * Kp;
       const S* u = p.unary_at(b, t);
-      for (int64_t j = 0; j < K; ++j) tmp[j] = beta[j] - u[j];  // log q_t(j)
+      for (int64_t j = 0; j < K; ++j) ltmp[j] = lbeta[j] - double(u[j]);  // log q_t(j)
       if (pair)
         for (int64_t i = 0; i < K; ++i)
           for (int64_t j = 0; j < K; ++j)
-            pair[i * Kp + j] += scale * std::exp(prev[i] - p.trans[i * K + j] + tmp[j] - logz);
+            pair[i * Kp + j] += S(double(scale) *
+                                  std::exp(prev[i] - double(p.trans[i * K + j]) + ltmp[j] - log_z));
       for (int64_t i = 0; i < K; ++i) {
-        for (int64_t j = 0; j < K; ++j) next[j] = tmp[j] - p.trans[i * K + j];
-        beta[i] = logsumexp(next.data(), K);
+        for (int64_t j = 0; j < K; ++j) lnext[j] = ltmp[j] - double(p.trans[i * K + j]);
+        lbeta[i] = logsumexp(lnext.data(), K);
       }
     }
   }
@@ -573,7 +580,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_backward_cpu(
             }
           }
           if (!done)
-            fb.backward_log(b, L, logz, g[b], mb, K, want_params ? pair_log[c].data() : nullptr);
+            fb.backward_log(b, L, g[b], mb, K, want_params ? pair_log[c].data() : nullptr);
           if (want_params) {
             for (int64_t j = 0; j < K; ++j) {
               first[c][j] += mb[j];
