@@ -1,0 +1,234 @@
+"""A linear-chain CRF layer that is a drop-in for pytorch-crf 0.7.2's ``torchcrf.CRF``, on the
+ebm_ext kernels.
+
+pytorch-crf works in scores (higher is better): score(y) = start[y_0] + sum_t emissions[t, y_t] +
+sum_t transitions[y_{t-1}, y_t] + end[y_{L-1}]. ebm_ext works in energies (lower is better), so
+the layer hands the kernels E = -score: unary = -emissions, trans = -transitions, start =
+-start_transitions, end = -end_transitions. Same constructor, parameters (initialised
+uniform(-0.1, 0.1)), ``forward`` (the log-likelihood) and ``decode`` (lists), the same
+ValueErrors and the same numbers; TorchScript compiles it.
+
+Beyond pytorch-crf:
+- ``decode_nbest(emissions, nbest, mask)``: the ``nbest`` best paths per sequence, best first
+  (its own method because TorchScript needs one return type per method);
+- ``viterbi_tensors(emissions, mask, nbest)``: scores and tags as padded tensors (tags -1 where
+  the mask is off), for DataParallel, export and torch.compile;
+- ``marginals(emissions, mask)``: p(y_t = k), 0 where the mask is off;
+- ``CRF(num_tags, batch_first, any_mask=True)``: the mask may be any boolean selection (left
+  padding, a skipped [CLS] token, holes); the selected positions of each sequence are scored and
+  decoded as one chain, and a sequence may select nothing (log-likelihood 0, an empty path).
+  By default the mask must be a right-padded prefix that holds the first timestep, as in
+  pytorch-crf (which silently mis-scores other masks; here they are an error that names the
+  option).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+
+
+class CRF(nn.Module):
+    """Conditional random field over tag sequences (pytorch-crf's API; see the module docstring).
+
+    Args:
+        num_tags: number of tags.
+        batch_first: inputs are (batch, seq, ...) when True, (seq, batch, ...) otherwise.
+        any_mask: accept any boolean mask (see the module docstring); default False.
+    """
+
+    def __init__(self, num_tags: int, batch_first: bool = False, any_mask: bool = False) -> None:
+        if num_tags <= 0:
+            raise ValueError(f"invalid number of tags: {num_tags}")
+        super().__init__()
+        self.num_tags = num_tags
+        self.batch_first = batch_first
+        self.any_mask = any_mask
+        self.start_transitions = nn.Parameter(torch.empty(num_tags))
+        self.end_transitions = nn.Parameter(torch.empty(num_tags))
+        self.transitions = nn.Parameter(torch.empty(num_tags, num_tags))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Every parameter uniform(-0.1, 0.1), as pytorch-crf."""
+        nn.init.uniform_(self.start_transitions, -0.1, 0.1)
+        nn.init.uniform_(self.end_transitions, -0.1, 0.1)
+        nn.init.uniform_(self.transitions, -0.1, 0.1)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(num_tags={self.num_tags})"
+
+    # ---- pytorch-crf's API ----------------------------------------------------------------
+
+    def forward(self, emissions: Tensor, tags: Tensor, mask: Optional[Tensor] = None,
+                reduction: str = "sum") -> Tensor:
+        """log p(tags | emissions): (batch,) with reduction 'none', else a scalar ('sum', 'mean'
+        over the batch, 'token_mean' over the selected tokens)."""
+        self._validate(emissions, tags, mask)
+        if reduction not in ["none", "sum", "mean", "token_mean"]:
+            raise ValueError(f"invalid reduction: {reduction}")
+        unary, gold, lengths, mask_bf = self._chain(emissions, tags, mask)
+        trans, start, end = self._energies()
+        energy = torch.ops.ebm_ext.chain_energy(unary, trans, gold, lengths, start, end)
+        log_z = torch.ops.ebm_ext.chain_log_partition(unary, trans, lengths, start, end)
+        llh = -(energy + log_z)
+        if reduction == "none":
+            return llh
+        if reduction == "sum":
+            return llh.sum()
+        if reduction == "mean":
+            return llh.mean()
+        return llh.sum() / mask_bf.to(llh.dtype).sum()
+
+    @torch.jit.export
+    def decode(self, emissions: Tensor, mask: Optional[Tensor] = None) -> List[List[int]]:
+        """The best tag sequence of each batch entry, as lists (over the selected positions)."""
+        self._validate(emissions, None, mask)
+        unary, _, lengths, _ = self._chain(emissions, None, mask)
+        trans, start, end = self._energies()
+        tags = torch.ops.ebm_ext.viterbi(unary, trans, lengths, start, end)[1]
+        return _to_lists(tags.cpu(), lengths.cpu())
+
+    # ---- beyond pytorch-crf ----------------------------------------------------------------
+
+    @torch.jit.export
+    def decode_nbest(self, emissions: Tensor, nbest: int,
+                     mask: Optional[Tensor] = None) -> List[List[List[int]]]:
+        """The ``nbest`` best distinct tag sequences of each batch entry, best first (fewer when
+        fewer exist)."""
+        self._validate(emissions, None, mask)
+        if nbest < 1:
+            raise ValueError(f"nbest must be >= 1, got {nbest}")
+        unary, _, lengths, _ = self._chain(emissions, None, mask)
+        trans, start, end = self._energies()
+        energy, tags = torch.ops.ebm_ext.viterbi_kbest(unary, trans, nbest, lengths, start, end)
+        energy, tags, lengths = energy.cpu(), tags.cpu(), lengths.cpu()
+        out: List[List[List[int]]] = []
+        for b in range(tags.size(0)):
+            paths: List[List[int]] = []
+            for r in range(nbest):
+                if bool(torch.isfinite(energy[b, r])):
+                    path: List[int] = tags[b, r, : int(lengths[b])].tolist()
+                    paths.append(path)
+            out.append(paths)
+        return out
+
+    @torch.jit.export
+    def viterbi_tensors(self, emissions: Tensor, mask: Optional[Tensor] = None,
+                        nbest: int = 1) -> Tuple[Tensor, Tensor]:
+        """(scores (batch, nbest), tags (batch, nbest, seq)) as tensors on the emissions' device:
+        scores are pytorch-crf's (higher is better; -inf for a missing path), tags sit at the
+        positions they label in the batch-first layout, -1 where the mask is off."""
+        self._validate(emissions, None, mask)
+        if nbest < 1:
+            raise ValueError(f"nbest must be >= 1, got {nbest}")
+        unary, _, lengths, mask_bf = self._chain(emissions, None, mask)
+        trans, start, end = self._energies()
+        energy, tags = torch.ops.ebm_ext.viterbi_kbest(unary, trans, nbest, lengths, start, end)
+        if self.any_mask:  # back from the packed selection to the positions it came from
+            order = _selection_order(mask_bf)
+            placed = torch.full_like(tags, -1)
+            tags = placed.scatter(2, order[:, None, :].expand_as(tags), tags)
+        return -energy, tags
+
+    @torch.jit.export
+    def marginals(self, emissions: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        """p(y_t = k) in the layout of ``emissions``; 0 where the mask is off."""
+        self._validate(emissions, None, mask)
+        unary, _, lengths, mask_bf = self._chain(emissions, None, mask)
+        trans, start, end = self._energies()
+        marg = torch.ops.ebm_ext.chain_marginals(unary, trans, lengths, start, end)
+        if self.any_mask:
+            order = _selection_order(mask_bf)
+            marg = torch.zeros_like(marg).scatter(1, order[:, :, None].expand_as(marg), marg)
+        return marg if self.batch_first else marg.transpose(0, 1)
+
+    # ---- shared ----------------------------------------------------------------------------
+
+    def _energies(self) -> Tuple[Tensor, Tensor, Tensor]:
+        return -self.transitions, -self.start_transitions, -self.end_transitions
+
+    def _validate(self, emissions: Tensor, tags: Optional[Tensor], mask: Optional[Tensor]) -> None:
+        if emissions.dim() != 3:
+            raise ValueError(f"emissions must have dimension of 3, got {emissions.dim()}")
+        if emissions.size(2) != self.num_tags:
+            raise ValueError(f"expected last dimension of emissions is {self.num_tags}, "
+                             f"got {emissions.size(2)}")
+        if tags is not None:
+            if emissions.shape[:2] != tags.shape:
+                raise ValueError("the first two dimensions of emissions and tags must match, "
+                                 "got " + _shape(emissions.shape[:2]) + " and " + _shape(tags.shape))
+        if mask is not None:
+            if emissions.shape[:2] != mask.shape:
+                raise ValueError("the first two dimensions of emissions and mask must match, "
+                                 "got " + _shape(emissions.shape[:2]) + " and " + _shape(mask.shape))
+            if not self.any_mask and not _tracing():
+                first = mask[:, 0] if self.batch_first else mask[0]
+                if not bool(first.all()):
+                    raise ValueError("mask of the first timestep must all be on")
+
+    def _chain(self, emissions: Tensor, tags: Optional[Tensor],
+               mask: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(unary (B, T, K) energies, gold (B, T), lengths (B,), the batch-first mask (B, T)) for
+        the kernels; with any_mask, the selected positions packed to the left."""
+        if not self.batch_first:
+            emissions = emissions.transpose(0, 1)
+            if tags is not None:
+                tags = tags.transpose(0, 1)
+            if mask is not None:
+                mask = mask.transpose(0, 1)
+        B, T = emissions.size(0), emissions.size(1)
+        if mask is None:
+            mask_bf = torch.ones(B, T, dtype=torch.bool, device=emissions.device)
+        else:
+            mask_bf = mask.to(torch.bool)
+        lengths = mask_bf.sum(1)
+        gold = tags if tags is not None else torch.zeros(B, T, dtype=torch.long,
+                                                         device=emissions.device)
+        unary = -emissions
+        if self.any_mask:
+            order = _selection_order(mask_bf)
+            unary = unary.gather(1, order[:, :, None].expand(B, T, self.num_tags))
+            gold = gold.gather(1, order)
+        elif mask is not None and not _tracing():
+            prefix = torch.arange(T, device=mask_bf.device)[None, :] < lengths[:, None]
+            if not bool((prefix == mask_bf).all()):
+                raise ValueError("mask must be a right-padded prefix (on, then off) in each "
+                                 "sequence; for any other selection create the CRF with "
+                                 "any_mask=True")
+        return unary.contiguous(), gold.contiguous(), lengths, mask_bf
+
+
+def _tracing() -> bool:
+    """Whether torch.compile/export is tracing: the mask's value checks read data, which a
+    graph cannot; they run in eager mode and under TorchScript."""
+    if torch.jit.is_scripting():
+        return False
+    return _dynamo_compiling()
+
+
+@torch.jit.unused
+def _dynamo_compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def _shape(shape: List[int]) -> str:
+    """A shape written as Python writes a tuple, "(3, 2)" or "(3,)" (TorchScript has no tuple())."""
+    if len(shape) == 1:
+        return "(" + str(shape[0]) + ",)"
+    return "(" + ", ".join([str(d) for d in shape]) + ")"
+
+
+def _selection_order(mask: Tensor) -> Tensor:
+    """(B, T) positions with the selected ones first, in order (a stable sort of ~mask)."""
+    return torch.sort((~mask).to(torch.int8), dim=1, stable=True)[1]
+
+
+def _to_lists(tags: Tensor, lengths: Tensor) -> List[List[int]]:
+    out: List[List[int]] = []
+    for b in range(tags.size(0)):
+        path: List[int] = tags[b, : int(lengths[b])].tolist()
+        out.append(path)
+    return out
