@@ -14,6 +14,7 @@ except ImportError as error:  # never fall back silently to slow Python
         "against this same torch. Rebuild it with: pip install --no-build-isolation .") from error
 
 from . import losses, ops  # noqa: E402  (ops registers fake and autograd implementations)
+from .constraints import allowed_transitions  # noqa: E402
 from .crf import CRF  # noqa: E402
 from .ops import (  # noqa: E402
     bilstm,

@@ -37,9 +37,14 @@ class CRF(nn.Module):
         num_tags: number of tags.
         batch_first: inputs are (batch, seq, ...) when True, (seq, batch, ...) otherwise.
         any_mask: accept any boolean mask (see the module docstring); default False.
+        constraints: energies ``(trans (K, K), start (K,), end (K,))`` added to the layer's own,
+            e.g. ``ebm_ext.allowed_transitions('BIO', labels)``: +inf forbids, in training (the
+            likelihood gives forbidden paths no mass; a forbidden gold path has log-likelihood
+            -inf) and decoding alike. Kept as buffers (saved, moved, not trained).
     """
 
-    def __init__(self, num_tags: int, batch_first: bool = False, any_mask: bool = False) -> None:
+    def __init__(self, num_tags: int, batch_first: bool = False, any_mask: bool = False,
+                 constraints: Optional[Tuple[Tensor, Tensor, Tensor]] = None) -> None:
         if num_tags <= 0:
             raise ValueError(f"invalid number of tags: {num_tags}")
         super().__init__()
@@ -49,7 +54,24 @@ class CRF(nn.Module):
         self.start_transitions = nn.Parameter(torch.empty(num_tags))
         self.end_transitions = nn.Parameter(torch.empty(num_tags))
         self.transitions = nn.Parameter(torch.empty(num_tags, num_tags))
+        # Buffers only when given: a pytorch-crf state_dict loads into an unconstrained layer.
+        for name in ("constraint_transitions", "constraint_start", "constraint_end"):
+            self.register_buffer(name, None)
+        if constraints is not None:
+            self._set_constraints(num_tags, constraints)
         self.reset_parameters()
+
+    @torch.jit.unused
+    def _set_constraints(self, num_tags: int, constraints: Tuple[Tensor, Tensor, Tensor]) -> None:
+        c_trans, c_start, c_end = constraints
+        if (tuple(c_trans.shape) != (num_tags, num_tags) or tuple(c_start.shape) != (num_tags,)
+                or tuple(c_end.shape) != (num_tags,)):
+            raise ValueError(f"constraints must be (trans ({num_tags}, {num_tags}), start "
+                             f"({num_tags},), end ({num_tags},)) energies, got shapes "
+                             f"{tuple(c_trans.shape)}, {tuple(c_start.shape)}, {tuple(c_end.shape)}")
+        self.register_buffer("constraint_transitions", c_trans.detach().clone().float())
+        self.register_buffer("constraint_start", c_start.detach().clone().float())
+        self.register_buffer("constraint_end", c_end.detach().clone().float())
 
     def reset_parameters(self) -> None:
         """Every parameter uniform(-0.1, 0.1), as pytorch-crf."""
@@ -148,7 +170,12 @@ class CRF(nn.Module):
     # ---- shared ----------------------------------------------------------------------------
 
     def _energies(self) -> Tuple[Tensor, Tensor, Tensor]:
-        return -self.transitions, -self.start_transitions, -self.end_transitions
+        trans, start, end = -self.transitions, -self.start_transitions, -self.end_transitions
+        c_trans, c_start, c_end = self.constraint_transitions, self.constraint_start, self.constraint_end
+        if c_trans is not None and c_start is not None and c_end is not None:
+            dtype = trans.dtype
+            trans, start, end = trans + c_trans.to(dtype), start + c_start.to(dtype), end + c_end.to(dtype)
+        return trans, start, end
 
     def _validate(self, emissions: Tensor, tags: Optional[Tensor], mask: Optional[Tensor]) -> None:
         if emissions.dim() != 3:

@@ -167,3 +167,23 @@ def test_torchscript_compile_and_export():
     exported = torch.export.export(Tagger(), (emissions, mask))
     for a, b in zip(exported.module()(emissions, mask), crf.viterbi_tensors(emissions, mask)):
         torch.testing.assert_close(a, b)
+
+
+def test_constrained_crf_never_decodes_or_scores_an_invalid_path():
+    labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    crf = ebm_ext.CRF(5, batch_first=True, constraints=ebm_ext.allowed_transitions("BIO", labels))
+    g = torch.Generator().manual_seed(8)
+    emissions = 4 * torch.randn(32, 6, 5, generator=g)
+    emissions[:, :, 2] += 5  # the network prefers I-PER everywhere, which is invalid at t = 0
+    for path in crf.decode(emissions):
+        assert path[0] != 2 and path[0] != 4
+        assert all(b not in (2, 4) or (a in (b - 1, b)) for a, b in zip(path, path[1:]))
+    bad = torch.tensor([[2, 2, 2, 2, 2, 2]])
+    assert crf(emissions[:1], bad, reduction="none").item() == -math.inf
+    good = torch.tensor([[1, 2, 0, 3, 4, 4]])
+    llh = crf(emissions[:1], good)
+    assert math.isfinite(llh.item())
+    llh.backward()
+    assert torch.isfinite(crf.transitions.grad).all() and crf.transitions.grad[0, 2] == 0
+    state = crf.state_dict()
+    assert "constraint_transitions" in state and torch.isinf(state["constraint_transitions"]).any()
