@@ -23,6 +23,7 @@ Beyond pytorch-crf:
 """
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Tuple
 
 import torch
@@ -87,15 +88,25 @@ class CRF(nn.Module):
     def forward(self, emissions: Tensor, tags: Tensor, mask: Optional[Tensor] = None,
                 reduction: str = "sum") -> Tensor:
         """log p(tags | emissions): (batch,) with reduction 'none', else a scalar ('sum', 'mean'
-        over the batch, 'token_mean' over the selected tokens)."""
+        over the batch, 'token_mean' over the selected tokens).
+
+        Partial or fuzzy labels: ``tags`` may be a bool tensor of the emissions' shape, the
+        tags allowed at each position; the result is then the log-likelihood of the set,
+        log sum over the consistent sequences of p(y) (-inf when none is)."""
         self._validate(emissions, tags, mask)
         if reduction not in ["none", "sum", "mean", "token_mean"]:
             raise ValueError(f"invalid reduction: {reduction}")
-        unary, gold, lengths, mask_bf = self._chain(emissions, tags, mask)
         trans, start, end = self._energies()
-        energy = torch.ops.ebm_ext.chain_energy(unary, trans, gold, lengths, start, end)
-        log_z = torch.ops.ebm_ext.chain_log_partition(unary, trans, lengths, start, end)
-        llh = -(energy + log_z)
+        if tags.dtype == torch.bool:
+            unary, _, lengths, mask_bf = self._chain(emissions, None, mask)
+            restricted = self._chain(emissions.masked_fill(~tags, -math.inf), None, mask)[0]
+            llh = (torch.ops.ebm_ext.chain_log_partition(restricted, trans, lengths, start, end)
+                   - torch.ops.ebm_ext.chain_log_partition(unary, trans, lengths, start, end))
+        else:
+            unary, gold, lengths, mask_bf = self._chain(emissions, tags, mask)
+            energy = torch.ops.ebm_ext.chain_energy(unary, trans, gold, lengths, start, end)
+            log_z = torch.ops.ebm_ext.chain_log_partition(unary, trans, lengths, start, end)
+            llh = -(energy + log_z)
         if reduction == "none":
             return llh
         if reduction == "sum":
@@ -105,9 +116,14 @@ class CRF(nn.Module):
         return llh.sum() / mask_bf.to(llh.dtype).sum()
 
     @torch.jit.export
-    def decode(self, emissions: Tensor, mask: Optional[Tensor] = None) -> List[List[int]]:
-        """The best tag sequence of each batch entry, as lists (over the selected positions)."""
-        self._validate(emissions, None, mask)
+    def decode(self, emissions: Tensor, mask: Optional[Tensor] = None,
+               allowed: Optional[Tensor] = None) -> List[List[int]]:
+        """The best tag sequence of each batch entry, as lists (over the selected positions);
+        with ``allowed`` (bool, the emissions' shape), the best among the sequences whose tags
+        are all allowed (a restricted Viterbi)."""
+        self._validate(emissions, allowed, mask)
+        if allowed is not None:
+            emissions = emissions.masked_fill(~allowed, -math.inf)
         unary, _, lengths, _ = self._chain(emissions, None, mask)
         trans, start, end = self._energies()
         tags = torch.ops.ebm_ext.viterbi(unary, trans, lengths, start, end)[1]
@@ -183,7 +199,11 @@ class CRF(nn.Module):
         if emissions.size(2) != self.num_tags:
             raise ValueError(f"expected last dimension of emissions is {self.num_tags}, "
                              f"got {emissions.size(2)}")
-        if tags is not None:
+        if tags is not None and tags.dtype == torch.bool:
+            if emissions.shape != tags.shape:
+                raise ValueError("allowed tags (bool) must have the shape of emissions, got "
+                                 + _shape(emissions.shape) + " and " + _shape(tags.shape))
+        elif tags is not None:
             if emissions.shape[:2] != tags.shape:
                 raise ValueError("the first two dimensions of emissions and tags must match, "
                                  "got " + _shape(emissions.shape[:2]) + " and " + _shape(tags.shape))

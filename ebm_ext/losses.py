@@ -61,6 +61,21 @@ def _check_gold_values(op: str, gold: Tensor, lengths: Optional[Tensor], K: int)
                          f"got {int(gold[b, t])} at index [{b}, {t}]")
 
 
+def check_allowed(op: str, unary: Tensor, allowed: Tensor) -> None:
+    """A partial label set: boolean, the shape of unary (B, T, K)."""
+    if not isinstance(unary, Tensor) or not isinstance(allowed, Tensor):
+        raise ValueError(f"{op}: unary and the allowed tags must be tensors")
+    if allowed.dtype != torch.bool or tuple(allowed.shape) != tuple(unary.shape):
+        raise ValueError(f"{op}: allowed tags must be a bool tensor of the shape of unary (B, T, K) "
+                         f"= {tuple(unary.shape)}, got {allowed.dtype} of shape {tuple(allowed.shape)}")
+
+
+def restrict(unary: Tensor, allowed: Tensor) -> Tensor:
+    """unary with the tags outside ``allowed`` (B, T, K) forbidden (+inf): the energy of the
+    restricted chain, for partial labels and restricted decoding."""
+    return unary.masked_fill(~allowed, float("inf"))
+
+
 def _valid(gold: Tensor, lengths: Optional[Tensor]) -> Tensor:
     B, T = gold.shape
     if lengths is None:
@@ -89,7 +104,20 @@ def token_nll(unary: Tensor, gold: Tensor, lengths: Optional[Tensor] = None,
 def crf_nll(unary: Tensor, trans: Tensor, gold: Tensor, lengths: Optional[Tensor] = None,
             start: Optional[Tensor] = None, end: Optional[Tensor] = None,
             reduction: str = "mean") -> Tensor:
-    """-log p(gold) = E(gold) + log Z, with p(y) ∝ exp(-E(x, y))."""
+    """-log p(gold) = E(gold) + log Z, with p(y) ∝ exp(-E(x, y)).
+
+    Partial or fuzzy labels: ``gold`` may instead be a boolean (B, T, K) set of the tags allowed
+    at each position; the loss is then -log p(y_t in gold_t for every t < L) = log Z -
+    log Z(restricted to gold), the marginal likelihood of every sequence consistent with it
+    (+inf when none is; positions t >= L are ignored).
+    """
+    if isinstance(gold, Tensor) and gold.dtype == torch.bool:
+        check_allowed("crf_nll", unary, gold)
+        _check_lengths("crf_nll", lengths, gold.shape[0], gold.shape[1])
+        restricted = restrict(unary, gold)
+        loss = (chain_log_partition(unary, trans, lengths, start, end)
+                - chain_log_partition(restricted, trans, lengths, start, end))
+        return _reduce(loss, reduction)
     _check_gold("crf_nll", unary, gold)
     _check_lengths("crf_nll", lengths, *gold.shape)
     _check_gold_values("crf_nll", gold, lengths, unary.shape[-1])

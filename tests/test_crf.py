@@ -187,3 +187,26 @@ def test_constrained_crf_never_decodes_or_scores_an_invalid_path():
     assert torch.isfinite(crf.transitions.grad).all() and crf.transitions.grad[0, 2] == 0
     state = crf.state_dict()
     assert "constraint_transitions" in state and torch.isinf(state["constraint_transitions"]).any()
+
+
+def test_partial_labels_and_restricted_decoding_by_enumeration():
+    crf = ebm_ext.CRF(3, batch_first=True).double()
+    emissions, tags, mask = _batch(4, 3, 3, True, seed=9)
+    g = torch.Generator().manual_seed(10)
+    allowed = torch.rand(3, 4, 3, generator=g) < 0.6
+    allowed[:, 0, 0] = True  # at least one tag at t = 0
+    llh = crf(emissions, allowed, mask, reduction="none")
+    decoded = crf.decode(emissions, mask, allowed=allowed)
+    lengths = mask.sum(1)
+    for b in range(3):
+        L = int(lengths[b])
+        paths = _brute(crf, emissions[b], L)
+        z = math.log(sum(math.exp(s) for s, _ in paths))
+        ok = [(s, p) for s, p in paths if all(bool(allowed[b, t, y]) for t, y in enumerate(p))]
+        want = math.log(sum(math.exp(s) for s, _ in ok)) - z if ok else -math.inf
+        assert llh[b].item() == pytest.approx(want, rel=1e-9, abs=1e-9)
+        if ok:
+            assert decoded[b] == ok[0][1]
+    one_hot = torch.nn.functional.one_hot(tags, 3).bool()
+    torch.testing.assert_close(crf(emissions, one_hot, mask, reduction="none"),
+                               crf(emissions, tags, mask, reduction="none"))

@@ -150,3 +150,33 @@ def test_category_cost_matches_the_tagset():
     n, v = tags.index("N"), tags.index("V")
     o = tags.index("O")
     assert cost[n, o] == 0.5 and cost[n, v] == 1.0
+
+
+def test_crf_nll_with_partial_labels_is_the_marginal_likelihood(device):
+    """gold as allowed-tag sets (B, T, K): -log sum over the consistent sequences of p(y), by
+    enumeration; exact tags as one-hot sets give the ordinary crf_nll; restricted decoding
+    stays inside the sets."""
+    import itertools
+    import math
+    from chain_cases import all_paths, make_chain
+    unary, trans, L, start, end = make_chain(4, 4, 3, device=device, seed=11)
+    g = torch.Generator().manual_seed(12)
+    allowed = (torch.rand(4, 4, 3, generator=g) < 0.6).to(device)
+    allowed[0, 1] = False  # sequence 0: nothing allowed at t = 1 (if L > 1: loss +inf)
+    loss = losses.crf_nll(unary, trans, allowed, L, start, end, reduction="none")
+    for b in range(4):
+        paths = all_paths(unary, trans, L, start, end, b)
+        z = torch.logsumexp(torch.tensor([-e for e, _ in paths], dtype=torch.float64), 0)
+        ok = [-e for e, p in paths if all(bool(allowed[b, t, y]) for t, y in enumerate(p))]
+        want = math.inf if not ok else float(z - torch.logsumexp(torch.tensor(ok, dtype=torch.float64), 0))
+        assert loss[b].item() == pytest.approx(want, rel=1e-9, abs=1e-9)
+    gold = torch.randint(0, 3, (4, 4), generator=g).to(device)
+    one_hot = torch.nn.functional.one_hot(gold, 3).bool()
+    torch.testing.assert_close(losses.crf_nll(unary, trans, one_hot, L, start, end, reduction="none"),
+                               losses.crf_nll(unary, trans, gold, L, start, end, reduction="none"))
+    _, tags = ebm_ext.viterbi(losses.restrict(unary, allowed), trans, L, start, end)
+    for b in range(1, 4):
+        for t in range(int(L[b])):
+            assert bool(allowed[b, t, tags[b, t]])
+    with pytest.raises(ValueError, match=r"crf_nll: allowed tags must be a bool tensor of the shape of unary"):
+        losses.crf_nll(unary, trans, allowed[:, :, :2], L, start, end)
