@@ -227,6 +227,10 @@ class CRF(nn.Module):
             if mask is not None:
                 mask = mask.transpose(0, 1)
         B, T = emissions.size(0), emissions.size(1)
+        # float16/bfloat16 emissions (autocast, a half network) meet the parameters' precision:
+        # everything past this point accumulates in float32 (or float64).
+        if emissions.dtype in (torch.float16, torch.bfloat16):
+            emissions = emissions.to(self.transitions.dtype)
         if mask is None:
             mask_bf = torch.ones(B, T, dtype=torch.bool, device=emissions.device)
         else:

@@ -210,3 +210,15 @@ def test_partial_labels_and_restricted_decoding_by_enumeration():
     one_hot = torch.nn.functional.one_hot(tags, 3).bool()
     torch.testing.assert_close(crf(emissions, one_hot, mask, reduction="none"),
                                crf(emissions, tags, mask, reduction="none"))
+
+
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+def test_half_emissions_accumulate_in_float32(half, device):
+    crf = ebm_ext.CRF(5, batch_first=True).to(device)
+    emissions, tags, mask = _batch(6, 4, 5, True, seed=13)
+    emissions = emissions.to(half).to(device)
+    tags, mask = tags.to(device), mask.to(device)
+    llh = crf(emissions, tags, mask, reduction="none")
+    assert llh.dtype == torch.float32
+    torch.testing.assert_close(llh, crf(emissions.float(), tags, mask, reduction="none"))
+    assert crf.decode(emissions, mask) == crf.decode(emissions.float(), mask)
