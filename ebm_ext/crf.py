@@ -136,12 +136,7 @@ class CRF(nn.Module):
                      mask: Optional[Tensor] = None) -> List[List[List[int]]]:
         """The ``nbest`` best distinct tag sequences of each batch entry, best first (fewer when
         fewer exist)."""
-        self._validate(emissions, None, mask)
-        if nbest < 1:
-            raise ValueError(f"nbest must be >= 1, got {nbest}")
-        unary, _, lengths, _ = self._chain(emissions, None, mask)
-        trans, start, end = self._energies()
-        energy, tags = torch.ops.ebm_ext.viterbi_kbest(unary, trans, nbest, lengths, start, end)
+        energy, tags, lengths, _ = self._kbest(emissions, mask, nbest)
         energy, tags, lengths = energy.cpu(), tags.cpu(), lengths.cpu()
         out: List[List[List[int]]] = []
         for b in range(tags.size(0)):
@@ -159,12 +154,7 @@ class CRF(nn.Module):
         """(scores (batch, nbest), tags (batch, nbest, seq)) as tensors on the emissions' device:
         scores are pytorch-crf's (higher is better; -inf for a missing path), tags sit at the
         positions they label in the batch-first layout, -1 where the mask is off."""
-        self._validate(emissions, None, mask)
-        if nbest < 1:
-            raise ValueError(f"nbest must be >= 1, got {nbest}")
-        unary, _, lengths, mask_bf = self._chain(emissions, None, mask)
-        trans, start, end = self._energies()
-        energy, tags = torch.ops.ebm_ext.viterbi_kbest(unary, trans, nbest, lengths, start, end)
+        energy, tags, _, mask_bf = self._kbest(emissions, mask, nbest)
         if self.any_mask:  # back from the packed selection to the positions it came from
             order = _selection_order(mask_bf)
             placed = torch.full_like(tags, -1)
@@ -184,6 +174,18 @@ class CRF(nn.Module):
         return marg if self.batch_first else marg.transpose(0, 1)
 
     # ---- shared ----------------------------------------------------------------------------
+
+    def _kbest(self, emissions: Tensor, mask: Optional[Tensor],
+               nbest: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(energies (B, nbest), tags (B, nbest, T) over the packed selection, lengths, the
+        batch-first mask) of the nbest best paths."""
+        self._validate(emissions, None, mask)
+        if nbest < 1:
+            raise ValueError(f"nbest must be >= 1, got {nbest}")
+        unary, _, lengths, mask_bf = self._chain(emissions, None, mask)
+        trans, start, end = self._energies()
+        energy, tags = torch.ops.ebm_ext.viterbi_kbest(unary, trans, nbest, lengths, start, end)
+        return energy, tags, lengths, mask_bf
 
     def _energies(self) -> Tuple[Tensor, Tensor, Tensor]:
         trans, start, end = -self.transitions, -self.start_transitions, -self.end_transitions

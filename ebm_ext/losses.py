@@ -28,9 +28,10 @@ def _reduce(loss: Tensor, reduction: str) -> Tensor:
     raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
 
 
-def _check_gold(op: str, unary: Tensor, gold: Tensor) -> None:
-    """gold must be int64 tags (B, T) matching unary (B, T, K): a float gold is a mistake here
-    (the chain ops would read it as relaxed tags), so it is named as such."""
+def _check_gold(op: str, unary: Tensor, gold: Tensor, lengths: Optional[Tensor]) -> None:
+    """What every loss on gold tags checks, under its own name: gold int64 tags (B, T) matching
+    unary (B, T, K) (a float gold is a mistake here: the chain ops would read it as relaxed
+    tags, so it is named as such), lengths (B,) in [0, T], and gold in [0, K) at t < L."""
     if not isinstance(unary, Tensor):
         raise ValueError(f"{op}: unary must be a tensor (B, T, K), got {type(unary).__name__}")
     if not isinstance(gold, Tensor) or gold.dtype != torch.long:
@@ -39,6 +40,13 @@ def _check_gold(op: str, unary: Tensor, gold: Tensor) -> None:
     if unary.dim() != 3 or tuple(gold.shape) != tuple(unary.shape[:2]):
         raise ValueError(f"{op}: unary must be (B, T, K) and gold (B, T), got "
                          f"{tuple(unary.shape)} and {tuple(gold.shape)}")
+    B, T, K = unary.shape
+    _check_lengths(op, lengths, B, T)
+    bad = _valid(gold, lengths) & ((gold < 0) | (gold >= K))
+    if bool(bad.any()):
+        b, t = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"{op}: gold must hold tags in [0, K={K}) at positions t < length, "
+                         f"got {int(gold[b, t])} at index [{b}, {t}]")
 
 
 def _check_lengths(op: str, lengths: Optional[Tensor], B: int, T: int) -> None:
@@ -51,14 +59,6 @@ def _check_lengths(op: str, lengths: Optional[Tensor], B: int, T: int) -> None:
     if B and (int(lengths.min()) < 0 or int(lengths.max()) > T):
         raise ValueError(f"{op}: lengths must be in [0, T={T}], got values in "
                          f"[{int(lengths.min())}, {int(lengths.max())}]")
-
-
-def _check_gold_values(op: str, gold: Tensor, lengths: Optional[Tensor], K: int) -> None:
-    bad = _valid(gold, lengths) & ((gold < 0) | (gold >= K))
-    if bool(bad.any()):
-        b, t = (int(i) for i in bad.nonzero()[0])
-        raise ValueError(f"{op}: gold must hold tags in [0, K={K}) at positions t < length, "
-                         f"got {int(gold[b, t])} at index [{b}, {t}]")
 
 
 def check_allowed(op: str, unary: Tensor, allowed: Tensor) -> None:
@@ -89,12 +89,9 @@ def token_nll(unary: Tensor, gold: Tensor, lengths: Optional[Tensor] = None,
 
     Each position is classified independently (no transitions).
     """
-    _check_gold("token_nll", unary, gold)
-    B, T, K = unary.shape
-    _check_lengths("token_nll", lengths, B, T)
+    _check_gold("token_nll", unary, gold, lengths)
     if reduction not in _REDUCTIONS:
         raise ValueError(f"token_nll: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    _check_gold_values("token_nll", gold, lengths, K)
     valid = _valid(gold, lengths)
     logp = torch.log_softmax(-unary, dim=-1)
     picked = logp.gather(-1, torch.where(valid, gold, 0)[..., None]).squeeze(-1)
@@ -118,9 +115,7 @@ def crf_nll(unary: Tensor, trans: Tensor, gold: Tensor, lengths: Optional[Tensor
         loss = (chain_log_partition(unary, trans, lengths, start, end)
                 - chain_log_partition(restricted, trans, lengths, start, end))
         return _reduce(loss, reduction)
-    _check_gold("crf_nll", unary, gold)
-    _check_lengths("crf_nll", lengths, *gold.shape)
-    _check_gold_values("crf_nll", gold, lengths, unary.shape[-1])
+    _check_gold("crf_nll", unary, gold, lengths)
     loss = (chain_energy(unary, trans, gold, lengths, start, end)
             + chain_log_partition(unary, trans, lengths, start, end))
     return _reduce(loss, reduction)
@@ -130,9 +125,7 @@ def perceptron(unary: Tensor, trans: Tensor, gold: Tensor, lengths: Optional[Ten
                start: Optional[Tensor] = None, end: Optional[Tensor] = None,
                reduction: str = "mean") -> Tensor:
     """E(gold) - min_y E(y): zero when gold is a minimiser, pushes E(gold) down and E(y*) up."""
-    _check_gold("perceptron", unary, gold)
-    _check_lengths("perceptron", lengths, *gold.shape)
-    _check_gold_values("perceptron", gold, lengths, unary.shape[-1])
+    _check_gold("perceptron", unary, gold, lengths)
     best, _ = viterbi(unary, trans, lengths, start, end)
     return _reduce(chain_energy(unary, trans, gold, lengths, start, end) - best, reduction)
 
@@ -143,9 +136,7 @@ def margin_hinge(unary: Tensor, trans: Tensor, gold: Tensor, margin: float = 1.0
     """[m + E(gold) - min_{y != gold} E(y)]_+, exact: the competitor is the best path that is
     not gold, found by 2-best decoding. A sequence with no other path (length 0, or K = 1) has
     loss 0."""
-    _check_gold("margin_hinge", unary, gold)
-    _check_lengths("margin_hinge", lengths, *gold.shape)
-    _check_gold_values("margin_hinge", gold, lengths, unary.shape[-1])
+    _check_gold("margin_hinge", unary, gold, lengths)
     e_gold = chain_energy(unary, trans, gold, lengths, start, end)
     energy, tags = viterbi_kbest(unary, trans, 2, lengths, start, end)
     valid = _valid(gold, lengths)
@@ -159,9 +150,7 @@ def margin_rescaled_hinge(unary: Tensor, trans: Tensor, gold: Tensor, cost: Tens
                           end: Optional[Tensor] = None, reduction: str = "mean") -> Tensor:
     """[max_y (Delta(y, gold) - E(y)) + E(gold)]_+ with Delta(y, gold) = sum_t cost[gold_t, y_t],
     through cost-augmented decoding (any non-negative cost with a zero diagonal)."""
-    _check_gold("margin_rescaled_hinge", unary, gold)
-    _check_lengths("margin_rescaled_hinge", lengths, *gold.shape)
-    _check_gold_values("margin_rescaled_hinge", gold, lengths, unary.shape[-1])
+    _check_gold("margin_rescaled_hinge", unary, gold, lengths)
     e_gold = chain_energy(unary, trans, gold, lengths, start, end)
     e_hat, delta, _ = loss_augmented_viterbi(unary, trans, gold, cost, lengths, start, end)
     return _reduce(torch.relu(delta - e_hat + e_gold), reduction)

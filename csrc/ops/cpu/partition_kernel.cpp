@@ -93,6 +93,10 @@ EBM_CLONES void add_outer(const double* x, const double* y, int64_t K, int64_t K
   add_outer_impl(x, y, K, Kp, acc);
 }
 
+// Tag sets as bits in 64-bit words.
+inline bool has(const uint64_t* set, int64_t j) { return (set[j / 64] >> (j % 64)) & 1; }
+inline void add(uint64_t* set, int64_t j) { set[j / 64] |= uint64_t(1) << (j % 64); }
+
 // Everything read about one batch, plus the exp-domain transition matrices.
 template <typename S>
 struct Problem {
@@ -158,7 +162,7 @@ Problem<S> make_problem(Inputs& x, const at::Tensor& unary, const at::Tensor& tr
         p.trans_inf = true;
         continue;
       }
-      p.succ[i * p.W + j / 64] |= uint64_t(1) << (j % 64);
+      add(p.succ.data() + i * p.W, j);
       if (!(v > -inf_v<S>)) continue;  // NaN/-inf: params_nan
       lo = std::min(lo, v);
       hi = std::max(hi, v);
@@ -200,7 +204,6 @@ struct ForwardBackward {
   const Problem<S>& p;
   // exp domain: a (T, Kp) rescaled forward vectors, v (T, Kp) the products before the unary
   // factor, w (T, Kp) = exp(umin_t - unary_t), beta/next (Kp).
-  // log space: a (T, Kp) log forward, beta (Kp) log backward.
   std::vector<S> a, v, w, beta, next, tmp;
   std::vector<double> la, lbeta, ltmp, lnext;  // log space: (T, Kp) forward, (Kp) each
   double log_z = 0;                            // of the last forward_log
@@ -223,7 +226,6 @@ struct ForwardBackward {
            (t == L - 1 ? p.end_at(j) : S(0));
   }
 
-  static bool has(const uint64_t* set, int64_t j) { return (set[j / 64] >> (j % 64)) & 1; }
 
   // relevant_t = tags on some path of finite energy: reachable from the start and able to reach
   // the end. Returns false when there is no such path (log Z = -inf).
@@ -232,7 +234,7 @@ struct ForwardBackward {
     auto fill_allowed = [&](int64_t t) {
       std::fill(allowed.begin(), allowed.end(), 0);
       for (int64_t j = 0; j < K; ++j)
-        if (energy_at(b, t, L, j) < inf_v<S>) allowed[j / 64] |= uint64_t(1) << (j % 64);
+        if (energy_at(b, t, L, j) < inf_v<S>) add(allowed.data(), j);
     };
     // Backward: co-reachable sets, excluding the tag's own energy, into relevant.
     uint64_t* G = relevant.data();
@@ -245,7 +247,7 @@ struct ForwardBackward {
       for (int64_t i = 0; i < K; ++i) {
         bool any = false;
         for (int64_t w = 0; w < W; ++w) any |= (p.succ[i * W + w] & allowed[w]) != 0;
-        if (any) prev[i / 64] |= uint64_t(1) << (i % 64);
+        if (any) add(prev, i);
       }
     }
     // Forward: reachable sets, intersected in place.
