@@ -222,3 +222,16 @@ def test_half_emissions_accumulate_in_float32(half, device):
     assert llh.dtype == torch.float32
     torch.testing.assert_close(llh, crf(emissions.float(), tags, mask, reduction="none"))
     assert crf.decode(emissions, mask) == crf.decode(emissions.float(), mask)
+
+
+def test_extra_arguments_are_checked():
+    with pytest.raises(ValueError, match=r"constraints must be \(trans \(3, 3\), start \(3,\), end \(3,\)\) energies, got shapes \(2, 2\)"):
+        ebm_ext.CRF(3, constraints=(torch.zeros(2, 2), torch.zeros(3), torch.zeros(3)))
+    crf = ebm_ext.CRF(3)
+    emissions = torch.randn(4, 2, 3)
+    with pytest.raises(ValueError, match=r"allowed tags \(bool\) must have the shape of emissions, got \(4, 2, 3\) and \(4, 2, 2\)"):
+        crf.decode(emissions, allowed=torch.ones(4, 2, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="nbest must be >= 1, got 0"):
+        crf.decode_nbest(emissions, 0)
+    with pytest.raises(ValueError, match="nbest must be >= 1, got 0"):
+        crf.viterbi_tensors(emissions, nbest=0)
