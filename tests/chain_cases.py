@@ -1,8 +1,10 @@
 """Random chain problems and the brute-force oracle shared by the chain tests."""
 import itertools
+import math
 import pathlib
 
 import torch
+from hypothesis import strategies as st
 
 DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -74,3 +76,31 @@ def category_cost(cats, dtype=torch.float64):
     cost = 1.0 - 0.5 * same
     cost.fill_diagonal_(0.0)
     return cost
+
+
+# Energies drawn to break a rescaled exp-domain recursion: transitions whose finite values span
+# up to the switch limit (60 in float32, 600 in float64), unary energies spread far wider, and
+# +inf (forbidden) tags and transitions that leave a state as the only way on.
+@st.composite
+def hard_chains(draw):
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    limit = 60.0 if dtype == torch.float32 else 600.0
+    B, T, K = draw(st.integers(1, 2)), draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    span = draw(st.floats(0.0, 1.0)) * limit
+    unary_span = draw(st.sampled_from([1.0, 3.0, 20.0])) * limit
+    inf = math.inf
+
+    def values(n, scale, p_inf):
+        vals = draw(st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1), st.sampled_from([0.0, 1.0])),
+                             min_size=n, max_size=n))
+        return [inf if r < p_inf else z * scale * v for r, v, z in vals]
+
+    p_inf = draw(st.sampled_from([0.0, 0.0, 0.2, 0.4]))
+    unary = torch.tensor(values(B * T * K, unary_span, p_inf / 2), dtype=torch.float64).view(B, T, K)
+    trans = torch.tensor(values(K * K, span, p_inf), dtype=torch.float64).view(K, K)
+    with_ends = draw(st.booleans())
+    start = torch.tensor(values(K, unary_span, p_inf / 2), dtype=torch.float64) if with_ends else None
+    end = torch.tensor(values(K, unary_span, p_inf / 2), dtype=torch.float64) if with_ends else None
+    L = torch.tensor(draw(st.lists(st.integers(0, T), min_size=B, max_size=B)))
+    cast = lambda x: None if x is None else x.to(dtype)  # noqa: E731
+    return dtype, cast(unary), cast(trans), L, cast(start), cast(end)

@@ -1,0 +1,89 @@
+// The distribution family: expectations, covariances and samples of p(y) ∝ exp(-E(x, y)) for
+// the chain energy (chain.h), the kernels behind ebm_ext.LinearChainCRF. The per-sequence
+// algorithm is written once, for both backends, in chain_sequence.h; these are the input checks
+// both call and the exp-domain transitions both read.
+//
+//   chain_expectation(unary, trans, v_unary, v_trans, ...)  log Z and E_p[v . phi], (B,) each
+//   _chain_covariance(weight, unary, trans, v_unary, ...)   sum_b weight_b Cov_p_b(phi, v . phi)
+//                                                            (the Hessian of log Z times v)
+//   chain_sample(unary, trans, noise, ...)                   exact samples from uniform noise
+#pragma once
+
+#include "chain.h"
+
+#include <limits>
+
+namespace ebm_ext {
+
+// v (the direction) has the layout of the energies: v_unary (B, T, K), v_trans (K, K),
+// v_start / v_end (K,), each but v_unary optional (zero), all of unary's dtype and device.
+inline ChainDims check_expectation_inputs(
+    const char* op, const at::Tensor& unary, const at::Tensor& trans, const at::Tensor& v_unary,
+    const c10::optional<at::Tensor>& v_trans, const c10::optional<at::Tensor>& lengths,
+    const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end,
+    const c10::optional<at::Tensor>& v_start, const c10::optional<at::Tensor>& v_end) {
+  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end);
+  check_defined(op, "v_unary", v_unary);
+  TORCH_CHECK(v_unary.sizes() == unary.sizes(), op, ": v_unary must have the shape of unary ",
+              shape_str(unary), ", got ", shape_str(v_unary));
+  check_float_like_unary(op, "v_unary", v_unary, unary);
+  if (v_trans.has_value()) {
+    TORCH_CHECK(v_trans->dim() == 2 && v_trans->size(0) == d.K && v_trans->size(1) == d.K, op,
+                ": v_trans must have shape (K, K) = (", d.K, ", ", d.K, "), got ",
+                shape_str(*v_trans));
+    check_float_like_unary(op, "v_trans", *v_trans, unary);
+  }
+  for (const auto& [name, t] :
+       {std::pair<const char*, const c10::optional<at::Tensor>&>{"v_start", v_start},
+        {"v_end", v_end}}) {
+    if (!t.has_value()) continue;
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == d.K, op, ": ", name, " must have shape (K,) = (",
+                d.K, ",), got ", shape_str(*t));
+    check_float_like_unary(op, name, *t, unary);
+  }
+  return d;
+}
+
+inline void check_covariance_weight(const char* op, const at::Tensor& weight,
+                                    const at::Tensor& unary) {
+  check_defined(op, "weight", weight);
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == unary.size(0), op,
+              ": weight must have shape (B,) = (", unary.size(0), ",), got ", shape_str(weight));
+  check_float_like_unary(op, "weight", weight, unary);
+}
+
+// noise: (N, B, T) float64 uniforms in [0, 1), one per sample, sequence and position.
+inline void check_sample_noise(const char* op, const at::Tensor& noise, const ChainDims& d,
+                               const at::Tensor& unary) {
+  check_defined(op, "noise", noise);
+  TORCH_CHECK(noise.scalar_type() == at::kDouble, op, ": noise must be float64, got ",
+              noise.scalar_type());
+  TORCH_CHECK(noise.dim() == 3 && noise.size(1) == d.B && noise.size(2) == d.T, op,
+              ": noise must have shape (N, B, T) = (N, ", d.B, ", ", d.T, "), got ",
+              shape_str(noise));
+  check_same_device(op, "noise", noise, unary);
+}
+
+// E = exp(tmin - trans) in float64 (0 where trans = +inf), tmin the smallest finite transition
+// (0 if none), and whether trans, start or end hold NaN or -inf (every non-empty sequence is then
+// NaN): ATen ops, so one code serves both devices without a host synchronisation.
+struct ExpTransTensors {
+  at::Tensor E, tmin, params_invalid;
+};
+
+inline ExpTransTensors exp_transitions(const at::Tensor& trans,
+                                       const c10::optional<at::Tensor>& start,
+                                       const c10::optional<at::Tensor>& end) {
+  const double inf = std::numeric_limits<double>::infinity();
+  const auto t = trans.to(at::kDouble).contiguous();
+  ExpTransTensors x;
+  auto tmin = at::where(at::isfinite(t), t, at::full({}, inf, t.options())).min();
+  x.tmin = at::where(at::isinf(tmin), at::zeros({}, t.options()), tmin);
+  x.E = at::where(t == inf, at::zeros({}, t.options()), at::exp(x.tmin - t)).contiguous();
+  x.params_invalid = any_invalid_energy(trans);
+  if (start.has_value()) x.params_invalid = x.params_invalid.logical_or(any_invalid_energy(*start));
+  if (end.has_value()) x.params_invalid = x.params_invalid.logical_or(any_invalid_energy(*end));
+  return x;
+}
+
+}  // namespace ebm_ext

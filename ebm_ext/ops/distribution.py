@@ -1,0 +1,210 @@
+"""Expectations, entropies and samples of the chain distribution p(y) ∝ exp(-E(x, y)).
+
+E is the chain energy of ebm_ext.ops.chain; phi(y) are its indicator features (one per unary
+entry at t < L, per transition, first and last tag), so that E(y) = theta . phi(y) with theta =
+(unary, trans, start, end). A direction v of the same layout defines the additive statistic
+s(y) = v . phi(y). The kernels (csrc/ops/chain_sequence.h, one per-sequence algorithm for both
+backends) compute, exactly and in float64:
+
+    chain_expectation    log Z and E_p[s]                        (B,) each, differentiable
+    _chain_covariance    sum_b w_b Cov_p_b(phi, s)              the Hessian of log Z times v
+    chain_sample         forward-filtering backward-sampling      (N, B, T) tags, -1 padding
+
+From these, in closed form (no autograd through a time loop):
+
+    entropy  H(p)    = log Z_p + E_p[E_p]
+    cross    H(p, q) = log Z_q + E_p[E_q]
+    KL(p || q)       = log Z_q - log Z_p + E_p[E_q - E_p]
+
+and their gradients: d E_p[s] / d theta = -Cov(phi, s), d E_p[s] / d v = the marginals.
+
+Non-finite rules (as the log partition's): +inf energies forbid; an entry of no mass contributes
+exactly 0 to an expectation whatever v holds there (a forbidden tag's +inf energy adds nothing to
+the entropy); a sequence with no allowed path has log Z = -inf, expectation 0, and samples of -1;
+NaN or -inf energies give NaN (and samples of -1).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from ._autograd import register_not_differentiable
+from ._checks import check_tensors
+
+_ops = torch.ops.ebm_ext
+
+
+def _check(op, unary, trans, lengths, start, end, **more):
+    check_tensors(op, ("unary", unary, True), ("trans", trans, True), ("lengths", lengths, False),
+                  ("start", start, False), ("end", end, False),
+                  *((name, t, False) for name, t in more.items()))
+
+
+def chain_expectation(unary: Tensor, trans: Tensor, v_unary: Tensor, v_trans: Optional[Tensor] = None,
+                      lengths: Optional[Tensor] = None, start: Optional[Tensor] = None,
+                      end: Optional[Tensor] = None, v_start: Optional[Tensor] = None,
+                      v_end: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """(log Z, E_p[v . phi]) per sequence, (B,) each, under p(y) ∝ exp(-E(x, y)).
+
+    ``v_*`` have the layout of the energies (None: zero). Differentiable in every float input:
+    d/d theta of E_p[v . phi] is -Cov(phi, v . phi), d/d v is the marginals.
+    """
+    _check("chain_expectation", unary, trans, lengths, start, end, v_trans=v_trans,
+           v_start=v_start, v_end=v_end)
+    check_tensors("chain_expectation", ("v_unary", v_unary, True))
+    return tuple(_ops.chain_expectation(unary, trans, v_unary, v_trans, lengths, start, end,
+                                        v_start, v_end))
+
+
+def chain_entropy(unary: Tensor, trans: Tensor, lengths: Optional[Tensor] = None,
+                  start: Optional[Tensor] = None, end: Optional[Tensor] = None) -> Tensor:
+    """Entropy of p(y) ∝ exp(-E(x, y)) per sequence, (B,), in nats: log Z + E_p[E].
+
+    Exact and differentiable (its gradient is -Cov(phi, E), from one covariance kernel).
+    Length-0 sequences have entropy 0; a sequence with no allowed path -inf.
+    """
+    _check("chain_entropy", unary, trans, lengths, start, end)
+    log_z, mean_energy = _ops.chain_expectation(unary, trans, unary, trans, lengths, start, end,
+                                                start, end)
+    return log_z + mean_energy
+
+
+def _difference(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
+    if a is None and b is None:
+        return None
+    if a is None:
+        return -b
+    if b is None:
+        return a
+    return a - b
+
+
+def chain_cross_entropy(unary: Tensor, trans: Tensor, other_unary: Tensor, other_trans: Tensor,
+                        lengths: Optional[Tensor] = None, start: Optional[Tensor] = None,
+                        end: Optional[Tensor] = None, other_start: Optional[Tensor] = None,
+                        other_end: Optional[Tensor] = None) -> Tensor:
+    """-E_p[log q(y)] per sequence, (B,): p from (unary, trans, start, end), q from the
+    ``other_*`` energies over the same lengths. +inf where p gives mass to a path q forbids."""
+    _check("chain_cross_entropy", unary, trans, lengths, start, end, other_start=other_start,
+           other_end=other_end)
+    check_tensors("chain_cross_entropy", ("other_unary", other_unary, True),
+                  ("other_trans", other_trans, True))
+    log_zq = _ops.chain_log_partition(other_unary, other_trans, lengths, other_start, other_end)
+    _, mean_q = _ops.chain_expectation(unary, trans, other_unary, other_trans, lengths, start, end,
+                                       other_start, other_end)
+    return log_zq + mean_q
+
+
+def chain_kl(unary: Tensor, trans: Tensor, other_unary: Tensor, other_trans: Tensor,
+             lengths: Optional[Tensor] = None, start: Optional[Tensor] = None,
+             end: Optional[Tensor] = None, other_start: Optional[Tensor] = None,
+             other_end: Optional[Tensor] = None) -> Tensor:
+    """KL(p || q) per sequence, (B,): log Z_q - log Z_p + E_p[E_q - E_p], one expectation.
+
+    Entries where both energies are +inf carry no mass and contribute 0 (their difference, NaN,
+    is never read).
+    """
+    _check("chain_kl", unary, trans, lengths, start, end, other_start=other_start,
+           other_end=other_end)
+    check_tensors("chain_kl", ("other_unary", other_unary, True), ("other_trans", other_trans, True))
+    log_zq = _ops.chain_log_partition(other_unary, other_trans, lengths, other_start, other_end)
+    log_zp, gap = _ops.chain_expectation(unary, trans, other_unary - unary, other_trans - trans,
+                                         lengths, start, end, _difference(other_start, start),
+                                         _difference(other_end, end))
+    return log_zq - log_zp + gap
+
+
+def chain_sample(unary: Tensor, trans: Tensor, sample_shape: Union[int, Sequence[int]] = (),
+                 lengths: Optional[Tensor] = None, start: Optional[Tensor] = None,
+                 end: Optional[Tensor] = None, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Exact samples of p(y) ∝ exp(-E(x, y)): int64 tags (*sample_shape, B, T), -1 at t >= L.
+
+    Forward-filtering backward-sampling from float64 uniforms drawn with ``generator`` (torch's
+    default one when None), so torch.manual_seed makes it reproducible.
+    """
+    _check("chain_sample", unary, trans, lengths, start, end)
+    shape = torch.Size([sample_shape] if isinstance(sample_shape, int) else sample_shape)
+    if unary.dim() != 3:  # the kernel's own check says it
+        return _ops.chain_sample(unary, trans, unary.new_zeros((0, 0, 0), dtype=torch.float64),
+                                 lengths, start, end)
+    B, T = unary.shape[0], unary.shape[1]
+    noise = torch.rand((shape.numel(), B, T), dtype=torch.float64, device=unary.device,
+                       generator=generator)
+    return _ops.chain_sample(unary, trans, noise, lengths, start, end).reshape(*shape, B, T)
+
+
+# ---- fake implementations -------------------------------------------------------------------
+
+def _check_fake(op, unary, trans):
+    torch._check(unary.dim() == 3, lambda: f"{op}: unary must be a 3-D tensor (B, T, K)")
+    K = unary.shape[-1]
+    torch._check(tuple(trans.shape) == (K, K), lambda: f"{op}: trans must have shape (K, K)")
+
+
+@torch.library.register_fake("ebm_ext::chain_expectation")
+def _chain_expectation_fake(unary, trans, v_unary, v_trans=None, lengths=None, start=None,
+                            end=None, v_start=None, v_end=None):
+    _check_fake("chain_expectation", unary, trans)
+    return unary.new_empty(unary.shape[0]), unary.new_empty(unary.shape[0])
+
+
+@torch.library.register_fake("ebm_ext::_chain_covariance")
+def _chain_covariance_fake(weight, unary, trans, v_unary, v_trans=None, lengths=None, start=None,
+                           end=None, v_start=None, v_end=None):
+    _check_fake("_chain_covariance", unary, trans)
+    K = unary.shape[-1]
+    return (unary.new_empty(unary.shape), unary.new_empty((K, K)), unary.new_empty(K),
+            unary.new_empty(K))
+
+
+@torch.library.register_fake("ebm_ext::chain_sample")
+def _chain_sample_fake(unary, trans, noise, lengths=None, start=None, end=None):
+    _check_fake("chain_sample", unary, trans)
+    return noise.new_empty(noise.shape, dtype=torch.long)
+
+
+# ---- autograd -------------------------------------------------------------------------------
+
+def _or_zeros(t: Optional[Tensor], like: Tensor, shape) -> Tensor:
+    return t if t is not None else like.new_zeros(shape)
+
+
+def _add(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
+    return b if a is None else a if b is None else a + b
+
+
+def _expectation_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _expectation_backward(ctx, grad_log_z, grad_mean):
+    unary, trans, v_unary, v_trans, lengths, start, end, v_start, v_end = ctx.saved_tensors
+    theta = (lengths, start, end)
+    d_theta = [None, None, None, None]  # unary, trans, start, end
+    if grad_log_z is not None:  # d log Z = -marginals
+        d_theta = list(_ops._chain_log_partition_backward(grad_log_z.contiguous(), unary, trans,
+                                                          *theta))
+    d_v = [None, None, None, None]
+    if grad_mean is not None:
+        if any(ctx.needs_input_grad[i] for i in (0, 1, 5, 6)):
+            cov = _ops._chain_covariance(-grad_mean.contiguous(), unary, trans, v_unary, v_trans,
+                                         lengths, start, end, v_start, v_end)
+            d_theta = [_add(a, b) for a, b in zip(d_theta, cov)]
+        if any(ctx.needs_input_grad[i] for i in (2, 3, 7, 8)):  # d E[v . phi] / d v = marginals
+            d_v = list(_ops._chain_log_partition_backward(-grad_mean.contiguous(), unary, trans,
+                                                          *theta))
+    du, dt, ds, de = d_theta
+    dvu, dvt, dvs, dve = d_v
+    return (du, dt, dvu, dvt if v_trans is not None else None, None,
+            ds if start is not None else None, de if end is not None else None,
+            dvs if v_start is not None else None, dve if v_end is not None else None)
+
+
+torch.library.register_autograd("ebm_ext::chain_expectation", _expectation_backward,
+                                setup_context=_expectation_setup)
+
+register_not_differentiable(
+    "_chain_covariance", "derivatives of chain_expectation and of the marginals beyond the "
+    "second order of log Z are not implemented")
