@@ -16,12 +16,18 @@ except ImportError as error:  # never fall back silently to slow Python
 from . import losses, ops  # noqa: E402  (ops registers fake and autograd implementations)
 from .constraints import allowed_transitions  # noqa: E402
 from .crf import CRF  # noqa: E402
+from .distributions import LinearChainCRF  # noqa: E402
 from .ops import (  # noqa: E402
     bilstm,
+    chain_cross_entropy,
     chain_energy,
+    chain_entropy,
+    chain_expectation,
+    chain_kl,
     chain_log_partition,
     chain_marginals,
     chain_relaxed_inference,
+    chain_sample,
     kmeans_energy,
     loss_augmented_viterbi,
     nearest_centroid,
@@ -49,10 +55,18 @@ __all__ = [
     "losses",
     "bilstm",
     "packed_order",
+    "CRF",
+    "LinearChainCRF",
+    "allowed_transitions",
+    "chain_cross_entropy",
     "chain_energy",
+    "chain_entropy",
+    "chain_expectation",
+    "chain_kl",
     "chain_log_partition",
     "chain_marginals",
     "chain_relaxed_inference",
+    "chain_sample",
     "kmeans_energy",
     "loss_augmented_viterbi",
     "nearest_centroid",

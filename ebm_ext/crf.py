@@ -14,6 +14,8 @@ Beyond pytorch-crf:
 - ``viterbi_tensors(emissions, mask, nbest)``: scores and tags as padded tensors (tags -1 where
   the mask is off), for DataParallel, export and torch.compile;
 - ``marginals(emissions, mask)``: p(y_t = k), 0 where the mask is off;
+- ``distribution(emissions, mask)``: the layer's p(y | x) as an ``ebm_ext.LinearChainCRF``
+  (entropy, sampling, KL, top-k);
 - ``CRF(num_tags, batch_first, any_mask=True)``: the mask may be any boolean selection (left
   padding, a skipped [CLS] token, holes); the selected positions of each sequence are scored and
   decoded as one chain, and a sequence may select nothing (log-likelihood 0, an empty path).
@@ -172,6 +174,18 @@ class CRF(nn.Module):
             order = _selection_order(mask_bf)
             marg = torch.zeros_like(marg).scatter(1, order[:, :, None].expand_as(marg), marg)
         return marg if self.batch_first else marg.transpose(0, 1)
+
+    @torch.jit.unused
+    def distribution(self, emissions: Tensor, mask: Optional[Tensor] = None):
+        """p(y | emissions) as an ``ebm_ext.LinearChainCRF`` (batch first, energies = minus the
+        layer's scores): entropy, samples, KL, top-k, differentiable marginals. With
+        ``any_mask=True`` its positions are the selected ones, packed to the left."""
+        from .distributions import LinearChainCRF
+
+        self._validate(emissions, None, mask)
+        unary, _, lengths, _ = self._chain(emissions, None, mask)
+        trans, start, end = self._energies()
+        return LinearChainCRF(unary, trans, start, end, lengths)
 
     # ---- shared ----------------------------------------------------------------------------
 

@@ -1,0 +1,316 @@
+"""``LinearChainCRF``: the distribution over tag sequences of a chain energy, torch.distributions
+style, on the ebm_ext kernels.
+
+    p(y | x) = exp(-E(x, y)) / Z(x),
+    E(x, y) = start[y_0] + sum_{t<L} unary[b, t, y_t] + sum_{1<=t<L} trans[y_{t-1}, y_t] + end[y_{L-1}]
+
+Energies (lower is better, +inf forbids), as every ebm_ext op. An event is a tag sequence: int64
+(T,), -1 past the sequence's length; the batch shape is (B,).
+
+Everything is exact, from kernels (no autograd through a time loop): ``partition`` (log Z),
+``marginals`` (differentiable: the Hessian of log Z through the covariance kernel),
+``entropy()``, ``cross_entropy(other)``, ``kl(other)`` (and ``torch.distributions.kl_divergence``),
+``sample(shape)`` (forward-filtering backward-sampling), ``argmax`` / ``max`` (Viterbi),
+``topk(k)`` / ``kmax(k)`` (k-best), ``log_prob(tags)``.
+
+Coming from torch-struct: ``LinearChainCRF.from_edge_potentials(log_potentials, lengths)``
+takes its (B, N-1, C, C) scores phi[b, n, z_{n+1}, z_n] (note the [to, from] order) and finds the
+unary, transition, start and end energies they are made of (see its docstring).
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution, constraints, register_kl
+from torch.distributions.utils import lazy_property
+
+from .ops import (chain_cross_entropy, chain_energy, chain_entropy, chain_kl, chain_log_partition,
+                  chain_marginals, chain_sample, viterbi, viterbi_kbest)
+
+__all__ = ["LinearChainCRF"]
+
+
+class LinearChainCRF(Distribution):
+    """Distribution over the tag sequences of a batch of chains (see the module docstring).
+
+    Args:
+        unary: (B, T, K) energies of tag k at position t.
+        trans: (K, K) energies, trans[i, j] for moving from tag i to tag j.
+        start, end: (K,) energies of the first and last tag, or None.
+        lengths: (B,) int64 sequence lengths (None: all T), or
+        mask: (B, T) bool, a right-padded prefix per sequence (the lengths are its sums).
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.integer_interval(-1, 2 ** 62)  # tags, -1 as padding
+    has_rsample = False
+
+    def __init__(self, unary: Tensor, trans: Tensor, start: Optional[Tensor] = None,
+                 end: Optional[Tensor] = None, lengths: Optional[Tensor] = None,
+                 mask: Optional[Tensor] = None, validate_args: Optional[bool] = None) -> None:
+        if not isinstance(unary, Tensor) or unary.dim() != 3:
+            raise ValueError("LinearChainCRF: unary must be a 3-D tensor (B, T, K), got "
+                             f"{_describe(unary)}")
+        B, T, K = unary.shape
+        if not isinstance(trans, Tensor) or tuple(trans.shape) != (K, K):
+            raise ValueError(f"LinearChainCRF: trans must have shape (K, K) = ({K}, {K}), got "
+                             f"{_describe(trans)}")
+        for name, t in (("start", start), ("end", end)):
+            if t is not None and (not isinstance(t, Tensor) or tuple(t.shape) != (K,)):
+                raise ValueError(f"LinearChainCRF: {name} must have shape (K,) = ({K},), got "
+                                 f"{_describe(t)}")
+        if mask is not None:
+            if lengths is not None:
+                raise ValueError("LinearChainCRF: give lengths or mask, not both")
+            lengths = _prefix_lengths(mask, B, T)
+        if lengths is not None and (not isinstance(lengths, Tensor) or lengths.dtype != torch.long
+                                    or tuple(lengths.shape) != (B,)):
+            raise ValueError(f"LinearChainCRF: lengths must be an int64 tensor of shape (B,) = "
+                             f"({B},), got {_describe(lengths)}")
+        self.unary, self.trans, self.start, self.end, self.lengths = unary, trans, start, end, lengths
+        super().__init__(batch_shape=torch.Size([B]), event_shape=torch.Size([T]),
+                         validate_args=validate_args)
+
+    @classmethod
+    def from_edge_potentials(cls, log_potentials: Tensor, lengths: Optional[Tensor] = None,
+                             validate_args: Optional[bool] = None) -> "LinearChainCRF":
+        """From torch-struct's ``LinearChainCRF(log_potentials, lengths)``: scores (higher is
+        better) phi[b, n, z_{n+1}, z_n] of shape (B, N-1, C, C), lengths the numbers of nodes N_b.
+
+        Our kernels share one transition matrix across positions, so the potentials must be of
+        the form (what torch-struct's users build from emissions and transitions)
+            phi[b, n, j, i] = a[b, n, j] + c[b, n, i] + W[j, i],
+        with -inf (forbidden) entries in the same places for every position. Unary energies are
+        then -(c at node n, plus a at node n + 1), trans[i, j] = -W[j, i]. The decomposition is
+        exact (a spanning forest of the allowed entries fixes the gauge); potentials that are not
+        of this form raise ValueError.
+
+        Gradients: the map from phi to the energies is linear and autograd flows through it. The
+        gradient that reaches phi is exact in every direction that keeps phi of that form, so
+        the gradients of the emissions and transitions phi was built from are torch-struct's;
+        the tensor phi.grad itself is not torch-struct's edge marginals (it differs from them
+        by a part orthogonal to those directions, which no such parameterisation can see).
+        """
+        unary, trans, L = _decompose_edges(log_potentials, lengths)
+        return cls(unary, trans, lengths=L, validate_args=validate_args)
+
+    # ---- the distribution --------------------------------------------------------------
+
+    def _energies(self):
+        return self.unary, self.trans, self.lengths, self.start, self.end
+
+    @lazy_property
+    def partition(self) -> Tensor:
+        """log Z per sequence, (B,)."""
+        return chain_log_partition(*self._energies())
+
+    @lazy_property
+    def marginals(self) -> Tensor:
+        """p(y_t = k), (B, T, K), 0 past each length. Differentiable (twice-exact gradients of
+        log Z, not autograd through the recursion)."""
+        return chain_marginals(*self._energies())
+
+    @lazy_property
+    def _viterbi(self):
+        return viterbi(*self._energies())
+
+    @lazy_property
+    def argmax(self) -> Tensor:
+        """The most probable tag sequence, (B, T), -1 past each length."""
+        return self._viterbi[1]
+
+    @property
+    def mode(self) -> Tensor:
+        return self.argmax
+
+    @lazy_property
+    def max(self) -> Tensor:
+        """The best score, -min_y E(y), (B,) (log_prob(argmax) = max - partition)."""
+        return -self._viterbi[0]
+
+    def topk(self, k: int) -> Tensor:
+        """The k most probable distinct sequences, (k, B, T), best first; -1 where fewer exist."""
+        return viterbi_kbest(self.unary, self.trans, k, self.lengths, self.start,
+                             self.end)[1].permute(1, 0, 2)
+
+    def kmax(self, k: int) -> Tensor:
+        """Their scores -E, (k, B); -inf where fewer exist."""
+        return -viterbi_kbest(self.unary, self.trans, k, self.lengths, self.start,
+                              self.end)[0].t()
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """log p(value) for tags (*sample_shape, B, T) (positions past a length are not read),
+        (*sample_shape, B)."""
+        B, T = self.unary.shape[0], self.unary.shape[1]
+        if not isinstance(value, Tensor) or value.dim() < 2 or tuple(value.shape[-2:]) != (B, T):
+            raise ValueError(f"LinearChainCRF.log_prob: value must have shape (*sample_shape, B, T)"
+                             f" with (B, T) = ({B}, {T}), got {_describe(value)}")
+        if self._validate_args:
+            self._validate_sample(value)
+        prefix = value.shape[:-2]
+        flat = value.reshape(-1, B, T).permute(1, 0, 2).contiguous()  # (B, N, T) candidates
+        energy = chain_energy(self.unary, self.trans, flat, self.lengths, self.start, self.end)
+        return (-energy.t() - self.partition).reshape(*prefix, B)
+
+    def entropy(self) -> Tensor:
+        """H(p) per sequence in nats, (B,); exact and differentiable."""
+        return chain_entropy(*self._energies())
+
+    def _check_other(self, other, what):
+        if not isinstance(other, LinearChainCRF):
+            raise TypeError(f"LinearChainCRF.{what}: other must be a LinearChainCRF, got "
+                            f"{type(other).__name__}")
+        if other.unary.shape != self.unary.shape:
+            raise ValueError(f"LinearChainCRF.{what}: other must have the same (B, T, K) = "
+                             f"{tuple(self.unary.shape)}, got {tuple(other.unary.shape)}")
+        same = (self.lengths is None and other.lengths is None) or (
+            self.lengths is not None and other.lengths is not None
+            and torch.equal(self.lengths, other.lengths))
+        if not same:
+            raise ValueError(f"LinearChainCRF.{what}: other must have the same lengths")
+
+    def cross_entropy(self, other: "LinearChainCRF") -> Tensor:
+        """H(p, q) = -E_p[log q(y)], (B,)."""
+        self._check_other(other, "cross_entropy")
+        return chain_cross_entropy(self.unary, self.trans, other.unary, other.trans, self.lengths,
+                                   self.start, self.end, other.start, other.end)
+
+    def kl(self, other: "LinearChainCRF") -> Tensor:
+        """KL(p || q), (B,)."""
+        self._check_other(other, "kl")
+        return chain_kl(self.unary, self.trans, other.unary, other.trans, self.lengths,
+                        self.start, self.end, other.start, other.end)
+
+    def sample(self, sample_shape: Union[int, Sequence[int], torch.Size] = torch.Size(),
+               generator: Optional[torch.Generator] = None) -> Tensor:
+        """Exact samples, (*sample_shape, B, T) int64, -1 past each length (and for a sequence
+        with no allowed path). Reproducible under torch.manual_seed or ``generator``."""
+        with torch.no_grad():
+            return chain_sample(self.unary, self.trans, sample_shape, self.lengths, self.start,
+                                self.end, generator=generator)
+
+    def perturb_and_map(self, sample_shape: Union[int, Sequence[int], torch.Size] = torch.Size(),
+                        generator: Optional[torch.Generator] = None) -> Tensor:
+        """Gumbel perturb-and-MAP (Papandreou and Yuille 2011): the Viterbi path of energies
+        with Gumbel noise on every unary entry, (*sample_shape, B, T). Cheap, but not a sample
+        of p (the perturbation is per position, not per path): use ``sample`` for that."""
+        shape = torch.Size([sample_shape] if isinstance(sample_shape, int) else sample_shape)
+        n = shape.numel()
+        B, T, K = self.unary.shape
+        with torch.no_grad():
+            u = torch.rand((n, B, T, K), dtype=torch.float64, device=self.unary.device,
+                           generator=generator).clamp_(min=1e-300)
+            gumbel = -torch.log(-torch.log(u))
+            noisy = (self.unary.unsqueeze(0) - gumbel.to(self.unary.dtype)).reshape(n * B, T, K)
+            L = None if self.lengths is None else self.lengths.repeat(n)
+            tags = viterbi(noisy, self.trans, L, self.start, self.end)[1]
+        return tags.reshape(*shape, B, T)
+
+    def __repr__(self) -> str:
+        B, T, K = self.unary.shape
+        return f"LinearChainCRF(B={B}, T={T}, K={K})"
+
+
+@register_kl(LinearChainCRF, LinearChainCRF)
+def _kl_linear_chain(p: LinearChainCRF, q: LinearChainCRF) -> Tensor:
+    return p.kl(q)
+
+
+def _describe(x) -> str:
+    if isinstance(x, Tensor):
+        return f"shape {list(x.shape)} ({x.dtype})"
+    return type(x).__name__
+
+
+def _prefix_lengths(mask: Tensor, B: int, T: int) -> Tensor:
+    if not isinstance(mask, Tensor) or tuple(mask.shape) != (B, T) or mask.dtype != torch.bool:
+        raise ValueError(f"LinearChainCRF: mask must be a bool tensor of shape (B, T) = ({B}, "
+                         f"{T}), got {_describe(mask)}")
+    lengths = mask.sum(1)
+    prefix = torch.arange(T, device=mask.device)[None] < lengths[:, None]
+    if not torch.equal(prefix, mask):
+        raise ValueError("LinearChainCRF: mask must be a right-padded prefix per sequence "
+                         "(True then False); pack other selections first (ebm_ext.CRF(..., "
+                         "any_mask=True) does)")
+    return lengths
+
+
+def _decompose_edges(phi: Tensor, lengths: Optional[Tensor]):
+    """(unary, trans, node lengths) with -score energies; see from_edge_potentials."""
+    op = "LinearChainCRF.from_edge_potentials"
+    if not isinstance(phi, Tensor) or phi.dim() != 4 or phi.shape[2] != phi.shape[3]:
+        raise ValueError(f"{op}: log_potentials must be (B, N-1, C, C), got {_describe(phi)}")
+    if not phi.is_floating_point():
+        raise ValueError(f"{op}: log_potentials must be floating point, got {phi.dtype}")
+    B, E, C, _ = phi.shape
+    N = E + 1
+    if lengths is None:
+        lengths = torch.full((B,), N, dtype=torch.long, device=phi.device)
+    if (not isinstance(lengths, Tensor) or lengths.dtype != torch.long
+            or tuple(lengths.shape) != (B,)):
+        raise ValueError(f"{op}: lengths must be int64 (B,) = ({B},), got {_describe(lengths)}")
+    if bool(((lengths < 1) | (lengths > N)).any()):
+        raise ValueError(f"{op}: lengths must be in [1, N={N}] (numbers of nodes), got "
+                         f"{lengths.tolist()}")
+    valid = torch.arange(E, device=phi.device)[None] < (lengths - 1)[:, None]  # (B, E) edges used
+    used = phi.double()[valid]  # (M, C, C)
+    if used.numel() and (torch.isnan(used).any() or (used == math.inf).any()):
+        raise ValueError(f"{op}: log_potentials must be finite or -inf (forbidden), got NaN or "
+                         "+inf")
+    if used.shape[0] == 0:  # every sequence has one node: no edge carries anything
+        return (phi.new_zeros(B, N, C), phi.new_zeros(C, C), lengths)
+    forbidden = used[0] == -math.inf
+    if not bool((used == -math.inf).eq(forbidden).all()):
+        raise ValueError(f"{op}: the -inf (forbidden) entries must sit in the same places at "
+                         "every position, as one transition matrix's do; forbid tags at "
+                         "positions with +inf unary energies in LinearChainCRF(unary, trans, ...)")
+    # Row offsets alpha[j] (to-tags) and column offsets beta[i] (from-tags) per edge, fixed on a
+    # spanning forest of the allowed entries so that phi - alpha - beta is 0 on the forest.
+    # Linear in phi (autograd flows through it).
+    M = used.shape[0]
+    zero = used.new_zeros(M)
+    alpha, beta = [zero] * C, [zero] * C
+    allowed = (~forbidden).cpu()
+    seen_row, seen_col = [False] * C, [False] * C
+    for root in range(C):
+        if seen_row[root] or not bool(allowed[root].any()):
+            continue
+        seen_row[root] = True
+        queue = deque([("row", root)])
+        while queue:
+            kind, k = queue.popleft()
+            if kind == "row":
+                for i in torch.nonzero(allowed[k]).flatten().tolist():
+                    if not seen_col[i]:
+                        seen_col[i] = True
+                        beta[i] = used[:, k, i] - alpha[k]
+                        queue.append(("col", i))
+            else:
+                for j in torch.nonzero(allowed[:, k]).flatten().tolist():
+                    if not seen_row[j]:
+                        seen_row[j] = True
+                        alpha[j] = used[:, j, k] - beta[k]
+                        queue.append(("row", j))
+    alpha, beta = torch.stack(alpha, 1), torch.stack(beta, 1)  # (M, C)
+    canonical = used - alpha[:, :, None] - beta[:, None, :]
+    W = canonical[0]
+    finite = ~forbidden
+    with torch.no_grad():
+        scale = max(1.0, float(used[:, finite].abs().max())) if bool(finite.any()) else 1.0
+        tol = 64 * torch.finfo(phi.dtype).eps * scale * C
+        worst = float((canonical[:, finite] - W[finite]).abs().max()) if bool(finite.any()) else 0.0
+    if worst > tol:
+        raise ValueError(f"{op}: the potentials are not one transition matrix plus per-position "
+                         f"tag scores (they differ from that form by {worst:.3g}); our kernels "
+                         "share one transition matrix across positions")
+    # Node scores: beta at the edge's from-node n, alpha at its to-node n + 1.
+    a_full = alpha.new_zeros(B, E, C).index_put((valid,), alpha)
+    b_full = beta.new_zeros(B, E, C).index_put((valid,), beta)
+    pad = alpha.new_zeros(B, 1, C)
+    score = torch.cat([b_full, pad], 1) + torch.cat([pad, a_full], 1)
+    trans = torch.where(forbidden, math.inf, -W).t()
+    return (-score).to(phi.dtype), trans.to(phi.dtype).contiguous(), lengths
