@@ -5,21 +5,24 @@ Scores are minus energies: pytorch-crf and torch-struct maximise scores.
 import torch
 
 
-def torch_struct_potentials(unary, trans, start=None, end=None):
-    """torch-struct's LinearChainCRF log-potentials phi[b, n, z_{n+1}, z_n] (B, T-1, K, K)."""
+def torch_struct_potentials(unary, trans, start=None, end=None, lengths=None):
+    """torch-struct's LinearChainCRF log-potentials phi[b, n, z_{n+1}, z_n] (B, T-1, K, K); the
+    end energy sits on each sequence's last edge (lengths >= 2)."""
     B, T, K = unary.shape
     score = -unary
     phi = (-trans.t())[None, None] + score[:, 1:, :, None]  # [b, n, next, prev]
     first = score[:, 0] - (start if start is not None else 0)
     phi[:, 0] += first[:, None, :]
     if end is not None:
-        phi[:, -1] -= end[None, :, None]
+        last = (lengths - 2) if lengths is not None else torch.full((B,), T - 2)
+        phi[torch.arange(B), last] -= end[None, :, None]
     return phi
 
 
 def torch_struct_crf(unary, trans, start=None, end=None, lengths=None):
     from torch_struct import LinearChainCRF
-    return LinearChainCRF(torch_struct_potentials(unary, trans, start, end), lengths=lengths)
+    return LinearChainCRF(torch_struct_potentials(unary, trans, start, end, lengths),
+                          lengths=lengths)
 
 
 def pytorch_crf_layer(trans, start=None, end=None):

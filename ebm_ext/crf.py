@@ -139,14 +139,15 @@ class CRF(nn.Module):
         """The ``nbest`` best distinct tag sequences of each batch entry, best first (fewer when
         fewer exist)."""
         energy, tags, lengths, _ = self._kbest(emissions, mask, nbest)
-        energy, tags, lengths = energy.cpu(), tags.cpu(), lengths.cpu()
+        found: List[List[bool]] = torch.isfinite(energy).cpu().tolist()
+        rows: List[List[List[int]]] = tags.cpu().tolist()
+        sizes: List[int] = lengths.cpu().tolist()
         out: List[List[List[int]]] = []
-        for b in range(tags.size(0)):
+        for b in range(len(rows)):
             paths: List[List[int]] = []
             for r in range(nbest):
-                if bool(torch.isfinite(energy[b, r])):
-                    path: List[int] = tags[b, r, : int(lengths[b])].tolist()
-                    paths.append(path)
+                if found[b][r]:
+                    paths.append(rows[b][r][:sizes[b]])
             out.append(paths)
         return out
 
@@ -294,8 +295,8 @@ def _selection_order(mask: Tensor) -> Tensor:
 
 
 def _to_lists(tags: Tensor, lengths: Tensor) -> List[List[int]]:
-    out: List[List[int]] = []
-    for b in range(tags.size(0)):
-        path: List[int] = tags[b, : int(lengths[b])].tolist()
-        out.append(path)
-    return out
+    # One tolist() of the whole batch, then slices of Python lists: a tolist() per row costs
+    # more than the decoding itself.
+    rows: List[List[int]] = tags.tolist()
+    sizes: List[int] = lengths.tolist()
+    return [row[:n] for row, n in zip(rows, sizes)]
