@@ -46,6 +46,13 @@ def chain_ops(B, T, K, dtype, device):
     finite("chain_marginals", ebm_ext.chain_marginals(unary, trans, L, start, end))
     finite("_chain_log_partition_backward", *torch.ops.ebm_ext._chain_log_partition_backward(
         torch.ones(B, device=device, dtype=dtype), unary, trans, L, start, end))
+    finite("chain_expectation", *torch.ops.ebm_ext.chain_expectation(
+        unary, trans, unary, trans, L, start, end, start, end))
+    finite("_chain_covariance", *torch.ops.ebm_ext._chain_covariance(
+        torch.ones(B, device=device, dtype=dtype), unary, trans, unary, trans, L, start, end,
+        start, end))
+    torch.ops.ebm_ext.chain_sample(unary, trans, torch.rand(3, B, T, device=device,
+                                                            dtype=torch.float64), L, start, end)
     for method in ("entropic", "projected"):
         finite("chain_relaxed_inference", *ebm_ext.chain_relaxed_inference(
             unary, trans, L, start, end, steps=4, lr=0.5, method=method))

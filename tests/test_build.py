@@ -8,6 +8,7 @@ import ebm_ext
 
 EXPECTED_OPS = {"chain_energy", "viterbi", "viterbi_kbest", "loss_augmented_viterbi",
                 "chain_log_partition", "chain_marginals", "_chain_log_partition_backward",
+                "chain_expectation", "_chain_covariance", "chain_sample",
                 "project_simplex", "nearest_centroid",
                 "sparse_code", "sparse_coding_energy", "sparse_coding_lipschitz",
                 "chain_relaxed_inference", "bilstm", "_bilstm_backward"}

@@ -101,6 +101,18 @@ void chain_ops(int64_t B, int64_t T, int64_t K, at::ScalarType dtype, bool param
     expect_finite("_chain_log_partition_backward" + at,
                   call("_chain_log_partition_backward", {g, c.unary, c.trans, L, s, e}));
   });
+  run("chain_expectation" + at, [&] {
+    expect_finite("chain_expectation" + at,
+                  call("chain_expectation", {c.unary, c.trans, c.unary, c.trans, L, s, e, s, e}));
+  });
+  run("_chain_covariance" + at, [&] {
+    const auto g = at::ones({B}, c.unary.options());
+    expect_finite("_chain_covariance" + at,
+                  call("_chain_covariance", {g, c.unary, c.trans, c.unary, c.trans, L, s, e, s, e}));
+  });
+  run("chain_sample" + at, [&] {
+    call("chain_sample", {c.unary, c.trans, at::rand({3, B, T}, at::kDouble), L, s, e});
+  });
   for (const char* method : {"entropic", "projected"}) {
     run(std::string("chain_relaxed_inference ") + method + at, [&] {
       expect_finite("chain_relaxed_inference" + at,
