@@ -28,6 +28,7 @@ from torch import Tensor
 from torch.distributions import Distribution, constraints, register_kl
 from torch.distributions.utils import lazy_property
 
+from .ops.distribution import _sample_shape
 from .ops import (chain_cross_entropy, chain_energy, chain_entropy, chain_kl, chain_log_partition,
                   chain_marginals, chain_sample, viterbi, viterbi_kbest)
 
@@ -149,6 +150,9 @@ class LinearChainCRF(Distribution):
         if not isinstance(value, Tensor) or value.dim() < 2 or tuple(value.shape[-2:]) != (B, T):
             raise ValueError(f"LinearChainCRF.log_prob: value must have shape (*sample_shape, B, T)"
                              f" with (B, T) = ({B}, {T}), got {_describe(value)}")
+        if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+            raise ValueError(f"LinearChainCRF.log_prob: value must hold integer tags, got "
+                             f"{value.dtype}")
         if self._validate_args:
             self._validate_sample(value)
         prefix = value.shape[:-2]
@@ -198,7 +202,7 @@ class LinearChainCRF(Distribution):
         """Gumbel perturb-and-MAP (Papandreou and Yuille 2011): the Viterbi path of energies
         with Gumbel noise on every unary entry, (*sample_shape, B, T). Cheap, but not a sample
         of p (the perturbation is per position, not per path): use ``sample`` for that."""
-        shape = torch.Size([sample_shape] if isinstance(sample_shape, int) else sample_shape)
+        shape = _sample_shape("LinearChainCRF.perturb_and_map", sample_shape)
         n = shape.numel()
         B, T, K = self.unary.shape
         with torch.no_grad():

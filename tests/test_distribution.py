@@ -351,3 +351,20 @@ def test_third_order_says_it_is_not_implemented():
     (gg,) = torch.autograd.grad((g * g).sum(), u, create_graph=True)
     with pytest.raises(RuntimeError, match="_chain_covariance is not differentiable"):
         gg.sum().backward()
+
+
+@pytest.mark.parametrize("call,error,message", [
+    (lambda: chain_sample(torch.randn(2, 3, 4), torch.randn(4, 4), -1), ValueError,
+     r"chain_sample: sample_shape must be an int or a sequence of ints >= 0, got -1"),
+    (lambda: chain_sample(torch.randn(2, 3, 4), torch.randn(4, 4), (2.5,)), ValueError,
+     r"chain_sample: sample_shape must be an int or a sequence of ints >= 0"),
+    (lambda: chain_kl(torch.randn(2, 3, 4), torch.randn(4, 4), torch.randn(2, 3, 4).double(),
+                      torch.randn(4, 4).double()), RuntimeError,
+     r"chain_kl: other_unary must match unary in shape, dtype and device"),
+    (lambda: chain_cross_entropy(torch.randn(2, 3, 4), torch.randn(4, 4), torch.randn(2, 3, 5),
+                                 torch.randn(5, 5)), RuntimeError,
+     r"chain_cross_entropy: other_unary must match unary"),
+])
+def test_bad_arguments_of_the_composites(call, error, message):
+    with pytest.raises(error, match=message):
+        call()

@@ -134,6 +134,9 @@ def test_probe_decoders_and_partition(args):
     probe("chain_marginals", ebm_ext.chain_marginals, args, ref.chain_marginals)
     probe("viterbi_kbest", lambda **a: ebm_ext.viterbi_kbest(k=2, **a), args,
           lambda **a: ref.viterbi_kbest(k=2, **a), bound=["k"])
+    probe("chain_entropy", ebm_ext.chain_entropy, args, inner=["chain_expectation"])
+    probe("chain_sample", lambda **a: ebm_ext.chain_sample(
+        sample_shape=2, generator=torch.Generator().manual_seed(0), **a), args)
 
 
 @SETTINGS

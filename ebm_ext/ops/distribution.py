@@ -71,6 +71,17 @@ def chain_entropy(unary: Tensor, trans: Tensor, lengths: Optional[Tensor] = None
     return log_z + mean_energy
 
 
+def _check_other(op, pairs):
+    """q's energies must match p's in shape, dtype and device (``pairs``: (name, q's, p's))."""
+    for name, q, p in pairs:
+        if q is None or p is None:
+            continue
+        if q.shape != p.shape or q.dtype != p.dtype or q.device != p.device:
+            raise RuntimeError(f"{op}: {name} must match {name[len('other_'):]} in shape, dtype "
+                               f"and device ({list(p.shape)}, {p.dtype}, {p.device}), got "
+                               f"{list(q.shape)}, {q.dtype}, {q.device}")
+
+
 def _difference(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
     if a is None and b is None:
         return None
@@ -89,6 +100,8 @@ def chain_cross_entropy(unary: Tensor, trans: Tensor, other_unary: Tensor, other
     ``other_*`` energies over the same lengths. +inf where p gives mass to a path q forbids."""
     _check("chain_cross_entropy", unary, trans, lengths, start, end, other_start=other_start,
            other_end=other_end)
+    _check_other("chain_cross_entropy", (("other_unary", other_unary, unary), ("other_trans", other_trans, trans),
+                         ("other_start", other_start, start), ("other_end", other_end, end)))
     check_tensors("chain_cross_entropy", ("other_unary", other_unary, True),
                   ("other_trans", other_trans, True))
     log_zq = _ops.chain_log_partition(other_unary, other_trans, lengths, other_start, other_end)
@@ -108,6 +121,8 @@ def chain_kl(unary: Tensor, trans: Tensor, other_unary: Tensor, other_trans: Ten
     """
     _check("chain_kl", unary, trans, lengths, start, end, other_start=other_start,
            other_end=other_end)
+    _check_other("chain_kl", (("other_unary", other_unary, unary), ("other_trans", other_trans, trans),
+                         ("other_start", other_start, start), ("other_end", other_end, end)))
     check_tensors("chain_kl", ("other_unary", other_unary, True), ("other_trans", other_trans, True))
     log_zq = _ops.chain_log_partition(other_unary, other_trans, lengths, other_start, other_end)
     log_zp, gap = _ops.chain_expectation(unary, trans, other_unary - unary, other_trans - trans,
@@ -125,7 +140,7 @@ def chain_sample(unary: Tensor, trans: Tensor, sample_shape: Union[int, Sequence
     default one when None), so torch.manual_seed makes it reproducible.
     """
     _check("chain_sample", unary, trans, lengths, start, end)
-    shape = torch.Size([sample_shape] if isinstance(sample_shape, int) else sample_shape)
+    shape = _sample_shape("chain_sample", sample_shape)
     if unary.dim() != 3:  # the kernel's own check says it
         return _ops.chain_sample(unary, trans, unary.new_zeros((0, 0, 0), dtype=torch.float64),
                                  lengths, start, end)
@@ -133,6 +148,19 @@ def chain_sample(unary: Tensor, trans: Tensor, sample_shape: Union[int, Sequence
     noise = torch.rand((shape.numel(), B, T), dtype=torch.float64, device=unary.device,
                        generator=generator)
     return _ops.chain_sample(unary, trans, noise, lengths, start, end).reshape(*shape, B, T)
+
+
+def _sample_shape(op: str, sample_shape) -> torch.Size:
+    dims = [sample_shape] if isinstance(sample_shape, int) else sample_shape
+    try:
+        dims = list(dims)
+    except TypeError:
+        dims = None
+    if dims is None or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                               for d in dims):
+        raise ValueError(f"{op}: sample_shape must be an int or a sequence of ints >= 0, got "
+                         f"{sample_shape!r}")
+    return torch.Size(dims)
 
 
 # ---- fake implementations -------------------------------------------------------------------
