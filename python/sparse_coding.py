@@ -1,13 +1,7 @@
-"""Learn a sparse-coding dictionary on 8x8 patches of the images that ship with scikit-learn.
-
-The energy E(y, z) = ||y - D z||^2 + lam ||z||_1 (ebm_ext.nn.SparseCodingEnergy) is lowered on
-the patches by minibatch gradient steps on D of the mean free energy F(y) = min_z E(y, z):
-for each minibatch the codes are found by ebm_ext.sparse_code (FISTA), the gradient
-dF/dD = -2 (y - D z*) z*^T comes from the envelope theorem (no unrolling), Adam takes a step,
-and every atom is rescaled to unit norm (otherwise the L1 term is cheated by growing D and
-shrinking z). We chose gradient steps over block-coordinate updates (Mairal et al.'s online
-dictionary learning) because they are what the energy-based view gives for free: any
-differentiable energy trains the same way.
+"""Learn a sparse-coding dictionary on 8x8 patches of the images that ship with scikit-learn
+(ebm_ext.sparse.DictionaryLearning: minibatch gradient steps on D of the mean free energy
+F(y) = min_z ||y - D z||^2 + lam ||z||_1, codes by FISTA, gradients by the envelope theorem),
+and draw its atoms and reconstructions.
 
     python python/sparse_coding.py --out runs/dictionary        # atoms.png, reconstructions.png, metrics.json
 """
@@ -23,10 +17,10 @@ import torch
 from torch import Tensor
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from loop import atomic_write_bytes, progress, write_json  # noqa: E402
+from loop import atomic_write_bytes, write_json  # noqa: E402
 
-import ebm_ext  # noqa: E402
 from ebm_ext.nn import SparseCodingEnergy  # noqa: E402
+from ebm_ext.sparse import DictionaryLearning, energy_and_codes  # noqa: E402
 
 
 def image_patches(count: int, size: int = 8, seed: int = 0) -> Tensor:
@@ -60,44 +54,11 @@ def noise_like(y: Tensor, seed: int = 0) -> Tensor:
     return noise / noise.norm(dim=1, keepdim=True) * y.norm(dim=1, keepdim=True)
 
 
-def learn_dictionary(train: Tensor, atoms: int, lam: float, epochs: int = 5, batch_size: int = 256,
-                     lr: float = 1e-3, seed: int = 0, held_out: Tensor | None = None,
-                     show_progress: bool = False, **solver) -> tuple[SparseCodingEnergy, list[dict]]:
-    """Minibatch gradient descent on the mean free energy, atoms renormalised after each step;
-    starts from `atoms` training patches. Returns the model and one record per epoch (mean free
-    energy on `held_out`, fraction of nonzero codes there)."""
-    g = torch.Generator().manual_seed(seed)
-    start = train[torch.randperm(len(train), generator=g)[:atoms]].t()
-    model = SparseCodingEnergy(train.shape[1], atoms, lam, start, **solver)
-    model.normalise_atoms()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    history = []
-    for epoch in progress(range(1, epochs + 1), show_progress, desc="epochs"):
-        for batch in progress(torch.randperm(len(train), generator=g).split(batch_size), show_progress,
-                              desc=f"epoch {epoch}"):
-            loss = model(train[batch]).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            model.normalise_atoms()
-        record = {"epoch": epoch, "train_batch_energy": loss.item()}
-        if held_out is not None:
-            with torch.no_grad():
-                energy, z = sparse_coding_energy_and_codes(model, held_out)
-            record.update(held_out_energy=energy.mean().item(), nonzero=(z != 0).float().mean().item())
-        history.append(record)
-    return model, history
-
-
-def sparse_coding_energy_and_codes(model: SparseCodingEnergy, y: Tensor) -> tuple[Tensor, Tensor]:
-    return ebm_ext.sparse_coding_energy(y, model.D, model.lam, return_codes=True, **model.solver)
-
-
 def save_pictures(model: SparseCodingEnergy, patches: Tensor, out: pathlib.Path, size: int = 8) -> None:
     import plots
     D = model.D.detach()
     plots.patch_grid(D.t(), out / "atoms.png", size, title=f"{D.shape[1]} learned atoms (columns of D)")
-    _, z = sparse_coding_energy_and_codes(model, patches)
+    _, z = energy_and_codes(model, patches)
     plots.reconstructions(patches, z @ D.t(), out / "reconstructions.png", size,
                           title=f"held-out patches (top) and D z* (bottom), lam = {model.lam}")
 
@@ -120,8 +81,11 @@ def main(argv=None):
     patches = image_patches(args.patches + args.held_out, seed=args.seed)
     train, held_out = patches[:args.patches], patches[args.patches:]
     start = time.perf_counter()
-    model, history = learn_dictionary(train, args.atoms, args.lam, args.epochs, args.batch_size, args.lr,
-                                      args.seed, held_out, not args.no_progress, tol=args.tol)
+    learned = DictionaryLearning(args.atoms, lam=args.lam, epochs=args.epochs,
+                                 batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                 show_progress=not args.no_progress, tol=args.tol)
+    learned.fit(train, held_out=held_out)
+    model, history = learned.model_, learned.history_
     seconds = time.perf_counter() - start
     with torch.no_grad():
         data_energy = model(held_out).mean().item()

@@ -1,6 +1,7 @@
 """nearest_centroid / kmeans_energy against the plain-PyTorch reference (the full distance
 matrix), exact ties on integer data, gradients, errors; the k-means trainers in python/."""
 import pathlib
+import re
 import sys
 
 import pytest
@@ -15,6 +16,7 @@ from cuda_backends import skip_compile_if_emulated
 
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "python"))
 import kmeans  # noqa: E402
+from ebm_ext import cluster  # noqa: E402
 
 
 def _points(N, k, d, seed=0, device="cpu", dtype=torch.float64, integers=False):
@@ -159,14 +161,14 @@ def test_module_energy_and_assignment():
         ebm_ext.nn.KMeansEnergy(4, 2, centroids=W)
 
 
-# --- the trainers in python/kmeans.py --------------------------------------------------------
+# --- the trainers (ebm_ext.cluster) ------------------------------------------------------------
 
 def test_lloyd_follows_scikit_learn_exactly_in_float64():
     from sklearn.cluster import KMeans
     g = torch.Generator().manual_seed(12)
     y = torch.randn(3000, 8, generator=g, dtype=torch.float64)
     init = y[torch.randperm(3000, generator=g)[:20]]
-    ours = kmeans.lloyd(y, init, max_iter=15, tol=0)
+    ours = cluster.lloyd(y, init, max_iter=15, tol=0)
     theirs = KMeans(20, init=init.numpy(), n_init=1, max_iter=15, tol=0, algorithm="lloyd").fit(y.numpy())
     assert ours["n_iter"] == 15
     assert torch.equal(ours["index"], torch.from_numpy(theirs.labels_).long())
@@ -177,27 +179,59 @@ def test_lloyd_follows_scikit_learn_exactly_in_float64():
 def test_lloyd_reseeds_empty_clusters_and_stops_on_tol():
     y, _ = kmeans.blobs(seed=1)
     init = torch.tensor([[0.0, 0.0], [100.0, 100.0], [100.0, 100.0], [-100.0, 0.0], [1.0, 1.0]])
-    fit = kmeans.lloyd(y, init, tol=1e-4)
+    fit = cluster.lloyd(y, init, tol=1e-4)
     assert fit["reseeded"] >= 3 and fit["n_iter"] < 300
     assert torch.bincount(fit["index"], minlength=5).min() >= 1
 
 
 def test_kmeans_plus_plus_spreads_the_seeds():
     y, labels = kmeans.blobs(n=500, seed=2)
-    seeds = kmeans.kmeans_plus_plus(y, 5, torch.Generator().manual_seed(0))
+    seeds = cluster.kmeans_plus_plus(y, 5, torch.Generator().manual_seed(0))
     groups = labels[ref.nearest_centroid(seeds, y)[1]]
     assert len(set(groups.tolist())) == 5  # one seed in each of the well separated groups
     with pytest.raises(ValueError, match=r"k must be in \[1, N=500\], got 0"):
-        kmeans.kmeans_plus_plus(y, 0)
+        cluster.kmeans_plus_plus(y, 0)
 
 
 def test_minibatch_descent_lowers_the_free_energy():
     y, _ = kmeans.blobs(n=200, seed=3)
     g = torch.Generator().manual_seed(0)
-    start = kmeans.kmeans_plus_plus(y, 5, g) + 1.0
-    fit = kmeans.fit_minibatch(y, start, epochs=20, batch_size=20, lr=0.05, generator=g)
+    start = cluster.kmeans_plus_plus(y, 5, g) + 1.0
+    fit = cluster.fit_minibatch(y, start, epochs=20, batch_size=20, lr=0.05, generator=g)
     assert fit["history"][-1] < 0.5 * ebm_ext.kmeans_energy(y, start).sum().item()
-    assert fit["inertia"] == pytest.approx(kmeans.lloyd(y, fit["W"])["inertia"], rel=0.05)
+    assert fit["inertia"] == pytest.approx(cluster.lloyd(y, fit["W"])["inertia"], rel=0.05)
+
+
+def test_kmeans_estimator_matches_scikit_learn():
+    from sklearn.cluster import KMeans
+    g = torch.Generator().manual_seed(13)
+    y = torch.randn(2000, 6, generator=g, dtype=torch.float64)
+    init = y[torch.randperm(2000, generator=g)[:12]]
+    ours = cluster.KMeans(12, init=init, tol=0, max_iter=20).fit(y)
+    theirs = KMeans(12, init=init.numpy(), n_init=1, max_iter=20, tol=0, algorithm="lloyd").fit(y.numpy())
+    assert torch.equal(ours.labels_, torch.from_numpy(theirs.labels_).long())
+    assert ours.inertia_ == pytest.approx(theirs.inertia_, rel=1e-10)
+    torch.testing.assert_close(ours.cluster_centers_, torch.from_numpy(theirs.cluster_centers_))
+    new = torch.randn(300, 6, generator=g, dtype=torch.float64)
+    assert torch.equal(ours.predict(new), torch.from_numpy(theirs.predict(new.numpy())).long())
+    torch.testing.assert_close(ours.transform(new), torch.from_numpy(theirs.transform(new.numpy())))
+    assert ours.score(new) == pytest.approx(theirs.score(new.numpy()), rel=1e-10)
+    seeded = [cluster.KMeans(5, seed=3).fit(y).inertia_ for _ in range(2)]
+    assert seeded[0] == seeded[1]
+    sgd = cluster.KMeans(5, method="minibatch", epochs=5, batch_size=100, seed=0).fit(y.float())
+    assert sgd.n_iter_ == 5 and sgd.labels_.shape == (2000,)
+
+
+def test_kmeans_estimator_arguments():
+    for kwargs, message in [({"n_clusters": 0}, "n_clusters must be an int >= 1"),
+                            ({"n_clusters": 2, "method": "elkan"}, "method must be 'lloyd' or 'minibatch'"),
+                            ({"n_clusters": 2, "init": "random"}, "init must be 'k-means++' or a")]:
+        with pytest.raises(ValueError, match=re.escape("KMeans: " + message)):
+            cluster.KMeans(**kwargs)
+    with pytest.raises(RuntimeError, match="KMeans.predict: call fit first"):
+        cluster.KMeans(2).predict(torch.randn(3, 2))
+    with pytest.raises(ValueError, match=r"KMeans.fit: init must have shape \(n_clusters, d\) = \(2, 3\)"):
+        cluster.KMeans(2, init=torch.zeros(2, 2)).fit(torch.randn(5, 3))
 
 
 def test_blobs_and_digits_commands(tmp_path):

@@ -16,6 +16,7 @@ from cuda_backends import emulated_batch, skip_compile_if_emulated
 
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "python"))
 import sparse_coding  # noqa: E402
+from ebm_ext.sparse import DictionaryLearning  # noqa: E402
 
 EXACT = dict(max_iter=20000, tol=1e-12)
 
@@ -303,14 +304,33 @@ def test_without_l1_an_overcomplete_dictionary_gives_zero_energy_to_anything():
 def test_with_l1_after_learning_data_has_lower_energy_than_noise():
     patches = sparse_coding.image_patches(3000, seed=2)
     train, held_out = patches[:2500], patches[2500:]
-    model, history = sparse_coding.learn_dictionary(train, atoms=64, lam=0.2, epochs=3, batch_size=250,
-                                                    lr=3e-3, held_out=held_out, tol=1e-3)
-    with torch.no_grad():
-        data = model(held_out)
-        noise = model(sparse_coding.noise_like(held_out, seed=3))
+    learned = DictionaryLearning(64, lam=0.2, epochs=3, batch_size=250, lr=3e-3, tol=1e-3)
+    learned.fit(train, held_out=held_out)
+    data = learned.free_energy(held_out)
+    noise = learned.free_energy(sparse_coding.noise_like(held_out, seed=3))
     assert data.mean() < 0.75 * noise.mean()
     assert (data < noise).float().mean() > 0.8
+    history = learned.history_
     assert history[-1]["held_out_energy"] < history[0]["held_out_energy"] + 1e-3
+    # The estimator's views agree with the energy they learned.
+    assert learned.components_.shape == (64, 64) and learned.dictionary.shape == (64, 64)
+    torch.testing.assert_close(learned.dictionary.norm(dim=0), torch.ones(64))
+    z = learned.transform(held_out[:50])
+    want = ebm_ext.sparse_code(held_out[:50], learned.dictionary, 0.2, tol=1e-3)
+    torch.testing.assert_close(z, want)
+
+
+def test_dictionary_learning_arguments():
+    with pytest.raises(ValueError, match="DictionaryLearning: n_components must be an int >= 1"):
+        DictionaryLearning(0)
+    with pytest.raises(ValueError, match="DictionaryLearning: lam must be >= 0, got -1"):
+        DictionaryLearning(4, lam=-1)
+    with pytest.raises(ValueError, match=r"n_components \(8\) must be at most the number of rows"):
+        DictionaryLearning(8).fit(torch.randn(5, 3))
+    with pytest.raises(RuntimeError, match="DictionaryLearning.transform: call fit first"):
+        DictionaryLearning(2).transform(torch.randn(5, 3))
+    with pytest.raises(ValueError, match=r"DictionaryLearning.fit: y must be a floating-point \(N, n\)"):
+        DictionaryLearning(2).fit(torch.ones(5, 3, dtype=torch.long))
 
 
 def test_dictionary_learning_command(tmp_path):
