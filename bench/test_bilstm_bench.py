@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
-from ebm_ext import data as D
+from ebm_ext.tagging import data as D
 from ebm_ext.nn import BiLSTM
 from test_chain_bench import _run
 

@@ -9,9 +9,10 @@ import torch
 
 import ebm_ext
 from ebm_ext import _reference as ref
-from ebm_ext import data as D
+from ebm_ext.tagging import data as D
 from ebm_ext.inference import InferenceNetwork
-from ebm_ext.nn import ChainEnergy, FeatureNetwork
+from ebm_ext.nn import ChainEnergy
+from ebm_ext.tagging import FeatureNetwork
 from test_chain_bench import _inputs, _run
 
 DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "twpos"

@@ -6,9 +6,10 @@ import pathlib
 import pytest
 import torch
 
-from ebm_ext import data as D
+from ebm_ext.tagging import data as D
 from ebm_ext import losses
-from ebm_ext.nn import ChainEnergy, FeatureNetwork
+from ebm_ext.nn import ChainEnergy
+from ebm_ext.tagging import FeatureNetwork
 
 DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "twpos"
 BATCH = 8  # tagger.py's default

@@ -3,11 +3,14 @@
 Each takes the chain energy (``unary`` (B, T, K), ``trans`` (K, K), optional ``start``/``end``),
 ``gold`` tags (B, T) int64 (positions t >= L are ignored and may hold -1) and ``lengths``, and
 returns per-sequence losses reduced like torch's losses: ``reduction='none' | 'mean' | 'sum'``
-(mean over the batch). Energies are lower-is-better.
+(mean over the batch). Energies are lower-is-better. ``CRITERIA`` names them for models that
+take a criterion by name (the registry at the end: a loss, whether it reads the transitions,
+which cost it needs).
 """
 from __future__ import annotations
 
-from typing import Optional
+import dataclasses
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -173,3 +176,80 @@ def category_cost(categories, same_category: float = 0.5, dtype: torch.dtype = t
     same = (cat[:, None] == cat[None, :]).to(dtype)
     cost = 1.0 - (1.0 - same_category) * same
     return cost.fill_diagonal_(0.0)
+
+
+# ---- the criteria of a chain-energy model, by name ---------------------------------------------
+
+ChainParams = Tuple[Tensor, Tensor, Tensor]  # (trans, start, end)
+
+
+def _token_nll(unary, chain, gold, lengths, margin, cost):
+    return token_nll(unary, gold, lengths)
+
+
+def _crf_nll(unary, chain, gold, lengths, margin, cost):
+    trans, start, end = chain
+    return crf_nll(unary, trans, gold, lengths, start, end)
+
+
+def _perceptron(unary, chain, gold, lengths, margin, cost):
+    trans, start, end = chain
+    return perceptron(unary, trans, gold, lengths, start, end)
+
+
+def _margin(unary, chain, gold, lengths, margin, cost):
+    trans, start, end = chain
+    return margin_hinge(unary, trans, gold, margin, lengths, start, end)
+
+
+def _margin_rescaled(unary, chain, gold, lengths, margin, cost):
+    trans, start, end = chain
+    return margin_rescaled_hinge(unary, trans, gold, margin * cost.to(unary.dtype), lengths,
+                                 start, end)
+
+
+@dataclasses.dataclass(frozen=True)
+class Criterion:
+    """A training criterion of a chain-energy model.
+
+    ``loss(unary, (trans, start, end), gold, lengths, margin, cost)`` gives the mean loss;
+    ``uses_chain``: whether it reads the transitions (decoding is then Viterbi) or only the
+    unary energies (the per-position argmin); ``cost``: None, or which cost matrix it needs
+    ('hamming' or 'category', see ``make_cost``), which it scales by the margin.
+    """
+    loss: Callable
+    uses_chain: bool = True
+    cost: Optional[str] = None
+
+
+# Adding a criterion is one entry here (and its loss above).
+CRITERIA: Dict[str, Criterion] = {
+    "token_nll": Criterion(_token_nll, uses_chain=False),
+    "crf_nll": Criterion(_crf_nll),
+    "perceptron": Criterion(_perceptron),
+    "margin": Criterion(_margin),
+    "margin_rescaled": Criterion(_margin_rescaled, cost="hamming"),
+    "margin_rescaled_category": Criterion(_margin_rescaled, cost="category"),
+}
+
+
+def criterion(name: str) -> Criterion:
+    """The registered criterion ``name``; ValueError naming the choices otherwise."""
+    if name not in CRITERIA:
+        raise ValueError(f"criterion must be one of {tuple(CRITERIA)}, got {name!r}")
+    return CRITERIA[name]
+
+
+def make_cost(kind: Optional[str], num_tags: int, categories=None) -> Optional[Tensor]:
+    """The cost matrix a criterion needs: None, 'hamming' (1 - I) or 'category' (0.5 within a
+    category of ``categories``, one per tag)."""
+    if kind is None:
+        return None
+    if kind == "hamming":
+        return hamming_cost(num_tags)
+    if kind == "category":
+        if categories is None or len(categories) != num_tags:
+            raise ValueError(f"make_cost: the category cost needs one category per tag "
+                             f"({num_tags}), got {categories!r}")
+        return category_cost(categories)
+    raise ValueError(f"make_cost: kind must be None, 'hamming' or 'category', got {kind!r}")

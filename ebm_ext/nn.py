@@ -1,8 +1,9 @@
-"""Modules of energy-based models: for taggers, the feature network that gives unary energies,
-the chain energy with its transition parameters, and the tagger that ties them to a training
-criterion; for latent-variable energies, k-means and sparse coding.
+"""Modules of energy-based models: generic layers (a character CNN and BiLSTM, the fused
+BiLSTM, a dropout for packed rows), the chain energy with its transition parameters, and the
+latent-variable energies of k-means and sparse coding. The tweet tagger's feature network and
+tagger live in ebm_ext.tagging.
 
-Energies are lower-is-better: the feature network's output is an energy per (position, tag).
+Energies are lower-is-better.
 """
 from __future__ import annotations
 
@@ -12,8 +13,6 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from . import losses
-from .data import SHAPES, Batch
 from .ops import (bilstm, chain_energy, kmeans_energy, nearest_centroid, packed_order, sparse_code,
                   sparse_coding_energy, viterbi)
 
@@ -135,80 +134,6 @@ class CharBiLSTM(nn.Module):
         return out.view(*chars.shape[:-1], -1)
 
 
-class FeatureNetwork(nn.Module):
-    """Word, suffix and word-shape embeddings + character CNN + BiLSTM -> unary energies
-    (B, T, K). Everything is learnt from the training data (no pretrained vectors).
-
-    Only the real tokens are computed: the batch is packed (``packed_order``) before the
-    embeddings, so neither the character CNN, nor dropout, nor the BiLSTM sees the padding,
-    and the energies are scattered back into (B, T, K) with zeros past each length."""
-
-    def __init__(self, num_words: int, num_chars: int, num_tags: int, num_suffixes: int = 2,
-                 num_prefixes: int = 2, word_dim: int = 100, char_dim: int = 30,
-                 char_filters: int = 100, affix_dim: int = 30, shape_dim: int = 10,
-                 hidden: int = 150, dropout: float = 0.5, word_dropout: float = 0.05,
-                 unary_scale: float = 0.0, word_counts: Optional[Tensor] = None,
-                 unk_alpha: float = 0.0, layers: int = 1, char_model: str = "cnn"):
-        super().__init__()
-        self.words = nn.Embedding(num_words, word_dim, padding_idx=0)
-        self.suffixes = nn.Embedding(num_suffixes, affix_dim, padding_idx=0)
-        self.prefixes = nn.Embedding(num_prefixes, affix_dim, padding_idx=0)
-        self.shapes = nn.Embedding(len(SHAPES), shape_dim)
-        if char_model not in ("cnn", "lstm"):
-            raise ValueError(f"FeatureNetwork: char_model must be 'cnn' or 'lstm', got {char_model!r}")
-        # char_filters: the width of a word's character representation either way
-        self.chars = (CharCNN(num_chars, char_dim, char_filters) if char_model == "cnn"
-                      else CharBiLSTM(num_chars, char_dim, char_filters // 2))
-        self.dropout = Dropout(dropout)
-        self.word_dropout = word_dropout
-        self.unary_scale = unary_scale
-        if unk_alpha > 0:
-            if word_counts is None or len(word_counts) != num_words:
-                raise ValueError(f"FeatureNetwork: unk_alpha needs the training count of each of "
-                                 f"the {num_words} words")
-            # A word seen c times is read as <unk> with probability alpha / (alpha + c): rare
-            # words are trained the way unseen ones are met.
-            counts = torch.as_tensor(word_counts, dtype=torch.float32)
-            self.register_buffer("rare_word_dropout", unk_alpha / (unk_alpha + counts))
-        else:
-            self.rare_word_dropout = None
-        width = word_dim + 2 * affix_dim + shape_dim + self.chars.out_dim
-        self.lstm = BiLSTM(width, hidden)
-        self.upper = nn.ModuleList(BiLSTM(2 * hidden, hidden) for _ in range(layers - 1))
-        self.out = nn.Linear(2 * hidden, num_tags)
-
-    def forward(self, batch: Batch) -> Tensor:
-        B, T = batch.words.shape
-        index, batch_sizes = packed_order(batch.lengths, T)
-        index = index.to(batch.words.device)
-
-        def pack(x: Tensor) -> Tensor:
-            return x.reshape(B * T, *x.shape[2:]).index_select(0, index)
-
-        words = pack(batch.words)
-        if self.training and (self.word_dropout > 0 or self.rare_word_dropout is not None):
-            # Replace words by <unk> at random so that the unknown embedding is learnt.
-            p = torch.full(words.shape, self.word_dropout, device=words.device)
-            if self.rare_word_dropout is not None:
-                p = 1 - (1 - p) * (1 - self.rare_word_dropout[words])
-            drop = torch.rand(words.shape, device=words.device) < p
-            words = torch.where(drop & (words > 0), torch.ones_like(words), words)
-        x = torch.cat([self.words(words), self.suffixes(pack(batch.suffixes)),
-                       self.prefixes(pack(batch.prefixes)), self.shapes(pack(batch.shapes)),
-                       self.chars(pack(batch.chars))], dim=-1)
-        h = self.lstm(self.dropout(x), batch_sizes)
-        for lstm in self.upper:
-            h = lstm(self.dropout(h), batch_sizes)
-        scores = self.out(self.dropout(h))
-        if self.unary_scale > 0:
-            # Standardised over the tags at every position, then scaled: the energies cannot
-            # all shrink to a flat landscape, the zero of scale-free losses like the perceptron's.
-            scores = self.unary_scale * F.layer_norm(scores, scores.shape[-1:])
-        energies = -scores
-        unary = energies.new_zeros(B * T, energies.shape[-1]).index_copy(0, index, energies)
-        return unary.view(B, T, -1)
-
-
 class ChainEnergy(nn.Module):
     """Transition, start and end energies of a linear chain over ``num_tags`` tags."""
 
@@ -223,93 +148,6 @@ class ChainEnergy(nn.Module):
 
     def decode(self, unary: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
         return viterbi(unary, self.trans, lengths, self.start, self.end)[1]
-
-
-CRITERIA = ("token_nll", "crf_nll", "perceptron", "margin", "margin_rescaled",
-            "margin_rescaled_category")
-
-
-class EnergyTagger(nn.Module):
-    """A tagger E(x, y) = chain energy over the feature network's unary energies, trained by one
-    of ``CRITERIA``. With ``token_nll`` (the feed-forward tagger) there are no transitions and
-    decoding is the per-position argmin. ``margin`` is the margin hinge's m; the margin-rescaled
-    criteria scale their cost by it (Delta = margin * cost)."""
-
-    def __init__(self, features: FeatureNetwork, num_tags: int, criterion: str = "crf_nll",
-                 cost: Optional[Tensor] = None, margin: float = 1.0):
-        super().__init__()
-        if criterion not in CRITERIA:
-            raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
-        if criterion.startswith("margin_rescaled") and cost is None:
-            raise ValueError(f"criterion {criterion!r} needs a cost matrix")
-        self.features = features
-        self.chain = ChainEnergy(num_tags)
-        self.criterion = criterion
-        self.margin = margin
-        self.register_buffer("cost", cost if cost is not None else torch.zeros(0))
-
-    def forward(self, batch: Batch) -> Tensor:
-        return self.loss(batch)
-
-    def loss(self, batch: Batch) -> Tensor:
-        """Mean loss over the batch's sequences."""
-        unary = self.features(batch)
-        gold, L = batch.tags, batch.lengths
-        c = self.chain
-        if self.criterion == "token_nll":
-            return losses.token_nll(unary, gold, L)
-        if self.criterion == "crf_nll":
-            return losses.crf_nll(unary, c.trans, gold, L, c.start, c.end)
-        if self.criterion == "perceptron":
-            return losses.perceptron(unary, c.trans, gold, L, c.start, c.end)
-        if self.criterion == "margin":
-            return losses.margin_hinge(unary, c.trans, gold, self.margin, L, c.start, c.end)
-        cost = self.margin * self.cost.to(unary.dtype)
-        return losses.margin_rescaled_hinge(unary, c.trans, gold, cost, L,
-                                            c.start, c.end)
-
-    @torch.no_grad()
-    def predict(self, batch: Batch) -> Tensor:
-        """Tags (B, T), -1 past each length."""
-        unary = self.features(batch)
-        if self.criterion == "token_nll":
-            return local_decode(unary, batch.lengths)
-        return self.chain.decode(unary, batch.lengths)
-
-
-class TaggerEnsemble(nn.Module):
-    """Several EnergyTaggers as one energy, E(x, y) = (1/M) sum_m E_m(x, y). A mean of chain
-    energies is the chain energy of the members' mean unary, transition, start and end
-    energies, so decoding stays exact: Viterbi on the means (the per-position argmin when the
-    members are feed-forward taggers)."""
-
-    def __init__(self, members):
-        super().__init__()
-        members = list(members)
-        if not members:
-            raise ValueError("TaggerEnsemble: needs at least one member")
-        local = {m.criterion == "token_nll" for m in members}
-        if len(local) > 1:
-            raise ValueError("TaggerEnsemble: members must be all chain energies or all "
-                             "feed-forward (token_nll) taggers")
-        self.members = nn.ModuleList(members)
-        self.local = local.pop()
-
-    def energies(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The ensemble's (unary (B, T, K), trans, start, end)."""
-        def mean(values):
-            return torch.stack(list(values)).mean(0)
-        chains = [m.chain for m in self.members]
-        return (mean(m.features(batch) for m in self.members), mean(c.trans for c in chains),
-                mean(c.start for c in chains), mean(c.end for c in chains))
-
-    @torch.no_grad()
-    def predict(self, batch: Batch) -> Tensor:
-        """Tags (B, T), -1 past each length."""
-        unary, trans, start, end = self.energies(batch)
-        if self.local:
-            return local_decode(unary, batch.lengths)
-        return viterbi(unary, trans, batch.lengths, start, end)[1]
 
 
 class KMeansEnergy(nn.Module):

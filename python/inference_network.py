@@ -34,9 +34,10 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import ebm_ext  # noqa: E402
-from ebm_ext import data as D  # noqa: E402
+from ebm_ext.tagging import data as D  # noqa: E402
 from ebm_ext.inference import InferenceNetwork, TagLanguageModel, chain_plus_tag_lm, gradient_inference  # noqa: E402
-from ebm_ext.nn import ChainEnergy, EnergyTagger, FeatureNetwork  # noqa: E402
+from ebm_ext.nn import ChainEnergy  # noqa: E402
+from ebm_ext.tagging import EnergyTagger, FeatureNetwork  # noqa: E402
 from loop import eval_mode, progress, write_json  # noqa: E402
 from tagger import CORPORA, batches, data_dir, load_tagger, tagset  # noqa: E402
 

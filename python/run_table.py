@@ -14,7 +14,7 @@ import sys
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from ebm_ext.nn import CRITERIA  # noqa: E402
+from ebm_ext.losses import CRITERIA  # noqa: E402
 from loop import atomic_write_bytes  # noqa: E402
 
 NAMES = {"token_nll": "feed-forward (token NLL)", "crf_nll": "CRF NLL", "perceptron": "perceptron",
@@ -25,7 +25,7 @@ NAMES = {"token_nll": "feed-forward (token NLL)", "crf_nll": "CRF NLL", "percept
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--corpora", nargs="+", default=["twpos", "ewt"], choices=["twpos", "ewt"])
-    p.add_argument("--criteria", nargs="+", default=list(CRITERIA), choices=CRITERIA)
+    p.add_argument("--criteria", nargs="+", default=list(CRITERIA), choices=tuple(CRITERIA))
     p.add_argument("--runs", default="runs", help="folder of the runs and of table.md")
     p.add_argument("--suffix", default="", help="appended to each run's folder name "
                    "(runs/<corpus>-<criterion><suffix>), to keep runs of other settings apart")

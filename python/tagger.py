@@ -11,7 +11,7 @@ EBM_DATA environment variable); nothing is copied into the repository.
 from __future__ import annotations
 
 import argparse
-import inspect
+import dataclasses
 import math
 import os
 import pathlib
@@ -22,22 +22,12 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-import ebm_ext  # noqa: E402
-from ebm_ext import data as D  # noqa: E402
-from ebm_ext.losses import category_cost, hamming_cost  # noqa: E402
-from ebm_ext.nn import CRITERIA, EnergyTagger, FeatureNetwork, TaggerEnsemble  # noqa: E402
+from ebm_ext.tagging import data as D  # noqa: E402
+from ebm_ext.tagging import EnergyTagger, TaggerConfig, TaggerEnsemble, build_tagger  # noqa: E402
 from loop import (CheckpointError, Distributed, eval_mode, load_checkpoint, progress, save_checkpoint,  # noqa: E402
                   write_json)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# The perceptron and the k=2 margin hinge are scale-free (the perceptron) or nearly so, and their
-# gradient reaches only the positions where the rival path differs from gold, often one per
-# sentence: by default they get standardised unary energies (flat energies, the perceptron's
-# trivial zero, cannot be reached) and more epochs.
-SPARSE = ("perceptron", "margin")
-EPOCHS, SLOW_EPOCHS = 60, 200
-# The network's defaults are the command line's: one place for them.
-NET = {name: p.default for name, p in inspect.signature(FeatureNetwork).parameters.items()}
 CORPORA = {
     "twpos": ("twpos/oct27.train", "twpos/oct27.dev", "twpos/oct27.test"),
     "ewt": ("ud_ewt/en_ewt-ud-train.conllu", "ud_ewt/en_ewt-ud-dev.conllu",
@@ -80,25 +70,6 @@ def accuracy(model: EnergyTagger, sentences, vocabs, device, batch_size=256, enc
     return correct / max(1, len(gold)), gold, pred
 
 
-def build_model(config: dict, vocabs: D.Vocabularies) -> EnergyTagger:
-    K = len(vocabs.tags)
-    features = FeatureNetwork(len(vocabs.words), len(vocabs.chars), K,
-                              num_suffixes=len(vocabs.suffixes),
-                              num_prefixes=len(vocabs.prefixes), word_dim=config["word_dim"],
-                              char_filters=config["char_filters"],
-                              hidden=config["hidden"], dropout=config["dropout"],
-                              word_dropout=config["word_dropout"],
-                              unary_scale=config["unary_scale"],
-                              word_counts=vocabs.word_counts, unk_alpha=config["unk_alpha"],
-                              layers=config["layers"], char_model=config["char_model"])
-    cost = None
-    if config["criterion"] == "margin_rescaled":
-        cost = hamming_cost(K)
-    elif config["criterion"] == "margin_rescaled_category":
-        cost = category_cost(config["categories"])
-    return EnergyTagger(features, K, config["criterion"], cost=cost, margin=config["margin"])
-
-
 def read_data(args):
     """(train, dev, test) sentences, the tags and their categories, per the command line."""
     root = data_dir(args.data_dir)
@@ -111,40 +82,57 @@ def read_data(args):
     return splits, tags, categories
 
 
-def train_member(args, ddp: Distributed, splits, tags, categories, seed: int,
+def train_one_epoch(net, model, batches_, optimizer, scheduler, average, device, show: bool,
+                    desc: str) -> float:
+    """One pass over `batches_` (lists of encoded sentences); returns the summed loss."""
+    model.train()
+    total = 0.0
+    bar = progress(batches_, show, desc=desc)
+    for chunk in bar:
+        batch = D.collate(chunk).to(device)
+        loss = net(batch)  # the loss; through DDP's wrapper its gradients are all-reduced
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        scheduler.step()
+        if average is not None:
+            average.update_parameters(model)
+        total += loss.item()
+        if show:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    return total
+
+
+def train_member(args, config: TaggerConfig, ddp: Distributed, splits, tags,
                  out: pathlib.Path) -> dict:
-    """Trains one tagger with `seed` into `out` (best.pt: the best dev epoch's weights, last.pt:
-    everything to resume from); returns its history."""
+    """Trains one tagger of `config` (its seed included) into `out` (best.pt: the best dev
+    epoch's weights, last.pt: everything to resume from); returns its history."""
     device = torch.device(args.device)
     train_s, dev_s, _ = splits
-    config = {"corpus": args.corpus, "criterion": args.criterion, "word_dim": args.word_dim,
-              "char_filters": args.char_filters,
-              "hidden": args.hidden, "dropout": args.dropout, "word_dropout": args.word_dropout,
-              "unary_scale": args.unary_scale, "unk_alpha": args.unk_alpha,
-              "layers": args.layers, "char_model": args.char_model,
-              "margin": args.margin, "categories": categories, "lr": args.lr,
-              "batch_size": args.batch_size, "seed": seed, "ema": args.ema,
-              "schedule": args.schedule}
     last = out / "last.pt"
     state = load_checkpoint(last) if args.resume and last.exists() else None
     if state is not None:
         vocabs = D.Vocabularies.from_state(state["vocabs"])
-        config = state["config"]
+        # The model's options come from the checkpoint; how long to train, from this command.
+        config = dataclasses.replace(TaggerConfig.from_dict(state["config"]),
+                                     epochs=config.epochs, patience=config.patience).resolved()
     else:
         vocabs = D.Vocabularies.build(train_s, tags)
+    seed = config.seed
     train_e, dev_e = ([D.encode_sentence(s, vocabs) for s in split] for split in (train_s, dev_s))
     torch.manual_seed(seed)
-    model = build_model(config, vocabs).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], fused=True)
-    steps = args.epochs * max(1, math.ceil(len(train_e) / config["batch_size"]) // ddp.world)
+    model = build_tagger(config, vocabs).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)
+    steps = config.epochs * max(1, math.ceil(len(train_e) / config.batch_size) // ddp.world)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
-        if config["schedule"] == "cosine" else 1.0)
+        if config.schedule == "cosine" else 1.0)
     # Decoding and checkpoints use the exponential moving average of the weights when --ema is set
     # (Polyak averaging: the averaged perceptron's trick, for every criterion).
     average = (torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config["ema"]),
-        use_buffers=True) if config["ema"] > 0 else None)
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema),
+        use_buffers=True) if config.ema > 0 else None)
     decoder = average.module if average is not None else model
     history, best, bad, start_epoch = [], -1.0, 0, 0
     if state is not None:
@@ -158,30 +146,16 @@ def train_member(args, ddp: Distributed, splits, tags, categories, seed: int,
     net = torch.nn.parallel.DistributedDataParallel(model) if ddp.active else model
     show = not args.no_progress and ddp.main and sys.stderr.isatty()
     began = time.perf_counter() - sum(h["seconds"] for h in history)
-    stop = bad >= args.patience
-    for epoch in range(start_epoch, args.epochs):
+    stop = bad >= config.patience
+    for epoch in range(start_epoch, config.epochs):
         if stop:
             break
         tick = time.perf_counter()
-        model.train()
         order = torch.Generator().manual_seed(seed * 1000 + epoch)
-        mine = batches(train_e, config["batch_size"], order)
+        mine = batches(train_e, config.batch_size, order)
         mine = mine[: len(mine) // ddp.world * ddp.world][ddp.rank::ddp.world]
-        total = 0.0
-        bar = progress(mine, show, desc=f"epoch {epoch + 1}")
-        for chunk in bar:
-            batch = D.collate(chunk).to(device)
-            loss = net(batch)  # the loss; through DDP's wrapper its gradients are all-reduced
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            optimizer.step()
-            scheduler.step()
-            if average is not None:
-                average.update_parameters(model)
-            total += loss.item()
-            if show:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+        total = train_one_epoch(net, model, mine, optimizer, scheduler, average, device, show,
+                                f"epoch {epoch + 1}")
         train_loss = ddp.mean(total / max(1, len(mine)))
         dev_acc, _, _ = accuracy(decoder, dev_s, vocabs, device, encoded=dev_e)
         improved = dev_acc > best
@@ -191,23 +165,24 @@ def train_member(args, ddp: Distributed, splits, tags, categories, seed: int,
             bad += 1
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "dev_acc": dev_acc,
                         "seconds": time.perf_counter() - tick})
-        stop = ddp.broadcast_flag(bad >= args.patience)
+        stop = ddp.broadcast_flag(bad >= config.patience)
         if ddp.main:
             checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(),
-                          "vocabs": vocabs.state(), "config": config, "history": history,
+                          "vocabs": vocabs.state(), "config": config.as_dict(),
+                          "history": history,
                           "best": best, "bad": bad, "epoch": epoch + 1,
                           "rng": torch.get_rng_state()}
             if average is not None:
                 checkpoint["average"] = average.state_dict()
             if improved:
                 save_checkpoint({"model": decoder.state_dict(), "vocabs": vocabs.state(),
-                                 "config": config}, out / "best.pt")
+                                 "config": config.as_dict()}, out / "best.pt")
             save_checkpoint(checkpoint, last)
             print(f"epoch {epoch + 1}: loss {train_loss:.4f}  dev {100 * dev_acc:.2f}%"
                   f"  ({history[-1]['seconds']:.1f} s)", flush=True)
         ddp.barrier()
-    result = {"config": {k: v for k, v in config.items() if k != "categories"},
+    result = {"config": {k: v for k, v in config.as_dict().items() if k != "categories"},
               "history": history, "train_seconds": time.perf_counter() - began,
               "best_epoch": max(history, key=lambda h: h["dev_acc"])["epoch"] if history else 0}
     if ddp.active:
@@ -215,10 +190,11 @@ def train_member(args, ddp: Distributed, splits, tags, categories, seed: int,
     return result
 
 
-def member_args(args, k: int) -> argparse.Namespace:
-    """The options of ensemble member k: members cycle through the --char-model list."""
-    models = args.char_model.split(",")
-    return argparse.Namespace(**{**vars(args), "char_model": models[k % len(models)]})
+def member_config(config: TaggerConfig, k: int) -> TaggerConfig:
+    """The configuration of ensemble member k: seed + k, and the members cycle through the
+    char_model list."""
+    models = config.char_model.split(",")
+    return dataclasses.replace(config, seed=config.seed + k, char_model=models[k % len(models)])
 
 
 def train(args) -> dict:
@@ -229,11 +205,12 @@ def train(args) -> dict:
     ddp = Distributed(device)
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // ddp.world))
     splits, tags, categories = read_data(args)
+    config = dataclasses.replace(TaggerConfig.from_args(args), categories=categories).resolved()
     out = pathlib.Path(args.out)
     folders = ([out] if args.ensemble == 1
                else [out / f"member-{k + 1}" for k in range(args.ensemble)])
-    members = [train_member(member_args(args, k), ddp, splits, tags, categories, args.seed + k,
-                            folder) for k, folder in enumerate(folders)]
+    members = [train_member(args, member_config(config, k), ddp, splits, tags, folder)
+               for k, folder in enumerate(folders)]
     config = dict(members[0]["config"])
     if args.ensemble > 1:  # the ensemble's own settings; each member's are in members[k]
         config.update(ensemble=args.ensemble,
@@ -281,12 +258,12 @@ def load_tagger_state(state: dict, device="cpu"):
     it holds several members."""
     vocabs = D.Vocabularies.from_state(state["vocabs"])
     if "members" not in state:
-        model = build_model(state["config"], vocabs)
+        model = build_tagger(TaggerConfig.from_dict(state["config"]), vocabs)
         model.load_state_dict(state["model"])
         return model.to(device).eval(), vocabs
     members = []
     for weights, config in zip(state["members"], state["member_configs"]):
-        member = build_model(config, vocabs)
+        member = build_tagger(TaggerConfig.from_dict(config), vocabs)
         member.load_state_dict(weights)
         members.append(member)
     return TaggerEnsemble(members).to(device).eval(), vocabs
@@ -330,59 +307,17 @@ def tag(args) -> None:
             print()
 
 
-def char_models(text: str) -> str:
-    models = text.split(",")
-    if not all(m in ("cnn", "lstm") for m in models):
-        raise argparse.ArgumentTypeError(f"expected cnn, lstm or a comma-separated list of them, "
-                                         f"got {text!r}")
-    return text
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a tagger, evaluate on dev each epoch and on test at the end")
-    t.add_argument("--corpus", choices=sorted(CORPORA), default="twpos")
-    t.add_argument("--criterion", choices=CRITERIA, default="margin_rescaled_category")
+    TaggerConfig.add_arguments(t)  # the model's and training's options, one per field
     t.add_argument("--out", required=True, help="folder for checkpoints, metrics.json and pictures")
     t.add_argument("--data-dir", help="folder holding twpos/ and ud_ewt/ (default ../shared/data "
                    "beside the repository, or $EBM_DATA)")
     t.add_argument("--train", help="training file (either format), instead of the corpus's")
     t.add_argument("--dev")
     t.add_argument("--test")
-    t.add_argument("--epochs", type=int, default=None,
-                   help=f"epochs (default {EPOCHS}, {SLOW_EPOCHS} for {' and '.join(SPARSE)})")
-    t.add_argument("--patience", type=int, default=None,
-                   help="stop after this many epochs without dev improvement (default: a third "
-                   "of the epochs)")
-    t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--lr", type=float, default=3e-3)
-    t.add_argument("--schedule", choices=["constant", "cosine"], default="cosine",
-                   help="learning rate over the steps of --epochs: constant, or cosine decay to 0")
-    t.add_argument("--word-dim", type=int, default=NET["word_dim"])
-    t.add_argument("--hidden", type=int, default=NET["hidden"])
-    t.add_argument("--char-filters", type=int, default=NET["char_filters"])
-    t.add_argument("--dropout", type=float, default=NET["dropout"])
-    t.add_argument("--word-dropout", type=float, default=NET["word_dropout"])
-    t.add_argument("--unk-alpha", type=float, default=NET["unk_alpha"],
-                   help="read a training word seen c times as <unk> with probability "
-                   "alpha / (alpha + c) (0: off)")
-    t.add_argument("--layers", type=int, default=NET["layers"], help="stacked BiLSTM layers")
-    t.add_argument("--char-model", type=char_models, default=NET["char_model"],
-                   help="how a word's characters are read: cnn (a convolution) or lstm (a "
-                   "BiLSTM); a comma-separated list for an ensemble, whose members cycle "
-                   "through it (cnn,lstm: half of each)")
-    t.add_argument("--margin", type=float, default=1.0,
-                   help="the margin of the margin hinge; the margin-rescaled hinges scale "
-                   "their cost by it")
-    t.add_argument("--ema", type=float, default=0.0,
-                   help="decode with an exponential moving average of the weights, this decay "
-                   "per step (0: the weights themselves)")
-    t.add_argument("--unary-scale", type=float, default=None,
-                   help="standardise the unary energies over the tags at each position and "
-                   "scale them by this (0: as the network gives them; default 1 for "
-                   f"{' and '.join(SPARSE)}, 0 otherwise)")
-    t.add_argument("--seed", type=int, default=1)
     t.add_argument("--ensemble", type=int, default=1,
                    help="train this many taggers (seeds seed, seed+1, ...) and decode with their "
                    "mean energy")
@@ -412,13 +347,6 @@ def main(argv=None):
 
 def run(args):
     if args.command == "train":
-        sparse = args.criterion in SPARSE
-        if args.epochs is None:
-            args.epochs = SLOW_EPOCHS if sparse else EPOCHS
-        if args.unary_scale is None:
-            args.unary_scale = 1.0 if sparse else NET["unary_scale"]
-        if args.patience is None:
-            args.patience = max(1, args.epochs // 3)
         return train(args)
     if args.command == "eval":
         return evaluate(args)

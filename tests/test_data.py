@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from ebm_ext import data as D
+from ebm_ext.tagging import data as D
 from chain_cases import DATA
 
 

@@ -7,9 +7,10 @@ import itertools
 import pytest
 import torch
 
-from ebm_ext import data as D
+from ebm_ext.tagging import data as D
 from ebm_ext import chain_energy
-from ebm_ext.nn import CharBiLSTM, CharCNN, Dropout, EnergyTagger, FeatureNetwork, TaggerEnsemble
+from ebm_ext.nn import CharBiLSTM, CharCNN, Dropout
+from ebm_ext.tagging import EnergyTagger, FeatureNetwork, TaggerEnsemble
 from chain_cases import DATA
 
 SENTENCES = [(["lol", "@bob", "this", "is", "gr8", "!"], ["!", "@", "O", "V", "A", ","]),

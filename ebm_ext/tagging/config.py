@@ -1,0 +1,130 @@
+"""TaggerConfig: every option of the tweet tagger's model and training, in one place.
+
+A field is one option: its default, its help, and whether the feature network takes it
+(``network=True``: passed to FeatureNetwork by name). python/tagger.py builds its command line
+from the fields (``add_arguments``) and checkpoints store ``asdict`` of it, so adding an option
+is one field here (and, for a network option, the FeatureNetwork parameter it feeds).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from ..losses import CRITERIA
+
+CORPORA = ("ewt", "twpos")
+# The perceptron and the k=2 margin hinge are scale-free (the perceptron) or nearly so, and their
+# gradient reaches only the positions where the rival path differs from gold, often one per
+# sentence: by default they get standardised unary energies (flat energies, the perceptron's
+# trivial zero, cannot be reached) and more epochs.
+SPARSE = ("perceptron", "margin")
+EPOCHS, SLOW_EPOCHS = 60, 200
+
+
+def char_models(text: str) -> str:
+    """cnn, lstm, or a comma-separated list of them (an ensemble's members cycle through it)."""
+    models = text.split(",")
+    if not all(m in ("cnn", "lstm") for m in models):
+        raise argparse.ArgumentTypeError(f"expected cnn, lstm or a comma-separated list of them, "
+                                         f"got {text!r}")
+    return text
+
+
+def _option(default, help: str, network: bool = False, cli: bool = True, **argparse_kw):
+    return field(default=default,
+                 metadata={"help": help, "network": network, "cli": cli, **argparse_kw})
+
+
+@dataclass
+class TaggerConfig:
+    corpus: str = _option("twpos", "training corpus (its train/dev/test splits)",
+                          choices=CORPORA)
+    criterion: str = _option("margin_rescaled_category", "training criterion (ebm_ext.losses."
+                             "CRITERIA)", choices=tuple(CRITERIA))
+    epochs: Optional[int] = _option(None, f"epochs (default {EPOCHS}, {SLOW_EPOCHS} for "
+                                    f"{' and '.join(SPARSE)})")
+    patience: Optional[int] = _option(None, "stop after this many epochs without dev "
+                                      "improvement (default: a third of the epochs)")
+    batch_size: int = _option(8, "sentences per step")
+    lr: float = _option(3e-3, "Adam's learning rate")
+    schedule: str = _option("cosine", "learning rate over the steps of --epochs: constant, or "
+                            "cosine decay to 0", choices=("constant", "cosine"))
+    word_dim: int = _option(100, "word embedding width", network=True)
+    hidden: int = _option(150, "BiLSTM width per direction", network=True)
+    char_filters: int = _option(100, "width of a word's character representation",
+                                network=True)
+    dropout: float = _option(0.5, "dropout on the BiLSTM's input, between layers and before the "
+                             "output", network=True)
+    word_dropout: float = _option(0.05, "read a training word as <unk> with this probability",
+                                  network=True)
+    unk_alpha: float = _option(0.0, "read a training word seen c times as <unk> with "
+                               "probability alpha / (alpha + c) (0: off)", network=True)
+    layers: int = _option(1, "stacked BiLSTM layers", network=True)
+    char_model: str = _option("cnn", "how a word's characters are read: cnn (a convolution) or "
+                              "lstm (a BiLSTM); a comma-separated list for an ensemble, whose "
+                              "members cycle through it (cnn,lstm: half of each)",
+                              network=True, type=char_models)
+    unary_scale: Optional[float] = _option(
+        None, "standardise the unary energies over the tags at each position and scale them by "
+        f"this (0: as the network gives them; default 1 for {' and '.join(SPARSE)}, 0 otherwise)",
+        network=True)
+    margin: float = _option(1.0, "the margin of the margin hinge; the margin-rescaled hinges "
+                            "scale their cost by it")
+    ema: float = _option(0.0, "decode with an exponential moving average of the weights, this "
+                         "decay per step (0: the weights themselves)")
+    seed: int = _option(1, "random seed (an ensemble's members take seed, seed+1, ...)")
+    categories: Optional[List[str]] = _option(None, "the category of each tag (from the data)",
+                                              cli=False)
+
+    def resolved(self) -> "TaggerConfig":
+        """The defaults that depend on the criterion filled in."""
+        sparse = self.criterion in SPARSE
+        epochs = self.epochs if self.epochs is not None else (SLOW_EPOCHS if sparse else EPOCHS)
+        return dataclasses.replace(
+            self, epochs=epochs,
+            patience=self.patience if self.patience is not None else max(1, epochs // 3),
+            unary_scale=(self.unary_scale if self.unary_scale is not None
+                         else (1.0 if sparse else 0.0)))
+
+    def network_kwargs(self) -> dict:
+        """The FeatureNetwork arguments this configuration sets."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.metadata["network"]}
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TaggerConfig":
+        """From a checkpoint's config: known keys taken, missing ones at their defaults (older
+        checkpoints lack the newer options)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """One --option per command-line field, with its default, help, choices and type."""
+        for f in dataclasses.fields(cls):
+            meta = f.metadata
+            if not meta["cli"]:
+                continue
+            kw: dict[str, Any] = {"default": f.default, "help": meta["help"]}
+            if "choices" in meta:
+                kw["choices"] = meta["choices"]
+            kw["type"] = meta.get("type") or _type_of(f)
+            parser.add_argument("--" + f.name.replace("_", "-"), **kw)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "TaggerConfig":
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+                      if f.metadata["cli"]})
+
+
+def _type_of(f: dataclasses.Field):
+    text = str(f.type)
+    for name, kind in (("int", int), ("float", float), ("str", str)):
+        if name in text:
+            return kind
+    raise TypeError(f"TaggerConfig.{f.name}: no command-line type for {f.type!r}")

@@ -1,0 +1,179 @@
+"""The tweet tagger's model: the feature network that gives unary energies from the encoded
+tokens of ebm_ext.tagging.data, the tagger that ties them to a chain energy and a training
+criterion, the ensemble that decodes with the members' mean energy, and build_tagger, which
+makes one from a TaggerConfig.
+
+Energies are lower-is-better: the feature network's output is an energy per (position, tag).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .. import losses
+from ..nn import BiLSTM, ChainEnergy, CharBiLSTM, CharCNN, Dropout, local_decode
+from ..ops import packed_order, viterbi
+from .config import TaggerConfig
+from .data import SHAPES, Batch, Vocabularies
+
+
+class FeatureNetwork(nn.Module):
+    """Word, suffix and word-shape embeddings + character CNN + BiLSTM -> unary energies
+    (B, T, K). Everything is learnt from the training data (no pretrained vectors).
+
+    Only the real tokens are computed: the batch is packed (``packed_order``) before the
+    embeddings, so neither the character CNN, nor dropout, nor the BiLSTM sees the padding,
+    and the energies are scattered back into (B, T, K) with zeros past each length."""
+
+    def __init__(self, num_words: int, num_chars: int, num_tags: int, num_suffixes: int = 2,
+                 num_prefixes: int = 2, word_dim: int = 100, char_dim: int = 30,
+                 char_filters: int = 100, affix_dim: int = 30, shape_dim: int = 10,
+                 hidden: int = 150, dropout: float = 0.5, word_dropout: float = 0.05,
+                 unary_scale: float = 0.0, word_counts: Optional[Tensor] = None,
+                 unk_alpha: float = 0.0, layers: int = 1, char_model: str = "cnn"):
+        super().__init__()
+        self.words = nn.Embedding(num_words, word_dim, padding_idx=0)
+        self.suffixes = nn.Embedding(num_suffixes, affix_dim, padding_idx=0)
+        self.prefixes = nn.Embedding(num_prefixes, affix_dim, padding_idx=0)
+        self.shapes = nn.Embedding(len(SHAPES), shape_dim)
+        if char_model not in ("cnn", "lstm"):
+            raise ValueError(f"FeatureNetwork: char_model must be 'cnn' or 'lstm', got {char_model!r}")
+        # char_filters: the width of a word's character representation either way
+        self.chars = (CharCNN(num_chars, char_dim, char_filters) if char_model == "cnn"
+                      else CharBiLSTM(num_chars, char_dim, char_filters // 2))
+        self.dropout = Dropout(dropout)
+        self.word_dropout = word_dropout
+        self.unary_scale = unary_scale
+        if unk_alpha > 0:
+            if word_counts is None or len(word_counts) != num_words:
+                raise ValueError(f"FeatureNetwork: unk_alpha needs the training count of each of "
+                                 f"the {num_words} words")
+            # A word seen c times is read as <unk> with probability alpha / (alpha + c): rare
+            # words are trained the way unseen ones are met.
+            counts = torch.as_tensor(word_counts, dtype=torch.float32)
+            self.register_buffer("rare_word_dropout", unk_alpha / (unk_alpha + counts))
+        else:
+            self.rare_word_dropout = None
+        width = word_dim + 2 * affix_dim + shape_dim + self.chars.out_dim
+        self.lstm = BiLSTM(width, hidden)
+        self.upper = nn.ModuleList(BiLSTM(2 * hidden, hidden) for _ in range(layers - 1))
+        self.out = nn.Linear(2 * hidden, num_tags)
+
+    def forward(self, batch: Batch) -> Tensor:
+        B, T = batch.words.shape
+        index, batch_sizes = packed_order(batch.lengths, T)
+        index = index.to(batch.words.device)
+
+        def pack(x: Tensor) -> Tensor:
+            return x.reshape(B * T, *x.shape[2:]).index_select(0, index)
+
+        words = pack(batch.words)
+        if self.training and (self.word_dropout > 0 or self.rare_word_dropout is not None):
+            # Replace words by <unk> at random so that the unknown embedding is learnt.
+            p = torch.full(words.shape, self.word_dropout, device=words.device)
+            if self.rare_word_dropout is not None:
+                p = 1 - (1 - p) * (1 - self.rare_word_dropout[words])
+            drop = torch.rand(words.shape, device=words.device) < p
+            words = torch.where(drop & (words > 0), torch.ones_like(words), words)
+        x = torch.cat([self.words(words), self.suffixes(pack(batch.suffixes)),
+                       self.prefixes(pack(batch.prefixes)), self.shapes(pack(batch.shapes)),
+                       self.chars(pack(batch.chars))], dim=-1)
+        h = self.lstm(self.dropout(x), batch_sizes)
+        for lstm in self.upper:
+            h = lstm(self.dropout(h), batch_sizes)
+        scores = self.out(self.dropout(h))
+        if self.unary_scale > 0:
+            # Standardised over the tags at every position, then scaled: the energies cannot
+            # all shrink to a flat landscape, the zero of scale-free losses like the perceptron's.
+            scores = self.unary_scale * F.layer_norm(scores, scores.shape[-1:])
+        energies = -scores
+        unary = energies.new_zeros(B * T, energies.shape[-1]).index_copy(0, index, energies)
+        return unary.view(B, T, -1)
+
+
+class EnergyTagger(nn.Module):
+    """A tagger E(x, y) = chain energy over the feature network's unary energies, trained by the
+    criterion ``criterion`` names in ``ebm_ext.losses.CRITERIA``. A criterion that does not read
+    the transitions (``token_nll``: the feed-forward tagger) decodes by the per-position argmin.
+    ``margin`` is the margin hinge's m; the margin-rescaled criteria scale their cost by it
+    (Delta = margin * cost)."""
+
+    def __init__(self, features: nn.Module, num_tags: int, criterion: str = "crf_nll",
+                 cost: Optional[Tensor] = None, margin: float = 1.0):
+        super().__init__()
+        spec = losses.criterion(criterion)
+        if spec.cost is not None and cost is None:
+            raise ValueError(f"criterion {criterion!r} needs a cost matrix")
+        self.features = features
+        self.chain = ChainEnergy(num_tags)
+        self.criterion = criterion
+        self.spec = spec
+        self.margin = margin
+        self.register_buffer("cost", cost if cost is not None else torch.zeros(0))
+
+    def forward(self, batch: Batch) -> Tensor:
+        return self.loss(batch)
+
+    def loss(self, batch: Batch) -> Tensor:
+        """Mean loss over the batch's sequences."""
+        c = self.chain
+        return self.spec.loss(self.features(batch), (c.trans, c.start, c.end), batch.tags,
+                              batch.lengths, self.margin, self.cost)
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> Tensor:
+        """Tags (B, T), -1 past each length."""
+        unary = self.features(batch)
+        if not self.spec.uses_chain:
+            return local_decode(unary, batch.lengths)
+        return self.chain.decode(unary, batch.lengths)
+
+
+class TaggerEnsemble(nn.Module):
+    """Several EnergyTaggers as one energy, E(x, y) = (1/M) sum_m E_m(x, y). A mean of chain
+    energies is the chain energy of the members' mean unary, transition, start and end
+    energies, so decoding stays exact: Viterbi on the means (the per-position argmin when the
+    members are feed-forward taggers)."""
+
+    def __init__(self, members):
+        super().__init__()
+        members = list(members)
+        if not members:
+            raise ValueError("TaggerEnsemble: needs at least one member")
+        local = {not m.spec.uses_chain for m in members}
+        if len(local) > 1:
+            raise ValueError("TaggerEnsemble: members must be all chain energies or all "
+                             "feed-forward (token_nll) taggers")
+        self.members = nn.ModuleList(members)
+        self.local = local.pop()
+
+    def energies(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The ensemble's (unary (B, T, K), trans, start, end)."""
+        def mean(values):
+            return torch.stack(list(values)).mean(0)
+        chains = [m.chain for m in self.members]
+        return (mean(m.features(batch) for m in self.members), mean(c.trans for c in chains),
+                mean(c.start for c in chains), mean(c.end for c in chains))
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> Tensor:
+        """Tags (B, T), -1 past each length."""
+        unary, trans, start, end = self.energies(batch)
+        if self.local:
+            return local_decode(unary, batch.lengths)
+        return viterbi(unary, trans, batch.lengths, start, end)[1]
+
+
+def build_tagger(config: TaggerConfig, vocabs: Vocabularies) -> EnergyTagger:
+    """The EnergyTagger a configuration describes, for these vocabularies (untrained)."""
+    config = config.resolved()
+    K = len(vocabs.tags)
+    features = FeatureNetwork(len(vocabs.words), len(vocabs.chars), K,
+                              num_suffixes=len(vocabs.suffixes), num_prefixes=len(vocabs.prefixes),
+                              word_counts=vocabs.word_counts, **config.network_kwargs())
+    spec = losses.criterion(config.criterion)
+    cost = losses.make_cost(spec.cost, K, config.categories)
+    return EnergyTagger(features, K, config.criterion, cost=cost, margin=config.margin)
