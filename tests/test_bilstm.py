@@ -177,7 +177,7 @@ def _with(i, value):
     (_with(1, torch.tensor([2.0, 2.0, 1.0])), r"bilstm: batch_sizes must be a 1-D int64 CPU tensor"),
     (_with(2, torch.randn(2, 16, 4)), r"bilstm: weight_ih must have shape \[2, 16, 3\], got \[2, 16, 4\]"),
     (_with(3, torch.randn(2, 15, 4)), r"bilstm: weight_hh must have shape \(2, 4H, H\) with H >= 1, got \[2, 15, 4\]"),
-    (_with(3, torch.randn(2, 16, 4).double()), r"bilstm: weight_hh must have the dtype of input \(Float\), got Double"),
+    (_with(3, torch.randn(2, 16, 4).double()), r"bilstm: weight_hh must have the same dtype as input \(Float\), got Double"),
     (_with(4, torch.randn(16)), r"bilstm: bias must have shape \[2, 16\], got \[16\]"),
 ])
 def test_bad_inputs(args, message):

@@ -135,7 +135,7 @@ def test_cuda_half_precision(dtype, gpu):
     (torch.zeros(3), torch.zeros(2, 3), r"y must be a 2-D tensor \(N, d\), got shape \[3\]"),
     (torch.zeros(3, 2), torch.zeros(2), r"W must be a 2-D tensor \(k, d\) of centroids as rows, got shape \[2\]"),
     (torch.zeros(3, 2, dtype=torch.long), torch.zeros(2, 2), "y must be a floating-point tensor, got Long"),
-    (torch.zeros(3, 2), torch.zeros(2, 2, dtype=torch.float64), r"W must have the dtype of y \(Float\), got Double"),
+    (torch.zeros(3, 2), torch.zeros(2, 2, dtype=torch.float64), r"W must have the same dtype as y \(Float\), got Double"),
     (torch.zeros(3, 2), torch.zeros(2, 3), r"W must have d=2 columns like y, got shape \[2, 3\]"),
     (torch.zeros(3, 2), torch.zeros(0, 2), r"W must hold at least one centroid \(k >= 1\), got shape \[0, 2\]"),
     (torch.zeros(3, 2, dtype=torch.float16), torch.zeros(2, 2, dtype=torch.float16),

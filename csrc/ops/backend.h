@@ -25,10 +25,4 @@ inline bool on_cuda(const at::Tensor& t) {
 #endif
 }
 
-// A required tensor argument given as None arrives as an undefined tensor: say so, before any
-// shape check reports its "shape [0]".
-inline void check_defined(const char* op, const char* name, const at::Tensor& t) {
-  TORCH_CHECK(t.defined(), op, ": ", name, " must be a tensor, got None");
-}
-
 }  // namespace ebm_ext

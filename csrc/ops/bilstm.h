@@ -21,7 +21,7 @@
 #include <string>
 #include <vector>
 
-#include "backend.h"
+#include "checks.h"
 
 namespace ebm_ext {
 
@@ -35,14 +35,12 @@ struct PackedSteps {
   int64_t T() const { return static_cast<int64_t>(size.size()); }
 };
 
-inline std::string bilstm_shape_str(const at::Tensor& t) { return c10::str(t.sizes()); }
-
 inline PackedSteps check_batch_sizes(const char* op, const at::Tensor& batch_sizes, int64_t N) {
   check_defined(op, "batch_sizes", batch_sizes);
   TORCH_CHECK(batch_sizes.dim() == 1 && batch_sizes.scalar_type() == at::kLong &&
                   batch_sizes.is_cpu(),
               op, ": batch_sizes must be a 1-D int64 CPU tensor (as in a PackedSequence), got ",
-              batch_sizes.scalar_type(), " ", bilstm_shape_str(batch_sizes), " on ",
+              batch_sizes.scalar_type(), " ", shape_str(batch_sizes), " on ",
               batch_sizes.device());
   const auto bs = batch_sizes.contiguous();
   const int64_t* p = bs.data_ptr<int64_t>();
@@ -64,11 +62,8 @@ inline PackedSteps check_batch_sizes(const char* op, const at::Tensor& batch_siz
 inline void check_bilstm_weight(const char* op, const char* name, const at::Tensor& w,
                                 const at::Tensor& input, std::vector<int64_t> shape) {
   TORCH_CHECK(w.sizes() == c10::IntArrayRef(shape), op, ": ", name, " must have shape ",
-              c10::IntArrayRef(shape), ", got ", bilstm_shape_str(w));
-  TORCH_CHECK(w.scalar_type() == input.scalar_type(), op, ": ", name,
-              " must have the dtype of input (", input.scalar_type(), "), got ", w.scalar_type());
-  TORCH_CHECK(w.device() == input.device(), op, ": ", name, " must be on the device of input (",
-              input.device(), "), got ", w.device());
+              c10::IntArrayRef(shape), ", got ", shape_str(w));
+  check_like(op, name, w, "input", input);
 }
 
 // input (N, I) floating, weight_ih (2, 4H, I), weight_hh (2, 4H, H).
@@ -78,16 +73,13 @@ inline BiLSTMDims check_bilstm_weights(const char* op, const at::Tensor& input,
   check_defined(op, "weight_ih", weight_ih);
   check_defined(op, "weight_hh", weight_hh);
   TORCH_CHECK(input.dim() == 2, op, ": input must be a 2-D tensor (N, I) of packed rows, got shape ",
-              bilstm_shape_str(input));
-  TORCH_CHECK(at::isFloatingType(input.scalar_type()), op,
-              ": input must be a floating-point tensor, got ", input.scalar_type());
-  TORCH_CHECK(on_cuda(input) || input.scalar_type() == at::kFloat ||
-                  input.scalar_type() == at::kDouble,
-              op, ": on CPU, input must be float32 or float64, got ", input.scalar_type());
+              shape_str(input));
+  check_floating(op, "input", input);
+  check_cpu_dtype(op, "input", input);
   TORCH_CHECK(weight_hh.dim() == 3 && weight_hh.size(0) == 2 && weight_hh.size(2) >= 1 &&
                   weight_hh.size(1) == 4 * weight_hh.size(2),
               op, ": weight_hh must have shape (2, 4H, H) with H >= 1, got ",
-              bilstm_shape_str(weight_hh));
+              shape_str(weight_hh));
   const BiLSTMDims d{input.size(0), input.size(1), weight_hh.size(2)};
   check_bilstm_weight(op, "weight_hh", weight_hh, input, {2, 4 * d.H, d.H});
   check_bilstm_weight(op, "weight_ih", weight_ih, input, {2, 4 * d.H, d.I});
@@ -234,11 +226,11 @@ inline std::pair<BiLSTMDims, PackedSteps> check_bilstm_backward_inputs(
       {"grad_output", &grad_output}, {"output", &output}, {"cells", &cells}};
   for (const auto& [name, t] : state) {
     TORCH_CHECK(t->sizes() == c10::IntArrayRef({d.N, 2 * d.H}), op, ": ", name,
-                " must have shape (N, 2H) = (", d.N, ", ", 2 * d.H, "), got ", bilstm_shape_str(*t));
+                " must have shape (N, 2H) = (", d.N, ", ", 2 * d.H, "), got ", shape_str(*t));
   }
   TORCH_CHECK(gates.sizes() == c10::IntArrayRef({d.N, 8 * d.H}), op,
               ": gates must have shape (N, 8H) = (", d.N, ", ", 8 * d.H, "), got ",
-              bilstm_shape_str(gates));
+              shape_str(gates));
   for (const auto* t : {&grad_output, &output}) {
     TORCH_CHECK(t->scalar_type() == input.scalar_type() && t->device() == input.device(), op,
                 ": output and grad_output must have input's dtype and device");

@@ -8,7 +8,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/Optional.h>
 
-#include "backend.h"
+#include "checks.h"
 
 #include <algorithm>
 #include <cmath>
@@ -23,28 +23,10 @@ struct ChainDims {
   int64_t B, T, K;
 };
 
-inline std::string shape_str(const at::Tensor& t) {
-  return c10::str(t.sizes());
-}
-
 // Whether t holds NaN or -inf, the energies the non-finite rules turn into NaN results (a 0-dim
 // bool tensor on t's device: no synchronisation until it is read).
 inline at::Tensor any_invalid_energy(const at::Tensor& t) {
   return at::logical_not(t > -std::numeric_limits<double>::infinity()).any();
-}
-
-inline void check_same_device(const char* op, const char* name, const at::Tensor& t,
-                              const at::Tensor& unary) {
-  TORCH_CHECK(t.device() == unary.device(), op, ": ", name, " must be on the same device as unary (",
-              unary.device(), "), got ", t.device());
-}
-
-inline void check_float_like_unary(const char* op, const char* name, const at::Tensor& t,
-                                   const at::Tensor& unary) {
-  TORCH_CHECK(t.scalar_type() == unary.scalar_type(), op, ": ", name,
-              " must have the same dtype as unary (", unary.scalar_type(), "), got ",
-              t.scalar_type());
-  check_same_device(op, name, t, unary);
 }
 
 // Value checks read the data: on CPU with a plain loop (an ATen reduction costs more than the
@@ -76,23 +58,20 @@ inline ChainDims check_chain_inputs(const char* op, const at::Tensor& unary,
   check_defined(op, "trans", trans);
   TORCH_CHECK(unary.dim() == 3, op, ": unary must be a 3-D tensor (B, T, K), got shape ",
               shape_str(unary));
-  TORCH_CHECK(at::isFloatingType(unary.scalar_type()), op,
-              ": unary must be a floating-point tensor, got ", unary.scalar_type());
-  TORCH_CHECK(on_cuda(unary) || unary.scalar_type() == at::kFloat ||
-                  unary.scalar_type() == at::kDouble,
-              op, ": on CPU, unary must be float32 or float64, got ", unary.scalar_type());
+  check_floating(op, "unary", unary);
+  check_cpu_dtype(op, "unary", unary);
   const ChainDims d{unary.size(0), unary.size(1), unary.size(2)};
   TORCH_CHECK(d.K >= 1, op, ": unary must have at least one tag (K >= 1), got shape ",
               shape_str(unary));
   TORCH_CHECK(trans.dim() == 2 && trans.size(0) == d.K && trans.size(1) == d.K, op,
               ": trans must have shape (K, K) = (", d.K, ", ", d.K, "), got ", shape_str(trans));
-  check_float_like_unary(op, "trans", trans, unary);
+  check_like(op, "trans", trans, "unary", unary);
   for (const auto& [name, t] : {std::pair<const char*, const c10::optional<at::Tensor>&>{"start", start},
                                 {"end", end}}) {
     if (!t.has_value()) continue;
     TORCH_CHECK(t->dim() == 1 && t->size(0) == d.K, op, ": ", name, " must have shape (K,) = (",
                 d.K, ",), got ", shape_str(*t));
-    check_float_like_unary(op, name, *t, unary);
+    check_like(op, name, *t, "unary", unary);
   }
   if (lengths.has_value()) {
     const auto& l = *lengths;
@@ -100,7 +79,7 @@ inline ChainDims check_chain_inputs(const char* op, const at::Tensor& unary,
                 l.scalar_type());
     TORCH_CHECK(l.dim() == 1 && l.size(0) == d.B, op, ": lengths must have shape (B,) = (", d.B,
                 ",), got ", shape_str(l));
-    check_same_device(op, "lengths", l, unary);
+    check_same_device(op, "lengths", l, "unary", unary);
     check_lengths_range(op, l, d.T);
   }
   return d;
@@ -157,7 +136,7 @@ inline void check_tags(const char* op, const char* name, const at::Tensor& tags,
   check_defined(op, name, tags);
   TORCH_CHECK(tags.scalar_type() == at::kLong, op, ": ", name, " must be int64, got ",
               tags.scalar_type());
-  check_same_device(op, name, tags, unary);
+  check_same_device(op, name, tags, "unary", unary);
 }
 
 // chain_energy: integer tags (B, T) or (B, C, T) candidates per sequence, or relaxed tags
@@ -177,13 +156,13 @@ inline bool check_chain_energy_inputs(const at::Tensor& unary, const at::Tensor&
     TORCH_CHECK(tags.sizes() == unary.sizes(), op,
                 ": relaxed tags must have the shape of unary (B, T, K) = ", shape_str(unary),
                 ", got ", shape_str(tags));
-    check_float_like_unary(op, "tags", tags, unary);
+    check_like(op, "tags", tags, "unary", unary);
     return true;
   }
   TORCH_CHECK(tags.scalar_type() == at::kLong, op,
               ": tags must be int64 (B, T) / (B, C, T) or floating (B, T, K), got ",
               tags.scalar_type());
-  check_same_device(op, "tags", tags, unary);
+  check_same_device(op, "tags", tags, "unary", unary);
   TORCH_CHECK((tags.dim() == 2 || tags.dim() == 3) && tags.size(0) == d.B && tags.size(-1) == d.T,
               op, ": tags must have shape (B, T) = (", d.B, ", ", d.T, ") or (B, C, T), got ",
               shape_str(tags));
@@ -293,7 +272,7 @@ inline ChainDims check_loss_augmented_inputs(const at::Tensor& unary, const at::
               ": cost must be a square (K, K) matrix, got shape ", shape_str(cost));
   TORCH_CHECK(cost.size(0) == d.K, op, ": cost must have shape (K, K) = (", d.K, ", ", d.K,
               "), got ", shape_str(cost));
-  check_float_like_unary(op, "cost", cost, unary);
+  check_like(op, "cost", cost, "unary", unary);
   // Every entry finite and >= 0 (NaN fails the comparison wherever it sits).
   const auto bad = at::logical_not((cost >= 0) & at::isfinite(cost));
   if (bad.any().item<bool>()) {

@@ -26,12 +26,12 @@ inline ChainDims check_expectation_inputs(
   check_defined(op, "v_unary", v_unary);
   TORCH_CHECK(v_unary.sizes() == unary.sizes(), op, ": v_unary must have the shape of unary ",
               shape_str(unary), ", got ", shape_str(v_unary));
-  check_float_like_unary(op, "v_unary", v_unary, unary);
+  check_like(op, "v_unary", v_unary, "unary", unary);
   if (v_trans.has_value()) {
     TORCH_CHECK(v_trans->dim() == 2 && v_trans->size(0) == d.K && v_trans->size(1) == d.K, op,
                 ": v_trans must have shape (K, K) = (", d.K, ", ", d.K, "), got ",
                 shape_str(*v_trans));
-    check_float_like_unary(op, "v_trans", *v_trans, unary);
+    check_like(op, "v_trans", *v_trans, "unary", unary);
   }
   for (const auto& [name, t] :
        {std::pair<const char*, const c10::optional<at::Tensor>&>{"v_start", v_start},
@@ -39,7 +39,7 @@ inline ChainDims check_expectation_inputs(
     if (!t.has_value()) continue;
     TORCH_CHECK(t->dim() == 1 && t->size(0) == d.K, op, ": ", name, " must have shape (K,) = (",
                 d.K, ",), got ", shape_str(*t));
-    check_float_like_unary(op, name, *t, unary);
+    check_like(op, name, *t, "unary", unary);
   }
   return d;
 }
@@ -49,7 +49,7 @@ inline void check_covariance_weight(const char* op, const at::Tensor& weight,
   check_defined(op, "weight", weight);
   TORCH_CHECK(weight.dim() == 1 && weight.size(0) == unary.size(0), op,
               ": weight must have shape (B,) = (", unary.size(0), ",), got ", shape_str(weight));
-  check_float_like_unary(op, "weight", weight, unary);
+  check_like(op, "weight", weight, "unary", unary);
 }
 
 // noise: (N, B, T) float64 uniforms in [0, 1), one per sample, sequence and position.
@@ -61,7 +61,7 @@ inline void check_sample_noise(const char* op, const at::Tensor& noise, const Ch
   TORCH_CHECK(noise.dim() == 3 && noise.size(1) == d.B && noise.size(2) == d.T, op,
               ": noise must have shape (N, B, T) = (N, ", d.B, ", ", d.T, "), got ",
               shape_str(noise));
-  check_same_device(op, "noise", noise, unary);
+  check_same_device(op, "noise", noise, "unary", unary);
 }
 
 // E = exp(tmin - trans) in float64 (0 where trans = +inf), tmin the smallest finite transition

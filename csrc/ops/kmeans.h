@@ -3,7 +3,7 @@
 
 #include <ATen/ATen.h>
 
-#include "backend.h"
+#include "checks.h"
 
 namespace ebm_ext {
 
@@ -16,12 +16,9 @@ inline void check_nearest_centroid_inputs(const at::Tensor& y, const at::Tensor&
   TORCH_CHECK(y.dim() == 2, op, ": y must be a 2-D tensor (N, d), got shape ", y.sizes());
   TORCH_CHECK(W.dim() == 2, op, ": W must be a 2-D tensor (k, d) of centroids as rows, got shape ",
               W.sizes());
-  TORCH_CHECK(at::isFloatingType(y.scalar_type()), op,
-              ": y must be a floating-point tensor, got ", y.scalar_type());
-  TORCH_CHECK(W.scalar_type() == y.scalar_type(), op, ": W must have the dtype of y (",
-              y.scalar_type(), "), got ", W.scalar_type());
-  TORCH_CHECK(W.device() == y.device(), op, ": W must be on the same device as y (", y.device(),
-              "), got ", W.device());
+  check_floating(op, "y", y);
+  check_cpu_dtype(op, "y", y);
+  check_like(op, "W", W, "y", y);
   TORCH_CHECK(W.size(1) == y.size(1), op, ": W must have d=", y.size(1),
               " columns like y, got shape ", W.sizes());
   TORCH_CHECK(W.size(0) >= 1, op, ": W must hold at least one centroid (k >= 1), got shape ",

@@ -13,7 +13,7 @@ namespace ebm_ext {
 inline void check_partition_grad(const char* op, const at::Tensor& grad, const at::Tensor& unary) {
   TORCH_CHECK(grad.dim() == 1 && grad.size(0) == unary.size(0), op,
               ": grad must have shape (B,) = (", unary.size(0), ",), got ", shape_str(grad));
-  check_float_like_unary(op, "grad", grad, unary);
+  check_like(op, "grad", grad, "unary", unary);
 }
 
 // Sequences the CPU kernels of this family ran in the exp domain and in log space since the

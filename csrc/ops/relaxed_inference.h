@@ -39,7 +39,7 @@ inline RelaxedInferenceOptions check_chain_relaxed_inference_inputs(
   if (init.has_value()) {
     TORCH_CHECK(init->sizes() == unary.sizes(), op, ": init must have the shape of unary (",
                 shape_str(unary), "), got ", shape_str(*init));
-    check_float_like_unary(op, "init", *init, unary);
+    check_like(op, "init", *init, "unary", unary);
   }
   return {steps, lr, method == "entropic"};
 }

@@ -3,7 +3,7 @@
 
 #include <ATen/ATen.h>
 
-#include "backend.h"
+#include "checks.h"
 
 #include <algorithm>
 #include <cmath>
@@ -16,8 +16,8 @@ namespace ebm_ext {
 inline void check_project_simplex_inputs(const at::Tensor& v) {
   check_defined("project_simplex", "v", v);
   TORCH_CHECK(v.dim() >= 1, "project_simplex: v must have at least one dimension, got a 0-D tensor");
-  TORCH_CHECK(at::isFloatingType(v.scalar_type()),
-              "project_simplex: v must be a floating-point tensor, got ", v.scalar_type());
+  check_floating("project_simplex", "v", v);
+  check_cpu_dtype("project_simplex", "v", v);
   TORCH_CHECK(v.size(-1) >= 1,
               "project_simplex: the last dimension of v must be >= 1, got shape ", v.sizes());
 }

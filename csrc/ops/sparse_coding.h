@@ -6,7 +6,7 @@
 
 #include <ATen/ATen.h>
 
-#include "backend.h"
+#include "checks.h"
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <cmath>
@@ -32,12 +32,8 @@ inline SparseCodeOptions check_sparse_code_inputs(
   TORCH_CHECK(y.dim() == 2, op, ": y must be a 2-D tensor (B, n), got shape ", y.sizes());
   TORCH_CHECK(D.dim() == 2, op, ": D must be a 2-D tensor (n, m) with atoms as columns, got shape ",
               D.sizes());
-  TORCH_CHECK(at::isFloatingType(y.scalar_type()), op, ": y must be a floating-point tensor, got ",
-              y.scalar_type());
-  TORCH_CHECK(D.scalar_type() == y.scalar_type(), op, ": D must have the dtype of y (",
-              y.scalar_type(), "), got ", D.scalar_type());
-  TORCH_CHECK(D.device() == y.device(), op, ": D must be on the same device as y (", y.device(),
-              "), got ", D.device());
+  check_floating(op, "y", y);
+  check_like(op, "D", D, "y", y);
   TORCH_CHECK(D.size(0) == y.size(1), op, ": D must have n=", y.size(1),
               " rows (the length of y's rows), got shape ", D.sizes());
   TORCH_CHECK(D.size(1) >= 1, op, ": D must hold at least one atom (m >= 1), got shape ", D.sizes());
@@ -51,10 +47,7 @@ inline SparseCodeOptions check_sparse_code_inputs(
     TORCH_CHECK(z0->dim() == 2 && z0->size(0) == y.size(0) && z0->size(1) == D.size(1), op,
                 ": z0 must have shape (B, m) = (", y.size(0), ", ", D.size(1), "), got ",
                 z0->sizes());
-    TORCH_CHECK(z0->scalar_type() == y.scalar_type(), op, ": z0 must have the dtype of y (",
-                y.scalar_type(), "), got ", z0->scalar_type());
-    TORCH_CHECK(z0->device() == y.device(), op, ": z0 must be on the same device as y (",
-                y.device(), "), got ", z0->device());
+    check_like(op, "z0", *z0, "y", y);
   }
   if (lipschitz.has_value()) {
     TORCH_CHECK(lipschitz->numel() == 1, op,

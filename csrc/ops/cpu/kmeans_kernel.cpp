@@ -164,8 +164,6 @@ void assign(const at::Tensor& y, const at::Tensor& W, at::Tensor& dist2, at::Ten
 
 std::tuple<at::Tensor, at::Tensor> nearest_centroid_cpu(const at::Tensor& y, const at::Tensor& W) {
   check_nearest_centroid_inputs(y, W);
-  TORCH_CHECK(y.scalar_type() == at::kFloat || y.scalar_type() == at::kDouble,
-              "nearest_centroid: on CPU, y must be float32 or float64, got ", y.scalar_type());
   const int64_t N = y.size(0);
   auto dist2 = at::empty({N}, y.options());
   auto index = at::empty({N}, y.options().dtype(at::kLong));

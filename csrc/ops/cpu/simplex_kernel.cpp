@@ -17,8 +17,6 @@ namespace {
 
 at::Tensor project_simplex_cpu(const at::Tensor& v) {
   check_project_simplex_inputs(v);
-  TORCH_CHECK(v.scalar_type() == at::kFloat || v.scalar_type() == at::kDouble,
-              "project_simplex: on CPU, v must be float32 or float64, got ", v.scalar_type());
   auto out = at::empty_like(v, at::MemoryFormat::Contiguous);
   if (v.numel() == 0) return out;
   const auto vc = v.contiguous();

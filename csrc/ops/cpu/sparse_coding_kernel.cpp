@@ -271,8 +271,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_code_cpu(
     const c10::optional<at::Tensor>& lipschitz, int64_t check_every) {
   const auto o = check_sparse_code_inputs("sparse_code", y, D, lam, max_iter, tol, method, nonneg,
                                           z0, lipschitz, check_every);
-  TORCH_CHECK(y.scalar_type() == at::kFloat || y.scalar_type() == at::kDouble,
-              "sparse_code: on CPU, y must be float32 or float64, got ", y.scalar_type());
+  check_cpu_dtype("sparse_code", "y", y);
   const int64_t B = y.size(0), m = D.size(1);
   auto gap = at::zeros({B}, y.options());
   auto iterations = at::zeros({B}, y.options().dtype(at::kLong));
