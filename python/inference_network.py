@@ -37,9 +37,12 @@ import ebm_ext  # noqa: E402
 from ebm_ext.tagging import data as D  # noqa: E402
 from ebm_ext.inference import InferenceNetwork, TagLanguageModel, chain_plus_tag_lm, gradient_inference  # noqa: E402
 from ebm_ext.nn import ChainEnergy  # noqa: E402
-from ebm_ext.tagging import EnergyTagger, FeatureNetwork  # noqa: E402
-from loop import eval_mode, progress, write_json  # noqa: E402
-from tagger import CORPORA, batches, data_dir, load_tagger, tagset  # noqa: E402
+from ebm_ext.tagging import EnergyTagger, FeatureNetwork, tagger_from_state  # noqa: E402
+from corpora import CORPORA, batches, data_dir, read_splits as read_corpus, tagset  # noqa: E402
+from loop import CheckpointError, eval_mode, load_checkpoint, progress, write_json  # noqa: E402
+
+# Sentences per batch: training steps, and evaluation (which only decodes).
+TRAIN_BATCH, EVAL_BATCH = 16, 256
 
 
 def encoded(sentences, vocabs, size):
@@ -58,9 +61,17 @@ def cross_entropy(y, targets, mask):
 
 def read_splits(args):
     """train, dev, test sentences of the corpus (first --limit of each)."""
-    root = data_dir(args.data_dir)
-    splits = [D.read_sentences(root / f) for f in CORPORA[args.corpus]]
-    return [s[:args.limit] for s in splits] if args.limit else splits
+    return read_corpus(args.corpus, data_dir(args.data_dir), args.limit)
+
+
+def load_energy(path):
+    """(tagger, vocabularies) of a tagger.py checkpoint; CheckpointError naming the file."""
+    state = load_checkpoint(path)
+    try:
+        return tagger_from_state(state)
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        raise CheckpointError(f"{path}: not a tagger checkpoint written by tagger.py train "
+                              f"({type(e).__name__}: {str(e)[:200]})") from e
 
 
 def token_accuracy(pred_batches, data) -> float:
@@ -104,10 +115,10 @@ def relaxed(model, test, steps, lr, method):
             "rounding_is_viterbi": same / sentences, "steps": steps, "lr": lr, "method": method}
 
 
-def train_tag_lm(train, K, epochs, seed, show):
+def train_tag_lm(train, K, epochs, seed, show, lr):
     torch.manual_seed(seed)
     lm = TagLanguageModel(K)
-    optimizer = torch.optim.Adam(lm.parameters(), lr=5e-3)
+    optimizer = torch.optim.Adam(lm.parameters(), lr=lr)
     for _ in progress(range(epochs), show, desc="tag LM"):
         for batch in train:
             loss = lm.nll(batch.tags, batch.lengths)
@@ -117,13 +128,14 @@ def train_tag_lm(train, K, epochs, seed, show):
     return lm.eval()
 
 
-def tag_lm_inference(model, lm, test, weight, steps, lr, relaxed_steps):
+def tag_lm_inference(model, lm, test, weight, steps, lr, relaxed_steps, relaxed_lr):
     for p in lm.parameters():  # inference only: the tag LM is fixed
         p.requires_grad_(False)
     predicted = []
     for batch in test:
         unary, trans, L, start, end = chain_args(model, batch)
-        start_point, _ = ebm_ext.chain_relaxed_inference(unary, trans, L, start, end, steps=relaxed_steps, lr=0.5)
+        start_point, _ = ebm_ext.chain_relaxed_inference(unary, trans, L, start, end,
+                                                         steps=relaxed_steps, lr=relaxed_lr)
         mask = positions(L, unary.shape[1])[..., None].to(unary.dtype)
         start_point = torch.where(mask > 0, start_point, 1.0 / unary.shape[2])
         energy = chain_plus_tag_lm(unary, trans, L, start, end, lm, weight)
@@ -169,12 +181,14 @@ def joint(args) -> dict:
     splits = read_splits(args)
     tags, _ = tagset(args.corpus, data_dir(args.data_dir))
     vocabs = D.Vocabularies.build(splits[0], tags)
-    train, dev, test = (encoded(s, vocabs, size) for s, size in zip(splits, (16, 256, 256)))
+    train, dev, test = (encoded(s, vocabs, size)
+                        for s, size in zip(splits, (TRAIN_BATCH, EVAL_BATCH, EVAL_BATCH)))
     K = len(vocabs.tags)
 
     def network():
         return FeatureNetwork(len(vocabs.words), len(vocabs.chars), K, num_suffixes=len(vocabs.suffixes),
-                              num_prefixes=len(vocabs.prefixes), hidden=args.hidden, word_dropout=0.05)
+                              num_prefixes=len(vocabs.prefixes), hidden=args.hidden,
+                              word_dropout=args.word_dropout)
     features, chain = network(), ChainEnergy(K)
     show = not args.no_progress
     if args.pretrain_epochs:  # a local classifier first (token NLL), as Tu & Gimpel do
@@ -255,30 +269,35 @@ def joint(args) -> dict:
 
 def analyse(args) -> dict:
     torch.manual_seed(args.seed)
-    model, vocabs = load_tagger(args.checkpoint)
+    model, vocabs = load_energy(args.checkpoint)
     if not isinstance(model, EnergyTagger):
         raise SystemExit(f"analyse: {args.checkpoint} holds an ensemble; give one tagger's "
                          "best.pt (an ensemble's members are in its member-k folders)")
     for q in model.parameters():
         q.requires_grad_(False)
     splits = read_splits(args)
-    train, dev, test = (encoded(s, vocabs, size) for s, size in zip(splits, (16, 256, 256)))
+    train, dev, test = (encoded(s, vocabs, size)
+                        for s, size in zip(splits, (TRAIN_BATCH, EVAL_BATCH, EVAL_BATCH)))
     show = not args.no_progress
     metrics = {"checkpoint": str(args.checkpoint), "relaxed": {}}
     for method in ("entropic", "projected"):
         metrics["relaxed"][method] = relaxed(model, test, args.relaxed_steps, args.relaxed_lr, method)
-    lm = train_tag_lm(train, len(vocabs.tags), args.tag_lm_epochs, args.seed, show)
+    lm = train_tag_lm(train, len(vocabs.tags), args.tag_lm_epochs, args.seed, show, args.tag_lm_lr)
     metrics["tag_lm"] = {"weight": args.tag_lm_weight,
-                         "acc": tag_lm_inference(model, lm, test, args.tag_lm_weight, 30, 0.2, args.relaxed_steps)}
+                         "acc": tag_lm_inference(model, lm, test, args.tag_lm_weight,
+                                                 args.tag_lm_steps, args.tag_lm_step_size,
+                                                 args.relaxed_steps, args.relaxed_lr)}
     net, history = train_inference_network(model, train, dev, args.epochs, args.lr, args.local_weight,
                                            args.gold_weight, show)
     with torch.no_grad():
         infnet_acc = token_accuracy([net.decode(b) for b in test], test)
-        one = D.encode(splits[2][:256], vocabs)
+        one = D.encode(splits[2][:EVAL_BATCH], vocabs)
+        n = len(one.lengths)
         _, t_viterbi = timed(lambda: model.chain.decode(model.features(one), one.lengths))
         _, t_net = timed(lambda: net.decode(one))
     metrics["inference_network"] = {"history": history, "test_acc": infnet_acc,
-                                    "sentences_per_s_viterbi": 256 / t_viterbi, "sentences_per_s_net": 256 / t_net}
+                                    "sentences_per_s_viterbi": n / t_viterbi,
+                                    "sentences_per_s_net": n / t_net}
     metrics["viterbi_test_acc"] = metrics["relaxed"]["entropic"]["viterbi_acc"]
     write_json(metrics, pathlib.Path(args.out) / "metrics.json")
     r = metrics["relaxed"]
@@ -286,8 +305,8 @@ def analyse(args) -> dict:
           f"{100 * r['entropic']['relaxed_acc']:.2f} % ({100 * r['entropic']['rounding_is_viterbi']:.1f} % of "
           f"sentences = Viterbi's path), projected {100 * r['projected']['relaxed_acc']:.2f} % "
           f"({100 * r['projected']['rounding_is_viterbi']:.1f} %); chain + tag LM {100 * metrics['tag_lm']['acc']:.2f} %; "
-          f"inference network {100 * infnet_acc:.2f} % at {256 / t_net:.0f} sentences/s "
-          f"(Viterbi {256 / t_viterbi:.0f}/s, batch 256)")
+          f"inference network {100 * infnet_acc:.2f} % at {n / t_net:.0f} sentences/s "
+          f"(Viterbi {n / t_viterbi:.0f}/s, batch {n})")
     return metrics
 
 
@@ -310,6 +329,11 @@ def main(argv=None):
     a.add_argument("--relaxed-lr", type=float, default=0.5)
     a.add_argument("--tag-lm-epochs", type=int, default=10)
     a.add_argument("--tag-lm-weight", type=float, default=0.2)
+    a.add_argument("--tag-lm-lr", type=float, default=5e-3, help="Adam's rate for the tag LM")
+    a.add_argument("--tag-lm-steps", type=int, default=30,
+                   help="gradient-inference steps on chain + tag LM")
+    a.add_argument("--tag-lm-step-size", type=float, default=0.2,
+                   help="their step size (exponentiated gradient)")
     a.add_argument("--epochs", type=int, default=20, help="inference network epochs")
     a.add_argument("--lr", type=float, default=1e-3)
     a.add_argument("--local-weight", type=float, default=0.0,
@@ -318,6 +342,7 @@ def main(argv=None):
     j.add_argument("--epochs", type=int, default=20)
     j.add_argument("--lr", type=float, default=1e-3)
     j.add_argument("--hidden", type=int, default=200)
+    j.add_argument("--word-dropout", type=float, default=0.05)
     j.add_argument("--pretrain-epochs", type=int, default=5, help="epochs of local-classifier pretraining")
     j.add_argument("--local-weight", type=float, default=1.0,
                    help="token NLL of the unary energies added to the energy's hinge (0: the hinge alone)")

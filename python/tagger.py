@@ -23,35 +23,10 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from ebm_ext.tagging import data as D  # noqa: E402
-from ebm_ext.tagging import EnergyTagger, TaggerConfig, TaggerEnsemble, build_tagger  # noqa: E402
+from ebm_ext.tagging import EnergyTagger, TaggerConfig, build_tagger, tagger_from_state  # noqa: E402
+from corpora import CORPORA, batches, data_dir, read_splits, tagset  # noqa: E402,F401
 from loop import (CheckpointError, Distributed, eval_mode, load_checkpoint, progress, save_checkpoint,  # noqa: E402
                   write_json)
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-CORPORA = {
-    "twpos": ("twpos/oct27.train", "twpos/oct27.dev", "twpos/oct27.test"),
-    "ewt": ("ud_ewt/en_ewt-ud-train.conllu", "ud_ewt/en_ewt-ud-dev.conllu",
-            "ud_ewt/en_ewt-ud-test.conllu"),
-}
-
-
-def data_dir(arg) -> pathlib.Path:
-    return pathlib.Path(arg or os.environ.get("EBM_DATA") or REPO.parent / "shared" / "data")
-
-
-def tagset(corpus: str, root: pathlib.Path) -> tuple[list[str], list[str]]:
-    """Tags and their categories: the tweet tagset's five groups; UPOS tags stand alone."""
-    if corpus == "twpos":
-        return D.read_tagset(root / "twpos" / "tagset.tsv")
-    return list(D.UPOS), list(D.UPOS)
-
-
-def batches(sentences, size: int, generator=None):
-    order = (torch.randperm(len(sentences), generator=generator) if generator is not None
-             else torch.arange(len(sentences)))
-    return [[sentences[i] for i in order[s:s + size].tolist()]
-            for s in range(0, len(sentences), size)]
-
 
 def accuracy(model: EnergyTagger, sentences, vocabs, device, batch_size=256, encoded=None):
     """(token accuracy, gold tags, predicted tags) over `sentences` (`encoded`: the same,
@@ -73,11 +48,7 @@ def accuracy(model: EnergyTagger, sentences, vocabs, device, batch_size=256, enc
 def read_data(args):
     """(train, dev, test) sentences, the tags and their categories, per the command line."""
     root = data_dir(args.data_dir)
-    paths = [pathlib.Path(p) if p else root / d
-             for p, d in zip((args.train, args.dev, args.test), CORPORA[args.corpus])]
-    splits = [D.read_sentences(p) for p in paths]
-    if args.limit:
-        splits = [split[: args.limit] for split in splits]
+    splits = read_splits(args.corpus, root, args.limit, (args.train, args.dev, args.test))
     tags, categories = tagset(args.corpus, root)
     return splits, tags, categories
 
@@ -226,7 +197,7 @@ def train(args) -> dict:
             state = {"members": [s["model"] for s in states], "vocabs": states[0]["vocabs"],
                      "member_configs": [s["config"] for s in states]}
             save_checkpoint(state, out / "best.pt")
-        model, vocabs = load_tagger_state(state, device)
+        model, vocabs = tagger_from_state(state, device)
         dev, test = splits[1], splits[2]
         dev_e, test_e = ([D.encode_sentence(s, vocabs) for s in split] for split in (dev, test))
         dev_acc, _, _ = accuracy(model, dev, vocabs, device, encoded=dev_e)
@@ -253,27 +224,11 @@ def train(args) -> dict:
     return result
 
 
-def load_tagger_state(state: dict, device="cpu"):
-    """(tagger, vocabularies) of a best.pt's contents: an EnergyTagger, or a TaggerEnsemble when
-    it holds several members."""
-    vocabs = D.Vocabularies.from_state(state["vocabs"])
-    if "members" not in state:
-        model = build_tagger(TaggerConfig.from_dict(state["config"]), vocabs)
-        model.load_state_dict(state["model"])
-        return model.to(device).eval(), vocabs
-    members = []
-    for weights, config in zip(state["members"], state["member_configs"]):
-        member = build_tagger(TaggerConfig.from_dict(config), vocabs)
-        member.load_state_dict(weights)
-        members.append(member)
-    return TaggerEnsemble(members).to(device).eval(), vocabs
-
-
 def load_tagger(path, device="cpu"):
     """(tagger, vocabularies) of a best.pt; CheckpointError (naming the file) when it is not one."""
     state = load_checkpoint(path)
     try:
-        return load_tagger_state(state, device)
+        return tagger_from_state(state, device)
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as e:
         what = f"missing {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
         raise CheckpointError(f"{path}: not a tagger checkpoint written by tagger.py train "

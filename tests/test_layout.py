@@ -102,3 +102,12 @@ def test_one_export_list():
         assert hasattr(ebm_ext, name), name
     public = {n for n in dir(ebm_ext.ops) if not n.startswith("_") and callable(getattr(ebm_ext.ops, n))}
     assert public <= set(ebm_ext.__all__) | {"annotations"}
+
+
+def test_programs_share_modules_not_each_other():
+    """python/ programs import the shared modules (loop, corpora, plots), never another program."""
+    programs = {"tagger", "inference_network", "kmeans", "sparse_coding", "run_table"}
+    for path in (ROOT / "python").glob("*.py"):
+        for name in _imports(path):
+            assert name.split(".")[0] not in programs - {path.stem}, \
+                f"python/{path.name} imports the program {name}"

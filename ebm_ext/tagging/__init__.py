@@ -3,7 +3,7 @@
 place each of its options lives. The rest of ebm_ext never imports this package."""
 from . import data
 from .config import TaggerConfig
-from .model import EnergyTagger, FeatureNetwork, TaggerEnsemble, build_tagger
+from .model import EnergyTagger, FeatureNetwork, TaggerEnsemble, build_tagger, tagger_from_state
 
 __all__ = ["data", "TaggerConfig", "EnergyTagger", "FeatureNetwork", "TaggerEnsemble",
-           "build_tagger"]
+           "build_tagger", "tagger_from_state"]

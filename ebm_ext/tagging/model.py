@@ -177,3 +177,19 @@ def build_tagger(config: TaggerConfig, vocabs: Vocabularies) -> EnergyTagger:
     spec = losses.criterion(config.criterion)
     cost = losses.make_cost(spec.cost, K, config.categories)
     return EnergyTagger(features, K, config.criterion, cost=cost, margin=config.margin)
+
+
+def tagger_from_state(state: dict, device="cpu"):
+    """(tagger, vocabularies) of a checkpoint's contents (python/tagger.py's best.pt): an
+    EnergyTagger, or a TaggerEnsemble when it holds several members; in eval mode."""
+    vocabs = Vocabularies.from_state(state["vocabs"])
+    if "members" not in state:
+        model = build_tagger(TaggerConfig.from_dict(state["config"]), vocabs)
+        model.load_state_dict(state["model"])
+        return model.to(device).eval(), vocabs
+    members = []
+    for weights, config in zip(state["members"], state["member_configs"]):
+        member = build_tagger(TaggerConfig.from_dict(config), vocabs)
+        member.load_state_dict(weights)
+        members.append(member)
+    return TaggerEnsemble(members).to(device).eval(), vocabs
