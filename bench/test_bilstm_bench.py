@@ -10,7 +10,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from ebm_ext.tagging import data as D
 from ebm_ext.nn import BiLSTM
-from test_chain_bench import _run
+from conftest import _run
 
 DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "twpos"
 INPUT, HIDDEN = 270, 150  # the tagger's: 100 word + 2 x 30 affix + 10 shape + 100 characters

@@ -8,7 +8,7 @@ import ebm_ext
 from ebm_ext import _reference as ref
 from ebm_ext import losses
 from anchors import pytorch_crf_layer, torch_struct_crf
-from test_chain_bench import _id, _inputs, _run
+from conftest import _id, _inputs, _run
 
 SHAPES = [(256, 50, 25), (1024, 50, 25)]
 

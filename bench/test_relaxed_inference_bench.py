@@ -13,7 +13,7 @@ from ebm_ext.tagging import data as D
 from ebm_ext.inference import InferenceNetwork
 from ebm_ext.nn import ChainEnergy
 from ebm_ext.tagging import FeatureNetwork
-from test_chain_bench import _inputs, _run
+from conftest import _inputs, _run
 
 DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "twpos"
 

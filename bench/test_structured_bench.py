@@ -9,7 +9,7 @@ import torch
 
 import ebm_ext
 from anchors import torch_struct_crf
-from test_chain_bench import _id, _inputs, _run
+from conftest import _id, _inputs, _run
 
 CRF_SHAPES = [(64, 50, 25), (256, 50, 25)]
 DIST_SHAPE = (256, 50, 25)
