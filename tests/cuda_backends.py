@@ -41,10 +41,12 @@ if EMULATION_MISSING and os.environ.get("EBM_REQUIRE_EMULATION") == "1":
 
 
 def emulated_ops() -> list[str]:
-    """Names of the ops that have an emulated CUDA kernel."""
+    """Names of the ops that have an emulated CUDA kernel (composites, registered for every
+    backend at once, have none)."""
     prefix = "ebm_ext_emu::"
-    return sorted(name[len(prefix):] for name in
-                  torch._C._dispatch_get_all_op_names() if name.startswith(prefix))
+    return sorted(name[len(prefix):] for name in torch._C._dispatch_get_all_op_names()
+                  if name.startswith(prefix)
+                  and torch._C._dispatch_has_kernel_for_dispatch_key(name, "CPU"))
 
 
 def _plain_tensors(args, kwargs) -> bool:

@@ -10,8 +10,19 @@ EXPECTED_OPS = {"chain_energy", "viterbi", "viterbi_kbest", "loss_augmented_vite
                 "chain_log_partition", "chain_marginals", "_chain_log_partition_backward",
                 "chain_expectation", "_chain_covariance", "chain_sample",
                 "project_simplex", "nearest_centroid",
-                "sparse_code", "sparse_coding_energy", "sparse_coding_lipschitz",
+                "sparse_code",
                 "chain_relaxed_inference", "bilstm", "_bilstm_backward"}
+
+
+# Registered once for every backend (no kernel of their own): they must exist as ops.
+COMPOSITE_OPS = {"sparse_coding_energy", "sparse_coding_lipschitz"}
+
+
+def test_composite_ops_exist_without_backend_kernels():
+    info = ebm_ext.build_info()
+    for name in COMPOSITE_OPS:
+        assert hasattr(torch.ops.ebm_ext, name)
+        assert name not in info["cpu_ops"] and name not in info["cuda_ops"]
 
 
 def test_cuda_kernels_built_when_torch_has_cuda():

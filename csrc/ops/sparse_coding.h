@@ -7,7 +7,6 @@
 #include <ATen/ATen.h>
 
 #include "checks.h"
-#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <cmath>
 #include <string>
@@ -128,25 +127,6 @@ inline void finish_sparse_code(const at::Tensor& y, at::Tensor& z, at::Tensor& g
   const double nan = std::numeric_limits<double>::quiet_NaN();
   z.masked_fill_(bad_row.unsqueeze(1), nan);
   gap.masked_fill_(bad_row, nan);
-}
-
-// The free energy F(y) = E(y, z*) at the code z* that sparse_code finds, written once with ATen
-// for both backends: (energy (B,), z* (B, m)). Its gradient (envelope theorem: dF/dy = 2 r,
-// dF/dD = -2 r z*^T with r = y - D z*) is registered in ebm_ext/ops/sparse_coding.py.
-inline std::tuple<at::Tensor, at::Tensor> sparse_coding_energy_aten(
-    const at::Tensor& y, const at::Tensor& D, double lam, int64_t max_iter, double tol,
-    c10::string_view method, bool nonneg, const c10::optional<at::Tensor>& z0,
-    const c10::optional<at::Tensor>& lipschitz, int64_t check_every) {
-  static const auto sparse_code =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("ebm_ext::sparse_code", "")
-          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-              const at::Tensor&, const at::Tensor&, double, int64_t, double, c10::string_view,
-              bool, const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&, int64_t)>();
-  const auto z = std::get<0>(
-      sparse_code.call(y, D, lam, max_iter, tol, method, nonneg, z0, lipschitz, check_every));
-  const auto residual = y - at::mm(z, D.t());
-  return {residual.square().sum(1) + lam * z.abs().sum(1), z};
 }
 
 }  // namespace ebm_ext

@@ -82,35 +82,14 @@ def _sparse_code_fake(y, D, lam, max_iter=1000, tol=1e-4, method="fista", nonneg
     return y.new_empty(B, m), y.new_empty(B), y.new_empty(B, dtype=torch.long)
 
 
-@torch.library.register_fake("ebm_ext::sparse_coding_energy")
-def _sparse_coding_energy_fake(y, D, lam, max_iter=1000, tol=1e-4, method="fista", nonneg=False,
-                               z0=None, lipschitz=None, check_every=10):
-    _check_fake("sparse_coding_energy", y, D, z0)
-    return y.new_empty(y.shape[0]), y.new_empty(y.shape[0], D.shape[1])
-
-
 @torch.library.register_fake("ebm_ext::sparse_coding_lipschitz")
 def _sparse_coding_lipschitz_fake(D):
     torch._check(D.dim() == 2, lambda: "sparse_coding_lipschitz: D must be a 2-D tensor")
     return D.new_empty((), dtype=torch.float64 if D.dtype == torch.float64 else torch.float32)
 
 
-def _setup(ctx, inputs, output):
-    y, D = inputs[0], inputs[1]
-    ctx.save_for_backward(y, D, output[1])
-    ctx.mark_non_differentiable(output[1])  # the codes are an argmin: a constant to autograd
-
-
-def _backward(ctx, grad_energy, grad_z):
-    y, D, z = ctx.saved_tensors
-    # Envelope theorem: F(y, D) = E(y, D, z*(y, D)) with dE/dz = 0 at z* (on its support).
-    weighted = 2 * grad_energy.unsqueeze(1) * (y - z @ D.t())  # dF/dy, weighted by the incoming grad
-    grad_y = weighted if ctx.needs_input_grad[0] else None
-    grad_D = -(weighted.t() @ z) if ctx.needs_input_grad[1] else None
-    return (grad_y, grad_D) + (None,) * 8
-
-
-torch.library.register_autograd("ebm_ext::sparse_coding_energy", _backward, setup_context=_setup)
+# sparse_coding_energy is a CompositeImplicitAutograd op (csrc/ops/sparse_coding.cpp): autograd
+# differentiates the energy at the codes, which is the envelope theorem's gradient.
 
 register_not_differentiable(
     "sparse_code", "differentiate the free energy sparse_coding_energy (envelope theorem), "

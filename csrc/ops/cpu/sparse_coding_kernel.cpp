@@ -313,8 +313,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_code_cpu(
 
 TORCH_LIBRARY_IMPL(ebm_ext, CPU, m) {
   m.impl("sparse_code", &sparse_code_cpu);
-  m.impl("sparse_coding_energy", &sparse_coding_energy_aten);
-  m.impl("sparse_coding_lipschitz", &sparse_coding_lipschitz_aten);
 }
 
 }  // namespace ebm_ext

@@ -300,8 +300,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_code_cuda(
 
 EBM_CUDA_LIBRARY_IMPL(m) {
   m.impl("sparse_code", &sparse_code_cuda);
-  m.impl("sparse_coding_energy", &sparse_coding_energy_aten);
-  m.impl("sparse_coding_lipschitz", &sparse_coding_lipschitz_aten);
 }
 
 }  // namespace ebm_ext
