@@ -76,6 +76,12 @@ def _distributions(shape):
     return ours, theirs, (unary, trans, start, end, lengths)
 
 
+def _skip_torch_struct_at_scale(impl, shape, semiring):
+    if impl == "torch-struct" and shape[0] > 16:
+        pytest.skip(f"torch-struct's {semiring} semiring was killed for memory at B=256 (over 24 "
+                    "GiB here); it is timed at B=16")
+
+
 def _theirs(make):
     pytest.importorskip("torch_struct")
     with warnings.catch_warnings():
@@ -137,9 +143,7 @@ def test_distribution_marginals(benchmark, impl):
 @pytest.mark.parametrize("shape", [(16, 50, 25), DIST_SHAPE], ids=_id)
 def test_distribution_sample_100(benchmark, shape, impl):
     benchmark.group = f"LinearChainCRF sample(100) {_id(shape)}"
-    if impl == "torch-struct" and shape[0] > 16:
-        pytest.skip("torch-struct's sampling semiring was killed for memory at B=256 (over 24 "
-                    "GiB here); it is timed at B=16")
+    _skip_torch_struct_at_scale(impl, shape, "sampling")
     ours, _, _ = _distributions(shape)
     if impl == "ebm_ext":
         f = lambda: ours.sample((100,))  # noqa: E731
@@ -154,9 +158,7 @@ def test_distribution_sample_100(benchmark, shape, impl):
 @pytest.mark.parametrize("shape", [(16, 50, 25), DIST_SHAPE], ids=_id)
 def test_distribution_topk_5(benchmark, shape, impl):
     benchmark.group = f"LinearChainCRF topk(5) {_id(shape)}"
-    if impl == "torch-struct" and shape[0] > 16:
-        pytest.skip("torch-struct's k-max semiring was killed for memory at B=256 (over 24 GiB "
-                    "here); it is timed at B=16")
+    _skip_torch_struct_at_scale(impl, shape, "k-max")
     ours, _, _ = _distributions(shape)
     want = ours.kmax(5)
     if impl == "ebm_ext":

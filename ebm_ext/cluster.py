@@ -25,17 +25,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ._estimators import progress, rows
 from .nn import KMeansEnergy
 from .ops import nearest_centroid
 
 __all__ = ["KMeans", "fit_minibatch", "kmeans_plus_plus", "lloyd"]
-
-
-def _progress(iterable, show: bool, **kw):
-    if not show:
-        return iterable
-    from tqdm import tqdm
-    return tqdm(iterable, **kw)
 
 
 def kmeans_plus_plus(y: Tensor, k: int, generator: Optional[torch.Generator] = None,
@@ -74,7 +68,7 @@ def lloyd(y: Tensor, W: Tensor, max_iter: int = 300, tol: float = 1e-4,
     W = W.clone()
     threshold = tol * y.var(0).mean().item()
     reseeded = n_iter = 0
-    for n_iter in _progress(range(1, max_iter + 1), show_progress, desc="lloyd"):
+    for n_iter in progress(range(1, max_iter + 1), show_progress, desc="lloyd"):
         dist2, index = nearest_centroid(y, W)
         counts = torch.bincount(index, minlength=k)
         sums = torch.zeros_like(W).index_add_(0, index, y)
@@ -99,7 +93,7 @@ def fit_minibatch(y: Tensor, W: Tensor, epochs: int = 20, batch_size: int = 256,
     model = KMeansEnergy(*W.shape, centroids=W)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     history = []
-    for _ in _progress(range(epochs), show_progress, desc="minibatch"):
+    for _ in progress(range(epochs), show_progress, desc="minibatch"):
         for batch in torch.randperm(y.shape[0], generator=generator).split(batch_size):
             loss = model(y[batch]).mean()
             optimizer.zero_grad()
@@ -142,15 +136,8 @@ class KMeans:
         self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
         self.seed, self.show_progress = seed, show_progress
 
-    def _data(self, y, op: str) -> Tensor:
-        y = torch.as_tensor(y)
-        if y.dim() != 2 or not y.is_floating_point():
-            raise ValueError(f"KMeans.{op}: y must be a floating-point (N, d) tensor, got "
-                             f"shape {list(y.shape)} ({y.dtype})")
-        return y
-
     def fit(self, y) -> "KMeans":
-        y = self._data(y, "fit")
+        y = rows(y, "KMeans.fit", "(N, d)")
         g = None if self.seed is None else torch.Generator().manual_seed(self.seed)
         if isinstance(self.init, Tensor):
             W = self.init.to(y)
@@ -176,7 +163,7 @@ class KMeans:
     def predict(self, y) -> Tensor:
         """The nearest centroid of each row, (N,) int64."""
         W = self._fitted("predict")
-        return nearest_centroid(self._data(y, "predict").to(W), W)[1]
+        return nearest_centroid(rows(y, "KMeans.predict", "(N, d)").to(W), W)[1]
 
     def fit_predict(self, y) -> Tensor:
         return self.fit(y).labels_
@@ -184,9 +171,10 @@ class KMeans:
     def transform(self, y) -> Tensor:
         """Euclidean distances to every centroid, (N, k) (scikit-learn's transform)."""
         W = self._fitted("transform")
-        return torch.cdist(self._data(y, "transform").to(W), W)
+        return torch.cdist(rows(y, "KMeans.transform", "(N, d)").to(W), W)
 
     def score(self, y) -> float:
         """Minus the summed free energy of y (scikit-learn's score)."""
         W = self._fitted("score")
-        return -nearest_centroid(self._data(y, "score").to(W), W)[0].double().sum().item()
+        dist2 = nearest_centroid(rows(y, "KMeans.score", "(N, d)").to(W), W)[0]
+        return -dist2.double().sum().item()

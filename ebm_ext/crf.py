@@ -31,6 +31,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from .distributions import LinearChainCRF
+
 
 
 class CRF(nn.Module):
@@ -181,8 +183,6 @@ class CRF(nn.Module):
         """p(y | emissions) as an ``ebm_ext.LinearChainCRF`` (batch first, energies = minus the
         layer's scores): entropy, samples, KL, top-k, differentiable marginals. With
         ``any_mask=True`` its positions are the selected ones, packed to the left."""
-        from .distributions import LinearChainCRF
-
         self._validate(emissions, None, mask)
         unary, _, lengths, _ = self._chain(emissions, None, mask)
         trans, start, end = self._energies()

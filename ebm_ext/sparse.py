@@ -19,17 +19,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ._estimators import progress, rows
 from .nn import SparseCodingEnergy
 from .ops import sparse_coding_energy
 
 __all__ = ["DictionaryLearning", "learn_dictionary"]
-
-
-def _progress(iterable, show: bool, **kw):
-    if not show:
-        return iterable
-    from tqdm import tqdm
-    return tqdm(iterable, **kw)
 
 
 def learn_dictionary(train: Tensor, atoms: int, lam: float, epochs: int = 5, batch_size: int = 256,
@@ -44,8 +38,8 @@ def learn_dictionary(train: Tensor, atoms: int, lam: float, epochs: int = 5, bat
     model.normalise_atoms()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     history = []
-    for epoch in _progress(range(1, epochs + 1), show_progress, desc="epochs"):
-        for batch in _progress(torch.randperm(len(train), generator=g).split(batch_size),
+    for epoch in progress(range(1, epochs + 1), show_progress, desc="epochs"):
+        for batch in progress(torch.randperm(len(train), generator=g).split(batch_size),
                                show_progress, desc=f"epoch {epoch}"):
             loss = model(train[batch]).mean()
             optimizer.zero_grad()
@@ -94,15 +88,8 @@ class DictionaryLearning:
         self.epochs, self.batch_size, self.lr, self.seed = epochs, batch_size, lr, seed
         self.show_progress, self.solver = show_progress, solver
 
-    def _data(self, y, op: str) -> Tensor:
-        y = torch.as_tensor(y)
-        if y.dim() != 2 or not y.is_floating_point():
-            raise ValueError(f"DictionaryLearning.{op}: y must be a floating-point (N, n) tensor, "
-                             f"got shape {list(y.shape)} ({y.dtype})")
-        return y
-
     def fit(self, y, held_out: Optional[Tensor] = None) -> "DictionaryLearning":
-        y = self._data(y, "fit")
+        y = rows(y, "DictionaryLearning.fit", "(N, n)")
         if self.n_components > y.shape[0]:
             raise ValueError(f"DictionaryLearning.fit: n_components ({self.n_components}) must be "
                              f"at most the number of rows ({y.shape[0]}): the atoms start as rows")
@@ -126,7 +113,7 @@ class DictionaryLearning:
 
     def transform(self, y) -> Tensor:
         """The sparse codes z* of each row, (N, m)."""
-        return self._model("transform").codes(self._data(y, "transform"))
+        return self._model("transform").codes(rows(y, "DictionaryLearning.transform", "(N, n)"))
 
     def fit_transform(self, y) -> Tensor:
         return self.fit(y).transform(y)
@@ -135,4 +122,4 @@ class DictionaryLearning:
         """F(y) = min_z E(y, z) per row, (N,)."""
         model = self._model("free_energy")
         with torch.no_grad():
-            return model(self._data(y, "free_energy"))
+            return model(rows(y, "DictionaryLearning.free_energy", "(N, n)"))

@@ -24,7 +24,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from ebm_ext.tagging import data as D  # noqa: E402
 from ebm_ext.tagging import EnergyTagger, TaggerConfig, build_tagger, tagger_from_state  # noqa: E402
-from corpora import CORPORA, batches, data_dir, read_splits, tagset  # noqa: E402,F401
+from corpora import batches, data_dir, read_splits, tagset  # noqa: E402
 from loop import (CheckpointError, Distributed, eval_mode, load_checkpoint, progress, save_checkpoint,  # noqa: E402
                   write_json)
 

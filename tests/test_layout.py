@@ -111,3 +111,10 @@ def test_programs_share_modules_not_each_other():
         for name in _imports(path):
             assert name.split(".")[0] not in programs - {path.stem}, \
                 f"python/{path.name} imports the program {name}"
+
+
+def test_the_programs_know_the_corpora_the_config_offers():
+    sys.path.insert(0, str(ROOT / "python"))
+    import corpora
+    choices = dataclasses.fields(TaggerConfig)[0].metadata["choices"]
+    assert set(corpora.CORPORA) == set(choices)

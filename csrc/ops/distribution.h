@@ -10,6 +10,7 @@
 #pragma once
 
 #include "chain.h"
+#include "chain_sequence.h"
 
 #include <limits>
 
@@ -84,6 +85,63 @@ inline ExpTransTensors exp_transitions(const at::Tensor& trans,
   if (start.has_value()) x.params_invalid = x.params_invalid.logical_or(any_invalid_energy(*start));
   if (end.has_value()) x.params_invalid = x.params_invalid.logical_or(any_invalid_energy(*end));
   return x;
+}
+
+// The inputs of one call made contiguous, with the exp-domain transitions, and the views of them
+// that the per-sequence code of chain_sequence.h reads: what both backends' kernels start from.
+struct StagedChain {
+  at::Tensor unary, trans, start, end, lengths;
+  at::Tensor v_unary, v_trans, v_start, v_end;  // the direction, when the op takes one
+  ExpTransTensors exp;
+
+  template <typename S>
+  static const S* ptr(const at::Tensor& t) {
+    return t.defined() ? t.data_ptr<S>() : nullptr;
+  }
+  template <typename S>
+  chain_seq::Chain<S> energies() const {
+    return {ptr<S>(unary), ptr<S>(trans), ptr<S>(start), ptr<S>(end), unary.size(1),
+            static_cast<int>(unary.size(2))};
+  }
+  template <typename S>
+  chain_seq::Chain<S> direction() const {
+    return {ptr<S>(v_unary), ptr<S>(v_trans), ptr<S>(v_start), ptr<S>(v_end), unary.size(1),
+            static_cast<int>(unary.size(2))};
+  }
+  const int64_t* lengths_ptr() const { return ptr<int64_t>(lengths); }
+};
+
+inline at::Tensor contiguous_or_undefined(const c10::optional<at::Tensor>& t) {
+  return t.has_value() ? t->contiguous() : at::Tensor();
+}
+
+inline StagedChain stage_chain(const at::Tensor& unary, const at::Tensor& trans,
+                               const c10::optional<at::Tensor>& lengths,
+                               const c10::optional<at::Tensor>& start,
+                               const c10::optional<at::Tensor>& end) {
+  StagedChain s;
+  s.unary = unary.contiguous();
+  s.trans = trans.contiguous();
+  s.start = contiguous_or_undefined(start);
+  s.end = contiguous_or_undefined(end);
+  s.lengths = contiguous_or_undefined(lengths);
+  s.exp = exp_transitions(trans, start, end);
+  return s;
+}
+
+inline StagedChain stage_chain(const at::Tensor& unary, const at::Tensor& trans,
+                               const at::Tensor& v_unary, const c10::optional<at::Tensor>& v_trans,
+                               const c10::optional<at::Tensor>& lengths,
+                               const c10::optional<at::Tensor>& start,
+                               const c10::optional<at::Tensor>& end,
+                               const c10::optional<at::Tensor>& v_start,
+                               const c10::optional<at::Tensor>& v_end) {
+  auto s = stage_chain(unary, trans, lengths, start, end);
+  s.v_unary = v_unary.contiguous();
+  s.v_trans = contiguous_or_undefined(v_trans);
+  s.v_start = contiguous_or_undefined(v_start);
+  s.v_end = contiguous_or_undefined(v_end);
+  return s;
 }
 
 }  // namespace ebm_ext

@@ -9,36 +9,16 @@
 #include <limits>
 #include <vector>
 
-#include "../chain_sequence.h"
 #include "../distribution.h"
 
 namespace ebm_ext {
 namespace {
 
-using chain_seq::Chain;
-
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-// The contiguous inputs of one call and the views the per-sequence code reads.
-struct Inputs {
-  at::Tensor unary, trans, start, end, lengths;
-  at::Tensor v_unary, v_trans, v_start, v_end;
-  ExpTransTensors exp;
-};
-
-at::Tensor contiguous_or_undefined(const c10::optional<at::Tensor>& t) {
-  return t.has_value() ? t->contiguous() : at::Tensor();
-}
-
-template <typename S>
-const S* ptr(const at::Tensor& t) {
-  return t.defined() ? t.data_ptr<S>() : nullptr;
-}
-
-template <typename S>
-Chain<S> chain_view(const at::Tensor& unary, const at::Tensor& trans, const at::Tensor& start,
-                    const at::Tensor& end, int64_t T, int K) {
-  return Chain<S>{ptr<S>(unary), ptr<S>(trans), ptr<S>(start), ptr<S>(end), T, K};
+// The exp-domain view of a staged call's transitions (on the CPU its scalars are read here).
+chain_seq::ExpTrans exp_view(const StagedChain& s) {
+  return {s.exp.E.data_ptr<double>(), s.exp.tmin.item<double>()};
 }
 
 int64_t grain(int64_t T, int64_t K) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, T * K * K)); }
@@ -53,19 +33,14 @@ std::tuple<at::Tensor, at::Tensor> chain_expectation_cpu(
   auto log_z = at::zeros({d.B}, unary.options());
   auto expect = at::zeros({d.B}, unary.options());
   if (d.B == 0 || d.T == 0) return {log_z, expect};
-  const auto x = exp_transitions(trans, start, end);
-  const bool invalid = x.params_invalid.item<bool>();
-  const chain_seq::ExpTrans ex{x.E.data_ptr<double>(), x.tmin.item<double>()};
-  const auto lens = contiguous_or_undefined(lengths);
-  const int64_t* lp = ptr<int64_t>(lens);
+  const auto s = stage_chain(unary, trans, v_unary, v_trans, lengths, start, end, v_start, v_end);
+  const bool invalid = s.exp.params_invalid.item<bool>();
+  const auto ex = exp_view(s);
+  const int64_t* lp = s.lengths_ptr();
   AT_DISPATCH_FLOATING_TYPES(unary.scalar_type(), "chain_expectation_cpu", [&] {
     using S = scalar_t;
-    const auto u = unary.contiguous(), tr = trans.contiguous();
-    const auto st = contiguous_or_undefined(start), en = contiguous_or_undefined(end);
-    const auto vu = v_unary.contiguous(), vt = contiguous_or_undefined(v_trans);
-    const auto vs = contiguous_or_undefined(v_start), ve = contiguous_or_undefined(v_end);
-    const auto e = chain_view<S>(u, tr, st, en, d.T, int(d.K));
-    const auto v = chain_view<S>(vu, vt, vs, ve, d.T, int(d.K));
+    const auto e = s.energies<S>();
+    const auto v = s.direction<S>();
     S* lz = log_z.data_ptr<S>();
     S* es = expect.data_ptr<S>();
     at::parallel_for(0, d.B, grain(d.T, d.K), [&](int64_t lo, int64_t hi) {
@@ -104,20 +79,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chain_covariance_cpu(
        c_end = at::zeros({d.K}, acc);
   const auto dtype = unary.scalar_type();
   if (d.B == 0 || d.T == 0) return {c_unary, c_trans.to(dtype), c_start.to(dtype), c_end.to(dtype)};
-  const auto x = exp_transitions(trans, start, end);
-  const bool invalid = x.params_invalid.item<bool>();
-  const chain_seq::ExpTrans ex{x.E.data_ptr<double>(), x.tmin.item<double>()};
-  const auto lens = contiguous_or_undefined(lengths);
-  const int64_t* lp = ptr<int64_t>(lens);
+  const auto staged = stage_chain(unary, trans, v_unary, v_trans, lengths, start, end, v_start,
+                                  v_end);
+  const bool invalid = staged.exp.params_invalid.item<bool>();
+  const auto ex = exp_view(staged);
+  const int64_t* lp = staged.lengths_ptr();
   const int64_t K = d.K;
   AT_DISPATCH_FLOATING_TYPES(dtype, "chain_covariance_cpu", [&] {
     using S = scalar_t;
-    const auto u = unary.contiguous(), tr = trans.contiguous(), wt = weight.contiguous();
-    const auto st = contiguous_or_undefined(start), en = contiguous_or_undefined(end);
-    const auto vu = v_unary.contiguous(), vt = contiguous_or_undefined(v_trans);
-    const auto vs = contiguous_or_undefined(v_start), ve = contiguous_or_undefined(v_end);
-    const auto e = chain_view<S>(u, tr, st, en, d.T, int(K));
-    const auto v = chain_view<S>(vu, vt, vs, ve, d.T, int(K));
+    const auto wt = weight.contiguous();
+    const auto e = staged.energies<S>();
+    const auto v = staged.direction<S>();
     const S* g = wt.data_ptr<S>();
     S* cu = c_unary.data_ptr<S>();
     const int64_t chunk = grain(d.T, K);
@@ -170,19 +142,16 @@ at::Tensor chain_sample_cpu(const at::Tensor& unary, const at::Tensor& trans,
   const int64_t N = noise.size(0);
   auto tags = at::full({N, d.B, d.T}, -1, unary.options().dtype(at::kLong));
   if (N == 0 || d.B == 0 || d.T == 0) return tags;
-  const auto x = exp_transitions(trans, start, end);
-  if (x.params_invalid.item<bool>()) return tags;
-  const chain_seq::ExpTrans ex{x.E.data_ptr<double>(), x.tmin.item<double>()};
-  const auto lens = contiguous_or_undefined(lengths);
-  const int64_t* lp = ptr<int64_t>(lens);
+  const auto s = stage_chain(unary, trans, lengths, start, end);
+  if (s.exp.params_invalid.item<bool>()) return tags;
+  const auto ex = exp_view(s);
+  const int64_t* lp = s.lengths_ptr();
   const auto nz = noise.contiguous();
   const double* np = nz.data_ptr<double>();
   int64_t* out = tags.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(unary.scalar_type(), "chain_sample_cpu", [&] {
     using S = scalar_t;
-    const auto u = unary.contiguous(), tr = trans.contiguous();
-    const auto st = contiguous_or_undefined(start), en = contiguous_or_undefined(end);
-    const auto e = chain_view<S>(u, tr, st, en, d.T, int(d.K));
+    const auto e = s.energies<S>();
     at::parallel_for(0, d.B, std::max<int64_t>(1, grain(d.T, d.K) / std::max<int64_t>(1, N)),
                      [&](int64_t lo, int64_t hi) {
       std::vector<double> buf(chain_seq::work_doubles(d.T, int(d.K)));

@@ -13,7 +13,6 @@
 
 #include <limits>
 
-#include "../chain_sequence.h"
 #include "../distribution.h"
 #include "device.cuh"
 
@@ -118,59 +117,24 @@ __global__ void sample_kernel(Args<S> a, const double* __restrict__ log_z,
                     tags + row);
 }
 
-at::Tensor contiguous_or_undefined(const c10::optional<at::Tensor>& t) {
-  return t.has_value() ? t->contiguous() : at::Tensor();
-}
-
+// The launch arguments of a staged call, with `work` (B, work_doubles(T, K)) as the scratch.
 template <typename S>
-const S* ptr(const at::Tensor& t) {
-  return t.defined() ? t.data_ptr<S>() : nullptr;
-}
-
-// Everything a launch reads, kept alive for its duration.
-struct Staged {
-  at::Tensor unary, trans, start, end, lengths, v_unary, v_trans, v_start, v_end, work;
-  ExpTransTensors exp;
-};
-
-Staged stage(const at::Tensor& unary, const at::Tensor& trans,
-             const c10::optional<at::Tensor>& lengths, const c10::optional<at::Tensor>& start,
-             const c10::optional<at::Tensor>& end) {
-  Staged s;
-  s.unary = unary.contiguous();
-  s.trans = trans.contiguous();
-  s.start = contiguous_or_undefined(start);
-  s.end = contiguous_or_undefined(end);
-  s.lengths = contiguous_or_undefined(lengths);
-  s.exp = exp_transitions(trans, start, end);
-  s.work = at::empty({unary.size(0) * chain_seq::work_doubles(unary.size(1), int(unary.size(2)))},
-                     unary.options().dtype(at::kDouble));
-  return s;
-}
-
-void stage_direction(Staged& s, const at::Tensor& v_unary, const c10::optional<at::Tensor>& v_trans,
-                     const c10::optional<at::Tensor>& v_start,
-                     const c10::optional<at::Tensor>& v_end) {
-  s.v_unary = v_unary.contiguous();
-  s.v_trans = contiguous_or_undefined(v_trans);
-  s.v_start = contiguous_or_undefined(v_start);
-  s.v_end = contiguous_or_undefined(v_end);
-}
-
-template <typename S>
-Args<S> args_of(const Staged& s) {
-  const int64_t T = s.unary.size(1);
-  const int K = int(s.unary.size(2));
+Args<S> args_of(const StagedChain& s, const at::Tensor& work) {
   Args<S> a;
-  a.e = Chain<S>{ptr<S>(s.unary), ptr<S>(s.trans), ptr<S>(s.start), ptr<S>(s.end), T, K};
-  a.v = Chain<S>{ptr<S>(s.v_unary), ptr<S>(s.v_trans), ptr<S>(s.v_start), ptr<S>(s.v_end), T, K};
+  a.e = s.energies<S>();
+  a.v = s.direction<S>();
   a.E = s.exp.E.data_ptr<double>();
   a.tmin = s.exp.tmin.data_ptr<double>();
   a.params_invalid = s.exp.params_invalid.data_ptr<bool>();
-  a.lengths = ptr<int64_t>(s.lengths);
-  a.work = s.work.data_ptr<double>();
+  a.lengths = s.lengths_ptr();
+  a.work = work.data_ptr<double>();
   a.B = s.unary.size(0);
   return a;
+}
+
+at::Tensor scratch_for(const at::Tensor& unary) {
+  return at::empty({unary.size(0) * chain_seq::work_doubles(unary.size(1), int(unary.size(2)))},
+                   unary.options().dtype(at::kDouble));
 }
 
 std::tuple<at::Tensor, at::Tensor> chain_expectation_cuda(
@@ -184,10 +148,11 @@ std::tuple<at::Tensor, at::Tensor> chain_expectation_cuda(
   auto log_z = at::zeros({d.B}, unary.options());
   auto expect = at::zeros({d.B}, unary.options());
   if (d.B == 0 || d.T == 0) return {log_z, expect};
-  auto s = stage(unary, trans, lengths, start, end);
-  stage_direction(s, v_unary, v_trans, v_start, v_end);
+  const auto s = stage_chain(unary, trans, v_unary, v_trans, lengths, start, end, v_start, v_end);
+  const auto work = scratch_for(unary);
   EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "chain_expectation_cuda", [&] {
-    launch_kernel<expectation_kernel<scalar_t>>(blocks_for(d.B), kThreads, 0, args_of<scalar_t>(s),
+    launch_kernel<expectation_kernel<scalar_t>>(blocks_for(d.B), kThreads, 0,
+                                                args_of<scalar_t>(s, work),
                                                 true, log_z.data_ptr<scalar_t>(),
                                                 expect.data_ptr<scalar_t>(),
                                                 static_cast<double*>(nullptr));
@@ -209,12 +174,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chain_covariance_cuda
   auto c_unary = at::zeros({d.B, d.T, d.K}, unary.options());
   auto pairs = at::zeros({d.B, d.K * d.K + 2 * d.K}, unary.options().dtype(at::kDouble));
   if (d.B > 0 && d.T > 0) {
-    auto s = stage(unary, trans, lengths, start, end);
-    stage_direction(s, v_unary, v_trans, v_start, v_end);
+    const auto s =
+        stage_chain(unary, trans, v_unary, v_trans, lengths, start, end, v_start, v_end);
+    const auto work = scratch_for(unary);
     const auto w = weight.contiguous();
     EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "chain_covariance_cuda", [&] {
       launch_kernel<covariance_kernel<scalar_t>>(blocks_for(d.B), kThreads, 0,
-                                                 args_of<scalar_t>(s), w.data_ptr<scalar_t>(),
+                                                 args_of<scalar_t>(s, work), w.data_ptr<scalar_t>(),
                                                  c_unary.data_ptr<scalar_t>(),
                                                  pairs.data_ptr<double>());
     });
@@ -237,12 +203,13 @@ at::Tensor chain_sample_cuda(const at::Tensor& unary, const at::Tensor& trans,
   const int64_t N = noise.size(0);
   auto tags = at::full({N, d.B, d.T}, -1, unary.options().dtype(at::kLong));
   if (N == 0 || d.B == 0 || d.T == 0) return tags;
-  auto s = stage(unary, trans, lengths, start, end);
+  const auto s = stage_chain(unary, trans, lengths, start, end);
+  const auto work = scratch_for(unary);
   auto log_z = at::empty({d.B}, unary.options().dtype(at::kDouble));
   const auto nz = noise.contiguous();
   EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "chain_sample_cuda", [&] {
     using S = scalar_t;
-    const auto a = args_of<S>(s);
+    const auto a = args_of<S>(s, work);
     // The forward messages, and log Z in double whatever S is (the walk reads it).
     launch_kernel<expectation_kernel<S>>(blocks_for(d.B), kThreads, 0, a, false,
                                          static_cast<S*>(nullptr), static_cast<S*>(nullptr),
