@@ -195,10 +195,6 @@ def _chain_sample_fake(unary, trans, noise, lengths=None, start=None, end=None):
 
 # ---- autograd -------------------------------------------------------------------------------
 
-def _or_zeros(t: Optional[Tensor], like: Tensor, shape) -> Tensor:
-    return t if t is not None else like.new_zeros(shape)
-
-
 def _add(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
     return b if a is None else a if b is None else a + b
 
