@@ -2,7 +2,7 @@
 
     python python/tagger.py train --corpus twpos --criterion margin_rescaled_category --out runs/x
     python python/tagger.py eval --checkpoint runs/x/best.pt --file ../shared/data/twpos/oct27.test
-    echo "lol this is gr8" | python python/tagger.py tag --checkpoint runs/x/best.pt
+    echo "lol @bob gr8!!" | python python/tagger.py tag --checkpoint runs/x/best.pt
     torchrun --nproc_per_node 2 python/tagger.py train ...      (multi-process, DDP)
 
 The data are read from ../shared/data relative to the repository (or --data-dir, or the
@@ -23,6 +23,7 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from ebm_ext.tagging import data as D  # noqa: E402
+from ebm_ext.tagging.tokenize import tokenize  # noqa: E402
 from ebm_ext.tagging import EnergyTagger, TaggerConfig, build_tagger, tagger_from_state  # noqa: E402
 from corpora import batches, data_dir, read_splits, tagset  # noqa: E402
 from loop import (CheckpointError, Distributed, eval_mode, load_checkpoint, progress, save_checkpoint,  # noqa: E402
@@ -250,7 +251,7 @@ def evaluate(args) -> dict:
 def tag(args) -> None:
     model, vocabs = load_tagger(args.checkpoint, args.device)
     stream = open(args.input, encoding="utf-8") if args.input else sys.stdin
-    lines = [D.tokenize(line) for line in stream]
+    lines = [tokenize(line, args.pretokenized) for line in stream]
     sentences = [(tokens, ["?"] * len(tokens)) for tokens in lines if tokens]
     for chunk in batches(sentences, 256):
         batch = D.encode(chunk, vocabs, with_tags=False).to(args.device)
@@ -287,9 +288,12 @@ def main(argv=None):
     e.add_argument("--file", required=True)
     e.add_argument("--format", choices=["auto", "tweets", "conllu"], default="auto")
     e.add_argument("--device", default="cpu")
-    g = sub.add_parser("tag", help="tag raw text, one sentence per line, split on whitespace")
+    g = sub.add_parser("tag", help="tag raw tweets, one per line, tokenised as the corpus was "
+                       "(ebm_ext.tagging.tokenize)")
     g.add_argument("--checkpoint", required=True)
     g.add_argument("--input", help="text file (default: standard input)")
+    g.add_argument("--pretokenized", action="store_true",
+                   help="the lines hold tokens separated by whitespace: split on it only")
     g.add_argument("--device", default="cpu")
     m = sub.add_parser("margin-picture", help="draw the margin loss against the energy gap")
     m.add_argument("--out", required=True)

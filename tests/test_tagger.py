@@ -56,11 +56,15 @@ def test_eval_and_tag_commands(trained, tmp_path):
               DATA / "ud_ewt" / "en_ewt-ud-dev.conllu", check=False)
     assert out.returncode != 0 and "unknown tag" in out.stderr  # UPOS tags are not tweet tags
     raw = tmp_path / "raw.txt"
-    raw.write_text("lol @bob this is gr8 !\n\nhttp://t.co/x #win\n", encoding="utf-8")
+    raw.write_text("lol @bob this is gr8!!\n\nhttp://t.co/x #win\n", encoding="utf-8")
     out = run("tag", "--checkpoint", trained / "best.pt", "--input", raw)
     blocks = [b for b in out.stdout.strip().split("\n\n")]
     assert len(blocks) == 2
-    assert [line.split("\t")[0] for line in blocks[0].splitlines()] == ["lol", "@bob", "this", "is", "gr8", "!"]
+    assert ([line.split("\t")[0] for line in blocks[0].splitlines()]
+            == ["lol", "@bob", "this", "is", "gr8", "!!"])  # raw text, tokenised as the corpus
+    out = run("tag", "--checkpoint", trained / "best.pt", "--input", raw, "--pretokenized")
+    assert ([line.split("\t")[0] for line in out.stdout.split("\n\n")[0].splitlines()]
+            == ["lol", "@bob", "this", "is", "gr8!!"])  # whitespace only
     out = run("tag", "--checkpoint", trained / "best.pt", input="ok then\n")
     assert len(out.stdout.strip().splitlines()) == 2
 

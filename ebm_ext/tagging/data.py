@@ -315,9 +315,3 @@ def encode(sentences: Sequence[Sentence], vocabs: Vocabularies, max_word_len: in
            with_tags: bool = True) -> Batch:
     """Pads a list of sentences into a Batch. Unknown tags raise ValueError."""
     return collate([encode_sentence(s, vocabs, max_word_len, with_tags) for s in sentences])
-
-
-def tokenize(line: str) -> list[str]:
-    """Whitespace tokenisation for raw text (the tweet corpus was tokenised with twokenize, which
-    also splits punctuation off words: pre-tokenised input tags best)."""
-    return line.split()
