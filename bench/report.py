@@ -9,7 +9,7 @@ import json
 import sys
 from collections import defaultdict
 
-BASES = ("ebm_ext viterbi", "ebm_ext")
+BASES = ("ebm_ext viterbi", "ebm_ext", "ebm_ext eager")
 
 
 def main(path: str) -> None:

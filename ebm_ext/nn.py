@@ -126,7 +126,7 @@ class CharBiLSTM(nn.Module):
         index = index.to(words.device)
         h = self.lstm(self.embed(words.reshape(-1).index_select(0, index)), batch_sizes)
         row = torch.zeros(W * C, dtype=torch.long, device=words.device)
-        row[index] = torch.arange(len(index), device=words.device)
+        row[index] = torch.arange(index.shape[0], device=words.device)  # shape: traceable
         start = torch.arange(W, device=words.device) * C
         last, first = row[start + (lengths - 1).clamp(min=0)], row[start]
         out = torch.cat([h[last, :H], h[first, H:]], dim=-1)

@@ -37,6 +37,20 @@ def read_splits(corpus: str, root: pathlib.Path, limit: int = 0, paths=(None, No
     return [split[:limit] for split in splits] if limit else splits
 
 
+def protocol_splits(splits, protocol: str):
+    """(train, select, test) sentences of a corpus's (train, dev, test) under `protocol`
+    (TaggerConfig.protocol): select is the split the best epoch is chosen on, empty when none
+    is (every epoch then counts as the best, so the last one is kept)."""
+    train, dev, test = splits
+    if protocol == "standard":
+        return list(train), list(dev), list(test)
+    if protocol == "train+dev":
+        return list(train) + list(dev), list(test), list(test)
+    if protocol == "all":
+        return list(train) + list(dev) + list(test), [], list(test)
+    raise ValueError(f"protocol must be 'standard', 'train+dev' or 'all', got {protocol!r}")
+
+
 def batches(sentences, size: int, generator=None):
     """Lists of `size` sentences, in order or shuffled by `generator`."""
     order = (torch.randperm(len(sentences), generator=generator) if generator is not None

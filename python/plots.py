@@ -30,7 +30,8 @@ def learning_curves(histories: dict[str, list[dict]], path, title: str = "") -> 
     for label, history in histories.items():
         epochs = [h["epoch"] for h in history]
         ax1.plot(epochs, [h["train_loss"] for h in history], marker=".", label=label)
-        ax2.plot(epochs, [100 * h["dev_acc"] for h in history], marker=".", label=label)
+        ax2.plot(epochs, [float("nan") if h["dev_acc"] is None else 100 * h["dev_acc"]
+                          for h in history], marker=".", label=label)
     ax1.set(xlabel="epoch", ylabel="training loss (mean per sentence)", title="loss")
     ax2.set(xlabel="epoch", ylabel="dev token accuracy (%)", title="dev accuracy")
     for ax in (ax1, ax2):

@@ -3,6 +3,8 @@
     python python/tagger.py train --corpus twpos --criterion margin_rescaled_category --out runs/x
     python python/tagger.py eval --checkpoint runs/x/best.pt --file ../shared/data/twpos/oct27.test
     echo "lol @bob gr8!!" | python python/tagger.py tag --checkpoint runs/x/best.pt
+    python python/tagger.py export --checkpoint runs/x/best.pt --out runs/x/tagger.pt2
+    echo "lol @bob gr8!!" | python python/tagger.py tag --model runs/x/tagger.pt2
     torchrun --nproc_per_node 2 python/tagger.py train ...      (multi-process, DDP)
 
 The data are read from ../shared/data relative to the repository (or --data-dir, or the
@@ -24,8 +26,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from ebm_ext.tagging import data as D  # noqa: E402
 from ebm_ext.tagging.tokenize import tokenize  # noqa: E402
-from ebm_ext.tagging import EnergyTagger, TaggerConfig, build_tagger, tagger_from_state  # noqa: E402
-from corpora import batches, data_dir, read_splits, tagset  # noqa: E402
+from ebm_ext.tagging import (EnergyTagger, ExportedTagger, TaggerConfig, build_tagger,  # noqa: E402
+                             export_tagger, tagger_from_state)
+from corpora import batches, data_dir, protocol_splits, read_splits, tagset  # noqa: E402
 from loop import (CheckpointError, Distributed, eval_mode, load_checkpoint, progress, save_checkpoint,  # noqa: E402
                   write_json)
 
@@ -47,9 +50,11 @@ def accuracy(model: EnergyTagger, sentences, vocabs, device, batch_size=256, enc
 
 
 def read_data(args):
-    """(train, dev, test) sentences, the tags and their categories, per the command line."""
+    """(train, select, test) sentences under --protocol, the tags and their categories, per the
+    command line."""
     root = data_dir(args.data_dir)
-    splits = read_splits(args.corpus, root, args.limit, (args.train, args.dev, args.test))
+    splits = protocol_splits(read_splits(args.corpus, root, args.limit,
+                                         (args.train, args.dev, args.test)), args.protocol)
     tags, categories = tagset(args.corpus, root)
     return splits, tags, categories
 
@@ -129,10 +134,11 @@ def train_member(args, config: TaggerConfig, ddp: Distributed, splits, tags,
         total = train_one_epoch(net, model, mine, optimizer, scheduler, average, device, show,
                                 f"epoch {epoch + 1}")
         train_loss = ddp.mean(total / max(1, len(mine)))
-        dev_acc, _, _ = accuracy(decoder, dev_s, vocabs, device, encoded=dev_e)
-        improved = dev_acc > best
+        # With nothing to select on (--protocol all), every epoch is the best so far.
+        dev_acc = accuracy(decoder, dev_s, vocabs, device, encoded=dev_e)[0] if dev_s else None
+        improved = dev_acc is None or dev_acc > best
         if improved:
-            best, bad = dev_acc, 0
+            best, bad = (best if dev_acc is None else dev_acc), 0
         else:
             bad += 1
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "dev_acc": dev_acc,
@@ -151,12 +157,15 @@ def train_member(args, config: TaggerConfig, ddp: Distributed, splits, tags,
                 save_checkpoint({"model": decoder.state_dict(), "vocabs": vocabs.state(),
                                  "config": config.as_dict()}, out / "best.pt")
             save_checkpoint(checkpoint, last)
-            print(f"epoch {epoch + 1}: loss {train_loss:.4f}  dev {100 * dev_acc:.2f}%"
+            dev_text = "" if dev_acc is None else f"  dev {100 * dev_acc:.2f}%"
+            print(f"epoch {epoch + 1}: loss {train_loss:.4f}{dev_text}"
                   f"  ({history[-1]['seconds']:.1f} s)", flush=True)
         ddp.barrier()
+    scored = [h for h in history if h["dev_acc"] is not None]  # none without a selection split
     result = {"config": {k: v for k, v in config.as_dict().items() if k != "categories"},
               "history": history, "train_seconds": time.perf_counter() - began,
-              "best_epoch": max(history, key=lambda h: h["dev_acc"])["epoch"] if history else 0}
+              "best_epoch": (max(scored, key=lambda h: h["dev_acc"])["epoch"] if scored
+                             else len(history))}
     if ddp.active:
         result["rank_param_max_diff"] = ddp.max_param_difference(model)
     return result
@@ -201,12 +210,13 @@ def train(args) -> dict:
         model, vocabs = tagger_from_state(state, device)
         dev, test = splits[1], splits[2]
         dev_e, test_e = ([D.encode_sentence(s, vocabs) for s in split] for split in (dev, test))
-        dev_acc, _, _ = accuracy(model, dev, vocabs, device, encoded=dev_e)
+        dev_acc = accuracy(model, dev, vocabs, device, encoded=dev_e)[0] if dev else None
         test_acc, gold, pred = accuracy(model, test, vocabs, device, encoded=test_e)
         result.update(dev_acc=dev_acc, test_acc=test_acc)
         if args.ensemble > 1:
             for member, one in zip(members, model.members):
-                member.update(dev_acc=accuracy(one, dev, vocabs, device, encoded=dev_e)[0],
+                member.update(dev_acc=(accuracy(one, dev, vocabs, device, encoded=dev_e)[0]
+                                       if dev else None),
                               test_acc=accuracy(one, test, vocabs, device, encoded=test_e)[0])
             result["members"] = members
         write_json(result, out / "metrics.json")
@@ -218,7 +228,10 @@ def train(args) -> dict:
             plots.confusion_by_category(gold, pred, dict(zip(tags, categories)),
                                         out / "confusion.png", f"{title} · test")
         what = f"ensemble of {args.ensemble}: " if args.ensemble > 1 else ""
-        print(f"{what}test accuracy {100 * test_acc:.2f}% (dev {100 * dev_acc:.2f}%, "
+        selected = {"standard": f"dev {100 * dev_acc:.2f}%" if dev_acc is not None else "",
+                    "train+dev": "trained on train+dev, selected on test",
+                    "all": "trained on every split: test was seen"}[config["protocol"]]
+        print(f"{what}test accuracy {100 * test_acc:.2f}% ({selected}, "
               f"{result['train_seconds']:.0f} s) -> {out / 'metrics.json'}", flush=True)
     ddp.barrier()  # no rank tears the process group down while rank 0 still writes
     ddp.close()
@@ -249,18 +262,36 @@ def evaluate(args) -> dict:
 
 
 def tag(args) -> None:
-    model, vocabs = load_tagger(args.checkpoint, args.device)
+    """Tags raw tweets (one per line) with a checkpoint or an exported tagger (--model)."""
+    if args.model:
+        tagger = ExportedTagger.load(args.model)
+        vocabs, predict = tagger.vocabs, tagger.predict
+    else:
+        model, vocabs = load_tagger(args.checkpoint, args.device)
+        predict = model.predict
     stream = open(args.input, encoding="utf-8") if args.input else sys.stdin
     lines = [tokenize(line, args.pretokenized) for line in stream]
-    sentences = [(tokens, ["?"] * len(tokens)) for tokens in lines if tokens]
+    sentences = [(tokens, None) for tokens in lines if tokens]
     for chunk in batches(sentences, 256):
         batch = D.encode(chunk, vocabs, with_tags=False).to(args.device)
         with torch.no_grad():
-            predicted = model.predict(batch).cpu()
-        for b, (tokens, _) in enumerate(chunk):
+            predicted = predict(batch).cpu().tolist()
+        for row, (tokens, _) in zip(predicted, chunk):
             for t, token in enumerate(tokens):
-                print(f"{token}\t{vocabs.tags.items[predicted[b, t]]}")
+                print(f"{token}\t{vocabs.tags.items[row[t]]}")
             print()
+
+
+def export(args) -> dict:
+    """Writes the checkpoint's tagger (an ensemble included) as one program, with its
+    vocabularies beside it (ebm_ext.tagging.export)."""
+    model, vocabs = load_tagger(args.checkpoint)
+    tick = time.perf_counter()
+    meta = export_tagger(model, vocabs, args.out, aoti=not args.no_aoti)
+    what = "AOTInductor package" if meta["program"] == "aoti" else "torch.export program"
+    print(f"{args.out}: {what} ({time.perf_counter() - tick:.0f} s), vocabularies in "
+          f"{pathlib.Path(args.out).with_suffix('.json')}", flush=True)
+    return meta
 
 
 def main(argv=None):
@@ -290,11 +321,20 @@ def main(argv=None):
     e.add_argument("--device", default="cpu")
     g = sub.add_parser("tag", help="tag raw tweets, one per line, tokenised as the corpus was "
                        "(ebm_ext.tagging.tokenize)")
-    g.add_argument("--checkpoint", required=True)
+    source = g.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a best.pt of tagger.py train")
+    source.add_argument("--model", help="an exported tagger (tagger.py export's .pt2)")
     g.add_argument("--input", help="text file (default: standard input)")
     g.add_argument("--pretokenized", action="store_true",
                    help="the lines hold tokens separated by whitespace: split on it only")
     g.add_argument("--device", default="cpu")
+    x = sub.add_parser("export", help="write a checkpoint's tagger as one exported program "
+                       "(AOTInductor-compiled) with its vocabularies beside it")
+    x.add_argument("--checkpoint", required=True)
+    x.add_argument("--out", required=True, help="the program's file, ending in .pt2; the "
+                   "vocabularies go beside it (.json)")
+    x.add_argument("--no-aoti", action="store_true",
+                   help="write torch.export's program instead of compiling it with AOTInductor")
     m = sub.add_parser("margin-picture", help="draw the margin loss against the energy gap")
     m.add_argument("--out", required=True)
     args = p.parse_args(argv)
@@ -311,6 +351,8 @@ def run(args):
         return evaluate(args)
     if args.command == "tag":
         return tag(args)
+    if args.command == "export":
+        return export(args)
     import plots
     plots.margin_loss_picture(args.out)
     return None

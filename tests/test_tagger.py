@@ -168,3 +168,29 @@ def test_ddp_two_processes_stay_in_sync(tmp_path):
     assert metrics["rank_param_max_diff"] == 0.0
     losses = [h["train_loss"] for h in metrics["history"]]
     assert losses[-1] < losses[0]
+
+
+def test_protocols_select_the_splits():
+    sys.path.insert(0, str(REPO / "python"))
+    from corpora import protocol_splits
+    train, dev, test = ([(["w"], [name])] * n for name, n in (("train", 3), ("dev", 2), ("test", 1)))
+    assert protocol_splits((train, dev, test), "standard") == (train, dev, test)
+    assert protocol_splits((train, dev, test), "train+dev") == (train + dev, test, test)
+    assert protocol_splits((train, dev, test), "all") == (train + dev + test, [], test)
+    with pytest.raises(ValueError, match="protocol must be"):
+        protocol_splits((train, dev, test), "dev")
+
+
+@pytest.mark.parametrize("protocol", ["train+dev", "all"])
+def test_protocol_runs(tmp_path, protocol):
+    out = run("train", *SMALL, "--limit", "40", "--criterion", "crf_nll", "--epochs", "2",
+              "--no-pictures", "--protocol", protocol, "--out", tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["config"]["protocol"] == protocol
+    if protocol == "train+dev":  # the epoch is selected on test
+        assert metrics["dev_acc"] == metrics["test_acc"]
+        assert "selected on test" in out.stdout
+    else:  # nothing to select on: every epoch runs and the last one is kept
+        assert metrics["dev_acc"] is None and metrics["best_epoch"] == 2
+        assert [h["dev_acc"] for h in metrics["history"]] == [None, None]
+        assert "test was seen" in out.stdout

@@ -37,29 +37,46 @@ def bilstm(input: Tensor, batch_sizes: Tensor, weight_ih: Tensor, weight_hh: Ten
 
 def packed_order(lengths: Tensor, T: Optional[int] = None) -> tuple[Tensor, Tensor]:
     """The packed layout of a right-padded batch of sequences of ``lengths`` (B,) in (B, T):
-    ``(index (N,), batch_sizes (max L,))``, where ``index`` holds the flat position b * T + t of
-    each packed row (steps in order; within a step, longer sequences first, ties by b), so
-    ``x.reshape(B * T, -1)[index]`` packs x and ``index_copy`` unpacks. Sequences of length 0
-    have no rows."""
+    ``(index (N,), batch_sizes (max L,))``, both int64 on the CPU, where ``index`` holds the
+    flat position b * T + t of each packed row (steps in order; within a step, longer sequences
+    first, ties by b), so ``x.reshape(B * T, -1)[index]`` packs x and ``index_copy`` unpacks.
+    Sequences of length 0 have no rows. With T given it is the op ``ebm_ext::packed_order``,
+    whose sizes N and max L depend on the data: ``torch.export`` and ``torch.compile`` trace
+    through it (its fake gives them as unbacked sizes), which is how an exported tagger packs its
+    batch inside the program."""
     if not isinstance(lengths, Tensor) or lengths.dim() != 1 or lengths.dtype != torch.long:
         got = (f"{lengths.dtype} of shape {tuple(lengths.shape)}" if isinstance(lengths, Tensor)
                else type(lengths).__name__)
         raise ValueError(f"packed_order: lengths must be a 1-D int64 tensor (B,), got {got}")
-    if T is not None and (isinstance(T, bool) or not isinstance(T, int) or T < 0):
+    # T may be a symbolic size (torch.export, torch.compile): a dimension of the traced batch.
+    if T is not None and (isinstance(T, bool) or not isinstance(T, (int, torch.SymInt)) or T < 0):
         raise ValueError(f"packed_order: T must be an int >= 0 or None, got {T!r}")
+    if T is None:
+        T = int(lengths.max()) if lengths.numel() else 0
+    return _packed_order(lengths, T)
+
+
+@torch.library.custom_op("ebm_ext::packed_order", mutates_args=())
+def _packed_order(lengths: Tensor, T: int) -> tuple[Tensor, Tensor]:
     lengths = lengths.cpu()
     if lengths.numel() and int(lengths.min()) < 0:
         raise ValueError(f"packed_order: lengths must be >= 0, got {int(lengths.min())}")
-    if T is not None and lengths.numel() and int(lengths.max()) > T:
+    if lengths.numel() and int(lengths.max()) > T:
         raise ValueError(f"packed_order: lengths must be <= T={T}, got {int(lengths.max())}")
-    if T is None:
-        T = int(lengths.max()) if lengths.numel() else 0
     order = torch.argsort(lengths, descending=True, stable=True)
     steps = torch.arange(T)
     running = lengths[order][None, :] > steps[:, None]           # (T, B): step t, sorted rank
     index = (order[None, :] * T + steps[:, None])[running]
     batch_sizes = running.sum(1)
     return index, batch_sizes[batch_sizes > 0]
+
+
+@_packed_order.register_fake
+def _packed_order_fake(lengths, T):
+    ctx = torch.library.get_ctx()
+    rows, steps = ctx.new_dynamic_size(), ctx.new_dynamic_size()
+    return (torch.empty(rows, dtype=torch.long, device="cpu"),
+            torch.empty(steps, dtype=torch.long, device="cpu"))
 
 
 def _check_fake(op, input, weight_ih, weight_hh):

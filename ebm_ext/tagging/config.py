@@ -15,6 +15,11 @@ from typing import Any, List, Optional
 from ..losses import CRITERIA
 
 CORPORA = ("ewt", "twpos")
+# Which splits train, select the epoch and test (python/corpora.py's protocol_splits):
+# "standard" train / dev / test; "train+dev" trains on both and selects on test (Tu and Gimpel
+# 2018's protocol); "all" trains on every split of the corpus for the full schedule and selects
+# nothing (Owoputi et al. 2013's final model, meant for tagging other data).
+PROTOCOLS = ("standard", "train+dev", "all")
 # The perceptron and the k=2 margin hinge are scale-free (the perceptron) or nearly so, and their
 # gradient reaches only the positions where the rival path differs from gold, often one per
 # sentence: by default they get standardised unary energies (flat energies, the perceptron's
@@ -41,6 +46,11 @@ def _option(default, help: str, network: bool = False, cli: bool = True, **argpa
 class TaggerConfig:
     corpus: str = _option("twpos", "training corpus (its train/dev/test splits)",
                           choices=CORPORA)
+    protocol: str = _option("standard", "which splits train, select the epoch and test: standard "
+                            "(train, dev, test), train+dev (train on both, select on test, as "
+                            "Tu and Gimpel 2018), all (train on every split for all epochs, "
+                            "no selection, as Owoputi et al. 2013's final model)",
+                            choices=PROTOCOLS)
     criterion: str = _option("margin_rescaled_category", "training criterion (ebm_ext.losses."
                              "CRITERIA)", choices=tuple(CRITERIA))
     epochs: Optional[int] = _option(None, f"epochs (default {EPOCHS}, {SLOW_EPOCHS} for "

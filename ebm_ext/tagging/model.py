@@ -66,9 +66,12 @@ class FeatureNetwork(nn.Module):
         B, T = batch.words.shape
         index, batch_sizes = packed_order(batch.lengths, T)
         index = index.to(batch.words.device)
+        # Gathered by (sentence, position) pairs rather than from a (B * T, ...) reshape: a
+        # traced reshape of a symbolic B * T specialises on B == 1 or T == 1 (torch.export).
+        rows, steps = index // T, index % T
 
         def pack(x: Tensor) -> Tensor:
-            return x.reshape(B * T, *x.shape[2:]).index_select(0, index)
+            return x[rows, steps]
 
         words = pack(batch.words)
         if self.training and (self.word_dropout > 0 or self.rare_word_dropout is not None):
@@ -90,8 +93,7 @@ class FeatureNetwork(nn.Module):
             # all shrink to a flat landscape, the zero of scale-free losses like the perceptron's.
             scores = self.unary_scale * F.layer_norm(scores, scores.shape[-1:])
         energies = -scores
-        unary = energies.new_zeros(B * T, energies.shape[-1]).index_copy(0, index, energies)
-        return unary.view(B, T, -1)
+        return energies.new_zeros(B, T, energies.shape[-1]).index_put((rows, steps), energies)
 
 
 class EnergyTagger(nn.Module):
