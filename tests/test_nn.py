@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ebm_ext.tagging import data as D
-from ebm_ext import chain_energy
+from ebm_ext import chain_energy, packed_order
 from ebm_ext.nn import CharBiLSTM, CharCNN, Dropout
 from ebm_ext.tagging import EnergyTagger, FeatureNetwork, TaggerEnsemble
 from chain_cases import DATA
@@ -164,3 +164,36 @@ def test_feature_network_variants_keep_sentences_apart(options):
         torch.testing.assert_close(unary[b, :len(sentence[0])], net(D.encode([sentence], vocabs))[0])
     with pytest.raises(ValueError, match="char_model must be 'cnn' or 'lstm'"):
         FeatureNetwork(10, 10, 3, char_model="gru")
+
+
+def test_tag_dictionary_counts_and_leaves_a_training_token_out():
+    """The tag-dictionary feature is log(1 + count) of each tag seen with the word in training;
+    in training mode a token's own tag is not counted, so a word seen once looks unseen."""
+    tags, _ = D.read_tagset(DATA / "twpos" / "tagset.tsv")
+    vocabs = D.Vocabularies.build(SENTENCES, tags)
+    K = len(tags)
+    counts = torch.tensor(vocabs.tag_counts, dtype=torch.float32)
+    assert counts.shape == (len(vocabs.words), K)
+    for tokens, labels in SENTENCES:
+        for token, label in zip(tokens, labels):
+            assert counts[vocabs.words[D.word_key(token)], tags.index(label)] >= 1
+    assert counts.sum() == sum(len(t) for t, _ in SENTENCES)  # every token counted once
+    torch.manual_seed(0)
+    net = FeatureNetwork(len(vocabs.words), len(vocabs.chars), K, num_suffixes=len(vocabs.suffixes),
+                         num_prefixes=len(vocabs.prefixes), word_dim=8, char_filters=6, hidden=5,
+                         word_dropout=0.0, dropout=0.0, tag_dict=1, tag_counts=vocabs.tag_counts)
+    seen = {}
+    net.lstm.register_forward_pre_hook(lambda _, args: seen.update(x=args[0][:, -K:].clone()))
+    batch = D.encode(SENTENCES, vocabs)
+    index, _ = packed_order(batch.lengths, batch.words.shape[1])
+    words = batch.words.reshape(-1)[index]
+    gold = batch.tags.reshape(-1)[index]
+    net.eval()
+    net(batch)
+    torch.testing.assert_close(seen["x"], torch.log1p(counts[words]))
+    net.train()
+    net(batch)
+    left_out = counts[words] - torch.nn.functional.one_hot(gold, K)
+    torch.testing.assert_close(seen["x"], torch.log1p(left_out))
+    with pytest.raises(ValueError, match="tag_dict needs the training count"):
+        FeatureNetwork(len(vocabs.words), len(vocabs.chars), K, tag_dict=1)

@@ -72,6 +72,9 @@ class TaggerConfig:
     unk_alpha: float = _option(0.0, "read a training word seen c times as <unk> with "
                                "probability alpha / (alpha + c) (0: off)", network=True)
     layers: int = _option(1, "stacked BiLSTM layers", network=True)
+    tag_dict: int = _option(0, "1: add the training split's tag counts of each word as "
+                            "features (a tag dictionary; a training token's own tag left out)",
+                            network=True)
     char_model: str = _option("cnn", "how a word's characters are read: cnn (a convolution) or "
                               "lstm (a BiLSTM); a comma-separated list for an ensemble, whose "
                               "members cycle through it (cnn,lstm: half of each)",

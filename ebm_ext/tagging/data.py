@@ -216,6 +216,8 @@ class Vocabularies:
     prefixes: Vocab
     tags: Vocab  # no specials: index = tag id
     word_counts: list = dataclasses.field(default_factory=list)  # training count per word index
+    # training count of each tag per word index ([] in vocabularies of older checkpoints)
+    tag_counts: list = dataclasses.field(default_factory=list)
 
     @classmethod
     def build(cls, sentences: Sequence[Sentence], tags: Sequence[str],
@@ -226,19 +228,27 @@ class Vocabularies:
         chars = Vocab(sorted({c for t in tokens for c in t}))
         suffixes = Vocab(sorted({suffix_key(t) for t in tokens}))
         prefixes = Vocab(sorted({prefix_key(t) for t in tokens}))
-        return cls(words, chars, suffixes, prefixes, Vocab(tags, specials=()),
-                   [counts.get(w, 0) for w in words.items])
+        tag_vocab = Vocab(tags, specials=())
+        per_word = {w: [0] * len(tag_vocab) for w in words.items}
+        for tokens, labels in sentences:
+            for token, label in zip(tokens, labels or ()):
+                if label in tag_vocab.index:
+                    per_word[word_key(token)][tag_vocab.index[label]] += 1
+        return cls(words, chars, suffixes, prefixes, tag_vocab,
+                   [counts.get(w, 0) for w in words.items], [per_word[w] for w in words.items])
 
     def state(self) -> dict:
         return {"words": self.words.state(), "chars": self.chars.state(),
                 "suffixes": self.suffixes.state(), "prefixes": self.prefixes.state(),
-                "tags": self.tags.state(), "word_counts": list(self.word_counts)}
+                "tags": self.tags.state(), "word_counts": list(self.word_counts),
+                "tag_counts": [list(c) for c in self.tag_counts]}
 
     @classmethod
     def from_state(cls, state: dict) -> "Vocabularies":
         return cls(Vocab.from_state(state["words"]), Vocab.from_state(state["chars"]),
                    Vocab.from_state(state["suffixes"]), Vocab.from_state(state["prefixes"]),
-                   Vocab.from_state(state["tags"]), list(state.get("word_counts", [])))
+                   Vocab.from_state(state["tags"]), list(state.get("word_counts", [])),
+                   [list(c) for c in state.get("tag_counts", [])])
 
 
 @dataclasses.dataclass

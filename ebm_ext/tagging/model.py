@@ -33,7 +33,8 @@ class FeatureNetwork(nn.Module):
                  char_filters: int = 100, affix_dim: int = 30, shape_dim: int = 10,
                  hidden: int = 150, dropout: float = 0.5, word_dropout: float = 0.05,
                  unary_scale: float = 0.0, word_counts: Optional[Tensor] = None,
-                 unk_alpha: float = 0.0, layers: int = 1, char_model: str = "cnn"):
+                 unk_alpha: float = 0.0, layers: int = 1, char_model: str = "cnn",
+                 tag_dict: int = 0, tag_counts: Optional[Tensor] = None):
         super().__init__()
         self.words = nn.Embedding(num_words, word_dim, padding_idx=0)
         self.suffixes = nn.Embedding(num_suffixes, affix_dim, padding_idx=0)
@@ -57,7 +58,18 @@ class FeatureNetwork(nn.Module):
             self.register_buffer("rare_word_dropout", unk_alpha / (unk_alpha + counts))
         else:
             self.rare_word_dropout = None
-        width = word_dim + 2 * affix_dim + shape_dim + self.chars.out_dim
+        if tag_dict:
+            # A tag dictionary from the training split: log(1 + count) of each tag seen with the
+            # word. In training each token's own tag is left out (its count minus one), so the
+            # feature says what the rest of the corpus says, as it will for a test token.
+            if tag_counts is None or tuple(torch.as_tensor(tag_counts).shape) != (num_words, num_tags):
+                raise ValueError(f"FeatureNetwork: tag_dict needs the training count of each of "
+                                 f"the {num_tags} tags for each of the {num_words} words")
+            self.register_buffer("tag_counts", torch.as_tensor(tag_counts, dtype=torch.float32))
+        else:
+            self.tag_counts = None
+        width = (word_dim + 2 * affix_dim + shape_dim + self.chars.out_dim
+                 + (num_tags if tag_dict else 0))
         self.lstm = BiLSTM(width, hidden)
         self.upper = nn.ModuleList(BiLSTM(2 * hidden, hidden) for _ in range(layers - 1))
         self.out = nn.Linear(2 * hidden, num_tags)
@@ -81,9 +93,15 @@ class FeatureNetwork(nn.Module):
                 p = 1 - (1 - p) * (1 - self.rare_word_dropout[words])
             drop = torch.rand(words.shape, device=words.device) < p
             words = torch.where(drop & (words > 0), torch.ones_like(words), words)
-        x = torch.cat([self.words(words), self.suffixes(pack(batch.suffixes)),
-                       self.prefixes(pack(batch.prefixes)), self.shapes(pack(batch.shapes)),
-                       self.chars(pack(batch.chars))], dim=-1)
+        features = [self.words(words), self.suffixes(pack(batch.suffixes)),
+                    self.prefixes(pack(batch.prefixes)), self.shapes(pack(batch.shapes)),
+                    self.chars(pack(batch.chars))]
+        if self.tag_counts is not None:
+            counts = self.tag_counts[words]  # a word read as <unk> has none
+            if self.training and batch.tags is not None:
+                counts = (counts - F.one_hot(pack(batch.tags), counts.shape[-1])).clamp(min=0)
+            features.append(torch.log1p(counts))
+        x = torch.cat(features, dim=-1)
         h = self.lstm(self.dropout(x), batch_sizes)
         for lstm in self.upper:
             h = lstm(self.dropout(h), batch_sizes)
@@ -175,7 +193,9 @@ def build_tagger(config: TaggerConfig, vocabs: Vocabularies) -> EnergyTagger:
     K = len(vocabs.tags)
     features = FeatureNetwork(len(vocabs.words), len(vocabs.chars), K,
                               num_suffixes=len(vocabs.suffixes), num_prefixes=len(vocabs.prefixes),
-                              word_counts=vocabs.word_counts, **config.network_kwargs())
+                              word_counts=vocabs.word_counts,
+                              tag_counts=vocabs.tag_counts if config.tag_dict else None,
+                              **config.network_kwargs())
     spec = losses.criterion(config.criterion)
     cost = losses.make_cost(spec.cost, K, config.categories)
     return EnergyTagger(features, K, config.criterion, cost=cost, margin=config.margin)
