@@ -42,6 +42,17 @@ def gpu(request):
     assert backend.calls, "the test ran no emulated CUDA kernel"
 
 
+# torch.library.opcheck's checks: every op's opcheck runs as one test per (op case, check), so a
+# failure names both.
+OPCHECK_UTILS = ("test_schema", "test_autograd_registration", "test_faketensor",
+                 "test_aot_dispatch_dynamic")
+
+
+@pytest.fixture(params=OPCHECK_UTILS)
+def opcheck_util(request):
+    return request.param
+
+
 @pytest.fixture(params=[torch.float32, torch.float64], ids=["f32", "f64"])
 def dtype(request):
     return request.param

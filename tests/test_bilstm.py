@@ -117,19 +117,30 @@ def test_nan_input_propagates_along_its_sequence_only():
     assert nan_rows[0] and not nan_rows[1]  # the right-to-left direction carries it back to step 0
 
 
-def test_opcheck_and_compile(device):
+@pytest.mark.parametrize("case", ["bilstm", "_bilstm_backward", "packed_order"])
+def test_opcheck(device, case, opcheck_util):
     lstm, ours, packed = make_case([4, 2, 3], 3, 5, device=device)
     x = packed.data.to(device).requires_grad_()
     bs = packed.batch_sizes
     args = (x, bs, ours.weight_ih, ours.weight_hh, ours.bias)
     ops = torch.ops.ebm_ext
-    torch.library.opcheck(ops.bilstm.default, args)
-    output, gates, cells = ops.bilstm(*(a.detach() for a in args))
-    torch.library.opcheck(ops._bilstm_backward.default,
-                          (torch.ones_like(output), x.detach(), bs, ours.weight_ih.detach(),
-                           ours.weight_hh.detach(), output, gates, cells))
+    if case == "bilstm":
+        op = ops.bilstm.default
+    elif case == "_bilstm_backward":
+        op = ops._bilstm_backward.default
+        output, gates, cells = ops.bilstm(*(a.detach() for a in args))
+        args = (torch.ones_like(output), x.detach(), bs, ours.weight_ih.detach(),
+                ours.weight_hh.detach(), output, gates, cells)
+    else:
+        op, args = ops.packed_order.default, (torch.tensor([4, 0, 2, 3], device=device), 5)
+    torch.library.opcheck(op, args, test_utils=opcheck_util)
 
-    ours.zero_grad(set_to_none=True)
+
+def test_compile(device):
+    lstm, ours, packed = make_case([4, 2, 3], 3, 5, device=device)
+    x = packed.data.to(device).requires_grad_()
+    bs = packed.batch_sizes
+    args = (x, bs, ours.weight_ih, ours.weight_hh, ours.bias)
 
     skip_compile_if_emulated()
     @torch.compile(fullgraph=True, backend="aot_eager")

@@ -308,18 +308,21 @@ def _opcheck_cases(device):
     cost = _hamming(4).to(device)
     tags = torch.randint(0, 4, (3, 5), device=device)
     ops = torch.ops.ebm_ext
-    return [
-        (ops.chain_energy.default, (unary, trans, tags, L, start, end)),
-        (ops.viterbi.default, (unary, trans, L, start, end)),
-        (ops.viterbi.default, (unary, trans, None, None, None)),
-        (ops.viterbi_kbest.default, (unary, trans, 2, L, start, end)),
-        (ops.loss_augmented_viterbi.default, (unary, trans, gold, cost, L, start, end)),
-    ]
+    return {
+        "chain_energy": (ops.chain_energy.default, (unary, trans, tags, L, start, end)),
+        "viterbi": (ops.viterbi.default, (unary, trans, L, start, end)),
+        "viterbi-no-lengths": (ops.viterbi.default, (unary, trans, None, None, None)),
+        "viterbi_kbest": (ops.viterbi_kbest.default, (unary, trans, 2, L, start, end)),
+        "loss_augmented_viterbi": (ops.loss_augmented_viterbi.default,
+                                   (unary, trans, gold, cost, L, start, end)),
+    }
 
 
-def test_opcheck(device):
-    for op, args in _opcheck_cases(device):
-        torch.library.opcheck(op, args)
+@pytest.mark.parametrize("case", ["chain_energy", "viterbi", "viterbi-no-lengths",
+                                  "viterbi_kbest", "loss_augmented_viterbi"])
+def test_opcheck(device, case, opcheck_util):
+    op, args = _opcheck_cases(device)[case]
+    torch.library.opcheck(op, args, test_utils=opcheck_util)
 
 
 def test_torch_compile_fullgraph(device):

@@ -310,15 +310,19 @@ def test_cuda_matches_cpu(dtype, gpu):
             torch.testing.assert_close(a.cpu(), b, **tolerance(dtype))
 
 
-def test_opcheck(device):
+@pytest.mark.parametrize("case", ["chain_expectation", "_chain_covariance", "chain_sample"])
+def test_opcheck(device, case, opcheck_util):
     unary, trans, L, start, end = make_chain(3, 5, 4, device=device, seed=61)
     v_unary, v_trans, _, v_start, v_end = make_chain(3, 5, 4, device=device, seed=62)
     args = (unary, trans, v_unary, v_trans, L, start, end, v_start, v_end)
-    torch.library.opcheck(ops.chain_expectation.default, args)
     weight = torch.rand(3, dtype=unary.dtype, device=device)
-    torch.library.opcheck(ops._chain_covariance.default, (weight, *args))
     noise = torch.rand(2, 3, 5, dtype=torch.float64, device=device)
-    torch.library.opcheck(ops.chain_sample.default, (unary, trans, noise, L, start, end))
+    op, args = {
+        "chain_expectation": (ops.chain_expectation.default, args),
+        "_chain_covariance": (ops._chain_covariance.default, (weight, *args)),
+        "chain_sample": (ops.chain_sample.default, (unary, trans, noise, L, start, end)),
+    }[case]
+    torch.library.opcheck(op, args, test_utils=opcheck_util)
 
 
 @pytest.mark.parametrize("call,message", [

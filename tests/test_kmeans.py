@@ -94,10 +94,12 @@ def test_gradcheck(device):
     torch.autograd.gradcheck(ebm_ext.kmeans_energy, (y.requires_grad_(), W.requires_grad_()))
 
 
-def test_opcheck(device, dtype):
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["values", "grad"])
+def test_opcheck(device, dtype, requires_grad, opcheck_util):
     y, W = _points(20, 6, 4, seed=6, device=device, dtype=dtype)
-    torch.library.opcheck(torch.ops.ebm_ext.nearest_centroid, (y, W))
-    torch.library.opcheck(torch.ops.ebm_ext.nearest_centroid, (y.requires_grad_(), W.requires_grad_()))
+    torch.library.opcheck(torch.ops.ebm_ext.nearest_centroid,
+                          (y.requires_grad_(requires_grad), W.requires_grad_(requires_grad)),
+                          test_utils=opcheck_util)
 
 
 def test_compile_fullgraph(device):

@@ -158,17 +158,27 @@ def test_nan_inputs_give_nan(device):
     assert torch.all(torch.isnan(ebm_ext.chain_log_partition(unary, trans)))
 
 
-def test_opcheck_and_compile(device):
+@pytest.mark.parametrize("case", ["chain_log_partition", "chain_marginals",
+                                  "_chain_log_partition_backward"])
+def test_opcheck(device, case, opcheck_util):
+    unary, trans, L, start, end = make_chain(3, 5, 4, device=device, seed=9)
+    grad = torch.ones(3, dtype=unary.dtype, device=device)
+    ops = torch.ops.ebm_ext
+    op, args = {
+        "chain_log_partition": (ops.chain_log_partition.default,
+                                (unary.detach().requires_grad_(), trans.detach().requires_grad_(),
+                                 L, start, end)),
+        "chain_marginals": (ops.chain_marginals.default, (unary, trans, L, start, end)),
+        "_chain_log_partition_backward": (ops._chain_log_partition_backward.default,
+                                          (grad, unary, trans, L, start, end)),
+    }[case]
+    torch.library.opcheck(op, args, test_utils=opcheck_util)
+
+
+def test_compile(device):
     unary, trans, L, start, end = make_chain(3, 5, 4, device=device, seed=9)
     unary.requires_grad_()
     trans.requires_grad_()
-    ops = torch.ops.ebm_ext
-    torch.library.opcheck(ops.chain_log_partition.default, (unary, trans, L, start, end))
-    torch.library.opcheck(ops.chain_marginals.default, (unary.detach(), trans.detach(), L, start, end))
-    grad = torch.ones(3, dtype=unary.dtype, device=device)
-    torch.library.opcheck(ops._chain_log_partition_backward.default,
-                          (grad, unary.detach(), trans.detach(), L, start, end))
-
     skip_compile_if_emulated()
     @torch.compile(fullgraph=True, backend="aot_eager")
     def nll(unary, trans):

@@ -39,7 +39,15 @@ def test_relaxed_gradcheck(device):
     probs = _probs(3, 5, 3, device=device)
     args = [x.requires_grad_() for x in (unary, trans, probs, start, end)]
     torch.autograd.gradcheck(lambda u, t, p, s, e: ebm_ext.chain_energy(u, t, p, L, s, e), args)
-    torch.library.opcheck(torch.ops.ebm_ext.chain_energy.default, (unary, trans, probs, L, start, end))
+
+
+def test_relaxed_opcheck(device, opcheck_util):
+    unary, trans, L, start, end = make_chain(3, 5, 3, device=device, seed=3)
+    probs = _probs(3, 5, 3, device=device)
+    for x in (unary, trans, probs, start, end):
+        x.requires_grad_()
+    torch.library.opcheck(torch.ops.ebm_ext.chain_energy.default,
+                          (unary, trans, probs, L, start, end), test_utils=opcheck_util)
 
 
 def test_relaxed_gradient_wrt_tags_matches_autograd_of_reference(device):
@@ -80,10 +88,14 @@ def test_project_simplex_fixed_points_and_edges(device):
     assert ebm_ext.project_simplex(torch.empty(0, 4, device=device)).shape == (0, 4)
 
 
-def test_project_simplex_gradcheck_opcheck_compile(device):
+def test_project_simplex_opcheck(device, opcheck_util):
+    v = (torch.randn(4, 5, dtype=torch.float64, device=device) * 2).requires_grad_()
+    torch.library.opcheck(torch.ops.ebm_ext.project_simplex.default, (v,), test_utils=opcheck_util)
+
+
+def test_project_simplex_gradcheck_compile(device):
     v = (torch.randn(4, 5, dtype=torch.float64, device=device) * 2).requires_grad_()
     torch.autograd.gradcheck(ebm_ext.project_simplex, (v,))
-    torch.library.opcheck(torch.ops.ebm_ext.project_simplex.default, (v,))
     skip_compile_if_emulated()
     f = torch.compile(lambda x: ebm_ext.project_simplex(x).square().sum(), fullgraph=True,
                       backend="aot_eager")

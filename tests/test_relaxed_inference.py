@@ -92,11 +92,13 @@ def test_init_zeros_stay_zero_under_the_entropic_update():
     assert (probs[..., 2] == 0).all()
 
 
-def test_opcheck(device, dtype):
+@pytest.mark.parametrize("method", ["entropic", "projected"])
+def test_opcheck(device, dtype, method, opcheck_util):
     unary, trans, L, start, end = make_chain(3, 5, 4, device=device, dtype=dtype, seed=7)
-    torch.library.opcheck(torch.ops.ebm_ext.chain_relaxed_inference, (unary, trans, L, start, end, 5, 0.5, "entropic"))
+    init = torch.softmax(unary, -1) if method == "projected" else None
     torch.library.opcheck(torch.ops.ebm_ext.chain_relaxed_inference,
-                          (unary, trans, L, start, end, 5, 0.5, "projected", torch.softmax(unary, -1)))
+                          (unary, trans, L, start, end, 5, 0.5, method, init),
+                          test_utils=opcheck_util)
 
 
 def test_compile_fullgraph(device):

@@ -178,12 +178,20 @@ def test_envelope_gradient_equals_the_formula():
     assert energy.requires_grad and not z.requires_grad  # the codes are not differentiated
 
 
-def test_opcheck(device, dtype):
+@pytest.mark.parametrize("case", ["sparse_code", "sparse_code-ista-nonneg-warm",
+                                  "sparse_coding_energy", "sparse_coding_lipschitz"])
+def test_opcheck(device, dtype, case, opcheck_util):
     y, D = _problem(5, 6, 10, seed=12, device=device, dtype=dtype)
-    torch.library.opcheck(torch.ops.ebm_ext.sparse_code, (y, D, 0.2))
-    torch.library.opcheck(torch.ops.ebm_ext.sparse_code, (y, D, 0.2, 50, 1e-4, "ista", True, torch.zeros(5, 10, dtype=dtype, device=device)))
-    torch.library.opcheck(torch.ops.ebm_ext.sparse_coding_energy, (y.requires_grad_(), D.requires_grad_(), 0.2))
-    torch.library.opcheck(torch.ops.ebm_ext.sparse_coding_lipschitz, (D.detach(),))
+    ops = torch.ops.ebm_ext
+    op, args = {
+        "sparse_code": (ops.sparse_code, (y, D, 0.2)),
+        "sparse_code-ista-nonneg-warm": (ops.sparse_code, (y, D, 0.2, 50, 1e-4, "ista", True,
+                                                            torch.zeros(5, 10, dtype=dtype, device=device))),
+        "sparse_coding_energy": (ops.sparse_coding_energy,
+                                 (y.detach().requires_grad_(), D.detach().requires_grad_(), 0.2)),
+        "sparse_coding_lipschitz": (ops.sparse_coding_lipschitz, (D,)),
+    }[case]
+    torch.library.opcheck(op, args, test_utils=opcheck_util)
 
 
 def test_compile_fullgraph(device):
