@@ -391,8 +391,12 @@ def test_padding_of_gold_is_ignored():
     u = torch.randn(2, 3, 4)
     t = torch.randn(4, 4)
     L = torch.tensor([3, 1])
-    gold = torch.tensor([[0, 1, 2], [3, -1, 99]])
-    ebm_ext.loss_augmented_viterbi(u, t, gold, 1 - torch.eye(4), L)
+    gold = torch.tensor([[0, 1, 2], [3, -1, 99]])  # -1 and 99 lie past the second length
+    padded = ebm_ext.loss_augmented_viterbi(u, t, gold, 1 - torch.eye(4), L)
+    clean = ebm_ext.loss_augmented_viterbi(u, t, torch.tensor([[0, 1, 2], [3, 0, 0]]),
+                                           1 - torch.eye(4), L)
+    for a, b in zip(padded, clean):
+        assert torch.equal(a, b)
 
 
 @requires_cuda
