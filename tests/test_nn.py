@@ -153,7 +153,7 @@ def test_rare_words_are_read_as_unknown_by_their_count():
         FeatureNetwork(len(vocabs.words), len(vocabs.chars), 25, unk_alpha=0.5)
 
 
-@pytest.mark.parametrize("options", [{"layers": 2}, {"char_model": "lstm"}])
+@pytest.mark.parametrize("options", [{"layers": 2}, {"char_model": "lstm"}, {"char_model": "both"}])
 def test_feature_network_variants_keep_sentences_apart(options):
     tags = TAGS
     vocabs = D.Vocabularies.build(SENTENCES, tags)
@@ -164,7 +164,7 @@ def test_feature_network_variants_keep_sentences_apart(options):
     unary = net(D.encode(SENTENCES, vocabs))
     for b, sentence in enumerate(SENTENCES):
         torch.testing.assert_close(unary[b, :len(sentence[0])], net(D.encode([sentence], vocabs))[0])
-    with pytest.raises(ValueError, match="char_model must be 'cnn' or 'lstm'"):
+    with pytest.raises(ValueError, match="char_model must be 'cnn', 'lstm' or 'both'"):
         FeatureNetwork(10, 10, 3, char_model="gru")
 
 

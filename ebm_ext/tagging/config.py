@@ -29,10 +29,11 @@ EPOCHS, SLOW_EPOCHS = 60, 200
 
 
 def char_models(text: str) -> str:
-    """cnn, lstm, or a comma-separated list of them (an ensemble's members cycle through it)."""
+    """cnn, lstm, both, or a comma-separated list of them (an ensemble's members cycle through
+    it)."""
     models = text.split(",")
-    if not all(m in ("cnn", "lstm") for m in models):
-        raise argparse.ArgumentTypeError(f"expected cnn, lstm or a comma-separated list of them, "
+    if not all(m in ("cnn", "lstm", "both") for m in models):
+        raise argparse.ArgumentTypeError(f"expected cnn, lstm, both or a comma-separated list of them, "
                                          f"got {text!r}")
     return text
 
@@ -75,8 +76,8 @@ class TaggerConfig:
     tag_dict: int = _option(0, "1: add the training split's tag counts of each word as "
                             "features (a tag dictionary; a training token's own tag left out)",
                             network=True)
-    char_model: str = _option("cnn", "how a word's characters are read: cnn (a convolution) or "
-                              "lstm (a BiLSTM); a comma-separated list for an ensemble, whose "
+    char_model: str = _option("cnn", "how a word's characters are read: cnn (a convolution), "
+                              "lstm (a BiLSTM) or both side by side; a comma-separated list for an ensemble, whose "
                               "members cycle through it (cnn,lstm: half of each)",
                               network=True, type=char_models)
     unary_scale: Optional[float] = _option(

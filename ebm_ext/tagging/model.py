@@ -20,6 +20,18 @@ from .config import TaggerConfig
 from .data import SHAPES, Batch, Vocabularies
 
 
+class CharEncoders(nn.Module):
+    """Several character encoders side by side: their word representations concatenated."""
+
+    def __init__(self, encoders):
+        super().__init__()
+        self.encoders = nn.ModuleList(encoders)
+        self.out_dim = sum(e.out_dim for e in encoders)
+
+    def forward(self, chars: Tensor) -> Tensor:
+        return torch.cat([e(chars) for e in self.encoders], dim=-1)
+
+
 class FeatureNetwork(nn.Module):
     """Word, suffix and word-shape embeddings + character CNN + BiLSTM -> unary energies
     (B, T, K). Everything is learnt from the training data (no pretrained vectors).
@@ -40,11 +52,16 @@ class FeatureNetwork(nn.Module):
         self.suffixes = nn.Embedding(num_suffixes, affix_dim, padding_idx=0)
         self.prefixes = nn.Embedding(num_prefixes, affix_dim, padding_idx=0)
         self.shapes = nn.Embedding(len(SHAPES), shape_dim)
-        if char_model not in ("cnn", "lstm"):
-            raise ValueError(f"FeatureNetwork: char_model must be 'cnn' or 'lstm', got {char_model!r}")
-        # char_filters: the width of a word's character representation either way
-        self.chars = (CharCNN(num_chars, char_dim, char_filters) if char_model == "cnn"
-                      else CharBiLSTM(num_chars, char_dim, char_filters // 2))
+        if char_model not in ("cnn", "lstm", "both"):
+            raise ValueError(f"FeatureNetwork: char_model must be 'cnn', 'lstm' or 'both', got "
+                             f"{char_model!r}")
+        # char_filters: the width of a word's character representation by each encoder
+        encoders = []
+        if char_model in ("cnn", "both"):
+            encoders.append(CharCNN(num_chars, char_dim, char_filters))
+        if char_model in ("lstm", "both"):
+            encoders.append(CharBiLSTM(num_chars, char_dim, char_filters // 2))
+        self.chars = encoders[0] if len(encoders) == 1 else CharEncoders(encoders)
         self.dropout = Dropout(dropout)
         self.word_dropout = word_dropout
         self.unary_scale = unary_scale
