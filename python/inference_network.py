@@ -39,7 +39,7 @@ from ebm_ext.inference import InferenceNetwork, TagLanguageModel, chain_plus_tag
 from ebm_ext.nn import ChainEnergy  # noqa: E402
 from ebm_ext.tagging import EnergyTagger, FeatureNetwork, tagger_from_state  # noqa: E402
 from corpora import CORPORA, batches, data_dir, read_splits as read_corpus, tagset  # noqa: E402
-from loop import CheckpointError, eval_mode, load_checkpoint, progress, write_json  # noqa: E402
+from loop import CheckpointError, EpochCheckpoint, eval_mode, load_checkpoint, progress, write_json  # noqa: E402
 
 # Sentences per batch: training steps, and evaluation (which only decodes).
 TRAIN_BATCH, EVAL_BATCH = 16, 256
@@ -115,16 +115,19 @@ def relaxed(model, test, steps, lr, method):
             "rounding_is_viterbi": same / sentences, "steps": steps, "lr": lr, "method": method}
 
 
-def train_tag_lm(train, K, epochs, seed, show, lr):
+def train_tag_lm(train, K, epochs, seed, show, lr, out, resume):
     torch.manual_seed(seed)
     lm = TagLanguageModel(K)
     optimizer = torch.optim.Adam(lm.parameters(), lr=lr)
-    for _ in progress(range(epochs), show, desc="tag LM"):
+    checkpoint = EpochCheckpoint(out / "tag_lm.pt", {"lm": lm}, {"adam": optimizer}, resume)
+    first, _ = checkpoint.start(1, {})
+    for epoch in progress(range(first, epochs + 1), show, desc="tag LM"):
         for batch in train:
             loss = lm.nll(batch.tags, batch.lengths)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+        checkpoint.save(epoch, {})
     return lm.eval()
 
 
@@ -144,13 +147,17 @@ def tag_lm_inference(model, lm, test, weight, steps, lr, relaxed_steps, relaxed_
     return token_accuracy(predicted, test)
 
 
-def train_inference_network(model, train, dev, epochs, lr, local_weight, gold_weight, show):
+def train_inference_network(model, train, dev, epochs, lr, local_weight, gold_weight, show, out,
+                            resume):
     net = InferenceNetwork(copy.deepcopy(model.features))
     for q in net.parameters():  # the copy of the frozen energy's network learns
         q.requires_grad_(True)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    best, best_state, history = -1.0, None, []
-    for epoch in progress(range(1, epochs + 1), show, desc="inference network"):
+    checkpoint = EpochCheckpoint(out / "inference_network.pt", {"net": net}, {"adam": optimizer},
+                                 resume)
+    first, values = checkpoint.start(1, {"best": -1.0, "best_state": None, "history": []})
+    best, best_state, history = values["best"], values["best_state"], values["history"]
+    for epoch in progress(range(first, epochs + 1), show, desc="inference network"):
         net.train()
         total = 0.0
         for batch in train:
@@ -171,6 +178,7 @@ def train_inference_network(model, train, dev, epochs, lr, local_weight, gold_we
         history.append({"epoch": epoch, "loss": total / len(train), "dev_acc": acc})
         if acc > best:
             best, best_state = acc, copy.deepcopy(net.state_dict())
+        checkpoint.save(epoch, {"best": best, "best_state": best_state, "history": history})
     net.load_state_dict(best_state)
     return net.eval(), history
 
@@ -191,24 +199,35 @@ def joint(args) -> dict:
                               word_dropout=args.word_dropout)
     features, chain = network(), ChainEnergy(K)
     show = not args.no_progress
+    out = pathlib.Path(args.out)
     if args.pretrain_epochs:  # a local classifier first (token NLL), as Tu & Gimpel do
         opt = torch.optim.Adam(features.parameters(), lr=args.lr)
+        pretrained = EpochCheckpoint(out / "pretrain.pt", {"features": features}, {"adam": opt},
+                                     args.resume)
+        first, _ = pretrained.start(1, {})
         features.train()
-        for _ in progress(range(args.pretrain_epochs), show, desc="pretrain"):
+        for epoch in progress(range(first, args.pretrain_epochs + 1), show, desc="pretrain"):
             for batch in train:
                 loss = ebm_ext.losses.token_nll(features(batch), batch.tags, batch.lengths)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+            pretrained.save(epoch, {})
     # Both inference networks start as copies of the energy's network (A(x) = softmax(-unary)).
     cost_net, test_net = InferenceNetwork(copy.deepcopy(features)), InferenceNetwork(copy.deepcopy(features))
     energy_params = list(features.parameters()) + list(chain.parameters())
     opt_energy = torch.optim.Adam(energy_params, lr=args.lr)
     opt_cost = torch.optim.Adam(cost_net.parameters(), lr=args.lr)
     opt_test = torch.optim.Adam(test_net.parameters(), lr=args.lr)
-    history, best, best_state = [], -1.0, None
-    start_time = time.perf_counter()
-    for epoch in progress(range(1, args.epochs + 1), show, desc="joint"):
+    checkpoint = EpochCheckpoint(
+        out / "joint.pt", {"features": features, "chain": chain, "cost_net": cost_net,
+                           "test_net": test_net},
+        {"energy": opt_energy, "cost": opt_cost, "test": opt_test}, args.resume)
+    first, values = checkpoint.start(1, {"history": [], "best": -1.0, "best_state": None,
+                                         "seconds": 0.0})
+    history, best, best_state = values["history"], values["best"], values["best_state"]
+    start_time = time.perf_counter() - values["seconds"]
+    for epoch in progress(range(first, args.epochs + 1), show, desc="joint"):
         for module in (features, cost_net, test_net):
             module.train()
         hinge_sum = 0.0
@@ -252,7 +271,11 @@ def joint(args) -> dict:
                         "inference_network_dev": net_dev})
         if net_dev > best:
             best = net_dev
-            best_state = copy.deepcopy((features.state_dict(), chain.state_dict(), test_net.state_dict()))
+            best_state = copy.deepcopy([features.state_dict(), chain.state_dict(), test_net.state_dict()])
+        checkpoint.save(epoch, {"history": history, "best": best, "best_state": best_state,
+                                "seconds": time.perf_counter() - start_time})
+        print(f"joint epoch {epoch}: hinge {history[-1]['hinge']:.4f}  inference network dev "
+              f"{100 * net_dev:.2f}%", flush=True)
     features.load_state_dict(best_state[0])
     chain.load_state_dict(best_state[1])
     test_net.load_state_dict(best_state[2])
@@ -282,13 +305,15 @@ def analyse(args) -> dict:
     metrics = {"checkpoint": str(args.checkpoint), "relaxed": {}}
     for method in ("entropic", "projected"):
         metrics["relaxed"][method] = relaxed(model, test, args.relaxed_steps, args.relaxed_lr, method)
-    lm = train_tag_lm(train, len(vocabs.tags), args.tag_lm_epochs, args.seed, show, args.tag_lm_lr)
+    out = pathlib.Path(args.out)
+    lm = train_tag_lm(train, len(vocabs.tags), args.tag_lm_epochs, args.seed, show, args.tag_lm_lr,
+                      out, args.resume)
     metrics["tag_lm"] = {"weight": args.tag_lm_weight,
                          "acc": tag_lm_inference(model, lm, test, args.tag_lm_weight,
                                                  args.tag_lm_steps, args.tag_lm_step_size,
                                                  args.relaxed_steps, args.relaxed_lr)}
     net, history = train_inference_network(model, train, dev, args.epochs, args.lr, args.local_weight,
-                                           args.gold_weight, show)
+                                           args.gold_weight, show, out, args.resume)
     with torch.no_grad():
         infnet_acc = token_accuracy([net.decode(b) for b in test], test)
         one = D.encode(splits[2][:EVAL_BATCH], vocabs)
@@ -325,6 +350,8 @@ def main(argv=None):
         q.add_argument("--seed", type=int, default=1)
         q.add_argument("--no-progress", action="store_true")
         q.add_argument("--threads", type=int, default=0)
+        q.add_argument("--resume", action="store_true",
+                       help="continue each training loop from its checkpoint in OUT")
     a.add_argument("--relaxed-steps", type=int, default=50)
     a.add_argument("--relaxed-lr", type=float, default=0.5)
     a.add_argument("--tag-lm-epochs", type=int, default=10)

@@ -57,6 +57,36 @@ def load_checkpoint(path) -> dict:
     return state
 
 
+class EpochCheckpoint:
+    """Checkpoints of an epoch loop that a later run can resume from: after each epoch, ``save``
+    writes the modules', optimizers' and RNG state with the loop's own values (its history,
+    best score...) atomically to ``path``; ``start`` gives (the first epoch to run, those
+    values), from ``path`` when ``resume`` is set and it exists, else (first, initial). Epoch
+    loops whose data order depends on nothing but the epoch then end, resumed, with exactly the
+    parameters of an uninterrupted run."""
+
+    def __init__(self, path, modules: dict, optimizers: dict, resume: bool):
+        self.path, self.modules, self.optimizers, self.resume = (pathlib.Path(path), modules,
+                                                                 optimizers, resume)
+
+    def start(self, first: int, initial: dict) -> tuple[int, dict]:
+        if not (self.resume and self.path.exists()):
+            return first, initial
+        state = load_checkpoint(self.path)
+        for name, module in self.modules.items():
+            module.load_state_dict(state["modules"][name])
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+        torch.set_rng_state(state["rng"])
+        return state["epoch"] + 1, state["values"]
+
+    def save(self, epoch: int, values: dict) -> None:
+        save_checkpoint({"modules": {n: m.state_dict() for n, m in self.modules.items()},
+                         "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+                         "rng": torch.get_rng_state(), "epoch": epoch, "values": values},
+                        self.path)
+
+
 def write_json(obj: Any, path) -> None:
     data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")
     atomic_write_bytes(path, lambda f: f.write(data))

@@ -113,3 +113,33 @@ def test_analyse_and_joint_commands(tmp_path):
     joint = inference_network.main(["joint", "--out", str(tmp_path / "j"), "--epochs", "2", "--hidden", "16", *common])
     assert 0 <= joint["inference_network_test_acc"] <= 1
     assert json.loads((tmp_path / "j" / "metrics.json").read_text())["history"][-1]["epoch"] == 2
+
+
+def test_joint_resumes_exactly(tmp_path):
+    """Killed (SIGKILL) after its first joint epoch and resumed, the joint training ends as an
+    uninterrupted run does: the same history, the same test accuracies."""
+    import os
+    import subprocess
+    import sys
+    script = REPO / "python" / "inference_network.py"
+    common = ["joint", "--limit", "60", "--no-progress", "--data-dir", str(DATA), "--epochs", "3",
+              "--hidden", "16", "--pretrain-epochs", "2", "--threads", "1"]
+    whole = inference_network.main([*common, "--out", str(tmp_path / "a")])
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, str(script), *common, "--out", str(tmp_path / "b")],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    for line in proc.stdout:
+        if line.startswith("joint epoch 1:"):
+            proc.kill()
+            break
+    proc.wait()
+    assert not (tmp_path / "b" / "metrics.json").exists()
+    out = subprocess.run([sys.executable, str(script), *common, "--out", str(tmp_path / "b"),
+                          "--resume"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    # it went on from epoch 2 (a run that started over would print epoch 1 again)
+    assert "joint epoch 1:" not in out.stdout and "joint epoch 2:" in out.stdout
+    resumed = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert resumed["history"] == whole["history"]
+    assert resumed["viterbi_test_acc"] == whole["viterbi_test_acc"]
+    assert resumed["inference_network_test_acc"] == whole["inference_network_test_acc"]
