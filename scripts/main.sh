@@ -10,3 +10,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/python python/tagger.py train --corpus twpos --out runs/main --ensemble 5 \
   --char-model cnn,lstm "$@"
+# What to compare with (README, "Accuracy"): the number is deterministic on this machine kind.
+if [ $# -eq 0 ]; then
+  echo "README: this command gives 89.04 % on oct27 test on this project's 2-core machines (a" \
+       "rerun gives the same digits); over seeds 1, 6 and 11 the main job gave 88.87-89.04 %."
+fi
