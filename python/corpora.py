@@ -9,6 +9,7 @@ import pathlib
 import torch
 
 from ebm_ext.tagging import data as D
+from ebm_ext.tagging.config import PROTOCOLS
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CORPORA = {
@@ -48,7 +49,7 @@ def protocol_splits(splits, protocol: str):
         return list(train) + list(dev), list(test), list(test)
     if protocol == "all":
         return list(train) + list(dev) + list(test), [], list(test)
-    raise ValueError(f"protocol must be 'standard', 'train+dev' or 'all', got {protocol!r}")
+    raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
 
 
 def batches(sentences, size: int, generator=None):

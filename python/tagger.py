@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from ebm_ext.tagging import data as D  # noqa: E402
+from ebm_ext.tagging.export import sidecar  # noqa: E402
 from ebm_ext.tagging.tokenize import tokenize  # noqa: E402
 from ebm_ext.tagging import (EnergyTagger, ExportedTagger, TaggerConfig, build_tagger,  # noqa: E402
                              export_tagger, tagger_from_state)
@@ -290,7 +291,7 @@ def export(args) -> dict:
     meta = export_tagger(model, vocabs, args.out, aoti=not args.no_aoti)
     what = "AOTInductor package" if meta["program"] == "aoti" else "torch.export program"
     print(f"{args.out}: {what} ({time.perf_counter() - tick:.0f} s), vocabularies in "
-          f"{pathlib.Path(args.out).with_suffix('.json')}", flush=True)
+          f"{sidecar(args.out)}", flush=True)
     return meta
 
 

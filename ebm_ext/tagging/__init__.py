@@ -6,5 +6,5 @@ from .config import TaggerConfig
 from .export import ExportedTagger, export_tagger
 from .model import EnergyTagger, FeatureNetwork, TaggerEnsemble, build_tagger, tagger_from_state
 
-__all__ = ["data", "TaggerConfig", "ExportedTagger", "export_tagger", "EnergyTagger", "FeatureNetwork", "TaggerEnsemble",
-           "build_tagger", "tagger_from_state"]
+__all__ = ["data", "TaggerConfig", "ExportedTagger", "export_tagger", "EnergyTagger",
+           "FeatureNetwork", "TaggerEnsemble", "build_tagger", "tagger_from_state"]

@@ -33,8 +33,8 @@ def char_models(text: str) -> str:
     it)."""
     models = text.split(",")
     if not all(m in ("cnn", "lstm", "both") for m in models):
-        raise argparse.ArgumentTypeError(f"expected cnn, lstm, both or a comma-separated list of them, "
-                                         f"got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected cnn, lstm, both or a comma-separated list "
+                                         f"of them, got {text!r}")
     return text
 
 
@@ -77,8 +77,9 @@ class TaggerConfig:
                             "features (a tag dictionary; a training token's own tag left out)",
                             network=True)
     char_model: str = _option("cnn", "how a word's characters are read: cnn (a convolution), "
-                              "lstm (a BiLSTM) or both side by side; a comma-separated list for an ensemble, whose "
-                              "members cycle through it (cnn,lstm: half of each)",
+                              "lstm (a BiLSTM) or both side by side; a comma-separated list for "
+                              "an ensemble, whose members cycle through it (cnn,lstm: half of "
+                              "each)",
                               network=True, type=char_models)
     unary_scale: Optional[float] = _option(
         None, "standardise the unary energies over the tags at each position and scale them by "

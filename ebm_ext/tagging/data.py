@@ -20,6 +20,7 @@ import torch
 Sentence = tuple  # (tokens: list[str], tags: list[str])
 
 PAD, UNK = "<pad>", "<unk>"
+MAX_WORD_LEN = 20  # a word's characters past this many are not read
 
 
 def read_text(path) -> str:
@@ -230,8 +231,8 @@ class Vocabularies:
         prefixes = Vocab(sorted({prefix_key(t) for t in tokens}))
         tag_vocab = Vocab(tags, specials=())
         per_word = {w: [0] * len(tag_vocab) for w in words.items}
-        for tokens, labels in sentences:
-            for token, label in zip(tokens, labels or ()):
+        for sentence_tokens, labels in sentences:
+            for token, label in zip(sentence_tokens, labels or ()):
                 if label in tag_vocab.index:
                     per_word[word_key(token)][tag_vocab.index[label]] += 1
         return cls(words, chars, suffixes, prefixes, tag_vocab,
@@ -278,7 +279,7 @@ class Encoded:
     tags: Optional[torch.Tensor]  # (L,) or None
 
 
-def encode_sentence(sentence: Sentence, vocabs: Vocabularies, max_word_len: int = 20,
+def encode_sentence(sentence: Sentence, vocabs: Vocabularies, max_word_len: int = MAX_WORD_LEN,
                     with_tags: bool = True) -> Encoded:
     """Index tensors of one (tokens, tags) sentence. Unknown tags raise ValueError."""
     tokens, labels = sentence
@@ -321,7 +322,7 @@ def collate(items: Sequence[Encoded]) -> Batch:
     return Batch(words, chars, suffixes, prefixes, shapes, lengths, tags)
 
 
-def encode(sentences: Sequence[Sentence], vocabs: Vocabularies, max_word_len: int = 20,
+def encode(sentences: Sequence[Sentence], vocabs: Vocabularies, max_word_len: int = MAX_WORD_LEN,
            with_tags: bool = True) -> Batch:
     """Pads a list of sentences into a Batch. Unknown tags raise ValueError."""
     return collate([encode_sentence(s, vocabs, max_word_len, with_tags) for s in sentences])

@@ -26,10 +26,9 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .data import Batch, Vocabularies, encode
+from .data import MAX_WORD_LEN, Batch, Vocabularies, encode
 
 FORMAT = "ebm_ext.tagger/1"
-MAX_WORD_LEN = 20  # the encoding's cap on a word's characters (tagging.data.encode_sentence)
 _INPUTS = ("words", "chars", "suffixes", "prefixes", "shapes", "lengths")
 
 
@@ -71,7 +70,8 @@ def export_program(model: nn.Module, vocabs: Vocabularies) -> torch.export.Expor
 
 def aoti_available() -> bool:
     """AOTInductor compiles C++: it needs a compiler (``$CXX`` or c++/g++/clang++)."""
-    return any(shutil.which(c) for c in filter(None, (os.environ.get("CXX"), "c++", "g++", "clang++")))
+    compilers = (os.environ.get("CXX"), "c++", "g++", "clang++")
+    return any(shutil.which(c) for c in compilers if c)
 
 
 def export_tagger(model: nn.Module, vocabs: Vocabularies, path, aoti: bool = True) -> dict:
@@ -94,7 +94,8 @@ def export_tagger(model: nn.Module, vocabs: Vocabularies, path, aoti: bool = Tru
     side = sidecar(path)
     side_partial = side.with_name(side.name + ".partial")
     side_partial.write_text(json.dumps(meta), encoding="utf-8")
-    os.replace(partial, path)  # both files appear whole or not at all
+    # Each file appears whole: written under a temporary name, then renamed over the old one.
+    os.replace(partial, path)
     os.replace(side_partial, side)
     return meta
 
@@ -103,8 +104,10 @@ class ExportedTagger:
     """A tagger loaded from ``export_tagger``'s files. ``tag(sentences)``: token lists -> tag
     lists; ``predict(batch)``: an encoded Batch -> tags (B, T), -1 past each length."""
 
-    def __init__(self, program, vocabs: Vocabularies, kind: str, max_word_len: int = MAX_WORD_LEN):
-        self.program, self.vocabs, self.kind, self.max_word_len = program, vocabs, kind, max_word_len
+    def __init__(self, program, vocabs: Vocabularies, kind: str,
+                 max_word_len: int = MAX_WORD_LEN):
+        self.program, self.vocabs, self.kind = program, vocabs, kind
+        self.max_word_len = max_word_len
 
     @classmethod
     def load(cls, path) -> "ExportedTagger":

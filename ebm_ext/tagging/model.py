@@ -79,10 +79,12 @@ class FeatureNetwork(nn.Module):
             # A tag dictionary from the training split: log(1 + count) of each tag seen with the
             # word. In training each token's own tag is left out (its count minus one), so the
             # feature says what the rest of the corpus says, as it will for a test token.
-            if tag_counts is None or tuple(torch.as_tensor(tag_counts).shape) != (num_words, num_tags):
+            counts = (None if tag_counts is None
+                      else torch.as_tensor(tag_counts, dtype=torch.float32))
+            if counts is None or tuple(counts.shape) != (num_words, num_tags):
                 raise ValueError(f"FeatureNetwork: tag_dict needs the training count of each of "
                                  f"the {num_tags} tags for each of the {num_words} words")
-            self.register_buffer("tag_counts", torch.as_tensor(tag_counts, dtype=torch.float32))
+            self.register_buffer("tag_counts", counts)
         else:
             self.tag_counts = None
         width = (word_dim + 2 * affix_dim + shape_dim + self.chars.out_dim
