@@ -23,11 +23,7 @@
 #include <cstdint>
 #include <limits>
 
-#if defined(__CUDACC__)
-#define EBM_HD __host__ __device__
-#else
-#define EBM_HD
-#endif
+#include "chain_view.h"
 
 namespace ebm_ext {
 namespace chain_seq {
@@ -36,22 +32,19 @@ constexpr double kTau = 0x1p-500;
 
 EBM_HD inline double inf() { return std::numeric_limits<double>::infinity(); }
 
-// A batch of chain energies (or of directions v: the same layout) in their own dtype S; any
-// pointer may be null (a zero term).
+// A batch of chain energies (or of directions v: the same layout) in their own dtype S, read
+// in float64; here unary and trans may be null too (a zero term: a direction need not touch
+// every parameter).
 template <typename S>
-struct Chain {
-  const S* unary;  // (B, T, K)
-  const S* trans;  // (K, K)
-  const S* start;  // (K,)
-  const S* end;    // (K,)
-  int64_t T;
-  int K;
+struct Chain : ChainView<S> {
   EBM_HD double u(int64_t b, int64_t t, int j) const {
-    return unary ? static_cast<double>(unary[(b * T + t) * K + j]) : 0.0;
+    return this->unary ? static_cast<double>(this->unary_at(b, t)[j]) : 0.0;
   }
-  EBM_HD double tr(int i, int j) const { return trans ? static_cast<double>(trans[i * K + j]) : 0.0; }
-  EBM_HD double st(int j) const { return start ? static_cast<double>(start[j]) : 0.0; }
-  EBM_HD double en(int j) const { return end ? static_cast<double>(end[j]) : 0.0; }
+  EBM_HD double tr(int i, int j) const {
+    return this->trans ? static_cast<double>(this->trans[i * this->K + j]) : 0.0;
+  }
+  EBM_HD double st(int j) const { return static_cast<double>(this->start_at(j)); }
+  EBM_HD double en(int j) const { return static_cast<double>(this->end_at(j)); }
 };
 
 // The exp-domain transitions shared by every sequence of a call.

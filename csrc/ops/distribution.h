@@ -100,15 +100,15 @@ struct StagedChain {
   }
   template <typename S>
   chain_seq::Chain<S> energies() const {
-    return {ptr<S>(unary), ptr<S>(trans), ptr<S>(start), ptr<S>(end), unary.size(1),
-            static_cast<int>(unary.size(2))};
+    return {{ptr<S>(unary), ptr<S>(trans), ptr<S>(start), ptr<S>(end), ptr<int64_t>(lengths),
+             unary.size(1), unary.size(2)}};
   }
+  // The direction's lengths are the energies' (read through energies().length(b)).
   template <typename S>
   chain_seq::Chain<S> direction() const {
-    return {ptr<S>(v_unary), ptr<S>(v_trans), ptr<S>(v_start), ptr<S>(v_end), unary.size(1),
-            static_cast<int>(unary.size(2))};
+    return {{ptr<S>(v_unary), ptr<S>(v_trans), ptr<S>(v_start), ptr<S>(v_end), nullptr,
+             unary.size(1), unary.size(2)}};
   }
-  const int64_t* lengths_ptr() const { return ptr<int64_t>(lengths); }
 };
 
 inline at::Tensor contiguous_or_undefined(const c10::optional<at::Tensor>& t) {

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "../chain.h"
+#include "../chain_view.h"
 #include "simd.h"
 
 namespace ebm_ext {
@@ -208,32 +209,13 @@ EBM_CLONES void add_column(const double* __restrict col, double wj, int64_t K,
   for (int64_t i = 0; i < K; ++i) out[i] = col[i] + wj;
 }
 
-// Everything a kernel reads about one batch of chains.
+// Everything a kernel reads about one batch of chains: the shared view (../chain_view.h) and
+// the transposed, padded transitions that the vectorised min-plus sweeps read.
 template <typename S>
-struct Chain {
-  const S* unary;   // (B, T, K)
-  const S* trans;   // (K, K), trans[i*K + j]: i -> j
+struct Chain : ChainView<S> {
   const S* transT;  // (K, Kp), transT[j*Kp + i] = trans[i*K + j], +inf for i >= K
-  const S* start;   // (K,) or nullptr
-  const S* end;     // (K,) or nullptr
-  const int64_t* lengths;  // (B,) or nullptr
-  int64_t B, T, K, Kp;
+  int64_t B, Kp;
   bool trans_has_nan;  // NaN or -inf in trans, start or end
-
-  int64_t length(int64_t b) const { return lengths ? lengths[b] : T; }
-  S start_at(int64_t j) const { return start ? start[j] : S(0); }
-  S end_at(int64_t j) const { return end ? end[j] : S(0); }
-  const S* unary_at(int64_t b, int64_t t) const { return unary + (b * T + t) * K; }
-
-  // Energy of the path tags[0..L) of sequence b; tags hold values in [0, K).
-  S path_energy(int64_t b, const int64_t* tags, int64_t L) const {
-    if (L == 0) return S(0);
-    S e = start_at(tags[0]) + end_at(tags[L - 1]);
-    for (int64_t t = 0; t < L; ++t) e += unary_at(b, t)[tags[t]];
-    for (int64_t t = 1; t < L; ++t) e += trans[tags[t - 1] * K + tags[t]];
-    // -inf is not an energy: it follows NaN's rule.
-    return e == -std::numeric_limits<S>::infinity() ? std::numeric_limits<S>::quiet_NaN() : e;
-  }
 };
 
 struct Tensors {
@@ -263,13 +245,13 @@ Chain<S> make_chain(const Tensors& x) {
   Chain<S> c;
   c.unary = x.unary.data_ptr<S>();
   c.trans = x.trans.data_ptr<S>();
-  c.transT = x.transT.data_ptr<S>();
   c.start = x.start.defined() ? x.start.data_ptr<S>() : nullptr;
   c.end = x.end.defined() ? x.end.data_ptr<S>() : nullptr;
   c.lengths = x.lengths.defined() ? x.lengths.data_ptr<int64_t>() : nullptr;
-  c.B = x.unary.size(0);
   c.T = x.unary.size(1);
   c.K = x.unary.size(2);
+  c.transT = x.transT.data_ptr<S>();
+  c.B = x.unary.size(0);
   c.Kp = x.transT.size(1);
   bool nan = any_invalid_energy(x.trans).item<bool>();
   if (x.start.defined()) nan = nan || any_invalid_energy(x.start).item<bool>();
@@ -334,8 +316,7 @@ struct Decoder {
         y = j;
       }
     }
-    tags[0] = y;
-    for (int64_t t = 1; t < L; ++t) tags[t] = ptr[(t - 1) * Kp + tags[t - 1]];
+    walk_back(y, ptr.data(), Kp, L, tags);
     return nan ? std::numeric_limits<S>::quiet_NaN() : best;
   }
 };
@@ -469,34 +450,13 @@ struct KBestDecoder {
     }
     nan |= fill_w(b, 0);
     // Final list over (j, r), in the same order and tie rule as the steps.
-    std::vector<S> top(k, inf);
-    std::vector<int64_t> code(k, -1);
-    for (int64_t j = 0; j < K; ++j) {
-      for (int64_t r = 0; r < k; ++r) {
-        const S v = w[r * K + j] + c.start_at(j);
-        if (!(v < top[k - 1])) break;
-        int64_t s = k - 1;
-        while (s > 0 && v < top[s - 1]) {
-          top[s] = top[s - 1];
-          code[s] = code[s - 1];
-          --s;
-        }
-        top[s] = v;
-        code[s] = j * k + r;
-      }
-    }
+    std::vector<S> top(k);
+    std::vector<int64_t> code(k);
+    kbest_final_list(c, w.data(), k, top.data(), code.data());
     for (int64_t s = 0; s < k; ++s) {
       if (code[s] < 0) break;
       energy[s] = nan ? std::numeric_limits<S>::quiet_NaN() : top[s];
-      int64_t* y = tags + s * T;
-      int64_t j = code[s] / k, r = code[s] % k;
-      y[0] = j;
-      for (int64_t t = 1; t < L; ++t) {
-        const int32_t nx = ptr[((t - 1) * k + r) * Kp + j];
-        j = nx / k;
-        r = nx % k;
-        y[t] = j;
-      }
+      kbest_walk_back(code[s], k, ptr.data(), Kp, L, tags + s * T);
     }
   }
 };

@@ -36,7 +36,6 @@ std::tuple<at::Tensor, at::Tensor> chain_expectation_cpu(
   const auto s = stage_chain(unary, trans, v_unary, v_trans, lengths, start, end, v_start, v_end);
   const bool invalid = s.exp.params_invalid.item<bool>();
   const auto ex = exp_view(s);
-  const int64_t* lp = s.lengths_ptr();
   AT_DISPATCH_FLOATING_TYPES(unary.scalar_type(), "chain_expectation_cpu", [&] {
     using S = scalar_t;
     const auto e = s.energies<S>();
@@ -47,7 +46,7 @@ std::tuple<at::Tensor, at::Tensor> chain_expectation_cpu(
       std::vector<double> buf(chain_seq::work_doubles(d.T, int(d.K)));
       const auto w = chain_seq::make_work(buf.data(), d.T, int(d.K));
       for (int64_t b = lo; b < hi; ++b) {
-        const int64_t L = lp ? lp[b] : d.T;
+        const int64_t L = e.length(b);
         if (L == 0) continue;
         if (invalid) {
           lz[b] = es[b] = S(kNaN);
@@ -83,7 +82,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chain_covariance_cpu(
                                   v_end);
   const bool invalid = staged.exp.params_invalid.item<bool>();
   const auto ex = exp_view(staged);
-  const int64_t* lp = staged.lengths_ptr();
   const int64_t K = d.K;
   AT_DISPATCH_FLOATING_TYPES(dtype, "chain_covariance_cpu", [&] {
     using S = scalar_t;
@@ -103,7 +101,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chain_covariance_cpu(
         auto& s = sums[c];
         s.assign(K * K + 2 * K, 0.0);
         for (int64_t b = c * chunk; b < std::min(d.B, (c + 1) * chunk); ++b) {
-          const int64_t L = lp ? lp[b] : d.T;
+          const int64_t L = e.length(b);
           if (L == 0 || g[b] == S(0)) continue;
           double es = kNaN;
           const double z = invalid ? kNaN : chain_seq::forward(e, &v, ex, b, L, w, &es);
@@ -145,7 +143,6 @@ at::Tensor chain_sample_cpu(const at::Tensor& unary, const at::Tensor& trans,
   const auto s = stage_chain(unary, trans, lengths, start, end);
   if (s.exp.params_invalid.item<bool>()) return tags;
   const auto ex = exp_view(s);
-  const int64_t* lp = s.lengths_ptr();
   const auto nz = noise.contiguous();
   const double* np = nz.data_ptr<double>();
   int64_t* out = tags.data_ptr<int64_t>();
@@ -157,7 +154,7 @@ at::Tensor chain_sample_cpu(const at::Tensor& unary, const at::Tensor& trans,
       std::vector<double> buf(chain_seq::work_doubles(d.T, int(d.K)));
       const auto w = chain_seq::make_work(buf.data(), d.T, int(d.K));
       for (int64_t b = lo; b < hi; ++b) {
-        const int64_t L = lp ? lp[b] : d.T;
+        const int64_t L = e.length(b);
         if (L == 0) continue;
         const double z = chain_seq::forward<S>(e, nullptr, ex, b, L, w, nullptr);
         if (!std::isfinite(z)) continue;  // NaN, or no allowed path: tags stay -1

@@ -20,6 +20,7 @@
 #include <limits>
 #include <vector>
 
+#include "../chain_view.h"
 #include "../partition.h"
 #include "simd.h"
 
@@ -97,15 +98,11 @@ EBM_CLONES void add_outer(const double* x, const double* y, int64_t K, int64_t K
 inline bool has(const uint64_t* set, int64_t j) { return (set[j / 64] >> (j % 64)) & 1; }
 inline void add(uint64_t* set, int64_t j) { set[j / 64] |= uint64_t(1) << (j % 64); }
 
-// Everything read about one batch, plus the exp-domain transition matrices.
+// Everything read about one batch (the shared view, ../chain_view.h), plus the exp-domain
+// transition matrices.
 template <typename S>
-struct Problem {
-  const S* unary;
-  const S* trans;
-  const S* start;
-  const S* end;
-  const int64_t* lengths;
-  int64_t B, T, K, Kp, W;  // W: 64-bit words of a tag set
+struct Problem : ChainView<S> {
+  int64_t B, Kp, W;  // W: 64-bit words of a tag set
   bool exp_domain;   // false: every sequence in log space (the finite range exceeds kMaxRange)
   bool trans_inf;    // some transition is forbidden: the exp domain checks itself per sequence
   S tmax;            // E = exp(tmax - trans), in [1, c] where finite
@@ -114,11 +111,6 @@ struct Problem {
   const S* ET;       // (K, Kp), ET[j*Kp + i]
   std::vector<uint64_t> succ;  // (K, W): the tags j that tag i may move to
   bool params_nan;   // NaN or -inf in trans/start/end: every non-empty sequence is NaN
-
-  int64_t length(int64_t b) const { return lengths ? lengths[b] : T; }
-  S start_at(int64_t j) const { return start ? start[j] : S(0); }
-  S end_at(int64_t j) const { return end ? end[j] : S(0); }
-  const S* unary_at(int64_t b, int64_t t) const { return unary + (b * T + t) * K; }
 };
 
 struct Inputs {
@@ -517,10 +509,10 @@ at::Tensor chain_log_partition_cpu(const at::Tensor& unary, const at::Tensor& tr
 // summed over the batch with the same scales. A sequence holding NaN or -inf (or any when the
 // parameters do) contributes NaN; one with no feasible path (log Z = -inf) contributes nothing.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_backward_cpu(
-    const char* op, const at::Tensor& scale, const at::Tensor& unary, const at::Tensor& trans,
-    const c10::optional<at::Tensor>& lengths, const c10::optional<at::Tensor>& start,
-    const c10::optional<at::Tensor>& end, bool want_params) {
-  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end);
+    const char* /*op: for the errors of other backends*/, const ChainDims& d, const at::Tensor& scale, const at::Tensor& unary,
+    const at::Tensor& trans, const c10::optional<at::Tensor>& lengths,
+    const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end,
+    bool want_params) {
   auto d_unary = at::zeros({d.B, d.T, d.K}, unary.options());
   auto d_trans = at::zeros({d.K, d.K}, unary.options());
   auto d_start = at::zeros({d.K}, unary.options());
@@ -615,27 +607,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_backward_cpu(
   return {d_unary, d_trans, d_start, d_end};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chain_log_partition_backward_cpu(
-    const at::Tensor& grad, const at::Tensor& unary, const at::Tensor& trans,
-    const c10::optional<at::Tensor>& lengths, const c10::optional<at::Tensor>& start,
-    const c10::optional<at::Tensor>& end) {
-  const char* op = "_chain_log_partition_backward";
-  check_partition_grad(op, grad, unary);
-  // d log Z = -(marginals): run the forward-backward with scale -grad.
-  return forward_backward_cpu(op, -grad, unary, trans, lengths, start, end, true);
-}
-
-at::Tensor chain_marginals_cpu(const at::Tensor& unary, const at::Tensor& trans,
-                               const c10::optional<at::Tensor>& lengths,
-                               const c10::optional<at::Tensor>& start,
-                               const c10::optional<at::Tensor>& end) {
-  TORCH_CHECK(unary.dim() == 3, "chain_marginals: unary must be a 3-D tensor (B, T, K), got shape ",
-              shape_str(unary));
-  const auto ones = at::ones({unary.size(0)}, unary.options());
-  return std::get<0>(
-      forward_backward_cpu("chain_marginals", ones, unary, trans, lengths, start, end, false));
-}
-
 }  // namespace
 
 std::pair<int64_t, int64_t> take_partition_domain_counts() {
@@ -644,8 +615,8 @@ std::pair<int64_t, int64_t> take_partition_domain_counts() {
 
 TORCH_LIBRARY_IMPL(ebm_ext, CPU, m) {
   m.impl("chain_log_partition", &chain_log_partition_cpu);
-  m.impl("chain_marginals", &chain_marginals_cpu);
-  m.impl("_chain_log_partition_backward", &chain_log_partition_backward_cpu);
+  m.impl("chain_marginals", &chain_marginals_with<forward_backward_cpu>);
+  m.impl("_chain_log_partition_backward", &chain_log_partition_backward_with<forward_backward_cpu>);
 }
 
 }  // namespace ebm_ext

@@ -12,6 +12,7 @@
 #include <limits>
 #include <vector>
 
+#include "../chain_view.h"
 #include "../relaxed_inference.h"
 #include "../simplex.h"
 #include "simd.h"
@@ -23,15 +24,14 @@ using simd::Lanes;
 using simd::load;
 using simd::store;
 
+// The shared view (../chain_view.h), whose start and end point at copies padded to Kp (zeros
+// past K, and zeros when absent) so that the vector loops read whole lanes, and the rows and
+// columns of trans padded likewise.
 template <typename S>
-struct Chain {
-  const S* unary;      // (B, T, K)
-  const S* rows;       // (K, Kp): row i of trans
-  const S* cols;       // (K, Kp): column j of trans
-  const S* start;      // (Kp) zeros when absent
-  const S* end;        // (Kp)
-  const int64_t* lengths;
-  int64_t T, K, Kp;
+struct Chain : ChainView<S> {
+  const S* rows;  // (K, Kp): row i of trans
+  const S* cols;  // (K, Kp): column j of trans
+  int64_t Kp;
   RelaxedInferenceOptions o;
 };
 
@@ -74,8 +74,8 @@ __attribute__((always_inline)) inline void gradient(const Chain<S>& c, const S* 
 template <typename S>
 __attribute__((always_inline)) inline void infer(const Chain<S>& c, const S* init, int64_t b,
                                                  S* out, Buffers<S>& w) {
-  const int64_t L = c.lengths ? c.lengths[b] : c.T;
-  const S* u = c.unary + b * c.T * c.K;
+  const int64_t L = c.length(b);
+  const S* u = c.unary_at(b, 0);
   const S inf = std::numeric_limits<S>::infinity();
   for (int64_t t = 0; t < L; ++t) {
     S* p = w.p.data() + t * c.Kp;
@@ -140,6 +140,7 @@ std::tuple<at::Tensor, at::Tensor> chain_relaxed_inference_cpu(
       using S = scalar_t;
       const int64_t Kp = simd::padded(K, Lanes<S>::N);
       const auto u = unary.contiguous();
+      const auto tr = trans.contiguous();
       const auto rows = padded_rows(trans, Kp);
       const auto cols = padded_rows(trans.t(), Kp);
       const auto zeros = at::zeros({Kp}, unary.options());
@@ -147,8 +148,9 @@ std::tuple<at::Tensor, at::Tensor> chain_relaxed_inference_cpu(
       const auto e = end.has_value() ? padded_rows(end->view({1, K}), Kp).view({Kp}) : zeros;
       const auto l = lengths.has_value() ? lengths->contiguous() : at::Tensor();
       const auto i = init.has_value() ? init->contiguous() : at::Tensor();
-      Chain<S> c{u.data_ptr<S>(), rows.data_ptr<S>(), cols.data_ptr<S>(), s.data_ptr<S>(),
-                 e.data_ptr<S>(), l.defined() ? l.data_ptr<int64_t>() : nullptr, T, K, Kp, o};
+      const ChainView<S> view{u.data_ptr<S>(), tr.data_ptr<S>(), s.data_ptr<S>(), e.data_ptr<S>(),
+                              l.defined() ? l.data_ptr<int64_t>() : nullptr, T, K};
+      const Chain<S> c{view, rows.data_ptr<S>(), cols.data_ptr<S>(), Kp, o};
       const S* ip = i.defined() ? i.data_ptr<S>() : nullptr;
       S* out = probs.data_ptr<S>();
       at::parallel_for(0, B, 1, [&](int64_t lo, int64_t hi) { infer_range(c, ip, out, lo, hi); });

@@ -2,6 +2,7 @@
 // kernel (inputs staged once in the accumulation type), and the launch shape.
 #pragma once
 
+#include "../chain_view.h"
 #include "device.cuh"
 
 #include <cstdint>
@@ -18,16 +19,12 @@ inline int threads_for(int64_t K) {
   return static_cast<int>(std::min<int64_t>(kMaxThreads, warps * 32));
 }
 
-template <typename acc_t>
-struct ChainArgs {
-  const acc_t* transT;  // (K, K) transposed, in the accumulation type
-  const acc_t* trans;   // (K, K)
-  const acc_t* start;   // (K,) or nullptr
-  const acc_t* end;     // (K,) or nullptr
-  const int64_t* lengths;
+// The shared view (../chain_view.h): unary in its own dtype, the parameters staged in the
+// accumulation type; with the transposed transitions and the launch's flags.
+template <typename scalar_t, typename acc_t>
+struct ChainArgs : ChainView<scalar_t, acc_t> {
+  const acc_t* transT;     // (K, K) transposed, in the accumulation type
   const bool* params_nan;  // whether trans, start or end holds a NaN (a device scalar)
-  int64_t T;
-  int K;
   bool trans_in_shared;
 };
 
@@ -40,21 +37,17 @@ inline void check_shared_tags(const char* op, int64_t K, size_t bytes_per_tag) {
 
 // Copies a K x K matrix (trans or transT) to shared memory when it fits; returns where to
 // read it from.
-template <typename acc_t>
-__device__ const acc_t* stage_matrix(const acc_t* src, const ChainArgs<acc_t>& a, acc_t* shared) {
+template <typename scalar_t, typename acc_t>
+__device__ const acc_t* stage_matrix(const acc_t* src, const ChainArgs<scalar_t, acc_t>& a,
+                                     acc_t* shared) {
   if (!a.trans_in_shared) return src;
   for (int n = threadIdx.x; n < a.K * a.K; n += blockDim.x) shared[n] = src[n];
   return shared;
 }
 
-template <typename acc_t>
-__device__ const acc_t* stage_trans(const ChainArgs<acc_t>& a, acc_t* shared) {
+template <typename scalar_t, typename acc_t>
+__device__ const acc_t* stage_trans(const ChainArgs<scalar_t, acc_t>& a, acc_t* shared) {
   return stage_matrix(a.transT, a, shared);
-}
-
-template <typename acc_t>
-__device__ acc_t at_or_zero(const acc_t* p, int64_t i) {
-  return p ? p[i] : acc_t(0);
 }
 
 // Inputs converted once to contiguous tensors in the accumulation type (trans, start, end are
@@ -82,23 +75,24 @@ inline Staged stage(const at::Tensor& unary, const at::Tensor& trans,
   return s;
 }
 
-template <typename acc_t>
-ChainArgs<acc_t> chain_args(const Staged& s, size_t shared_before) {
-  ChainArgs<acc_t> a;
+template <typename scalar_t, typename acc_t>
+ChainArgs<scalar_t, acc_t> chain_args(const Staged& s, size_t shared_before) {
+  ChainArgs<scalar_t, acc_t> a;
+  a.unary = s.unary.data_ptr<scalar_t>();
   a.trans = s.trans.data_ptr<acc_t>();
-  a.transT = s.transT.data_ptr<acc_t>();
   a.start = s.start.defined() ? s.start.data_ptr<acc_t>() : nullptr;
   a.end = s.end.defined() ? s.end.data_ptr<acc_t>() : nullptr;
   a.lengths = s.lengths.defined() ? s.lengths.data_ptr<int64_t>() : nullptr;
-  a.params_nan = s.params_nan.data_ptr<bool>();
   a.T = s.unary.size(1);
-  a.K = static_cast<int>(s.unary.size(2));
+  a.K = s.unary.size(2);
+  a.transT = s.transT.data_ptr<acc_t>();
+  a.params_nan = s.params_nan.data_ptr<bool>();
   a.trans_in_shared = shared_before + a.K * a.K * sizeof(acc_t) <= kSharedTransBytes;
   return a;
 }
 
-template <typename acc_t>
-size_t shared_bytes(const ChainArgs<acc_t>& a, size_t before) {
+template <typename scalar_t, typename acc_t>
+size_t shared_bytes(const ChainArgs<scalar_t, acc_t>& a, size_t before) {
   return before + (a.trans_in_shared ? a.K * a.K * sizeof(acc_t) : 0);
 }
 

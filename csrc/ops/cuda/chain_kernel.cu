@@ -19,7 +19,7 @@ namespace {
 
 // viterbi / loss_augmented_viterbi: gold and cost are nullptr for plain decoding.
 template <typename scalar_t, typename acc_t, typename ptr_t>
-__global__ void viterbi_kernel(const scalar_t* __restrict__ unary, ChainArgs<acc_t> a,
+__global__ void viterbi_kernel(ChainArgs<scalar_t, acc_t> a,
                                const int64_t* __restrict__ gold, const acc_t* __restrict__ cost,
                                ptr_t* __restrict__ ptr, scalar_t* __restrict__ energy_out,
                                scalar_t* __restrict__ delta_out, int64_t* __restrict__ tags_out) {
@@ -29,7 +29,7 @@ __global__ void viterbi_kernel(const scalar_t* __restrict__ unary, ChainArgs<acc
   const int64_t b = blockIdx.x;
   const int K = a.K;
   const int64_t T = a.T;
-  const int64_t L = a.lengths ? a.lengths[b] : T;
+  const int64_t L = a.length(b);
   int64_t* tags = tags_out + b * T;
   for (int64_t t = threadIdx.x; t < T; t += blockDim.x) tags[t] = -1;
   if (L == 0) {
@@ -40,17 +40,17 @@ __global__ void viterbi_kernel(const scalar_t* __restrict__ unary, ChainArgs<acc
     return;
   }
   const acc_t* tT = stage_trans(a, w + K);
-  const scalar_t* u = unary + b * T * K;
+  const scalar_t* __restrict__ u = a.unary_at(b, 0);
   const int64_t* g = gold ? gold + b * T : nullptr;
   ptr_t* p = ptr + b * (T > 1 ? T - 1 : 1) * K;
   const acc_t inf = std::numeric_limits<acc_t>::infinity();
   bool nan = *a.params_nan;
-  for (int i = threadIdx.x; i < K; i += blockDim.x) beta[i] = at_or_zero(a.end, i);
+  for (int i = threadIdx.x; i < K; i += blockDim.x) beta[i] = a.end_at(i);
   __syncthreads();
   for (int64_t t = L - 1; t >= 0; --t) {
     const acc_t* cr = cost ? cost + g[t] * K : nullptr;
     for (int j = threadIdx.x; j < K; j += blockDim.x) {
-      const acc_t v = static_cast<acc_t>(u[t * K + j]) + beta[j] - at_or_zero(cr, j);
+      const acc_t v = static_cast<acc_t>(u[t * K + j]) + beta[j] - (cr ? cr[j] : acc_t(0));
       nan |= !(v > -inf);  // NaN or -inf (-inf follows NaN's rule)
       w[j] = v;
     }
@@ -76,37 +76,29 @@ __global__ void viterbi_kernel(const scalar_t* __restrict__ unary, ChainArgs<acc
   int y = 0;
   acc_t best = inf;
   for (int j = 0; j < K; ++j) {
-    const acc_t v = w[j] + at_or_zero(a.start, j);
+    const acc_t v = w[j] + a.start_at(j);
     if (v < best) {
       best = v;
       y = j;
     }
   }
-  tags[0] = y;
-  for (int64_t t = 1; t < L; ++t) {
-    y = static_cast<int>(p[(t - 1) * K + y]);
-    tags[t] = y;
-  }
+  walk_back(y, p, K, L, tags);
   if (delta_out == nullptr) {
     energy_out[b] = nan ? scalar_t(NAN) : static_cast<scalar_t>(best);
     return;
   }
   // loss-augmented: report E(y*) summed along the path, and Delta(y*, gold).
-  acc_t e = at_or_zero(a.start, tags[0]) + at_or_zero(a.end, tags[L - 1]);
+  const acc_t e = a.template path_energy<acc_t>(b, tags, L);
   acc_t dl = 0;
-  for (int64_t t = 0; t < L; ++t) {
-    e += static_cast<acc_t>(u[t * K + tags[t]]);
-    dl += cost[g[t] * K + tags[t]];
-    if (t > 0) e += a.trans[tags[t - 1] * K + tags[t]];
-  }
-  energy_out[b] = nan || e == -inf ? scalar_t(NAN) : static_cast<scalar_t>(e);
+  for (int64_t t = 0; t < L; ++t) dl += cost[g[t] * K + tags[t]];
+  energy_out[b] = nan ? scalar_t(NAN) : static_cast<scalar_t>(e);
   delta_out[b] = static_cast<scalar_t>(dl);
 }
 
 // k-best list Viterbi, the CPU kernel's recursion: entries code = j * k + r, ascending, ties kept
 // in (j, r) order, +inf suffixes missing.
 template <typename scalar_t, typename acc_t>
-__global__ void kbest_kernel(const scalar_t* __restrict__ unary, ChainArgs<acc_t> a, int k,
+__global__ void kbest_kernel(ChainArgs<scalar_t, acc_t> a, int k,
                              int32_t* __restrict__ ptr, scalar_t* __restrict__ energy_out,
                              int64_t* __restrict__ tags_out) {
   EBM_DYNAMIC_SHARED(unsigned char, smem_raw);
@@ -119,7 +111,7 @@ __global__ void kbest_kernel(const scalar_t* __restrict__ unary, ChainArgs<acc_t
   int32_t* code = reinterpret_cast<int32_t*>(top + k + (a.trans_in_shared ? K * K : 0));
   const int64_t b = blockIdx.x;
   const int64_t T = a.T;
-  const int64_t L = a.lengths ? a.lengths[b] : T;
+  const int64_t L = a.length(b);
   const acc_t inf = std::numeric_limits<acc_t>::infinity();
   int64_t* tags = tags_out + b * k * T;
   for (int64_t n = threadIdx.x; n < k * T; n += blockDim.x) tags[n] = -1;
@@ -130,10 +122,10 @@ __global__ void kbest_kernel(const scalar_t* __restrict__ unary, ChainArgs<acc_t
     return;
   }
   const acc_t* tT = stage_trans(a, top + k);
-  const scalar_t* u = unary + b * T * K;
+  const scalar_t* __restrict__ u = a.unary_at(b, 0);
   int32_t* p = ptr + b * (T > 1 ? T - 1 : 1) * k * K;
   bool nan = *a.params_nan;
-  for (int i = threadIdx.x; i < k * K; i += blockDim.x) beta[i] = i < K ? at_or_zero(a.end, i) : inf;
+  for (int i = threadIdx.x; i < k * K; i += blockDim.x) beta[i] = i < K ? a.end_at(i) : inf;
   __syncthreads();
   for (int64_t t = L - 1; t >= 0; --t) {
     for (int n = threadIdx.x; n < k * K; n += blockDim.x) {
@@ -172,58 +164,22 @@ __global__ void kbest_kernel(const scalar_t* __restrict__ unary, ChainArgs<acc_t
   }
   nan = __syncthreads_or(nan);
   if (threadIdx.x != 0) return;
-  for (int s = 0; s < k; ++s) {
-    top[s] = inf;
-    code[s] = -1;
-  }
-  for (int j = 0; j < K; ++j) {
-    for (int r = 0; r < k; ++r) {
-      const acc_t v = w[r * K + j] + at_or_zero(a.start, j);
-      if (!(v < top[k - 1])) break;
-      int s = k - 1;
-      while (s > 0 && v < top[s - 1]) {
-        top[s] = top[s - 1];
-        code[s] = code[s - 1];
-        --s;
-      }
-      top[s] = v;
-      code[s] = j * k + r;
-    }
-  }
+  kbest_final_list(a, w, k, top, code);
   for (int s = 0; s < k; ++s) {
     if (code[s] < 0) break;
     energy_out[b * k + s] = nan ? scalar_t(NAN) : static_cast<scalar_t>(top[s]);
-    int64_t* y = tags + s * T;
-    int j = code[s] / k, r = code[s] % k;
-    y[0] = j;
-    for (int64_t t = 1; t < L; ++t) {
-      const int32_t nx = p[((t - 1) * k + r) * K + j];
-      j = nx / k;
-      r = nx % k;
-      y[t] = j;
-    }
+    kbest_walk_back(code[s], k, p, K, L, tags + s * T);
   }
 }
 
 template <typename scalar_t, typename acc_t>
-__global__ void chain_energy_kernel(const scalar_t* __restrict__ unary, ChainArgs<acc_t> a,
-                                    const int64_t* __restrict__ tags, int64_t n_paths, int64_t C,
-                                    scalar_t* __restrict__ energy_out) {
+__global__ void chain_energy_kernel(ChainArgs<scalar_t, acc_t> a, const int64_t* __restrict__ tags,
+                                    int64_t n_paths, int64_t C, scalar_t* __restrict__ energy_out) {
   const int64_t n = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (n >= n_paths) return;
-  const int64_t b = n / C, T = a.T;
-  const int K = a.K;
-  const int64_t L = a.lengths ? a.lengths[b] : T;
-  const int64_t* y = tags + n * T;
-  const scalar_t* u = unary + b * T * K;
-  acc_t e = 0;
-  if (L > 0) e = at_or_zero(a.start, y[0]) + at_or_zero(a.end, y[L - 1]);
-  for (int64_t t = 0; t < L; ++t) {
-    e += static_cast<acc_t>(u[t * K + y[t]]);
-    if (t > 0) e += a.trans[y[t - 1] * K + y[t]];
-  }
-  // -inf is not an energy: it follows NaN's rule.
-  energy_out[n] = e == -std::numeric_limits<acc_t>::infinity() ? scalar_t(NAN) : static_cast<scalar_t>(e);
+  const int64_t b = n / C;
+  energy_out[n] =
+      static_cast<scalar_t>(a.template path_energy<acc_t>(b, tags + n * a.T, a.length(b)));
 }
 
 template <typename scalar_t, typename ptr_t>
@@ -232,7 +188,7 @@ void launch_viterbi(const Staged& s, const at::Tensor& gold, const at::Tensor& c
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t B = s.unary.size(0), T = s.unary.size(1), K = s.unary.size(2);
   const size_t before = 2 * K * sizeof(acc_t);
-  auto a = chain_args<acc_t>(s, before);
+  auto a = chain_args<scalar_t, acc_t>(s, before);
   const auto backptr = at::empty({B, std::max<int64_t>(T - 1, 1), K},
                                  s.unary.options().dtype(c10::CppTypeToScalarType<ptr_t>::value));
   const at::Tensor cost_acc =
@@ -242,8 +198,7 @@ void launch_viterbi(const Staged& s, const at::Tensor& gold, const at::Tensor& c
   scalar_t* delta_p = delta ? delta->data_ptr<scalar_t>() : nullptr;
   auto* ptr_p = static_cast<ptr_t*>(backptr.data_ptr());
   const auto smem = shared_bytes(a, before);
-  launch_kernel<viterbi_kernel<scalar_t, acc_t, ptr_t>>(B, threads_for(K), smem,
-      s.unary.data_ptr<scalar_t>(), a, gold_p, cost_p, ptr_p, energy.data_ptr<scalar_t>(), delta_p,
+  launch_kernel<viterbi_kernel<scalar_t, acc_t, ptr_t>>(B, threads_for(K), smem, a, gold_p, cost_p, ptr_p, energy.data_ptr<scalar_t>(), delta_p,
       tags.data_ptr<int64_t>());
 }
 
@@ -322,12 +277,11 @@ std::tuple<at::Tensor, at::Tensor> viterbi_kbest_cuda(const at::Tensor& unary,
     using acc_t = at::opmath_type<scalar_t>;
     // beta and w (k*K each) and the final list (k values) before transT, its k codes after.
     const size_t before = (2 * k * d.K + k) * sizeof(acc_t);
-    auto a = chain_args<acc_t>(s, before);
+    auto a = chain_args<scalar_t, acc_t>(s, before);
     const size_t smem = shared_bytes(a, before) + k * sizeof(int32_t);
     const auto backptr = at::empty({d.B, std::max<int64_t>(d.T - 1, 1), k, d.K},
                                    unary.options().dtype(at::kInt));
-    launch_kernel<kbest_kernel<scalar_t, acc_t>>(d.B, threads_for(d.K), smem,
-        s.unary.data_ptr<scalar_t>(), a, static_cast<int>(k), backptr.data_ptr<int32_t>(),
+    launch_kernel<kbest_kernel<scalar_t, acc_t>>(d.B, threads_for(d.K), smem, a, static_cast<int>(k), backptr.data_ptr<int32_t>(),
         energy.data_ptr<scalar_t>(), tags.data_ptr<int64_t>());
   });
   return {energy, tags};
@@ -351,12 +305,11 @@ at::Tensor chain_energy_cuda(const at::Tensor& unary, const at::Tensor& trans,
   const int64_t C = tags.dim() == 3 ? tags.size(1) : 1;
   EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "chain_energy_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    auto a = chain_args<acc_t>(s, 0);
+    auto a = chain_args<scalar_t, acc_t>(s, 0);
     const int threads = 128;
     const auto blocks = static_cast<unsigned>((n_paths + threads - 1) / threads);
-    launch_kernel<chain_energy_kernel<scalar_t, acc_t>>(blocks, threads, 0,
-        s.unary.data_ptr<scalar_t>(), a, tags_c.data_ptr<int64_t>(), n_paths, C,
-        energy.data_ptr<scalar_t>());
+    launch_kernel<chain_energy_kernel<scalar_t, acc_t>>(blocks, threads, 0, a,
+        tags_c.data_ptr<int64_t>(), n_paths, C, energy.data_ptr<scalar_t>());
   });
   return energy;
 }

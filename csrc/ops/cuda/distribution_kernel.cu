@@ -32,7 +32,6 @@ struct Args {
   const double* E;
   const double* tmin;
   const bool* params_invalid;
-  const int64_t* lengths;
   double* work;  // (B, work_doubles(T, K))
   int64_t B;
 };
@@ -44,16 +43,11 @@ __device__ chain_seq::Work work_of(const Args<S>& a, int64_t b) {
 }
 
 template <typename S>
-__device__ int64_t length_of(const Args<S>& a, int64_t b) {
-  return a.lengths ? a.lengths[b] : a.e.T;
-}
-
-template <typename S>
 __global__ void expectation_kernel(Args<S> a, bool with_v, S* __restrict__ log_z,
                                    S* __restrict__ expect, double* __restrict__ log_z_double) {
   const int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (b >= a.B) return;
-  const int64_t L = length_of(a, b);
+  const int64_t L = a.e.length(b);
   if (L == 0) {
     if (log_z) log_z[b] = S(0);
     if (expect) expect[b] = S(0);
@@ -79,7 +73,7 @@ __global__ void covariance_kernel(Args<S> a, const S* __restrict__ weight, S* __
                                   double* __restrict__ pairs) {
   const int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (b >= a.B) return;
-  const int64_t L = length_of(a, b);
+  const int64_t L = a.e.length(b);
   const double g = static_cast<double>(weight[b]);
   if (L == 0 || g == 0.0) return;
   const int K = a.e.K;
@@ -109,7 +103,7 @@ __global__ void sample_kernel(Args<S> a, const double* __restrict__ log_z,
   const int64_t id = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (id >= N * a.B) return;
   const int64_t n = id / a.B, b = id % a.B;
-  const int64_t L = length_of(a, b);
+  const int64_t L = a.e.length(b);
   const double z = log_z[b];
   if (L == 0 || !isfinite(z)) return;  // tags stay -1
   const int64_t row = (n * a.B + b) * a.e.T;
@@ -126,7 +120,6 @@ Args<S> args_of(const StagedChain& s, const at::Tensor& work) {
   a.E = s.exp.E.data_ptr<double>();
   a.tmin = s.exp.tmin.data_ptr<double>();
   a.params_invalid = s.exp.params_invalid.data_ptr<bool>();
-  a.lengths = s.lengths_ptr();
   a.work = work.data_ptr<double>();
   a.B = s.unary.size(0);
   return a;

@@ -48,25 +48,25 @@ __device__ __forceinline__ double block_offset(double local, double* scratch) {
 // offsets (double) into `offset`, log Z (double) into logz. The unary energy, the large term,
 // is subtracted in double before the offset is, so alpha is exact to its own rounding.
 template <typename scalar_t, typename acc_t>
-__global__ void log_partition_kernel(const scalar_t* __restrict__ unary, ChainArgs<acc_t> a,
+__global__ void log_partition_kernel(ChainArgs<scalar_t, acc_t> a,
                                      acc_t* __restrict__ alpha, double* __restrict__ offset,
                                      double* __restrict__ logz) {
   EBM_DYNAMIC_SHARED(unsigned char, smem_raw);
   __shared__ double scratch[32];
   const int K = a.K;
   const int64_t T = a.T, b = blockIdx.x;
-  const int64_t L = a.lengths ? a.lengths[b] : T;
+  const int64_t L = a.length(b);
   if (L == 0) {
     if (threadIdx.x == 0) logz[b] = 0;  // one empty path, whatever the parameters hold
     return;
   }
   const acc_t* tr = stage_matrix(a.trans, a, reinterpret_cast<acc_t*>(smem_raw));
-  const scalar_t* u = unary + b * T * K;
+  const scalar_t* __restrict__ u = a.unary_at(b, 0);
   acc_t* al = alpha + b * T * K;
   double* off = offset + b * T;
   const acc_t inf = std::numeric_limits<acc_t>::infinity();
   const auto first = [&](int j) {
-    return -(static_cast<double>(u[j]) + static_cast<double>(at_or_zero(a.start, j)));
+    return -(static_cast<double>(u[j]) + static_cast<double>(a.start_at(j)));
   };
   // NaN or -inf in a unary energy the sequence reads makes its log Z NaN (-inf follows NaN).
   bool invalid = false;
@@ -103,7 +103,7 @@ __global__ void log_partition_kernel(const scalar_t* __restrict__ unary, ChainAr
   invalid = __syncthreads_or(invalid);
   if (threadIdx.x == 0) {
     acc_t m = -inf, s = 0;
-    for (int j = 0; j < K; ++j) lse_add(al[(L - 1) * K + j] - at_or_zero(a.end, j), m, s);
+    for (int j = 0; j < K; ++j) lse_add(al[(L - 1) * K + j] - a.end_at(j), m, s);
     const double z = total + double(lse_value(m, s));
     logz[b] = *a.params_nan || invalid ? std::numeric_limits<double>::quiet_NaN() : z;
   }
@@ -115,7 +115,7 @@ __global__ void log_partition_kernel(const scalar_t* __restrict__ unary, ChainAr
 // message q = beta - unary is shifted by the forward's step offset off[t] - off[t-1] (which is
 // about -unary), so that it too stays O(1) in the accumulation type.
 template <typename scalar_t, typename acc_t>
-__global__ void marginals_kernel(const scalar_t* __restrict__ unary, ChainArgs<acc_t> a,
+__global__ void marginals_kernel(ChainArgs<scalar_t, acc_t> a,
                                  const acc_t* __restrict__ alpha, const double* __restrict__ offset,
                                  const double* __restrict__ logz, const scalar_t* __restrict__ scale,
                                  scalar_t* __restrict__ d_unary, acc_t* __restrict__ pairs) {
@@ -125,22 +125,22 @@ __global__ void marginals_kernel(const scalar_t* __restrict__ unary, ChainArgs<a
   acc_t* beta = reinterpret_cast<acc_t*>(smem_raw);
   acc_t* q = beta + K;
   const int64_t T = a.T, b = blockIdx.x;
-  const int64_t L = a.lengths ? a.lengths[b] : T;
+  const int64_t L = a.length(b);
   const double lz = logz[b];
   const acc_t g = static_cast<acc_t>(scale[b]);
   const acc_t inf = std::numeric_limits<acc_t>::infinity();
   if (L == 0 || g == acc_t(0) || !isfinite(lz)) return;  // nothing flows (NaN rows: the host)
   const acc_t* trT = stage_trans(a, q + K);
-  const scalar_t* u = unary + b * T * K;
+  const scalar_t* __restrict__ u = a.unary_at(b, 0);
   const acc_t* al = alpha + b * T * K;
   const double* off = offset + b * T;
   scalar_t* du = d_unary + b * T * K;
   acc_t* pr = pairs ? pairs + b * K * K : nullptr;
   double top = -inf;
-  for (int i = threadIdx.x; i < K; i += blockDim.x) top = fmax(top, -double(at_or_zero(a.end, i)));
+  for (int i = threadIdx.x; i < K; i += blockDim.x) top = fmax(top, -double(a.end_at(i)));
   double c = block_offset(top, scratch);
   for (int i = threadIdx.x; i < K; i += blockDim.x) {
-    beta[i] = static_cast<acc_t>(-double(at_or_zero(a.end, i)) - c);
+    beta[i] = static_cast<acc_t>(-double(a.end_at(i)) - c);
   }
   double total = c;
   for (int64_t t = L - 1; t >= 0; --t) {
@@ -190,9 +190,9 @@ Launch run_forward(const at::Tensor& unary, const at::Tensor& trans,
   l.logz = at::empty({unary.size(0)}, unary.options().dtype(at::kDouble));
   EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "chain_log_partition_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    auto a = chain_args<acc_t>(l.s, 0);
-    launch_kernel<log_partition_kernel<scalar_t, acc_t>>(
-        unary.size(0), threads_for(a.K), shared_bytes(a, 0), l.s.unary.data_ptr<scalar_t>(), a,
+    auto a = chain_args<scalar_t, acc_t>(l.s, 0);
+    launch_kernel<log_partition_kernel<scalar_t, acc_t>>(unary.size(0), threads_for(a.K),
+        shared_bytes(a, 0), a,
         l.alpha.data_ptr<acc_t>(), l.offset.data_ptr<double>(), l.logz.data_ptr<double>());
   });
   return l;
@@ -209,10 +209,10 @@ at::Tensor chain_log_partition_cuda(const at::Tensor& unary, const at::Tensor& t
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_backward_cuda(
-    const char* op, const at::Tensor& scale, const at::Tensor& unary, const at::Tensor& trans,
-    const c10::optional<at::Tensor>& lengths, const c10::optional<at::Tensor>& start,
-    const c10::optional<at::Tensor>& end, bool want_params) {
-  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end);
+    const char* op, const ChainDims& d, const at::Tensor& scale, const at::Tensor& unary,
+    const at::Tensor& trans, const c10::optional<at::Tensor>& lengths,
+    const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end,
+    bool want_params) {
   const DeviceGuard guard(unary.device());
   const auto acc = at::toOpMathType(unary.scalar_type());
   check_shared_tags(op, d.K, 2 * c10::elementSize(acc));  // beta and q
@@ -228,10 +228,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_backward_cuda
   EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "chain_marginals_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const size_t before = 2 * d.K * sizeof(acc_t);
-    auto a = chain_args<acc_t>(l.s, before);
+    auto a = chain_args<scalar_t, acc_t>(l.s, before);
     acc_t* pairs_p = pairs.defined() ? pairs.data_ptr<acc_t>() : nullptr;
     launch_kernel<marginals_kernel<scalar_t, acc_t>>(
-        d.B, threads_for(d.K), shared_bytes(a, before), l.s.unary.data_ptr<scalar_t>(), a,
+        d.B, threads_for(d.K), shared_bytes(a, before), a,
         l.alpha.data_ptr<acc_t>(), l.offset.data_ptr<double>(), l.logz.data_ptr<double>(),
         scale_c.data_ptr<scalar_t>(), d_unary.data_ptr<scalar_t>(), pairs_p);
   });
@@ -253,32 +253,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_backward_cuda
   return {d_unary, d_trans, d_start, d_end};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chain_log_partition_backward_cuda(
-    const at::Tensor& grad, const at::Tensor& unary, const at::Tensor& trans,
-    const c10::optional<at::Tensor>& lengths, const c10::optional<at::Tensor>& start,
-    const c10::optional<at::Tensor>& end) {
-  const char* op = "_chain_log_partition_backward";
-  check_partition_grad(op, grad, unary);
-  return forward_backward_cuda(op, -grad, unary, trans, lengths, start, end, true);
-}
-
-at::Tensor chain_marginals_cuda(const at::Tensor& unary, const at::Tensor& trans,
-                                const c10::optional<at::Tensor>& lengths,
-                                const c10::optional<at::Tensor>& start,
-                                const c10::optional<at::Tensor>& end) {
-  TORCH_CHECK(unary.dim() == 3, "chain_marginals: unary must be a 3-D tensor (B, T, K), got shape ",
-              shape_str(unary));
-  const auto ones = at::ones({unary.size(0)}, unary.options());
-  return std::get<0>(
-      forward_backward_cuda("chain_marginals", ones, unary, trans, lengths, start, end, false));
-}
-
 }  // namespace
 
 EBM_CUDA_LIBRARY_IMPL(m) {
   m.impl("chain_log_partition", &chain_log_partition_cuda);
-  m.impl("chain_marginals", &chain_marginals_cuda);
-  m.impl("_chain_log_partition_backward", &chain_log_partition_backward_cuda);
+  m.impl("chain_marginals", &chain_marginals_with<forward_backward_cuda>);
+  m.impl("_chain_log_partition_backward", &chain_log_partition_backward_with<forward_backward_cuda>);
 }
 
 }  // namespace ebm_ext

@@ -10,6 +10,7 @@
 
 #include <limits>
 
+#include "../chain_view.h"
 #include "../relaxed_inference.h"
 #include "device.cuh"
 #include "reduce.cuh"
@@ -23,14 +24,9 @@ using cuda_reduce::warp_reduce;
 
 constexpr int kThreads = 256;
 
-template <typename acc_t>
-struct Args {
-  const acc_t* trans;  // (K, K)
-  const acc_t* start;  // (K,) or nullptr
-  const acc_t* end;
-  const int64_t* lengths;
-  int64_t T;
-  int K;
+// The shared view (../chain_view.h), the parameters in the accumulation type, and the options.
+template <typename scalar_t, typename acc_t>
+struct Args : ChainView<scalar_t, acc_t> {
   acc_t lr;
   bool entropic;
   int64_t steps;
@@ -78,14 +74,13 @@ __device__ void project_row(acc_t* p, const acc_t* g, int K, acc_t lr) {
 }
 
 template <typename scalar_t, typename acc_t>
-__global__ void relaxed_inference_kernel(const scalar_t* __restrict__ unary,
-                                         const scalar_t* __restrict__ init, Args<acc_t> a,
+__global__ void relaxed_inference_kernel(const scalar_t* __restrict__ init, Args<scalar_t, acc_t> a,
                                          acc_t* __restrict__ p_all, acc_t* __restrict__ e_all,
                                          acc_t* __restrict__ g_all) {
   const int64_t b = blockIdx.x, T = a.T;
   const int K = a.K;
-  const int64_t L = a.lengths ? a.lengths[b] : T;
-  const scalar_t* u = unary + b * T * K;
+  const int64_t L = a.length(b);
+  const scalar_t* __restrict__ u = a.unary_at(b, 0);
   acc_t* p = p_all + b * T * K;
   acc_t* e = e_all + b * T * K;
   acc_t* g = g_all + b * T * K;
@@ -156,12 +151,12 @@ std::tuple<at::Tensor, at::Tensor> chain_relaxed_inference_cuda(
     const auto i = init.has_value() ? init->contiguous() : at::Tensor();
     EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "chain_relaxed_inference_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      Args<acc_t> a{tr.data_ptr<acc_t>(), s.defined() ? s.data_ptr<acc_t>() : nullptr,
-                    en.defined() ? en.data_ptr<acc_t>() : nullptr,
-                    l.defined() ? l.data_ptr<int64_t>() : nullptr, T, static_cast<int>(K),
-                    acc_t(o.lr), o.entropic, o.steps};
+      const ChainView<scalar_t, acc_t> view{u.data_ptr<scalar_t>(), tr.data_ptr<acc_t>(),
+          s.defined() ? s.data_ptr<acc_t>() : nullptr, en.defined() ? en.data_ptr<acc_t>() : nullptr,
+          l.defined() ? l.data_ptr<int64_t>() : nullptr, T, K};
+      const Args<scalar_t, acc_t> a{view, acc_t(o.lr), o.entropic, o.steps};
       launch_kernel<relaxed_inference_kernel<scalar_t, acc_t>>(static_cast<unsigned>(B), kThreads, 0,
-          u.data_ptr<scalar_t>(), i.defined() ? i.data_ptr<scalar_t>() : nullptr, a,
+          i.defined() ? i.data_ptr<scalar_t>() : nullptr, a,
           p.data_ptr<acc_t>(), e.data_ptr<acc_t>(), g.data_ptr<acc_t>());
     });
   }
