@@ -509,10 +509,10 @@ at::Tensor chain_log_partition_cpu(const at::Tensor& unary, const at::Tensor& tr
 // summed over the batch with the same scales. A sequence holding NaN or -inf (or any when the
 // parameters do) contributes NaN; one with no feasible path (log Z = -inf) contributes nothing.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_backward_cpu(
-    const char* /*op: for the errors of other backends*/, const ChainDims& d, const at::Tensor& scale, const at::Tensor& unary,
-    const at::Tensor& trans, const c10::optional<at::Tensor>& lengths,
-    const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end,
-    bool want_params) {
+    const char* /*op: only other backends raise errors here*/, const ChainDims& d,
+    const at::Tensor& scale, const at::Tensor& unary, const at::Tensor& trans,
+    const c10::optional<at::Tensor>& lengths, const c10::optional<at::Tensor>& start,
+    const c10::optional<at::Tensor>& end, bool want_params) {
   auto d_unary = at::zeros({d.B, d.T, d.K}, unary.options());
   auto d_trans = at::zeros({d.K, d.K}, unary.options());
   auto d_start = at::zeros({d.K}, unary.options());
