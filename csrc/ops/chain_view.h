@@ -82,17 +82,18 @@ EBM_HD void kbest_walk_back(int64_t code, int64_t k, const Ptr* ptr, int64_t str
 // Inserts (value, code) into the ascending list top[0..k), codes alongside, after the entries
 // it ties with (the earlier code wins a tie). Returns false, leaving the list as it was, when
 // value is not below the last entry: callers scanning a list of increasing values stop there.
+// Entry s lives at top[s * stride] (CUDA keeps one list per column of a (k, K) array).
 template <typename A, typename C>
-EBM_HD bool kbest_insert(A* top, C* codes, int64_t k, A value, C code) {
-  if (!(value < top[k - 1])) return false;
+EBM_HD bool kbest_insert(A* top, C* codes, int64_t k, A value, C code, int64_t stride = 1) {
+  if (!(value < top[(k - 1) * stride])) return false;
   int64_t s = k - 1;
-  while (s > 0 && value < top[s - 1]) {
-    top[s] = top[s - 1];
-    codes[s] = codes[s - 1];
+  while (s > 0 && value < top[(s - 1) * stride]) {
+    top[s * stride] = top[(s - 1) * stride];
+    codes[s * stride] = codes[(s - 1) * stride];
     --s;
   }
-  top[s] = value;
-  codes[s] = code;
+  top[s * stride] = value;
+  codes[s * stride] = code;
   return true;
 }
 

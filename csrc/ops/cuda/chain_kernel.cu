@@ -143,22 +143,11 @@ __global__ void kbest_kernel(ChainArgs<scalar_t, acc_t> a, int k,
         beta[s * K + i] = inf;
         pt[s * K + i] = -1;
       }
-      for (int j = 0; j < K; ++j) {
-        for (int r = 0; r < k; ++r) {
-          const acc_t wj = w[r * K + j];
-          if (!(wj < inf)) break;
-          const acc_t c = tT[j * K + i] + wj;
-          if (!(c < beta[(k - 1) * K + i])) break;  // later ranks of j are larger still
-          int s = k - 1;
-          while (s > 0 && c < beta[(s - 1) * K + i]) {
-            beta[s * K + i] = beta[(s - 1) * K + i];
-            pt[s * K + i] = pt[(s - 1) * K + i];
-            --s;
-          }
-          beta[s * K + i] = c;
-          pt[s * K + i] = j * k + r;
-        }
-      }
+      for (int j = 0; j < K; ++j)
+        for (int r = 0; r < k; ++r)
+          if (!kbest_insert(beta + i, pt + i, k, tT[j * K + i] + w[r * K + j],
+                            static_cast<int32_t>(j * k + r), K))
+            break;  // later ranks of j are larger still (and +inf or NaN never enter)
     }
     __syncthreads();
   }
