@@ -27,8 +27,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from ebm_ext.tagging import data as D  # noqa: E402
 from ebm_ext.tagging.export import sidecar  # noqa: E402
 from ebm_ext.tagging.tokenize import tokenize  # noqa: E402
-from ebm_ext.tagging import (EnergyTagger, ExportedTagger, TaggerConfig, build_tagger,  # noqa: E402
-                             export_tagger, tagger_from_state)
+from ebm_ext.tagging import (EnergyTagger, ExportedTagger, TaggerConfig, TaggerEnsemble,  # noqa: E402
+                             build_tagger, export_tagger, tagger_from_state)
 from corpora import batches, data_dir, protocol_splits, read_splits, tagset  # noqa: E402
 from loop import (CheckpointError, Distributed, eval_mode, load_checkpoint, progress, save_checkpoint,  # noqa: E402
                   write_json)
@@ -60,15 +60,48 @@ def read_data(args):
     return splits, tags, categories
 
 
+class Teacher:
+    """A trained tagger (an ensemble, typically) to distil (--teacher): its energies of every
+    training sentence, computed once (in eval mode they do not change), and handed to the
+    student's loss batch by batch."""
+
+    def __init__(self, path, device, weight: float):
+        self.model, self.vocabs = load_tagger(path, device)
+        local = (self.model.local if isinstance(self.model, TaggerEnsemble)
+                 else not self.model.spec.uses_chain)
+        if local:
+            raise ValueError(f"--teacher {path}: a feed-forward (token_nll) tagger has no chain "
+                             f"distribution to distil")
+        self.weight = weight
+
+    def attach(self, encoded, device) -> list:
+        """(sentence, its teacher unary energies (L, K)) for each encoded sentence."""
+        pairs = []
+        with torch.no_grad():
+            for start in range(0, len(encoded), 256):
+                chunk = encoded[start:start + 256]
+                unary, *self.chain = self.model.energies(D.collate(chunk).to(device))
+                pairs.extend((e, unary[b, :len(e.words)]) for b, e in enumerate(chunk))
+        return pairs
+
+    def loss(self, net, chunk, device):
+        encoded, unaries = zip(*chunk)
+        batch = D.collate(encoded).to(device)
+        energies = (torch.nn.utils.rnn.pad_sequence(list(unaries), batch_first=True), *self.chain)
+        return net(batch, energies, self.weight)
+
+
 def train_one_epoch(net, model, batches_, optimizer, scheduler, average, device, show: bool,
-                    desc: str) -> float:
-    """One pass over `batches_` (lists of encoded sentences); returns the summed loss."""
+                    desc: str, teacher: Teacher | None = None) -> float:
+    """One pass over `batches_` (lists of encoded sentences, with their teacher energies when
+    distilling); returns the summed loss."""
     model.train()
     total = 0.0
     bar = progress(batches_, show, desc=desc)
     for chunk in bar:
-        batch = D.collate(chunk).to(device)
-        loss = net(batch)  # the loss; through DDP's wrapper its gradients are all-reduced
+        # The loss; through DDP's wrapper its gradients are all-reduced.
+        loss = (net(D.collate(chunk).to(device)) if teacher is None
+                else teacher.loss(net, chunk, device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -91,14 +124,19 @@ def train_member(args, config: TaggerConfig, ddp: Distributed, splits, tags,
     last = out / "last.pt"
     state = load_checkpoint(last) if args.resume and last.exists() else None
     if state is not None:
-        vocabs = D.Vocabularies.from_state(state["vocabs"])
         # The model's options come from the checkpoint; how long to train, from this command.
         config = dataclasses.replace(TaggerConfig.from_dict(state["config"]),
                                      epochs=config.epochs, patience=config.patience).resolved()
+    teacher = Teacher(config.teacher, device, config.distill) if config.teacher else None
+    if state is not None:
+        vocabs = D.Vocabularies.from_state(state["vocabs"])
+    elif teacher is not None:  # the student reads its input the way its teacher does
+        vocabs = teacher.vocabs
     else:
         vocabs = D.Vocabularies.build(train_s, tags)
     seed = config.seed
     train_e, dev_e = ([D.encode_sentence(s, vocabs) for s in split] for split in (train_s, dev_s))
+    items = train_e if teacher is None else teacher.attach(train_e, device)
     torch.manual_seed(seed)
     model = build_tagger(config, vocabs).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)
@@ -130,10 +168,10 @@ def train_member(args, config: TaggerConfig, ddp: Distributed, splits, tags,
             break
         tick = time.perf_counter()
         order = torch.Generator().manual_seed(seed * 1000 + epoch)
-        mine = batches(train_e, config.batch_size, order)
+        mine = batches(items, config.batch_size, order)
         mine = mine[: len(mine) // ddp.world * ddp.world][ddp.rank::ddp.world]
         total = train_one_epoch(net, model, mine, optimizer, scheduler, average, device, show,
-                                f"epoch {epoch + 1}")
+                                f"epoch {epoch + 1}", teacher)
         train_loss = ddp.mean(total / max(1, len(mine)))
         # With nothing to select on (--protocol all), every epoch is the best so far.
         dev_acc = accuracy(decoder, dev_s, vocabs, device, encoded=dev_e)[0] if dev_s else None

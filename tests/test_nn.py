@@ -122,6 +122,36 @@ def test_ensemble_of_one_is_the_tagger_and_local_members_decode_locally():
         TaggerEnsemble([])
 
 
+def test_distillation_adds_the_exact_kl_from_the_teacher():
+    student, vocabs = tagger("crf_nll", 0)
+    teacher = TaggerEnsemble([tagger("crf_nll", seed)[0] for seed in (1, 2)])
+    batch = D.encode([SENTENCES[2]], vocabs)
+    K, L = student.chain.trans.shape[0], len(SENTENCES[2][0])
+    paths = torch.tensor(list(itertools.product(range(K), repeat=L)))   # all K^L tag sequences
+
+    def log_p(unary, trans, start, end):   # log p(y) of every path, by brute force
+        return (-chain_energy(unary.expand(len(paths), -1, -1), trans, paths, None, start,
+                              end)).log_softmax(0)
+
+    with torch.no_grad():
+        t = teacher.energies(batch)
+        log_q, log_s = log_p(*t), log_p(*student.energies(batch))
+        kl = (log_q.exp() * (log_q - log_s)).sum()
+        criterion = student.loss(batch)
+        assert kl > 0.1
+        for w in (0.0, 0.3, 1.0):
+            torch.testing.assert_close(student.loss(batch, t, w), (1 - w) * criterion + w * kl)
+    # Its own energies as the teacher: KL 0, and no gradient from the KL term.
+    own = tuple(x.detach() for x in student.energies(batch))
+    loss = student.loss(batch, own, 1.0)
+    loss.backward()
+    assert abs(loss.item()) < 1e-9
+    assert max(float(p.grad.abs().max()) for p in student.parameters() if p.grad is not None) < 1e-9
+    local, _ = tagger("token_nll", 0)
+    with pytest.raises(ValueError, match="distillation needs a chain criterion"):
+        local.loss(batch, t, 0.5)
+
+
 def test_char_bilstm_is_the_final_states_of_an_lstm_over_each_word():
     torch.manual_seed(0)
     m = CharBiLSTM(20, 5, 7).double()

@@ -151,6 +151,25 @@ def test_ensemble_decodes_with_its_members_mean_energy(tmp_path):
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_student_distils_its_teacher(tmp_path):
+    common = [*SMALL, "--limit", "60", "--criterion", "crf_nll", "--epochs", "2", "--no-pictures"]
+    run("train", *common, "--ensemble", "2", "--out", tmp_path / "teacher")
+    run("train", *common, "--teacher", tmp_path / "teacher" / "best.pt", "--distill", "0.5",
+        "--out", tmp_path / "student")
+    run("train", *common, "--out", tmp_path / "alone")
+    teacher, student = (torch.load(tmp_path / n / "best.pt", weights_only=True)
+                        for n in ("teacher", "student"))
+    assert student["vocabs"] == teacher["vocabs"] and "members" not in student
+    assert student["config"]["teacher"].endswith("best.pt") and student["config"]["distill"] == 0.5
+    history = [json.loads((tmp_path / n / "metrics.json").read_text())["history"]
+               for n in ("student", "alone")]
+    # Same seed, data and order: only the loss differs (half the criterion, half the KL).
+    assert [h["train_loss"] for h in history[0]] != [h["train_loss"] for h in history[1]]
+    out = run("train", *common, "--criterion", "token_nll", "--teacher",
+              tmp_path / "teacher" / "best.pt", "--out", tmp_path / "local", check=False)
+    assert out.returncode != 0 and "distillation needs a chain criterion" in out.stderr
+
+
 def test_margin_picture(tmp_path):
     run("margin-picture", "--out", tmp_path / "margin.png")
     assert (tmp_path / "margin.png").read_bytes()[:4] == b"\x89PNG"

@@ -89,6 +89,11 @@ class TaggerConfig:
                             "scale their cost by it")
     ema: float = _option(0.0, "decode with an exponential moving average of the weights, this "
                          "decay per step (0: the weights themselves)")
+    teacher: Optional[str] = _option(None, "distil this best.pt (an ensemble, typically) into "
+                                     "the tagger: the loss becomes (1 - w) criterion + w "
+                                     "KL(teacher || tagger) over tag sequences, w = --distill; "
+                                     "the tagger takes the teacher's vocabularies")
+    distill: float = _option(0.5, "w, the weight of the KL term when a --teacher is given")
     seed: int = _option(1, "random seed (an ensemble's members take seed, seed+1, ...)")
     categories: Optional[List[str]] = _option(None, "the category of each tag (from the data)",
                                               cli=False)

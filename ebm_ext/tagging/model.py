@@ -7,7 +7,7 @@ Energies are lower-is-better: the feature network's output is an energy per (pos
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -15,9 +15,12 @@ from torch.nn import functional as F
 
 from .. import losses
 from ..nn import BiLSTM, ChainEnergy, CharBiLSTM, CharCNN, Dropout, local_decode
-from ..ops import packed_order, viterbi
+from ..ops import chain_kl, packed_order, viterbi
 from .config import TaggerConfig
 from .data import SHAPES, Batch, Vocabularies
+
+
+Energies = Tuple[Tensor, Tensor, Tensor, Tensor]  # a chain energy: unary, trans, start, end
 
 
 class CharEncoders(nn.Module):
@@ -153,14 +156,34 @@ class EnergyTagger(nn.Module):
         self.margin = margin
         self.register_buffer("cost", cost if cost is not None else torch.zeros(0))
 
-    def forward(self, batch: Batch) -> Tensor:
-        return self.loss(batch)
+    def forward(self, batch: Batch, teacher: Optional[Energies] = None,
+                weight: float = 0.0) -> Tensor:
+        return self.loss(batch, teacher, weight)
 
-    def loss(self, batch: Batch) -> Tensor:
-        """Mean loss over the batch's sequences."""
+    def loss(self, batch: Batch, teacher: Optional[Energies] = None,
+             weight: float = 0.0) -> Tensor:
+        """Mean loss over the batch's sequences. With ``teacher``, the energies (unary (B, T, K),
+        trans, start, end) of a chain distribution to distil (a trained ensemble's, for
+        instance): (1 - weight) * the criterion + weight * the mean KL(teacher || this tagger)
+        over tag sequences, exact (``ebm_ext.ops.chain_kl``)."""
         c = self.chain
-        return self.spec.loss(self.features(batch), (c.trans, c.start, c.end), batch.tags,
-                              batch.lengths, self.margin, self.cost)
+        unary = self.features(batch)
+        loss = self.spec.loss(unary, (c.trans, c.start, c.end), batch.tags, batch.lengths,
+                              self.margin, self.cost)
+        if teacher is None:
+            return loss
+        if not self.spec.uses_chain:
+            raise ValueError(f"EnergyTagger: distillation needs a chain criterion, got "
+                             f"{self.criterion!r}, which does not read the transitions")
+        t_unary, t_trans, t_start, t_end = teacher
+        kl = chain_kl(t_unary, t_trans, unary, c.trans, batch.lengths, t_start, t_end, c.start,
+                      c.end)
+        return (1 - weight) * loss + weight * kl.mean()
+
+    def energies(self, batch: Batch) -> Energies:
+        """The tagger's (unary (B, T, K), trans, start, end)."""
+        c = self.chain
+        return self.features(batch), c.trans, c.start, c.end
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> Tensor:
@@ -189,7 +212,7 @@ class TaggerEnsemble(nn.Module):
         self.members = nn.ModuleList(members)
         self.local = local.pop()
 
-    def energies(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def energies(self, batch: Batch) -> Energies:
         """The ensemble's (unary (B, T, K), trans, start, end)."""
         def mean(values):
             return torch.stack(list(values)).mean(0)
