@@ -303,6 +303,10 @@ def evaluate(args) -> dict:
 def tag(args) -> None:
     """Tags raw tweets (one per line) with a checkpoint or an exported tagger (--model)."""
     if args.model:
+        if torch.device(args.device).type != "cpu":  # not silently on another device than asked
+            raise ValueError(f"--model {args.model}: an exported tagger runs on the CPU (tagger.py "
+                             f"export writes a CPU program), not on --device {args.device}; tag "
+                             f"with --checkpoint to run there")
         tagger = ExportedTagger.load(args.model)
         vocabs, predict = tagger.vocabs, tagger.predict
     else:

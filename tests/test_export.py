@@ -99,3 +99,5 @@ def test_bad_exported_files_fail_with_the_file_named(ensemble, tmp_path):
     assert out.returncode == 2 and "must end in .pt2" in out.stderr
     out = run("tag", "--model", missing, check=False, input="ok\n")
     assert out.returncode == 2 and "none.pt2: no such file" in out.stderr
+    out = run("tag", "--model", missing, "--device", "cuda", check=False, input="ok\n")
+    assert out.returncode == 2 and "runs on the CPU" in out.stderr and "--device cuda" in out.stderr

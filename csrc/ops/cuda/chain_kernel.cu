@@ -270,8 +270,10 @@ std::tuple<at::Tensor, at::Tensor> viterbi_kbest_cuda(const at::Tensor& unary,
     const size_t smem = shared_bytes(a, before) + k * sizeof(int32_t);
     const auto backptr = at::empty({d.B, std::max<int64_t>(d.T - 1, 1), k, d.K},
                                    unary.options().dtype(at::kInt));
-    launch_kernel<kbest_kernel<scalar_t, acc_t>>(d.B, threads_for(d.K), smem, a, static_cast<int>(k), backptr.data_ptr<int32_t>(),
-        energy.data_ptr<scalar_t>(), tags.data_ptr<int64_t>());
+    launch_kernel<kbest_kernel<scalar_t, acc_t>>(d.B, threads_for(d.K), smem, a,
+                                                 static_cast<int>(k), backptr.data_ptr<int32_t>(),
+                                                 energy.data_ptr<scalar_t>(),
+                                                 tags.data_ptr<int64_t>());
   });
   return {energy, tags};
 }
