@@ -26,6 +26,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from ebm_ext.tagging import data as D  # noqa: E402
 from ebm_ext.tagging.export import sidecar  # noqa: E402
+from ebm_ext.tagging.pretrain import MaskedWords  # noqa: E402
 from ebm_ext.tagging.tokenize import tokenize  # noqa: E402
 from ebm_ext.tagging import (EnergyTagger, ExportedTagger, TaggerConfig, TaggerEnsemble,  # noqa: E402
                              build_tagger, export_tagger, tagger_from_state)
@@ -115,6 +116,24 @@ def train_one_epoch(net, model, batches_, optimizer, scheduler, average, device,
     return total
 
 
+def pretrain(model: EnergyTagger, vocabs, encoded, config: TaggerConfig, device, show: bool,
+             main: bool) -> None:
+    """config.pretrain epochs of masked-word training of model.features on the training
+    tweets' text (ebm_ext.tagging.pretrain), at a constant rate; the word head is dropped
+    after."""
+    task = MaskedWords(model.features, len(vocabs.words)).to(device)
+    optimizer = torch.optim.Adam(task.parameters(), lr=config.lr, fused=True)
+    constant = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    for epoch in range(config.pretrain):
+        order = torch.Generator().manual_seed(10**6 + config.seed * 1000 + epoch)
+        chunks = batches(encoded, config.batch_size, order)
+        total = train_one_epoch(task, task, chunks, optimizer, constant, None, device, show,
+                                f"pretrain {epoch + 1}")
+        if main:
+            print(f"pretrain {epoch + 1}: masked-word loss {total / max(1, len(chunks)):.4f}",
+                  flush=True)
+
+
 def train_member(args, config: TaggerConfig, ddp: Distributed, splits, tags,
                  out: pathlib.Path) -> dict:
     """Trains one tagger of `config` (its seed included) into `out` (best.pt: the best dev
@@ -139,6 +158,12 @@ def train_member(args, config: TaggerConfig, ddp: Distributed, splits, tags,
     items = train_e if teacher is None else teacher.attach(train_e, device)
     torch.manual_seed(seed)
     model = build_tagger(config, vocabs).to(device)
+    show = not args.no_progress and ddp.main and sys.stderr.isatty()
+    pretrain_seconds = 0.0
+    if config.pretrain and state is None:  # a resumed run's weights already hold it
+        tick = time.perf_counter()
+        pretrain(model, vocabs, train_e, config, device, show, ddp.main)
+        pretrain_seconds = time.perf_counter() - tick
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)
     steps = config.epochs * max(1, math.ceil(len(train_e) / config.batch_size) // ddp.world)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -160,7 +185,6 @@ def train_member(args, config: TaggerConfig, ddp: Distributed, splits, tags,
         history, best, bad, start_epoch = state["history"], state["best"], state["bad"], state["epoch"]
         torch.set_rng_state(state["rng"])
     net = torch.nn.parallel.DistributedDataParallel(model) if ddp.active else model
-    show = not args.no_progress and ddp.main and sys.stderr.isatty()
     began = time.perf_counter() - sum(h["seconds"] for h in history)
     stop = bad >= config.patience
     for epoch in range(start_epoch, config.epochs):
@@ -202,7 +226,8 @@ def train_member(args, config: TaggerConfig, ddp: Distributed, splits, tags,
         ddp.barrier()
     scored = [h for h in history if h["dev_acc"] is not None]  # none without a selection split
     result = {"config": {k: v for k, v in config.as_dict().items() if k != "categories"},
-              "history": history, "train_seconds": time.perf_counter() - began,
+              "history": history,
+              "train_seconds": time.perf_counter() - began + pretrain_seconds,
               "best_epoch": (max(scored, key=lambda h: h["dev_acc"])["epoch"] if scored
                              else len(history))}
     if ddp.active:

@@ -152,6 +152,42 @@ def test_distillation_adds_the_exact_kl_from_the_teacher():
         local.loss(batch, t, 0.5)
 
 
+def test_masked_words_hide_the_word_and_name_it_from_context():
+    from ebm_ext.tagging.pretrain import MaskedWords, mask_words
+    net, vocabs = small_network()
+    batch = D.encode(SENTENCES, vocabs)
+    hidden, chosen = mask_words(batch, rate=0.5, generator=torch.Generator().manual_seed(3))
+    real = torch.arange(batch.words.shape[1]) < batch.lengths[:, None]
+    assert chosen.any() and not (chosen & ~real).any()
+    assert torch.equal(hidden.words, batch.words.masked_fill(chosen, 1))
+    for name in ("suffixes", "prefixes"):
+        assert torch.equal(getattr(hidden, name), getattr(batch, name).masked_fill(chosen, 1))
+    assert torch.equal(hidden.shapes, batch.shapes)
+    assert (hidden.chars[chosen][:, 0] == 1).all() and (hidden.chars[chosen][:, 1:] == 0).all()
+    assert torch.equal(hidden.chars[~chosen], batch.chars[~chosen])
+    # Nothing of a hidden token's own word reaches the network: another word there, same input.
+    b, t = (int(i) for i in chosen.nonzero()[0])
+    other = D.Batch(batch.words.clone(), batch.chars.clone(), batch.suffixes.clone(),
+                    batch.prefixes.clone(), batch.shapes, batch.lengths, batch.tags)
+    for x in (other.words, other.suffixes, other.prefixes):
+        x[b, t] = 2 if int(x[b, t]) != 2 else 3
+    other.chars[b, t] = 4
+    again, _ = mask_words(other, rate=0.5, generator=torch.Generator().manual_seed(3))
+    assert all(torch.equal(getattr(hidden, n), getattr(again, n))
+               for n in ("words", "chars", "suffixes", "prefixes"))
+    # The loss: cross-entropy of each hidden word from the state at its position.
+    task = MaskedWords(net, len(vocabs.words)).double()
+    loss = task(batch, torch.Generator().manual_seed(3))
+    hidden, chosen = mask_words(batch, generator=torch.Generator().manual_seed(3))
+    h, (rows, steps) = net.encode(hidden)
+    pick = chosen[rows, steps]
+    want = torch.nn.functional.cross_entropy(task.head(h[pick]),
+                                             batch.words[rows[pick], steps[pick]])
+    torch.testing.assert_close(loss, want)
+    loss.backward()
+    assert net.words.weight.grad.abs().sum() > 0 and task.head.weight.grad.abs().sum() > 0
+
+
 def test_char_bilstm_is_the_final_states_of_an_lstm_over_each_word():
     torch.manual_seed(0)
     m = CharBiLSTM(20, 5, 7).double()

@@ -89,6 +89,9 @@ class TaggerConfig:
                             "scale their cost by it")
     ema: float = _option(0.0, "decode with an exponential moving average of the weights, this "
                          "decay per step (0: the weights themselves)")
+    pretrain: int = _option(0, "epochs of self-supervised pretraining of the feature network "
+                            "on the training tweets' text before tagging: masked words "
+                            "(ebm_ext.tagging.pretrain; 0: none)")
     teacher: Optional[str] = _option(None, "distil this best.pt (an ensemble, typically) into "
                                      "the tagger: the loss becomes (1 - w) criterion + w "
                                      "KL(teacher || tagger) over tag sequences, w = --distill; "

@@ -98,6 +98,19 @@ class FeatureNetwork(nn.Module):
 
     def forward(self, batch: Batch) -> Tensor:
         B, T = batch.words.shape
+        h, (rows, steps) = self.encode(batch)
+        scores = self.out(self.dropout(h))
+        if self.unary_scale > 0:
+            # Standardised over the tags at every position, then scaled: the energies cannot
+            # all shrink to a flat landscape, the zero of scale-free losses like the perceptron's.
+            scores = self.unary_scale * F.layer_norm(scores, scores.shape[-1:])
+        energies = -scores
+        return energies.new_zeros(B, T, energies.shape[-1]).index_put((rows, steps), energies)
+
+    def encode(self, batch: Batch) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """The BiLSTM's states of the real tokens, packed (N, 2 * hidden), and the (sentence,
+        position) of each: what the output layer reads (and masked-word pretraining)."""
+        B, T = batch.words.shape
         index, batch_sizes = packed_order(batch.lengths, T)
         index = index.to(batch.words.device)
         # Gathered by (sentence, position) pairs rather than from a (B * T, ...) reshape: a
@@ -127,13 +140,7 @@ class FeatureNetwork(nn.Module):
         h = self.lstm(self.dropout(x), batch_sizes)
         for lstm in self.upper:
             h = lstm(self.dropout(h), batch_sizes)
-        scores = self.out(self.dropout(h))
-        if self.unary_scale > 0:
-            # Standardised over the tags at every position, then scaled: the energies cannot
-            # all shrink to a flat landscape, the zero of scale-free losses like the perceptron's.
-            scores = self.unary_scale * F.layer_norm(scores, scores.shape[-1:])
-        energies = -scores
-        return energies.new_zeros(B, T, energies.shape[-1]).index_put((rows, steps), energies)
+        return h, (rows, steps)
 
 
 class EnergyTagger(nn.Module):
