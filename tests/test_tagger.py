@@ -170,6 +170,18 @@ def test_student_distils_its_teacher(tmp_path):
     assert out.returncode != 0 and "distillation needs a chain criterion" in out.stderr
 
 
+def test_pretraining_runs_before_tagging_and_changes_the_start(tmp_path):
+    common = [*SMALL, "--limit", "40", "--criterion", "crf_nll", "--epochs", "1", "--no-pictures"]
+    out = run("train", *common, "--pretrain", "6", "--out", tmp_path / "pre")
+    losses = [float(line.split()[-1]) for line in out.stdout.splitlines()
+              if line.startswith("pretrain ")]
+    assert len(losses) == 6 and losses[-1] < losses[0]  # the masked-word loss falls
+    run("train", *common, "--out", tmp_path / "plain")
+    pre, plain = (params(tmp_path / n / "best.pt") for n in ("pre", "plain"))
+    assert pre.keys() == plain.keys()  # the word head is not part of the tagger
+    assert not torch.equal(pre["features.words.weight"], plain["features.words.weight"])
+
+
 def test_margin_picture(tmp_path):
     run("margin-picture", "--out", tmp_path / "margin.png")
     assert (tmp_path / "margin.png").read_bytes()[:4] == b"\x89PNG"
