@@ -13,8 +13,10 @@ EBM_DATA environment variable); nothing is copied into the repository.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import math
+import multiprocessing
 import os
 import pathlib
 import sys
@@ -117,7 +119,7 @@ def train_one_epoch(net, model, batches_, optimizer, scheduler, average, device,
 
 
 def pretrain(model: EnergyTagger, vocabs, encoded, config: TaggerConfig, device, show: bool,
-             main: bool) -> None:
+             main: bool, label: str = "") -> None:
     """config.pretrain epochs of masked-word training of model.features on the training
     tweets' text (ebm_ext.tagging.pretrain), at a constant rate; the word head is dropped
     after."""
@@ -130,14 +132,15 @@ def pretrain(model: EnergyTagger, vocabs, encoded, config: TaggerConfig, device,
         total = train_one_epoch(task, task, chunks, optimizer, constant, None, device, show,
                                 f"pretrain {epoch + 1}")
         if main:
-            print(f"pretrain {epoch + 1}: masked-word loss {total / max(1, len(chunks)):.4f}",
+            print(f"{label}pretrain {epoch + 1}: masked-word loss {total / max(1, len(chunks)):.4f}",
                   flush=True)
 
 
 def train_member(args, config: TaggerConfig, ddp: Distributed, splits, tags,
-                 out: pathlib.Path) -> dict:
+                 out: pathlib.Path, label: str = "") -> dict:
     """Trains one tagger of `config` (its seed included) into `out` (best.pt: the best dev
-    epoch's weights, last.pt: everything to resume from); returns its history."""
+    epoch's weights, last.pt: everything to resume from); returns its history. Its progress
+    lines begin with `label`."""
     device = torch.device(args.device)
     train_s, dev_s, _ = splits
     last = out / "last.pt"
@@ -162,7 +165,7 @@ def train_member(args, config: TaggerConfig, ddp: Distributed, splits, tags,
     pretrain_seconds = 0.0
     if config.pretrain and state is None:  # a resumed run's weights already hold it
         tick = time.perf_counter()
-        pretrain(model, vocabs, train_e, config, device, show, ddp.main)
+        pretrain(model, vocabs, train_e, config, device, show, ddp.main, label)
         pretrain_seconds = time.perf_counter() - tick
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)
     steps = config.epochs * max(1, math.ceil(len(train_e) / config.batch_size) // ddp.world)
@@ -221,7 +224,7 @@ def train_member(args, config: TaggerConfig, ddp: Distributed, splits, tags,
                                  "config": config.as_dict()}, out / "best.pt")
             save_checkpoint(checkpoint, last)
             dev_text = "" if dev_acc is None else f"  dev {100 * dev_acc:.2f}%"
-            print(f"epoch {epoch + 1}: loss {train_loss:.4f}{dev_text}"
+            print(f"{label}epoch {epoch + 1}: loss {train_loss:.4f}{dev_text}"
                   f"  ({history[-1]['seconds']:.1f} s)", flush=True)
         ddp.barrier()
     scored = [h for h in history if h["dev_acc"] is not None]  # none without a selection split
@@ -242,6 +245,32 @@ def member_config(config: TaggerConfig, k: int) -> TaggerConfig:
     return dataclasses.replace(config, seed=config.seed + k, char_model=models[k % len(models)])
 
 
+def train_member_process(args, config: TaggerConfig, out: pathlib.Path, threads: int) -> dict:
+    """train_member in a worker process of --jobs: its own threads, data and (single-process)
+    Distributed; the same seed gives the same tagger as in the parent."""
+    torch.set_num_threads(threads)
+    splits, tags, _ = read_data(args)
+    return train_member(args, config, Distributed(torch.device(args.device)), splits, tags, out,
+                        label=f"{out.name}: ")
+
+
+def train_members(args, configs: list, ddp: Distributed, splits, tags, folders: list) -> list:
+    """Each member's history, trained one after another, or with --jobs J in J worker processes
+    at once (spawned: forking a process whose OpenMP threads have started can hang)."""
+    jobs = min(args.jobs, len(folders))
+    if jobs <= 1:
+        return [train_member(args, c, ddp, splits, tags, f) for c, f in zip(configs, folders)]
+    if ddp.active:
+        raise ValueError("train: --jobs trains members in parallel processes of one machine; "
+                         f"under torchrun (WORLD_SIZE={ddp.world}) keep --jobs 1")
+    threads = args.threads or max(1, (os.cpu_count() or 1) // jobs)
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        running = [pool.submit(train_member_process, args, c, f, threads)
+                   for c, f in zip(configs, folders)]
+        return [r.result() for r in running]
+
+
 def train(args) -> dict:
     """Trains one tagger into OUT, or with --ensemble M, M taggers (seeds seed .. seed+M-1, in
     OUT/member-1 ..) whose mean energy decodes (TaggerEnsemble); OUT/best.pt then holds all of
@@ -254,14 +283,19 @@ def train(args) -> dict:
     out = pathlib.Path(args.out)
     folders = ([out] if args.ensemble == 1
                else [out / f"member-{k + 1}" for k in range(args.ensemble)])
-    members = [train_member(args, member_config(config, k), ddp, splits, tags, folder)
-               for k, folder in enumerate(folders)]
+    if args.jobs < 1:
+        raise ValueError(f"train: --jobs must be at least 1, got {args.jobs}")
+    began = time.perf_counter()
+    members = train_members(args, [member_config(config, k) for k in range(len(folders))], ddp,
+                            splits, tags, folders)
+    wall = time.perf_counter() - began
     config = dict(members[0]["config"])
     if args.ensemble > 1:  # the ensemble's own settings; each member's are in members[k]
         config.update(ensemble=args.ensemble,
                       char_model=",".join(m["config"]["char_model"] for m in members))
     result = {"config": config, "processes": ddp.world,
-              "train_seconds": sum(m["train_seconds"] for m in members)}
+              "train_seconds": sum(m["train_seconds"] for m in members),
+              "train_wall_seconds": wall, "jobs": min(args.jobs, len(folders))}
     if args.ensemble == 1:
         result.update(members[0])
     if ddp.main:
@@ -295,8 +329,11 @@ def train(args) -> dict:
         selected = {"standard": f"dev {100 * dev_acc:.2f}%" if dev_acc is not None else "",
                     "train+dev": "trained on train+dev, selected on test",
                     "all": "trained on every split: test was seen"}[config["protocol"]]
-        print(f"{what}test accuracy {100 * test_acc:.2f}% ({selected}, "
-              f"{result['train_seconds']:.0f} s) -> {out / 'metrics.json'}", flush=True)
+        seconds = f"{result['train_seconds']:.0f} s"
+        if result["jobs"] > 1:
+            seconds += f" in {result['jobs']} processes, {wall:.0f} s of wall time"
+        print(f"{what}test accuracy {100 * test_acc:.2f}% ({selected}, {seconds}) -> "
+              f"{out / 'metrics.json'}", flush=True)
     ddp.barrier()  # no rank tears the process group down while rank 0 still writes
     ddp.close()
     return result
@@ -377,7 +414,11 @@ def main(argv=None):
                    help="train this many taggers (seeds seed, seed+1, ...) and decode with their "
                    "mean energy")
     t.add_argument("--limit", type=int, default=0, help="use only the first N sentences of each split")
-    t.add_argument("--threads", type=int, default=0)
+    t.add_argument("--threads", type=int, default=0,
+                   help="threads per process (default: the machine's cores over the processes)")
+    t.add_argument("--jobs", type=int, default=1,
+                   help="train this many ensemble members at once, each in its own process "
+                   "(the taggers are the same as one after another)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("--no-pictures", action="store_true")

@@ -151,6 +151,24 @@ def test_ensemble_decodes_with_its_members_mean_energy(tmp_path):
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_jobs_train_the_same_members_in_parallel(tmp_path):
+    common = [*SMALL, "--limit", "60", "--criterion", "crf_nll", "--epochs", "2", "--no-pictures",
+              "--ensemble", "3", "--char-model", "cnn,lstm"]
+    run("train", *common, "--out", tmp_path / "one")
+    out = run("train", *common, "--jobs", "2", "--out", tmp_path / "two")
+    assert "member-3: epoch 2:" in out.stdout and "in 2 processes" in out.stdout
+    for k in (1, 2, 3):  # seeded: each worker's tagger is the one trained in the parent
+        a, b = (params(tmp_path / n / f"member-{k}" / "best.pt") for n in ("one", "two"))
+        assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    one, two = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("one", "two"))
+    assert one["test_acc"] == two["test_acc"]
+    assert ([[h["train_loss"] for h in m["history"]] for m in one["members"]]
+            == [[h["train_loss"] for h in m["history"]] for m in two["members"]])
+    assert two["jobs"] == 2 and one["jobs"] == 1
+    bad = run("train", *common, "--jobs", "0", "--out", tmp_path / "bad", check=False)
+    assert bad.returncode == 2 and "--jobs must be at least 1, got 0" in bad.stderr
+
+
 def test_student_distils_its_teacher(tmp_path):
     common = [*SMALL, "--limit", "60", "--criterion", "crf_nll", "--epochs", "2", "--no-pictures"]
     run("train", *common, "--ensemble", "2", "--out", tmp_path / "teacher")
