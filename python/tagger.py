@@ -254,16 +254,29 @@ def train_member_process(args, config: TaggerConfig, out: pathlib.Path, threads:
                         label=f"{out.name}: ")
 
 
-def train_members(args, configs: list, ddp: Distributed, splits, tags, folders: list) -> list:
-    """Each member's history, trained one after another, or with --jobs J in J worker processes
-    at once (spawned: forking a process whose OpenMP threads have started can hang)."""
-    jobs = min(args.jobs, len(folders))
-    if jobs <= 1:
-        return [train_member(args, c, ddp, splits, tags, f) for c, f in zip(configs, folders)]
-    if ddp.active:
+def threads_per_process(args, processes: int) -> int:
+    """--threads, or the machine's cores shared out between `processes`."""
+    return args.threads or max(1, (os.cpu_count() or 1) // processes)
+
+
+def member_jobs(args, ddp: Distributed) -> int:
+    """How many members train at once: --jobs, at most one per member; checked first."""
+    if args.jobs < 1:
+        raise ValueError(f"train: --jobs must be at least 1, got {args.jobs}")
+    jobs = min(args.jobs, args.ensemble)
+    if jobs > 1 and ddp.active:
         raise ValueError("train: --jobs trains members in parallel processes of one machine; "
                          f"under torchrun (WORLD_SIZE={ddp.world}) keep --jobs 1")
-    threads = args.threads or max(1, (os.cpu_count() or 1) // jobs)
+    return jobs
+
+
+def train_members(args, configs: list, ddp: Distributed, splits, tags, folders: list,
+                  jobs: int) -> list:
+    """Each member's history, trained one after another, or in `jobs` worker processes at once
+    (spawned: forking a process whose OpenMP threads have started can hang)."""
+    if jobs == 1:
+        return [train_member(args, c, ddp, splits, tags, f) for c, f in zip(configs, folders)]
+    threads = threads_per_process(args, jobs)
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
         running = [pool.submit(train_member_process, args, c, f, threads)
@@ -277,17 +290,16 @@ def train(args) -> dict:
     them. Scores the result on dev and test: metrics.json and pictures in OUT."""
     device = torch.device(args.device)
     ddp = Distributed(device)
-    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // ddp.world))
+    jobs = member_jobs(args, ddp)
+    torch.set_num_threads(threads_per_process(args, ddp.world))
     splits, tags, categories = read_data(args)
     config = dataclasses.replace(TaggerConfig.from_args(args), categories=categories).resolved()
     out = pathlib.Path(args.out)
     folders = ([out] if args.ensemble == 1
                else [out / f"member-{k + 1}" for k in range(args.ensemble)])
-    if args.jobs < 1:
-        raise ValueError(f"train: --jobs must be at least 1, got {args.jobs}")
     began = time.perf_counter()
     members = train_members(args, [member_config(config, k) for k in range(len(folders))], ddp,
-                            splits, tags, folders)
+                            splits, tags, folders, jobs)
     wall = time.perf_counter() - began
     config = dict(members[0]["config"])
     if args.ensemble > 1:  # the ensemble's own settings; each member's are in members[k]
@@ -295,7 +307,7 @@ def train(args) -> dict:
                       char_model=",".join(m["config"]["char_model"] for m in members))
     result = {"config": config, "processes": ddp.world,
               "train_seconds": sum(m["train_seconds"] for m in members),
-              "train_wall_seconds": wall, "jobs": min(args.jobs, len(folders))}
+              "train_wall_seconds": wall, "jobs": jobs}
     if args.ensemble == 1:
         result.update(members[0])
     if ddp.main:
@@ -330,8 +342,8 @@ def train(args) -> dict:
                     "train+dev": "trained on train+dev, selected on test",
                     "all": "trained on every split: test was seen"}[config["protocol"]]
         seconds = f"{result['train_seconds']:.0f} s"
-        if result["jobs"] > 1:
-            seconds += f" in {result['jobs']} processes, {wall:.0f} s of wall time"
+        if jobs > 1:
+            seconds += f" in {jobs} processes, {wall:.0f} s of wall time"
         print(f"{what}test accuracy {100 * test_acc:.2f}% ({selected}, {seconds}) -> "
               f"{out / 'metrics.json'}", flush=True)
     ddp.barrier()  # no rank tears the process group down while rank 0 still writes

@@ -169,6 +169,19 @@ def test_jobs_train_the_same_members_in_parallel(tmp_path):
     assert bad.returncode == 2 and "--jobs must be at least 1, got 0" in bad.stderr
 
 
+def test_jobs_are_checked_before_any_work():
+    sys.path.insert(0, str(REPO / "python"))
+    from types import SimpleNamespace
+    from tagger import member_jobs
+    alone, torchrun = (SimpleNamespace(active=w > 1, world=w) for w in (1, 2))
+    assert member_jobs(SimpleNamespace(jobs=4, ensemble=3), alone) == 3  # one per member at most
+    assert member_jobs(SimpleNamespace(jobs=2, ensemble=1), torchrun) == 1
+    with pytest.raises(ValueError, match=r"under torchrun \(WORLD_SIZE=2\) keep --jobs 1"):
+        member_jobs(SimpleNamespace(jobs=2, ensemble=3), torchrun)
+    with pytest.raises(ValueError, match="--jobs must be at least 1, got -1"):
+        member_jobs(SimpleNamespace(jobs=-1, ensemble=3), alone)
+
+
 def test_student_distils_its_teacher(tmp_path):
     common = [*SMALL, "--limit", "60", "--criterion", "crf_nll", "--epochs", "2", "--no-pictures"]
     run("train", *common, "--ensemble", "2", "--out", tmp_path / "teacher")
