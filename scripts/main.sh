@@ -17,5 +17,5 @@ bash scripts/setup.sh
 if [ $# -eq 0 ]; then
   echo "README: this command gave 89.47 % on oct27 test on this project's AMD EPYC machines" \
        "and 89.57 % on an Intel Xeon (a rerun on one machine gives the same digits); over" \
-       "seeds 1, 6 and 11 the main job gave 89.22-89.72 %."
+       "seeds 1, 6 and 11 the main job gave 89.12-89.78 % over the machine kinds measured."
 fi

@@ -149,6 +149,13 @@ def test_ensemble_decodes_with_its_members_mean_energy(tmp_path):
     out = run("eval", "--checkpoint", tmp_path / "best.pt", "--file", DATA / "twpos" / "oct27.dev")
     assert "token accuracy" in out.stdout
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    # scripts/ensemble_decodings.py's Viterbi of the mean energy is what the ensemble decoded
+    decoded = subprocess.run([sys.executable, str(REPO / "scripts" / "ensemble_decodings.py"),
+                              tmp_path / "best.pt", "--limit", "60", "--data-dir", DATA],
+                             capture_output=True, text=True, check=True).stdout
+    lines = {line.split()[0]: line.split() for line in decoded.splitlines()}
+    assert set(lines) == {"member", "viterbi", "posterior", "mixture", "log"}
+    assert lines["viterbi"][-1] == f"{100 * metrics['test_acc']:.2f}"
 
 
 def test_jobs_train_the_same_members_in_parallel(tmp_path):
