@@ -152,6 +152,43 @@ def test_distillation_adds_the_exact_kl_from_the_teacher():
         local.loss(batch, t, 0.5)
 
 
+def test_adversarial_training_adds_the_loss_at_inputs_moved_up_the_gradient():
+    vocabs = D.Vocabularies.build(SENTENCES, TAGS)
+    torch.manual_seed(0)
+    net = FeatureNetwork(len(vocabs.words), len(vocabs.chars), len(TAGS),
+                         num_suffixes=len(vocabs.suffixes), num_prefixes=len(vocabs.prefixes),
+                         word_dim=8, char_filters=6, affix_dim=4, shape_dim=3, hidden=5,
+                         dropout=0.0, word_dropout=0.0).double()
+    eps = 0.3
+    model = EnergyTagger(net, len(TAGS), "crf_nll", adversarial=eps).double().train()
+    batch = D.encode(SENTENCES, vocabs)
+    c = model.chain
+
+    def criterion(unary):
+        return model.spec.loss(unary, (c.trans, c.start, c.end), batch.tags, batch.lengths,
+                               model.margin, model.cost)
+
+    # The perturbation by hand, one sentence at a time: eps * |x_s| * g_s / |g_s|.
+    x, packing = net.inputs(batch)
+    clean = criterion(net.energies_of(x, packing))
+    (g,) = torch.autograd.grad(clean, x, retain_graph=True)
+    r = torch.zeros_like(x)
+    for b in range(len(SENTENCES)):
+        mine = packing.rows == b
+        r[mine] = eps * x[mine].detach().norm() * g[mine] / g[mine].norm()
+    moved = criterion(net.energies_of(x + r, packing))
+    loss = model.loss(batch)
+    torch.testing.assert_close(loss, clean + moved)
+    assert moved > clean  # the move goes up the loss
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters()
+               if n != "features.shapes.weight")
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval().loss(batch), clean)  # training only
+    with pytest.raises(ValueError, match="adversarial must be >= 0"):
+        EnergyTagger(net, len(TAGS), "crf_nll", adversarial=-0.1)
+
+
 def test_masked_words_hide_the_word_and_name_it_from_context():
     from ebm_ext.tagging.pretrain import MaskedWords, mask_words
     net, vocabs = small_network()

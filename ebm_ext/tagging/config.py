@@ -87,6 +87,9 @@ class TaggerConfig:
         network=True)
     margin: float = _option(1.0, "the margin of the margin hinge; the margin-rescaled hinges "
                             "scale their cost by it")
+    adversarial: float = _option(0.0, "adversarial training: also train on the BiLSTM's inputs "
+                                 "moved along the loss gradient by this fraction of each "
+                                 "sentence's input norm (Yasunaga et al. 2018; 0: off)")
     ema: float = _option(0.0, "decode with an exponential moving average of the weights, this "
                          "decay per step (0: the weights themselves)")
     pretrain: int = _option(0, "epochs of self-supervised pretraining of the feature network "

@@ -7,7 +7,7 @@ Energies are lower-is-better: the feature network's output is an energy per (pos
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -21,6 +21,16 @@ from .data import SHAPES, Batch, Vocabularies
 
 
 Energies = Tuple[Tensor, Tensor, Tensor, Tensor]  # a chain energy: unary, trans, start, end
+
+
+class Packing(NamedTuple):
+    """Where the packed rows of a (B, T) batch sit: sentence and position of each row, and the
+    batch size of each time step (the BiLSTM's packed layout)."""
+    rows: Tensor
+    steps: Tensor
+    batch_sizes: Tensor
+    B: int
+    T: int
 
 
 class CharEncoders(nn.Module):
@@ -97,19 +107,12 @@ class FeatureNetwork(nn.Module):
         self.out = nn.Linear(2 * hidden, num_tags)
 
     def forward(self, batch: Batch) -> Tensor:
-        B, T = batch.words.shape
-        h, (rows, steps) = self.encode(batch)
-        scores = self.out(self.dropout(h))
-        if self.unary_scale > 0:
-            # Standardised over the tags at every position, then scaled: the energies cannot
-            # all shrink to a flat landscape, the zero of scale-free losses like the perceptron's.
-            scores = self.unary_scale * F.layer_norm(scores, scores.shape[-1:])
-        energies = -scores
-        return energies.new_zeros(B, T, energies.shape[-1]).index_put((rows, steps), energies)
+        return self.energies_of(*self.inputs(batch))
 
-    def encode(self, batch: Batch) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """The BiLSTM's states of the real tokens, packed (N, 2 * hidden), and the (sentence,
-        position) of each: what the output layer reads (and masked-word pretraining)."""
+    def inputs(self, batch: Batch) -> tuple[Tensor, Packing]:
+        """The BiLSTM's inputs, packed (N, width): each real token's word, affix, shape and
+        character features (the word dropped to <unk> at random in training), and where each
+        row sits. Adversarial training perturbs them (EnergyTagger)."""
         B, T = batch.words.shape
         index, batch_sizes = packed_order(batch.lengths, T)
         index = index.to(batch.words.device)
@@ -136,11 +139,31 @@ class FeatureNetwork(nn.Module):
             if self.training and batch.tags is not None:
                 counts = (counts - F.one_hot(pack(batch.tags), counts.shape[-1])).clamp(min=0)
             features.append(torch.log1p(counts))
-        x = torch.cat(features, dim=-1)
-        h = self.lstm(self.dropout(x), batch_sizes)
+        return torch.cat(features, dim=-1), Packing(rows, steps, batch_sizes, B, T)
+
+    def contextual(self, x: Tensor, packing: Packing) -> Tensor:
+        """The BiLSTM's states (N, 2 * hidden) of the packed inputs."""
+        h = self.lstm(self.dropout(x), packing.batch_sizes)
         for lstm in self.upper:
-            h = lstm(self.dropout(h), batch_sizes)
-        return h, (rows, steps)
+            h = lstm(self.dropout(h), packing.batch_sizes)
+        return h
+
+    def energies_of(self, x: Tensor, packing: Packing) -> Tensor:
+        """Unary energies (B, T, K), zeros past each length, of the packed inputs."""
+        scores = self.out(self.dropout(self.contextual(x, packing)))
+        if self.unary_scale > 0:
+            # Standardised over the tags at every position, then scaled: the energies cannot
+            # all shrink to a flat landscape, the zero of scale-free losses like the perceptron's.
+            scores = self.unary_scale * F.layer_norm(scores, scores.shape[-1:])
+        energies = -scores
+        return energies.new_zeros(packing.B, packing.T, energies.shape[-1]).index_put(
+            (packing.rows, packing.steps), energies)
+
+    def encode(self, batch: Batch) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """The BiLSTM's states of the real tokens, packed (N, 2 * hidden), and the (sentence,
+        position) of each: what the output layer reads (and masked-word pretraining)."""
+        x, packing = self.inputs(batch)
+        return self.contextual(x, packing), (packing.rows, packing.steps)
 
 
 class EnergyTagger(nn.Module):
@@ -148,14 +171,24 @@ class EnergyTagger(nn.Module):
     criterion ``criterion`` names in ``ebm_ext.losses.CRITERIA``. A criterion that does not read
     the transitions (``token_nll``: the feed-forward tagger) decodes by the per-position argmin.
     ``margin`` is the margin hinge's m; the margin-rescaled criteria scale their cost by it
-    (Delta = margin * cost)."""
+    (Delta = margin * cost).
+
+    ``adversarial`` = epsilon > 0 trains on adversarial inputs as well (Yasunaga et al. 2018,
+    after Goodfellow et al. 2015): the loss adds the criterion at the BiLSTM's inputs moved
+    along the criterion's gradient, by epsilon times each sentence's input norm."""
 
     def __init__(self, features: nn.Module, num_tags: int, criterion: str = "crf_nll",
-                 cost: Optional[Tensor] = None, margin: float = 1.0):
+                 cost: Optional[Tensor] = None, margin: float = 1.0, adversarial: float = 0.0):
         super().__init__()
         spec = losses.criterion(criterion)
         if spec.cost is not None and cost is None:
             raise ValueError(f"criterion {criterion!r} needs a cost matrix")
+        if not adversarial >= 0:
+            raise ValueError(f"EnergyTagger: adversarial must be >= 0, got {adversarial}")
+        if adversarial > 0 and not hasattr(features, "inputs"):
+            raise ValueError("EnergyTagger: adversarial training needs a feature network with "
+                             "inputs() and energies_of() (FeatureNetwork)")
+        self.adversarial = adversarial
         self.features = features
         self.chain = ChainEnergy(num_tags)
         self.criterion = criterion
@@ -174,9 +207,26 @@ class EnergyTagger(nn.Module):
         instance): (1 - weight) * the criterion + weight * the mean KL(teacher || this tagger)
         over tag sequences, exact (``ebm_ext.ops.chain_kl``)."""
         c = self.chain
-        unary = self.features(batch)
-        loss = self.spec.loss(unary, (c.trans, c.start, c.end), batch.tags, batch.lengths,
-                              self.margin, self.cost)
+
+        def criterion(unary: Tensor) -> Tensor:
+            return self.spec.loss(unary, (c.trans, c.start, c.end), batch.tags, batch.lengths,
+                                  self.margin, self.cost)
+
+        if self.adversarial > 0 and self.training:
+            x, packing = self.features.inputs(batch)
+            unary = self.features.energies_of(x, packing)
+            loss = criterion(unary)
+            (g,) = torch.autograd.grad(loss, x, retain_graph=True)
+
+            def sentence_norm(v: Tensor) -> Tensor:  # (N, 1): the L2 norm of each row's sentence
+                squares = v.new_zeros(packing.B).index_add_(0, packing.rows, v.square().sum(-1))
+                return squares.sqrt()[packing.rows, None]
+
+            r = self.adversarial * sentence_norm(x.detach()) * g / sentence_norm(g).clamp_min(1e-12)
+            loss = loss + criterion(self.features.energies_of(x + r.detach(), packing))
+        else:
+            unary = self.features(batch)
+            loss = criterion(unary)
         if teacher is None:
             return loss
         if not self.spec.uses_chain:
@@ -247,7 +297,8 @@ def build_tagger(config: TaggerConfig, vocabs: Vocabularies) -> EnergyTagger:
                               **config.network_kwargs())
     spec = losses.criterion(config.criterion)
     cost = losses.make_cost(spec.cost, K, config.categories)
-    return EnergyTagger(features, K, config.criterion, cost=cost, margin=config.margin)
+    return EnergyTagger(features, K, config.criterion, cost=cost, margin=config.margin,
+                        adversarial=config.adversarial)
 
 
 def tagger_from_state(state: dict, device="cpu"):
