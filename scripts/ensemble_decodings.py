@@ -36,10 +36,7 @@ def member_energies(members, sentences, vocabs):
     batch = D.collate([D.encode_sentence(s, vocabs) for s in sentences])
     with torch.no_grad():
         energies = [m.energies(batch) for m in members]
-    gold = torch.full(batch.words.shape, -1)
-    for b, (_, tags) in enumerate(sentences):
-        gold[b, : len(tags)] = torch.tensor([vocabs.tags[t] for t in tags])
-    return energies, batch.lengths, gold
+    return energies, batch.lengths, batch.tags  # the encoding's gold tags are -1 past each length
 
 
 def decodings(energies, lengths) -> dict:
@@ -67,6 +64,8 @@ def main(argv=None):
     parser.add_argument("--limit", type=int, default=0,
                         help="the first N sentences of dev and of test (0: all)")
     args = parser.parse_args(argv)
+    if args.limit < 0:
+        parser.error(f"--limit must be >= 0, got {args.limit}")
     torch.set_num_threads(1)
     members, vocabs = [], None
     for path in args.checkpoints:
@@ -79,7 +78,7 @@ def main(argv=None):
     splits = {"dev": member_energies(members, dev, vocabs),
               "test": member_energies(members, test, vocabs)}
     for k in range(len(members)):
-        line = "  ".join(f"{name} {accuracy(decodings([e[k]], L)['viterbi'], g):.2f}"
+        line = "  ".join(f"{name} {accuracy(viterbi(*e[k][:2], L, *e[k][2:])[1], g):.2f}"
                          for name, (e, L, g) in splits.items())
         print(f"member {k + 1:<8}{line}")
     results = {name: decodings(e, L) for name, (e, L, _) in splits.items()}

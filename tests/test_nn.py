@@ -3,6 +3,7 @@ the same energies as in a padded batch), the character convolution is nn.Conv1d'
 standardised unary energies, and the ensemble's decoding is the exact argmin of its members'
 mean energy (brute force)."""
 import itertools
+import math
 
 import pytest
 import torch
@@ -185,8 +186,9 @@ def test_adversarial_training_adds_the_loss_at_inputs_moved_up_the_gradient():
                if n != "features.shapes.weight")
     with torch.no_grad():
         torch.testing.assert_close(model.eval().loss(batch), clean)  # training only
-    with pytest.raises(ValueError, match="adversarial must be >= 0"):
-        EnergyTagger(net, len(TAGS), "crf_nll", adversarial=-0.1)
+    for bad in (-0.1, math.inf, math.nan):
+        with pytest.raises(ValueError, match="adversarial must be a finite number >= 0"):
+            EnergyTagger(net, len(TAGS), "crf_nll", adversarial=bad)
 
 
 def test_masked_words_hide_the_word_and_name_it_from_context():

@@ -7,6 +7,7 @@ Energies are lower-is-better: the feature network's output is an energy per (pos
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Optional, Tuple
 
 import torch
@@ -183,8 +184,9 @@ class EnergyTagger(nn.Module):
         spec = losses.criterion(criterion)
         if spec.cost is not None and cost is None:
             raise ValueError(f"criterion {criterion!r} needs a cost matrix")
-        if not adversarial >= 0:
-            raise ValueError(f"EnergyTagger: adversarial must be >= 0, got {adversarial}")
+        if not 0 <= adversarial < math.inf:
+            raise ValueError(f"EnergyTagger: adversarial must be a finite number >= 0, got "
+                             f"{adversarial}")
         if adversarial > 0 and not hasattr(features, "inputs"):
             raise ValueError("EnergyTagger: adversarial training needs a feature network with "
                              "inputs() and energies_of() (FeatureNetwork)")
