@@ -16,7 +16,9 @@
 // - launches are checked against the device's limits (an H100/H200): at most 1024 threads per
 //   block (1024, 1024, 64 per dimension), grid limits, 48 KiB of dynamic shared memory unless
 //   the kernel opted in with cudaFuncSetAttribute, 227 KiB at most. A violation is the error
-//   the CUDA runtime would give, raised by C10_CUDA_KERNEL_LAUNCH_CHECK().
+//   the CUDA runtime would give, raised by the launch check (device.cuh's check_launch).
+// - a planted fault (EBM_SIMT_PLANT_FAULT, simt.cpp) is sticky, as a device fault is: every
+//   later launch in the process fails with it.
 // What is not: blocks run one after another (launches are serialised process-wide, which is
 // also what makes static __shared__ variables, function-local statics here, per block), there
 // is no timing model, and static shared memory does not count against the limit.
@@ -90,13 +92,11 @@ T shuffle(unsigned mask, T value, Shuffle kind, int lane_arg, int width, const c
 
 // Launch: runs body() in every thread of every block of the grid, after checking the
 // configuration; an error (bad configuration, a divergent barrier, an exception in a kernel
-// thread) becomes the pending error that check_last_error() raises.
+// thread) becomes the pending error that take_last_error() returns.
 void launch(const void* kernel, dim3 grid, dim3 block, size_t shared_bytes, const char* name,
             const std::function<void()>& body);
 // cudaGetLastError's part: the pending error ("" when none), cleared.
 std::string take_last_error();
-// Raises the pending error as std::runtime_error (C10_CUDA_KERNEL_LAUNCH_CHECK's part).
-void check_last_error(const char* file, int line);
 // cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes); false when
 // bytes exceeds the device maximum.
 bool set_max_dynamic_shared(const void* kernel, int bytes);
@@ -242,7 +242,12 @@ EBM_SIMT_INTEGER_MIN_MAX(unsigned long long)
 #undef EBM_SIMT_INTEGER_MIN_MAX
 
 // ---- the runtime API the launchers use ----------------------------------------------------------
-enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorInvalidConfiguration = 9 };
+enum cudaError_t {
+  cudaSuccess = 0,
+  cudaErrorInvalidValue = 1,
+  cudaErrorInvalidConfiguration = 9,
+  cudaErrorIllegalAddress = 700
+};
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 
 inline const char* cudaGetErrorString(cudaError_t e) {
@@ -250,6 +255,7 @@ inline const char* cudaGetErrorString(cudaError_t e) {
     case cudaSuccess: return "no error";
     case cudaErrorInvalidValue: return "invalid argument";
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
   }
   return "unknown error";
 }

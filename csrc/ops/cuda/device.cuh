@@ -11,6 +11,7 @@
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -19,8 +20,7 @@
 #ifdef EBM_SIMT_EMULATION
 #include "../../simt/simt.h"
 
-// CUDA's error macros and guards, as the emulation gives them.
-#define C10_CUDA_KERNEL_LAUNCH_CHECK() ::ebm_ext::simt::check_last_error(__FILE__, __LINE__)
+// CUDA's error macro and guard, as the emulation gives them.
 #define C10_CUDA_CHECK(expr)                                                             \
   do {                                                                                   \
     const cudaError_t ebm_status = (expr);                                               \
@@ -37,6 +37,12 @@ struct DeviceGuard {
   }
 };
 inline size_t max_dynamic_shared_bytes() { return simt::kMaxSharedBytesOptin; }
+// The launch's error (a bad configuration, a barrier not every thread reached, a planted fault),
+// already naming the kernel.
+inline void check_launch(const std::string& /*kernel: in the emulator's message*/) {
+  const std::string error = simt::take_last_error();
+  TORCH_CHECK(error.empty(), error);
+}
 }  // namespace ebm_ext
 
 #define EBM_CUDA_LIBRARY_IMPL(m) TORCH_LIBRARY_IMPL(EBM_OP_NAMESPACE, CPU, m)
@@ -52,6 +58,21 @@ namespace ebm_ext {
 using DeviceGuard = c10::cuda::CUDAGuard;
 inline size_t max_dynamic_shared_bytes() {
   return at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+}
+// The launch's error, named by kernel. With CUDA_LAUNCH_BLOCKING=1 (the GPU check's kernel
+// driver) the stream is also synchronised here, so a fault inside the kernel (an illegal
+// address, a trap) is reported by the launch that caused it and not by a later op.
+inline void check_launch(const std::string& kernel) {
+  static const bool blocking = [] {
+    const char* v = std::getenv("CUDA_LAUNCH_BLOCKING");
+    return v != nullptr && std::strcmp(v, "1") == 0;
+  }();
+  cudaError_t error = cudaGetLastError();
+  if (error == cudaSuccess && blocking) {
+    error = cudaStreamSynchronize(at::cuda::getCurrentCUDAStream());
+  }
+  TORCH_CHECK(error == cudaSuccess, "CUDA error in kernel ", kernel, ": ",
+              cudaGetErrorString(error));
 }
 }  // namespace ebm_ext
 
@@ -75,7 +96,7 @@ std::string kernel_name() {
 
 // The one launch of every kernel: on the current stream, after opting in to the dynamic shared
 // memory it needs above 48 KiB (a clear error beyond the device's maximum), followed by the
-// launch check.
+// launch check, which names the kernel.
 template <auto Kernel, typename... Args>
 void launch_kernel(dim3 grid, dim3 block, size_t shared_bytes, Args&&... args) {
   if (shared_bytes > kSharedBytesWithoutOptin) {
@@ -92,7 +113,7 @@ void launch_kernel(dim3 grid, dim3 block, size_t shared_bytes, Args&&... args) {
   Kernel<<<grid, block, shared_bytes, at::cuda::getCurrentCUDAStream()>>>(
       std::forward<Args>(args)...);
 #endif
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  check_launch(kernel_name<Kernel>());
 }
 
 }  // namespace ebm_ext
