@@ -1,22 +1,36 @@
-"""Every CUDA kernel of ebm_ext once, on small inputs that reach each of its paths (the shapes
-of csrc/simt/tests/simt_kernels.cpp): the driver that compute-sanitizer's memcheck and
-racecheck run on a GPU (scripts/gpu_check.sh). Exit status 0 when every op ran and gave finite
-outputs where its inputs are finite.
+"""Every CUDA kernel of ebm_ext once, case by case, on small inputs that reach each of its paths
+(the shapes of csrc/simt/tests/simt_kernels.cpp): the GPU check's kernel driver, and the program
+that compute-sanitizer's tools run (scripts/gpu_check.sh).
 
-    python scripts/gpu_kernels.py [cuda|emulated]
+    python scripts/gpu_kernels.py [cuda|emulated] [--only TEXT] [--json FILE] [--expect-fault KERNEL]
 
-`emulated` runs the same calls on the SIMT emulation of the kernels (tests/cuda_backends.py),
-which is how this driver is checked on a machine without a GPU.
+Each case is one op called once; the device is synchronised after it, and its floating outputs
+must be finite where its inputs are. Run under CUDA_LAUNCH_BLOCKING=1, a kernel that faults
+fails its own launch, and the launch check names the kernel (csrc/ops/cuda/device.cuh), so the
+failing case and kernel are named here. A fault leaves the CUDA context unusable, so the cases
+run in a child process that stops at its first failure, and the next child carries on from the
+case after it: every case runs, and every fault is named once. Exit status 0 when every case
+passed.
+
+`emulated` runs the same cases on the SIMT emulation of the kernels (tests/cuda_backends.py), which
+is how this driver is checked without a GPU: EBM_SIMT_PLANT_FAULT=<kernel> plants a fault there,
+and `--expect-fault <kernel>` turns the exit status around: 0 only when some case failed, every
+failure names that kernel, and the cases after each fault still ran.
 """
+import argparse
 import contextlib
+import json
 import pathlib
+import subprocess
 import sys
+import time
 
 import torch
 
 import ebm_ext
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+FLOATS = {"f16": torch.float16, "bf16": torch.bfloat16, "f32": torch.float32, "f64": torch.float64}
 
 
 def chain(B, T, K, dtype, device):
@@ -28,88 +42,211 @@ def chain(B, T, K, dtype, device):
     return to(unary), to(trans), lengths.to(device), to(start), to(end)
 
 
-def finite(name, *outputs):
+def finite(*outputs):
     for out in outputs:
-        if out.is_floating_point() and not torch.isfinite(out.double()).all():
-            raise AssertionError(f"{name}: non-finite output")
+        if isinstance(out, torch.Tensor) and out.is_floating_point() and not torch.isfinite(out.double()).all():
+            raise AssertionError("non-finite output from finite inputs")
 
 
-def chain_ops(B, T, K, dtype, device):
-    unary, trans, L, start, end = chain(B, T, K, dtype, device)
-    gold = torch.randint(0, K, (B, T), device=device)
-    cost = (1 - torch.eye(K, device=device)).to(dtype)
-    finite("viterbi", *ebm_ext.viterbi(unary, trans, L, start, end))
-    ebm_ext.viterbi_kbest(unary, trans, 3, L, start, end)  # missing paths are +inf
-    finite("loss_augmented_viterbi", *ebm_ext.loss_augmented_viterbi(unary, trans, gold, cost, L, start, end))
-    finite("chain_energy", ebm_ext.chain_energy(unary, trans, gold, L, start, end))
-    finite("chain_log_partition", ebm_ext.chain_log_partition(unary, trans, L, start, end))
-    finite("chain_marginals", ebm_ext.chain_marginals(unary, trans, L, start, end))
-    finite("_chain_log_partition_backward", *torch.ops.ebm_ext._chain_log_partition_backward(
-        torch.ones(B, device=device, dtype=dtype), unary, trans, L, start, end))
-    finite("chain_expectation", *torch.ops.ebm_ext.chain_expectation(
-        unary, trans, unary, trans, L, start, end, start, end))
-    finite("_chain_covariance", *torch.ops.ebm_ext._chain_covariance(
-        torch.ones(B, device=device, dtype=dtype), unary, trans, unary, trans, L, start, end,
-        start, end))
-    torch.ops.ebm_ext.chain_sample(unary, trans, torch.rand(3, B, T, device=device,
-                                                            dtype=torch.float64), L, start, end)
+def chain_cases(B, T, K, dt):
+    """(name, call) for every chain op at one shape and dtype; call(device) runs it once."""
+    dtype = FLOATS[dt]
+
+    def op(fn, check=True):
+        def call(device):
+            unary, trans, L, start, end = chain(B, T, K, dtype, device)
+            out = fn(device, unary, trans, L, start, end)
+            if check:
+                finite(*(out if isinstance(out, tuple) else (out,)))
+        return call
+
+    def gold(device):
+        return torch.randint(0, K, (B, T), generator=torch.Generator().manual_seed(K)).to(device)
+
+    ones = lambda device: torch.ones(B, device=device, dtype=dtype)  # noqa: E731
+    calls = {
+        "viterbi": op(lambda d, u, tr, L, s, e: ebm_ext.viterbi(u, tr, L, s, e)),
+        # missing paths are +inf: not checked for finiteness
+        "viterbi_kbest": op(lambda d, u, tr, L, s, e: ebm_ext.viterbi_kbest(u, tr, 3, L, s, e), False),
+        "loss_augmented_viterbi": op(lambda d, u, tr, L, s, e: ebm_ext.loss_augmented_viterbi(
+            u, tr, gold(d), (1 - torch.eye(K, device=d)).to(dtype), L, s, e)),
+        "chain_energy": op(lambda d, u, tr, L, s, e: ebm_ext.chain_energy(u, tr, gold(d), L, s, e)),
+        "chain_log_partition": op(lambda d, u, tr, L, s, e: ebm_ext.chain_log_partition(u, tr, L, s, e)),
+        "chain_marginals": op(lambda d, u, tr, L, s, e: ebm_ext.chain_marginals(u, tr, L, s, e)),
+        "_chain_log_partition_backward": op(lambda d, u, tr, L, s, e:
+                                            torch.ops.ebm_ext._chain_log_partition_backward(ones(d), u, tr, L, s, e)),
+        "chain_expectation": op(lambda d, u, tr, L, s, e:
+                                torch.ops.ebm_ext.chain_expectation(u, tr, u, tr, L, s, e, s, e)),
+        "_chain_covariance": op(lambda d, u, tr, L, s, e: torch.ops.ebm_ext._chain_covariance(
+            ones(d), u, tr, u, tr, L, s, e, s, e)),
+        "chain_sample": op(lambda d, u, tr, L, s, e: torch.ops.ebm_ext.chain_sample(
+            u, tr, torch.rand(3, B, T, generator=torch.Generator().manual_seed(3),
+                              dtype=torch.float64).to(d), L, s, e), False),
+    }
     for method in ("entropic", "projected"):
-        finite("chain_relaxed_inference", *ebm_ext.chain_relaxed_inference(
-            unary, trans, L, start, end, steps=4, lr=0.5, method=method))
+        calls[f"chain_relaxed_inference {method}"] = op(
+            lambda d, u, tr, L, s, e, method=method: ebm_ext.chain_relaxed_inference(
+                u, tr, L, s, e, steps=4, lr=0.5, method=method))
+    return [(f"{name} {dt} B={B} T={T} K={K}", call) for name, call in calls.items()]
 
 
-def run(device):
-    for dtype in (torch.float32, torch.float64):
+def randn(*shape, dtype, device, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(device, dtype)
+
+
+def cases(only=None):
+    """Every case (or those whose name contains `only`), in a fixed order: (name, call)."""
+    return [c for c in all_cases() if only is None or only in c[0]]
+
+
+def all_cases():
+    out = []
+    for dt in ("f32", "f64"):
         for B, T, K in ((4, 5, 4), (3, 4, 1), (4, 3, 40), (1, 2, 100)):
-            chain_ops(B, T, K, dtype, device)
-    chain_ops(2, 3, 300, torch.float32, device)
-    for half in (torch.float16, torch.bfloat16):
-        chain_ops(3, 4, 8, half, device)
-    unary, trans, _, _, _ = chain(1, 2, 7000, torch.float32, device)
-    finite("viterbi K=7000", *ebm_ext.viterbi(unary, trans))  # opted-in shared memory
-    unary, trans, _, _, _ = chain(1, 3, 1000, torch.float32, device)
-    finite("viterbi_kbest k=8", ebm_ext.viterbi_kbest(unary, trans, 8)[1].float())
-    for dtype in (torch.float32, torch.float64, torch.float16):
-        finite("project_simplex", ebm_ext.project_simplex(torch.randn(5, 7, device=device, dtype=dtype)))
-        finite("nearest_centroid", *ebm_ext.nearest_centroid(torch.randn(70, 20, device=device, dtype=dtype),
-                                                             torch.randn(67, 20, device=device, dtype=dtype)))
-    for dtype in (torch.float32, torch.float64):
-        D = torch.randn(8, 20, device=device, dtype=dtype)
+            out += chain_cases(B, T, K, dt)
+    out += chain_cases(2, 3, 300, "f32")  # K > 256: several tags per thread
+    for dt in ("f16", "bf16"):
+        out += chain_cases(3, 4, 8, dt)
+
+    def big_viterbi(device):  # opted-in dynamic shared memory (above 48 KiB)
+        unary, trans, _, _, _ = chain(1, 2, 7000, torch.float32, device)
+        finite(*ebm_ext.viterbi(unary, trans))
+
+    def kbest_8(device):
+        unary, trans, _, _, _ = chain(1, 3, 1000, torch.float32, device)
+        finite(ebm_ext.viterbi_kbest(unary, trans, 8)[1].float())
+
+    out += [("viterbi f32 K=7000 (opted-in shared memory)", big_viterbi), ("viterbi_kbest f32 k=8 K=1000", kbest_8)]
+    for dt in ("f32", "f64", "f16"):
+        dtype = FLOATS[dt]
+        out.append((f"project_simplex {dt}", lambda d, dtype=dtype: finite(
+            ebm_ext.project_simplex(randn(5, 7, dtype=dtype, device=d)))))
+        out.append((f"nearest_centroid {dt}", lambda d, dtype=dtype: finite(*ebm_ext.nearest_centroid(
+            randn(70, 20, dtype=dtype, device=d), randn(67, 20, dtype=dtype, device=d, seed=1)))))
+    for dt in ("f32", "f64"):
+        dtype = FLOATS[dt]
         for method in ("fista", "ista"):
             for nonneg in (False, True):
-                finite("sparse_code", ebm_ext.sparse_code(torch.randn(3, 8, device=device, dtype=dtype), D, 0.1,
-                                                          max_iter=50, tol=1e-6, method=method, nonneg=nonneg))
-    D = torch.randn(4, 4200, device=device, dtype=torch.float64)  # codes in global memory
-    finite("sparse_code (global)", ebm_ext.sparse_code(torch.randn(1, 4, device=device, dtype=torch.float64),
-                                                       D, 0.5, max_iter=2))
-    for dtype in (torch.float32, torch.float64, torch.float16):
-        H, I = 5, 3
+                out.append((f"sparse_code {dt} {method} nonneg={nonneg}",
+                            lambda d, dtype=dtype, method=method, nonneg=nonneg: finite(ebm_ext.sparse_code(
+                                randn(3, 8, dtype=dtype, device=d), randn(8, 20, dtype=dtype, device=d, seed=1),
+                                0.1, max_iter=50, tol=1e-6, method=method, nonneg=nonneg))))
+    out.append(("sparse_code f64 m=4200 (codes in global memory)", lambda d: finite(ebm_ext.sparse_code(
+        randn(1, 4, dtype=torch.float64, device=d), randn(4, 4200, dtype=torch.float64, device=d, seed=1),
+        0.5, max_iter=2))))
+    for dt in ("f32", "f64", "f16"):
+        out += bilstm_cases(dt)
+    return out
+
+
+def bilstm_cases(dt):
+    dtype = FLOATS[dt]
+    H, I = 5, 3
+
+    def inputs(d):
         bs = torch.tensor([3, 3, 2, 1])
-        x = torch.randn(9, I, device=device, dtype=dtype)
-        w_ih, w_hh = torch.randn(2, 4 * H, I, device=device, dtype=dtype), torch.randn(2, 4 * H, H, device=device, dtype=dtype)
-        bias = torch.randn(2, 4 * H, device=device, dtype=dtype)
+        return (randn(9, I, dtype=dtype, device=d), bs, randn(2, 4 * H, I, dtype=dtype, device=d, seed=1),
+                randn(2, 4 * H, H, dtype=dtype, device=d, seed=2), randn(2, 4 * H, dtype=dtype, device=d, seed=3))
+
+    def forward(d):
+        finite(*torch.ops.ebm_ext.bilstm(*inputs(d)))
+
+    def backward(d):
+        x, bs, w_ih, w_hh, bias = inputs(d)
         out = torch.ops.ebm_ext.bilstm(x, bs, w_ih, w_hh, bias)
-        finite("bilstm", *out)
-        finite("_bilstm_backward", *torch.ops.ebm_ext._bilstm_backward(torch.randn_like(out[0]), x, bs, w_ih, w_hh, *out))
-    if device == "cuda":
-        torch.cuda.synchronize()
-    print(f"gpu_kernels: every op ran on {device}")
+        finite(*torch.ops.ebm_ext._bilstm_backward(randn(*out[0].shape, dtype=out[0].dtype, device=d, seed=4),
+                                                   x, bs, w_ih, w_hh, *out))
+    return [(f"bilstm {dt}", forward), (f"_bilstm_backward {dt}", backward)]
 
 
-def main():
-    where = sys.argv[1] if len(sys.argv) > 1 else "cuda"
-    context = contextlib.nullcontext()
-    device = where
+def first_line(error):
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+def run_from(where, first, only):
+    """Runs the cases from index `first` in this process until one fails; prints one JSON line
+    per case ({"case", "index", "ok", "error", "seconds"})."""
+    context, device = contextlib.nullcontext(), where
     if where == "emulated":
         sys.path.insert(0, str(ROOT / "tests"))
         from cuda_backends import EMULATION_MISSING, EmulatedCUDA
         if EMULATION_MISSING:
             raise SystemExit(EMULATION_MISSING)
         context, device = EmulatedCUDA(), "cpu"
+    chosen = cases(only)
     with context:
-        run(device)
-    if where == "emulated":
-        print(f"gpu_kernels: {sum(context.calls.values())} emulated kernel calls over {len(context.calls)} ops")
+        for index in range(first, len(chosen)):
+            name, call = chosen[index]
+            t0 = time.perf_counter()
+            try:
+                call(device)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                error = None
+            except Exception as e:  # noqa: BLE001: every failure is reported, then this child stops
+                error = first_line(e)
+            print(json.dumps({"case": name, "index": index, "ok": error is None, "error": error,
+                              "seconds": round(time.perf_counter() - t0, 4)}), flush=True)
+            if error is not None:
+                return 1
+    return 0
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("where", nargs="?", default="cuda", choices=["cuda", "emulated"])
+    parser.add_argument("--only", metavar="TEXT", help="only the cases whose name contains TEXT")
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--expect-fault", metavar="KERNEL", help="pass only if the faults name KERNEL")
+    parser.add_argument("--from", dest="first", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.first is not None:  # a child
+        raise SystemExit(run_from(args.where, args.first, args.only))
+
+    total, results, first = len(cases(args.only)), [], 0
+    only = ["--only", args.only] if args.only else []
+    t0 = time.perf_counter()
+    while first < total:
+        child = subprocess.run([sys.executable, __file__, args.where, "--from", str(first)] + only,
+                               stdout=subprocess.PIPE, text=True)
+        ran = [json.loads(line) for line in child.stdout.splitlines() if line.startswith("{")]
+        for r in ran:  # the passes are in --json; the log names the failures
+            if not r["ok"]:
+                print(f"gpu_kernels: FAIL [{r['index'] + 1}/{total}] {r['case']}: {r['error']}", flush=True)
+        results += ran
+        if child.returncode != 0 and not ran:
+            # nothing ran: the child could not start (its stderr is above); no case can run
+            results.append({"case": "(start)", "index": total, "ok": False, "seconds": None,
+                            "error": f"the driver's process exited with status {child.returncode} before any case"})
+            print(f"gpu_kernels: FAIL {results[-1]['error']}", flush=True)
+            break
+        if child.returncode != 0 and ran[-1]["ok"]:
+            # the child died outside a case's try (a crash, a sanitizer abort) in the case after
+            # its last report: name that case and carry on after it
+            index = ran[-1]["index"] + 1
+            name = cases(args.only)[index][0] if index < total else "(exit, after the last case)"
+            error = f"the process exited with status {child.returncode}" + (
+                " during this case" if index < total else " after its last case (a sanitizer's error exit code?)")
+            print(f"gpu_kernels: FAIL [{index + 1}/{total}] {name}: {error}", flush=True)
+            results.append({"case": name, "index": index, "ok": False, "error": error, "seconds": None})
+        first = max(first + 1, results[-1]["index"] + 1)
+    failed = [r for r in results if not r["ok"]]
+    summary = {"where": args.where, "cases": total, "passed": len(results) - len(failed),
+               "failed": [{"case": r["case"], "error": r["error"]} for r in failed],
+               "seconds": round(time.perf_counter() - t0, 2), "results": results}
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(summary, indent=1))
+    print(f"gpu_kernels: {summary['passed']} of {total} cases passed on {args.where}"
+          + (f"; {len(failed)} failed" if failed else ""))
+    if args.expect_fault:
+        named = bool(failed) and all(args.expect_fault in (r["error"] or "") for r in failed)
+        carried_on = any(r["ok"] and r["index"] > failed[0]["index"] for r in results) if failed else False
+        print(f"gpu_kernels: planted fault in {args.expect_fault}: "
+              + ("named by every failure, and the later cases ran" if named and carried_on else
+                 "NOT named as expected" if not named else "named, but no later case ran"))
+        raise SystemExit(0 if named and carried_on else 1)
+    raise SystemExit(1 if failed else 0)
 
 
 if __name__ == "__main__":
