@@ -2,8 +2,19 @@ import os
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+
 
 from cuda_backends import EMULATION_MISSING, Emulated, EmulatedCUDA, RealCUDA
+
+# Hypothesis profiles (HYPOTHESIS_PROFILE selects one; CI sets "ci"): "ci" is derandomised and
+# keeps no example database, so a CI run draws the same examples every time and cannot fail on
+# a draw that a rerun would not repeat; "dev", the default, draws anew each run (and remembers
+# failures in .hypothesis/), which is how new bugs are found.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICES = ["cpu", "emulated"] + (["cuda"] if HAS_CUDA else [])
@@ -63,3 +74,17 @@ def tolerance(dtype):
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+# The cases that run CUDA kernels (real or emulated): a `device` of "cuda" or "emulated", the
+# `gpu` fixture, or a test that needs a CUDA device. scripts/gpu_check.sh selects them with
+# `-m device_case`; among them, `compile_check` marks the opcheck and torch.compile cases, which
+# trace more than they run kernels and so come last there.
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        params = item.callspec.params if hasattr(item, "callspec") else {}
+        needs_cuda = any(m.kwargs.get("reason") == "no CUDA device" for m in item.iter_markers("skipif"))
+        if params.get("device") in ("cuda", "emulated") or "gpu" in params or needs_cuda:
+            item.add_marker(pytest.mark.device_case)
+            if "opcheck_util" in item.fixturenames or "compile" in item.name:
+                item.add_marker(pytest.mark.compile_check)
