@@ -1,6 +1,7 @@
 """Builds ebm_ext._C: the CPU kernels always, the CUDA kernels when this torch has CUDA and
 nvcc is found (decided from torch.version.cuda and CUDA_HOME, not from a visible GPU, so a
-GPU-less host still compiles them). EBM_WITH_CUDA=0/1 overrides the choice.
+GPU-less host still compiles them). EBM_WITH_CUDA=0/1 overrides the choice; EBM_NVCC_FLAGS adds
+nvcc flags (the GPU check passes --resource-usage: registers, stack and spills per kernel).
 
     pip install --no-build-isolation .
 """
@@ -47,7 +48,8 @@ def extension():
     define_macros.append(("EBM_WITH_CUDA", None))
     return cpp_extension.CUDAExtension(
         "ebm_ext._C", sources, define_macros=define_macros,
-        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
+        extra_compile_args={"cxx": cxx_flags,
+                            "nvcc": ["-O3", "-lineinfo"] + os.environ.get("EBM_NVCC_FLAGS", "").split()},
         extra_link_args=["-fopenmp"])
 
 

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Compiles the CUDA kernels on a machine without a GPU: a CUDA build of torch (2.14.1, cu130,
 # from this machine's disk) in .venv-cuda, nvcc from /usr/local/cuda. The build happens in a
-# copy of the tracked sources, so the CPU build in the work tree is left alone. Then the CUDA
-# build is imported and tests/test_build.py checks that every op has a CUDA kernel.
+# copy of the tracked sources, so the CPU build in the work tree is left alone, with the command
+# the GPU check builds with on the device (setup.py build_ext --inplace, nvcc --resource-usage:
+# each kernel's registers, stack and spills are in this build's output). Then the CUDA build is
+# imported and tests/test_build.py checks that every op has a CUDA kernel.
 #   bash scripts/build_cuda.sh [--env-only]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,5 +28,5 @@ src="${EBM_CUDA_BUILD_DIR:-$root/build/cuda-src}"
 mkdir -p "$src"
 git ls-files -z | xargs -0 cp --parents -t "$src"
 cd "$src"
-"$root/.venv-cuda/bin/pip" install -q --disable-pip-version-check --no-build-isolation -e .
-"$root/.venv-cuda/bin/python" -m pytest -q tests/test_build.py
+EBM_NVCC_FLAGS="--resource-usage" "$root/.venv-cuda/bin/python" setup.py -q build_ext --inplace
+PYTHONPATH="$src" "$root/.venv-cuda/bin/python" -m pytest -q -p no:cacheprovider tests/test_build.py
