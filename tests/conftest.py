@@ -7,11 +7,12 @@ from hypothesis import HealthCheck, settings
 
 from cuda_backends import EMULATION_MISSING, Emulated, EmulatedCUDA, RealCUDA
 
-# Hypothesis profiles (HYPOTHESIS_PROFILE selects one; CI sets "ci"): "ci" is derandomised and
-# keeps no example database, so a CI run draws the same examples every time and cannot fail on
-# a draw that a rerun would not repeat; "dev", the default, draws anew each run (and remembers
-# failures in .hypothesis/), which is how new bugs are found.
-settings.register_profile("ci", derandomize=True, database=None, print_blob=True,
+# Hypothesis profiles (HYPOTHESIS_PROFILE selects one; CI and the GPU check set "ci"): "ci" is
+# derandomised, keeps no example database and has no deadline, so a run draws the same examples
+# every time and cannot fail on a draw that a rerun would not repeat, nor on a slow machine's
+# timing; "dev", the default, draws anew each run (and remembers failures in .hypothesis/),
+# which is how new bugs are found.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
