@@ -130,8 +130,12 @@ def main():
         "opcheck": junit(out / "junit_opcheck.xml"),
         "sanitizers": read_json(work / "sanitizers.json"),
         "resources": resources(out / "build_resources.log"),
+        "spilling_kernels": [],
         "bench": bench(out / "bench.json"),
     }
+    summary["spilling_kernels"] = [f"{k['kernel']} ({k['arch']}): {k.get('spill_stores')} B stores, "
+                                   f"{k.get('spill_loads')} B loads" for k in summary["resources"]
+                                   if k.get("spill_stores") or k.get("spill_loads")]
     for part in ("kernels", "planted_fault"):  # the per-case list is in the log; keep the verdict
         if summary[part]:
             summary[part].pop("results", None)

@@ -92,6 +92,7 @@ def test_summary_gives_a_verdict_for_a_run_stopped_mid_step(tmp_path):
     assert verdict["verdict"] == "not passed: kernels, tests"
     assert verdict["tests"]["failed"] == [{"case": "tests.test_chain::test_b[cuda]", "message": "boom"}]
     assert verdict["resources"][0]["registers"] == 40 and verdict["resources"][0]["spill_stores"] == 4
+    assert verdict["spilling_kernels"] == ["kernel(float*) (sm_90): 4 B stores, 4 B loads"]
 
 
 def test_sanitizer_outcomes():
