@@ -13,18 +13,29 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 version=2.11.0
 dest=build/torch-$version
-if [ ! -d "$dest/torch/include" ]; then
+if [ ! -d "$dest/torch/include" ] || [ ! -f "$dest/torch/utils/cpp_extension.py" ]; then
   wheels=$(mktemp -d)
   "${PYTHON:-python3}" -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
     --python-version 3.11 --platform manylinux_2_28_x86_64 "torch==$version" -d "$wheels"
   mkdir -p "$dest"
-  unzip -q -o "$wheels"/torch-"$version"-*.whl 'torch/include/*' -d "$dest"
+  unzip -q -o "$wheels"/torch-"$version"-*.whl 'torch/include/*' 'torch/utils/cpp_extension.py' -d "$dest"
   rm -rf "$wheels"
 fi
 include="$PWD/$dest/torch/include"
 python_include=$("${PYTHON:-python3}" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 # The flags torch 2.11's cpp_extension gives an extension's sources (with ours from setup.py).
 defines=(-DTORCH_API_INCLUDE_EXTENSION_H -DTORCH_EXTENSION_NAME=_C)
+# and the flags it gives nvcc (COMMON_NVCC_FLAGS: --expt-relaxed-constexpr, the half-operator
+# defines), read from 2.11's own cpp_extension.py so that they follow it
+mapfile -t nvcc_flags < <("${PYTHON:-python3}" - "$dest/torch/utils/cpp_extension.py" <<'PY'
+import ast, sys
+tree = ast.parse(open(sys.argv[1]).read())
+for node in tree.body:
+    if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "COMMON_NVCC_FLAGS" for t in node.targets):
+        print("\n".join(ast.literal_eval(node.value)))
+PY
+)
+[ ${#nvcc_flags[@]} -gt 0 ] || { echo "check_cxx17: COMMON_NVCC_FLAGS not found in torch $version's cpp_extension.py"; exit 1; }
 includes=(-I"$include" -I"$include/torch/csrc/api/include" -I"$python_include")
 
 # Two compiles at a time (MAX_JOBS), each into its own log; a failure prints its log.
@@ -64,7 +75,7 @@ nvcc="${CUDA_HOME:-/usr/local/cuda}/bin/nvcc"
 if [ -n "$site" ] && [ -x "$nvcc" ]; then
   for f in $(git ls-files 'csrc/ops/cuda/*.cu'); do
     check "$f (nvcc)" "$nvcc" -std=c++17 -fdevice-syntax-only -arch=sm_90 -Xcompiler -fsyntax-only \
-      -DEBM_WITH_CUDA "${defines[@]}" "${includes[@]}" -I"$site/nvidia/cu13/include" -c "$f" \
+      "${nvcc_flags[@]}" -DEBM_WITH_CUDA "${defines[@]}" "${includes[@]}" -I"$site/nvidia/cu13/include" -c "$f" \
       -o /dev/null
   done
 else
