@@ -18,7 +18,13 @@ if [ ! -d "$dest/torch/include" ] || [ ! -f "$dest/torch/utils/cpp_extension.py"
   "${PYTHON:-python3}" -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
     --python-version 3.11 --platform manylinux_2_28_x86_64 "torch==$version" -d "$wheels"
   mkdir -p "$dest"
-  unzip -q -o "$wheels"/torch-"$version"-*.whl 'torch/include/*' 'torch/utils/cpp_extension.py' -d "$dest"
+  # only the headers and cpp_extension.py (with Python's zipfile: unzip may not be installed)
+  "${PYTHON:-python3}" - "$wheels"/torch-"$version"-*.whl "$dest" <<'PY'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as wheel:
+    wheel.extractall(sys.argv[2], [n for n in wheel.namelist()
+                                   if n.startswith("torch/include/") or n == "torch/utils/cpp_extension.py"])
+PY
   rm -rf "$wheels"
 fi
 include="$PWD/$dest/torch/include"

@@ -119,6 +119,7 @@ def main():
                       "seconds": int(time.time() - int(since)), "limit_s": int(limit)})
     except (OSError, ValueError):
         pass
+    kernels = resources(out / "build_resources.log")
     summary = {
         "dry_run": dry,
         "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -129,13 +130,12 @@ def main():
         "tests": junit(out / "junit_tests.xml"),
         "opcheck": junit(out / "junit_opcheck.xml"),
         "sanitizers": read_json(work / "sanitizers.json"),
-        "resources": resources(out / "build_resources.log"),
-        "spilling_kernels": [],
+        "resources": kernels,
+        "spilling_kernels": [f"{k['kernel']} ({k['arch']}): {k.get('spill_stores')} B stores, "
+                             f"{k.get('spill_loads')} B loads" for k in kernels
+                             if k.get("spill_stores") or k.get("spill_loads")],
         "bench": bench(out / "bench.json"),
     }
-    summary["spilling_kernels"] = [f"{k['kernel']} ({k['arch']}): {k.get('spill_stores')} B stores, "
-                                   f"{k.get('spill_loads')} B loads" for k in summary["resources"]
-                                   if k.get("spill_stores") or k.get("spill_loads")]
     for part in ("kernels", "planted_fault"):  # the per-case list is in the log; keep the verdict
         if summary[part]:
             summary[part].pop("results", None)

@@ -204,7 +204,8 @@ def main():
     if args.first is not None:  # a child
         raise SystemExit(run_from(args.where, args.first, args.only))
 
-    total, results, first = len(cases(args.only)), [], 0
+    chosen = cases(args.only)
+    total, results, first = len(chosen), [], 0
     only = ["--only", args.only] if args.only else []
     t0 = time.perf_counter()
     while first < total:
@@ -225,7 +226,7 @@ def main():
             # the child died outside a case's try (a crash, a sanitizer abort) in the case after
             # its last report: name that case and carry on after it
             index = ran[-1]["index"] + 1
-            name = cases(args.only)[index][0] if index < total else "(exit, after the last case)"
+            name = chosen[index][0] if index < total else "(exit, after the last case)"
             error = f"the process exited with status {child.returncode}" + (
                 " during this case" if index < total else " after its last case (a sanitizer's error exit code?)")
             print(f"gpu_kernels: FAIL [{index + 1}/{total}] {name}: {error}", flush=True)

@@ -40,15 +40,13 @@ ERRORS = re.compile(r"ERROR SUMMARY: (\d+) error")
 
 
 def classify(rc, output, timed_out):
-    """One tool's outcome from its exit status and output."""
+    """One tool's outcome from its exit status and output: (status, errors it counted)."""
+    errors = sum(int(n) for n in ERRORS.findall(output))
     if timed_out:
-        return "timed out"
+        return "timed out", errors
     if TOOLING.search(output):
-        return "tooling failure"
-    counted = [int(n) for n in ERRORS.findall(output)]
-    if rc == 0 and not any(counted):
-        return "clean"
-    return "kernel errors"
+        return "tooling failure", errors
+    return ("clean" if rc == 0 and errors == 0 else "kernel errors"), errors
 
 
 def find_sanitizer():
@@ -59,6 +57,37 @@ def find_sanitizer():
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     return None
+
+
+def run_tools(args, bare, sanitizer, program):
+    """Every tool at once on the program (or the program `bare`, in a dry run); waits for each
+    within args.limit seconds. Returns (results by tool, log sections)."""
+    env = dict(os.environ, PYTORCH_NO_CUDA_MEMORY_CACHING="1")
+    runs = {}
+    for tool in TOOLS:
+        command = bare or sanitizer + ["--tool", tool] + program
+        out = open(pathlib.Path(args.json).with_suffix(f".{tool}.log"), "w+")
+        runs[tool] = (command, out, subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env),
+                      time.monotonic())
+    results, log = {}, []
+    for tool, (command, out, process, t0) in runs.items():
+        timed_out = False
+        try:
+            process.wait(timeout=max(1.0, args.limit - (time.monotonic() - t0)))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            timed_out = True
+        out.seek(0)
+        output = out.read()
+        out.close()
+        status, errors = classify(process.returncode, output, timed_out)
+        results[tool] = {"status": status, "exit": process.returncode, "errors": errors,
+                         "seconds": round(time.monotonic() - t0, 1)}
+        print(f"gpu_sanitizers: {tool}: {status} (exit {process.returncode}, {errors} errors counted, "
+              f"{results[tool]['seconds']} s)", flush=True)
+        log.append(f"===== {tool}: {status}\n$ {' '.join(command)}\n{output}")
+    return results, log
 
 
 def main():
@@ -88,41 +117,15 @@ def main():
         options = ["--error-exitcode", "3", "--print-limit", "20", "--target-processes", "all"]
         if filtered:
             options += ["--kernel-name", "kns=ebm_ext"]
-    env = dict(os.environ, PYTORCH_NO_CUDA_MEMORY_CACHING="1")
-
     if not args.dry_run and found is None:
+        log = []
         results = {tool: {"status": "tooling failure", "exit": None, "errors": 0, "seconds": 0} for tool in TOOLS}
-        pathlib.Path(args.log).write_text(version + "\n")
-        pathlib.Path(args.json).write_text(json.dumps({"version": version, "filtered": False, "tools": results}))
         print(f"gpu_sanitizers: {version}: every tool is a tooling failure")
-        raise SystemExit(2)
-    print(f"gpu_sanitizers: {version}; filter to our kernels: "
-          f"{'yes (kns=ebm_ext)' if filtered else 'NO: this compute-sanitizer has no --kernel-name'}", flush=True)
-    runs = {}
-    for tool in TOOLS:
-        command = program if args.dry_run else sanitizer + ["--tool", tool] + options + program
-        out = open(pathlib.Path(args.json).with_suffix(f".{tool}.log"), "w+")
-        runs[tool] = (command, out, subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env),
-                      time.monotonic())
-    results, log = {}, []
-    for tool, (command, out, process, t0) in runs.items():
-        timed_out = False
-        try:
-            process.wait(timeout=max(1.0, args.limit - (time.monotonic() - t0)))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            timed_out = True
-        out.seek(0)
-        output = out.read()
-        out.close()
-        status = classify(process.returncode, output, timed_out)
-        counted = [int(n) for n in ERRORS.findall(output)]
-        results[tool] = {"status": status, "exit": process.returncode, "errors": sum(counted),
-                         "seconds": round(time.monotonic() - t0, 1)}
-        print(f"gpu_sanitizers: {tool}: {status} (exit {process.returncode}, {sum(counted)} errors counted, "
-              f"{results[tool]['seconds']} s)", flush=True)
-        log.append(f"===== {tool}: {status}\n$ {' '.join(command)}\n{output}")
+    else:
+        print(f"gpu_sanitizers: {version}; filter to our kernels: "
+              f"{'yes (kns=ebm_ext)' if filtered else 'NO: this compute-sanitizer has no --kernel-name'}",
+              flush=True)
+        results, log = run_tools(args, program if args.dry_run else None, sanitizer + options, program)
     pathlib.Path(args.log).write_text(f"{version}\n" + "\n".join(log))
     pathlib.Path(args.json).write_text(json.dumps({"version": version, "filtered": filtered, "tools": results},
                                                   indent=1))

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import ebm_ext
+from chain_cases import make_chain
 from cuda_backends import EMULATION_MISSING
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,23 +98,17 @@ def test_summary_gives_a_verdict_for_a_run_stopped_mid_step(tmp_path):
 
 def test_sanitizer_outcomes():
     classify = load("scripts/gpu_sanitizers.py").classify
-    assert classify(0, "========= ERROR SUMMARY: 0 errors\n", False) == "clean"
+    assert classify(0, "========= ERROR SUMMARY: 0 errors\n", False) == ("clean", 0)
     assert classify(3, "Invalid __global__ read of size 4\n========= ERROR SUMMARY: 2 errors\n",
-                    False) == "kernel errors"
-    assert classify(1, "gpu_kernels: FAIL [3/9] viterbi f32\n", False) == "kernel errors"
-    assert classify(1, "========= Error: Device not supported\nerror 999\n", False) == "tooling failure"
-    assert classify(None, "", True) == "timed out"
-
-
-def chain(B, T, K, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(B, T, K, generator=g, dtype=torch.float64), torch.randn(K, K, generator=g, dtype=torch.float64),
-            torch.randn(K, generator=g, dtype=torch.float64), torch.randn(K, generator=g, dtype=torch.float64))
+                    False) == ("kernel errors", 2)
+    assert classify(1, "gpu_kernels: FAIL [3/9] viterbi f32\n", False) == ("kernel errors", 0)
+    assert classify(1, "========= Error: Device not supported\nerror 999\n", False) == ("tooling failure", 0)
+    assert classify(None, "", True) == ("timed out", 0)
 
 
 def test_decoding_check_accepts_ties_and_refuses_wrong_paths():
     check = load("bench/device_floor.py").assert_same_decoding
-    unary, trans, start, end = chain(2000, 2, 2)
+    unary, trans, _, start, end = make_chain(2000, 2, 2, lengths=False)
     unary[0] = 0.0  # sequence 0: every path has energy start + trans + end; make them all equal
     trans_tie, start_tie, end_tie = torch.zeros(2, 2, dtype=torch.float64), None, None
     energy, tags = ebm_ext.viterbi(unary, trans_tie, None, start_tie, end_tie)

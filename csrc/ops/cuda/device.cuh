@@ -39,7 +39,8 @@ struct DeviceGuard {
 inline size_t max_dynamic_shared_bytes() { return simt::kMaxSharedBytesOptin; }
 // The launch's error (a bad configuration, a barrier not every thread reached, a planted fault),
 // already naming the kernel.
-inline void check_launch(const std::string& /*kernel: in the emulator's message*/) {
+template <typename Name>
+void check_launch(Name /*kernel: in the emulator's message*/) {
   const std::string error = simt::take_last_error();
   TORCH_CHECK(error.empty(), error);
 }
@@ -59,10 +60,12 @@ using DeviceGuard = c10::cuda::CUDAGuard;
 inline size_t max_dynamic_shared_bytes() {
   return at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
 }
-// The launch's error, named by kernel. With CUDA_LAUNCH_BLOCKING=1 (the GPU check's kernel
+// The launch's error, named by kernel (`kernel()` gives the name; it is only called on an
+// error, so a launch pays nothing for it). With CUDA_LAUNCH_BLOCKING=1 (the GPU check's kernel
 // driver) the stream is also synchronised here, so a fault inside the kernel (an illegal
 // address, a trap) is reported by the launch that caused it and not by a later op.
-inline void check_launch(const std::string& kernel) {
+template <typename Name>
+void check_launch(Name kernel) {
   static const bool blocking = [] {
     const char* v = std::getenv("CUDA_LAUNCH_BLOCKING");
     return v != nullptr && std::strcmp(v, "1") == 0;
@@ -71,7 +74,7 @@ inline void check_launch(const std::string& kernel) {
   if (error == cudaSuccess && blocking) {
     error = cudaStreamSynchronize(at::cuda::getCurrentCUDAStream());
   }
-  TORCH_CHECK(error == cudaSuccess, "CUDA error in kernel ", kernel, ": ",
+  TORCH_CHECK(error == cudaSuccess, "CUDA error in kernel ", kernel(), ": ",
               cudaGetErrorString(error));
 }
 }  // namespace ebm_ext
@@ -113,7 +116,7 @@ void launch_kernel(dim3 grid, dim3 block, size_t shared_bytes, Args&&... args) {
   Kernel<<<grid, block, shared_bytes, at::cuda::getCurrentCUDAStream()>>>(
       std::forward<Args>(args)...);
 #endif
-  check_launch(kernel_name<Kernel>());
+  check_launch([] { return kernel_name<Kernel>(); });
 }
 
 }  // namespace ebm_ext
