@@ -104,3 +104,57 @@ def hard_chains(draw):
     L = torch.tensor(draw(st.lists(st.integers(0, T), min_size=B, max_size=B)))
     cast = lambda x: None if x is None else x.to(dtype)  # noqa: E731
     return dtype, cast(unary), cast(trans), L, cast(start), cast(end)
+
+
+# Energies aimed at the edge of the floating-point range, where a rescaled exp-domain recursion
+# is most fragile: a tag's energy (unary, start, end or transition) near or past -log of the
+# smallest normal number (87.3 in float32, 708.4 in float64), so that one step's mass or the
+# product of two lands among the subnormals or below them; dead ends (a tag no transition
+# leaves), unreachable tags, forbidden transitions, and tags cheap early but useless later.
+@st.composite
+def edge_of_range_chains(draw):
+    dtype = draw(st.sampled_from([torch.float32, torch.float32, torch.float32, torch.float64]))
+    normal_edge = 87.3 if dtype == torch.float32 else 708.4
+    B, T, K = draw(st.integers(1, 4)), draw(st.integers(2, 5)), draw(st.integers(2, 3))
+    inf = math.inf
+
+    # The values come from a seeded generator rather than from Hypothesis' own draws, which
+    # favour 0 and the bounds: the regime is a band (a sum of two or three energies between 1
+    # and 1.18 edges, among the subnormals) that uniform draws hit and boundary draws miss.
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2 ** 32 - 1)))
+
+    def energies(n, p_inf):
+        """+inf with probability p_inf, else 0 a fifth of the time, else half an edge or less
+        (what a step can fall before the check notices) or 0.4 to 1.2 edges (what completes a
+        sum in the band), one or the other at random."""
+        r = torch.rand(n, generator=g, dtype=torch.float64)
+        low = torch.rand(n, generator=g, dtype=torch.float64) * 0.5
+        high = 0.4 + torch.rand(n, generator=g, dtype=torch.float64) * 0.8
+        value = torch.where(torch.rand(n, generator=g) < 0.5, low, high) * normal_edge
+        out = torch.where(r < p_inf + (1 - p_inf) / 5, 0.0, value)
+        return torch.where(r < p_inf, inf, out).tolist()
+
+    p_inf = draw(st.sampled_from([0.0, 0.15, 0.3, 0.5]))
+    unary = torch.tensor(energies(B * T * K, p_inf / 4), dtype=torch.float64).view(B, T, K)
+    trans = torch.tensor(energies(K * K, p_inf), dtype=torch.float64).view(K, K)
+    # Traps: a tag that no transition leaves (a dead end) and one that none enters (unreachable),
+    # often the same tag (usable only alone) and often the cheapest tag everywhere, so that the
+    # recursion's largest entries belong to no complete path and the paths that remain lie far
+    # below them.
+    traps = draw(st.sampled_from(["none", "dead end", "unreachable", "two", "alone", "alone"]))
+    dead_end = draw(st.integers(0, K - 1)) if traps in ("dead end", "two", "alone") else None
+    unreachable = (dead_end if traps == "alone" else draw(st.integers(0, K - 1))
+                   if traps in ("unreachable", "two") else None)
+    for tag, forbid in ((dead_end, lambda j: trans.__setitem__(j, inf)),
+                        (unreachable, lambda j: trans[:, j].fill_(inf))):
+        if tag is not None:
+            forbid(tag)
+            if draw(st.integers(0, 3)):
+                unary[:, :, tag] = 0.0
+    with_ends = draw(st.booleans())
+    start = torch.tensor(energies(K, p_inf / 3), dtype=torch.float64) if with_ends else None
+    end = torch.tensor(energies(K, p_inf / 3), dtype=torch.float64) if with_ends else None
+    full = draw(st.booleans())  # most of the regime needs a few steps: often every one
+    L = None if full else torch.tensor(draw(st.lists(st.integers(0, T), min_size=B, max_size=B)))
+    cast = lambda x: None if x is None else x.to(dtype)  # noqa: E731
+    return dtype, cast(unary), cast(trans), L, cast(start), cast(end)

@@ -6,14 +6,14 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
 import ebm_ext
 from ebm_ext.ops import (chain_cross_entropy, chain_entropy, chain_expectation, chain_kl,
                          chain_sample)
-from chain_cases import all_paths, hard_chains, make_chain
+from chain_cases import all_paths, edge_of_range_chains, hard_chains, make_chain
 from conftest import tolerance
 
 ops = torch.ops.ebm_ext
@@ -67,9 +67,10 @@ def _split(flat, T, K):
             flat[T * K + K * K:T * K + K * K + K], flat[T * K + K * K + K:])
 
 
-def _check_moments(dtype, unary, trans, L, start, end, v_unary, v_trans, v_start, v_end, device):
+def _check_moments(dtype, unary, trans, L, start, end, v_unary, v_trans, v_start, v_end, device,
+                   move=None):
     B, T, K = unary.shape
-    move = lambda x: None if x is None else x.to(device)  # noqa: E731
+    move = move or (lambda x: None if x is None else x.to(device))
     args = [move(x) for x in (unary, trans, v_unary, v_trans, L, start, end, v_start, v_end)]
     weight = torch.linspace(0.5, 1.5, B, dtype=dtype)
     log_z, mean = [x.cpu() for x in ops.chain_expectation(*args)]
@@ -112,6 +113,31 @@ def test_exact_where_the_exp_domain_is_hardest(case, seed):
     v_unary = torch.randn(unary.shape, generator=g, dtype=torch.float64).to(dtype)
     v_trans = torch.randn(trans.shape, generator=g, dtype=torch.float64).to(dtype)
     _check_moments(dtype, unary, trans, L, start, end, v_unary, v_trans, start, None, "cpu")
+
+
+def _edge_moments(case, seed, move):
+    dtype, unary, trans, L, start, end = case
+    g = torch.Generator().manual_seed(seed)
+    v_unary = torch.randn(unary.shape, generator=g, dtype=torch.float64).to(dtype)
+    v_trans = torch.randn(trans.shape, generator=g, dtype=torch.float64).to(dtype)
+    _check_moments(dtype, unary, trans, L, start, end, v_unary, v_trans, start, None, "cpu",
+                   move=move)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(edge_of_range_chains(), st.integers(0, 2 ** 31))
+def test_exact_at_the_edge_of_the_float_range(case, seed):
+    """Dead ends, forbidden moves and energies near -log of the smallest normal number: log Z,
+    the expectation (hence the entropy) and the covariance (their backward) stay exact."""
+    _edge_moments(case, seed, None)
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edge_of_range_chains(), st.integers(0, 2 ** 31))
+def test_exact_at_the_edge_of_the_float_range_on_cuda(gpu, case, seed):
+    with gpu():
+        _edge_moments(case, seed, gpu.to)
 
 
 def test_a_dead_end_runs_its_column_in_log_space():

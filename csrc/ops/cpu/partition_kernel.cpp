@@ -317,10 +317,11 @@ struct ForwardBackward {
         at[j] = vt[j] * wt[j];
         m = std::max(m, at[j]);
       }
-      if (m == 0) {
-        if (p.trans_inf) return exact = false, S(0);  // relevant tags exist but vanished
-        return -inf_v<S>;
-      }
+      if (m == 0 && !p.trans_inf) return -inf_v<S>;  // a position where no tag is allowed
+      // With forbidden transitions the step's whole mass can fall below the normal range while
+      // a finite path remains (a dead end leaves only a costly tag): 1 / m would overflow, so
+      // the sequence reruns in log space. All finite, m >= 1 (see above) and this never fires.
+      if (!(m >= std::numeric_limits<S>::min())) return exact = false, S(0);
       const S inv = S(1) / m;
       for (int64_t j = 0; j < Kp; ++j) at[j] *= inv;
       logz += std::log(m) - p.tmax - umin;
@@ -363,7 +364,7 @@ struct ForwardBackward {
         tmp[j] = wt[j] * (beta[j] * p.c);
         qmax = std::max(qmax, tmp[j]);
       }
-      if (!(qmax > 0)) return false;
+      if (!(qmax >= std::numeric_limits<S>::min())) return false;  // 1 / qmax would overflow
       const S qinv = S(1) / qmax;
       S z = 0;
       for (int64_t j = 0; j < Kp; ++j) {
@@ -379,7 +380,7 @@ struct ForwardBackward {
       vecmat(tmp.data(), p.ET, K, Kp, next.data());
       S m = 0;
       for (int64_t i = 0; i < K; ++i) m = std::max(m, next[i]);
-      if (!(m > 0)) return false;
+      if (!(m >= std::numeric_limits<S>::min())) return false;
       const S inv = S(1) / m;
       for (int64_t i = 0; i < Kp; ++i) beta[i] = next[i] * inv;
       if (p.trans_inf && !above_tau(beta.data(), t - 1)) return false;
