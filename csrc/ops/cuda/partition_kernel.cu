@@ -2,9 +2,12 @@
 // per tag, transitions in shared memory when they fit. Each thread folds its log-sum-exp online
 // (running maximum, rescaled sum), so any energy range is exact; exponentials are cheap here.
 // The forward and backward messages are normalised at every position (their maximum
-// subtracted, the offsets summed in double), so that float32 keeps its precision however large
-// the energies grow along the chain: a marginal is exp of a difference of O(1) numbers plus a
-// double offset, never of two numbers of size T * |energy|.
+// subtracted, the offsets summed in double) and kept in double, with only the differences
+// that meet an exponential (each at most 0 against its running maximum) rounded to the
+// accumulation type. Normalising by the maximum alone is not enough for float32: where that
+// maximum belongs to no complete path (a dead end), the tags that carry the mass lie hundreds
+// below it, and a float32 message of -440 is only good to 3e-5 (found by the aimed search of
+// tests/test_partition.py); in double both halves of alpha + beta keep their precision.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -19,22 +22,23 @@ namespace ebm_ext {
 using namespace cuda_chain;
 namespace {
 
-// Online log-sum-exp: fold x into (m, s) with sum = s * exp(m).
+// Online log-sum-exp: fold x into (m, s) with sum = s * exp(m); the running maximum m in
+// double, the rescaled sum s and its exponentials in the accumulation type.
 template <typename acc_t>
-__device__ __forceinline__ void lse_add(acc_t x, acc_t& m, acc_t& s) {
-  if (x == -std::numeric_limits<acc_t>::infinity()) return;
+__device__ __forceinline__ void lse_add(double x, double& m, acc_t& s) {
+  if (x == -std::numeric_limits<double>::infinity()) return;
   if (x > m) {
-    s = s * exp(m - x) + acc_t(1);
+    s = s * exp(static_cast<acc_t>(m - x)) + acc_t(1);
     m = x;
   } else {
-    s += exp(x - m);  // NaN x lands here and poisons s, as it should
+    s += exp(static_cast<acc_t>(x - m));  // NaN x lands here and poisons s, as it should
   }
 }
 
 // No term is s == 0 (log 0 = -inf); a NaN term left s NaN, whatever m is.
 template <typename acc_t>
-__device__ __forceinline__ acc_t lse_value(acc_t m, acc_t s) {
-  return s == acc_t(0) ? -std::numeric_limits<acc_t>::infinity() : m + log(s);
+__device__ __forceinline__ double lse_value(double m, acc_t s) {
+  return s == acc_t(0) ? -std::numeric_limits<double>::infinity() : m + log(double(s));
 }
 
 // The block's largest value of `local` (one per thread), as the offset to subtract: 0 when it
@@ -45,11 +49,10 @@ __device__ __forceinline__ double block_offset(double local, double* scratch) {
 }
 
 // Forward: alpha[b, t, j] - offset[b, t] (log, unary at t included) into `alpha`, the
-// offsets (double) into `offset`, log Z (double) into logz. The unary energy, the large term,
-// is subtracted in double before the offset is, so alpha is exact to its own rounding.
+// offsets into `offset`, log Z into logz, all three in double.
 template <typename scalar_t, typename acc_t>
 __global__ void log_partition_kernel(ChainArgs<scalar_t, acc_t> a,
-                                     acc_t* __restrict__ alpha, double* __restrict__ offset,
+                                     double* __restrict__ alpha, double* __restrict__ offset,
                                      double* __restrict__ logz) {
   EBM_DYNAMIC_SHARED(unsigned char, smem_raw);
   __shared__ double scratch[32];
@@ -62,9 +65,9 @@ __global__ void log_partition_kernel(ChainArgs<scalar_t, acc_t> a,
   }
   const acc_t* tr = stage_matrix(a.trans, a, reinterpret_cast<acc_t*>(smem_raw));
   const scalar_t* __restrict__ u = a.unary_at(b, 0);
-  acc_t* al = alpha + b * T * K;
+  double* al = alpha + b * T * K;
   double* off = offset + b * T;
-  const acc_t inf = std::numeric_limits<acc_t>::infinity();
+  const double inf = std::numeric_limits<double>::infinity();
   const auto first = [&](int j) {
     return -(static_cast<double>(u[j]) + static_cast<double>(a.start_at(j)));
   };
@@ -76,25 +79,26 @@ __global__ void log_partition_kernel(ChainArgs<scalar_t, acc_t> a,
     invalid |= !(u[j] > -inf);
   }
   double c = block_offset(top, scratch);
-  for (int j = threadIdx.x; j < K; j += blockDim.x) al[j] = static_cast<acc_t>(first(j) - c);
+  for (int j = threadIdx.x; j < K; j += blockDim.x) al[j] = first(j) - c;
   double total = c;  // the same in every thread
   if (threadIdx.x == 0) off[0] = total;
   __syncthreads();
   for (int64_t t = 1; t < L; ++t) {
-    const acc_t* prev = al + (t - 1) * K;
+    const double* prev = al + (t - 1) * K;
     top = -inf;
     for (int j = threadIdx.x; j < K; j += blockDim.x) {
-      acc_t m = -inf, s = 0;
-      for (int i = 0; i < K; ++i) lse_add(prev[i] - tr[i * K + j], m, s);
-      const acc_t l = lse_value(m, s);
+      double m = -inf;
+      acc_t s = 0;
+      for (int i = 0; i < K; ++i) lse_add(prev[i] - double(tr[i * K + j]), m, s);
+      const double l = lse_value(m, s);
       al[t * K + j] = l;  // the log-sum-exp alone until the offset is known
-      const double v = double(l) - double(u[t * K + j]);
+      const double v = l - double(u[t * K + j]);
       top = isnan(v) ? v : fmax(top, v);
       invalid |= !(u[t * K + j] > -inf);
     }
     c = block_offset(top, scratch);  // its barriers: every prev[i] read before it is needed
     for (int j = threadIdx.x; j < K; j += blockDim.x) {
-      al[t * K + j] = static_cast<acc_t>(double(al[t * K + j]) - double(u[t * K + j]) - c);
+      al[t * K + j] = al[t * K + j] - double(u[t * K + j]) - c;
     }
     total += c;
     if (threadIdx.x == 0) off[t] = total;
@@ -102,37 +106,38 @@ __global__ void log_partition_kernel(ChainArgs<scalar_t, acc_t> a,
   }
   invalid = __syncthreads_or(invalid);
   if (threadIdx.x == 0) {
-    acc_t m = -inf, s = 0;
-    for (int j = 0; j < K; ++j) lse_add(al[(L - 1) * K + j] - a.end_at(j), m, s);
-    const double z = total + double(lse_value(m, s));
+    double m = -inf;
+    acc_t s = 0;
+    for (int j = 0; j < K; ++j) lse_add(al[(L - 1) * K + j] - double(a.end_at(j)), m, s);
+    const double z = total + lse_value(m, s);
     logz[b] = *a.params_nan || invalid ? std::numeric_limits<double>::quiet_NaN() : z;
   }
 }
 
 // Backward: marginals scale_b * p(y_t = k) into d_unary and, when pairs is not null, the pair
 // marginals summed over t into pairs[b] (thread i owns row i: no atomics, deterministic). beta
-// is normalised like alpha, its running offset `total` (double) the same in every thread; the
-// message q = beta - unary is shifted by the forward's step offset off[t] - off[t-1] (which is
-// about -unary), so that it too stays O(1) in the accumulation type.
+// is normalised like alpha (and like it kept in double, in shared memory with q), its running
+// offset `total` the same in every thread; the message q = beta - unary is shifted by the
+// forward's step offset off[t] - off[t-1] (which is about -unary).
 template <typename scalar_t, typename acc_t>
 __global__ void marginals_kernel(ChainArgs<scalar_t, acc_t> a,
-                                 const acc_t* __restrict__ alpha, const double* __restrict__ offset,
+                                 const double* __restrict__ alpha, const double* __restrict__ offset,
                                  const double* __restrict__ logz, const scalar_t* __restrict__ scale,
                                  scalar_t* __restrict__ d_unary, acc_t* __restrict__ pairs) {
   EBM_DYNAMIC_SHARED(unsigned char, smem_raw);
   __shared__ double scratch[32];
   const int K = a.K;
-  acc_t* beta = reinterpret_cast<acc_t*>(smem_raw);
-  acc_t* q = beta + K;
+  double* beta = reinterpret_cast<double*>(smem_raw);
+  double* q = beta + K;
   const int64_t T = a.T, b = blockIdx.x;
   const int64_t L = a.length(b);
   const double lz = logz[b];
   const acc_t g = static_cast<acc_t>(scale[b]);
-  const acc_t inf = std::numeric_limits<acc_t>::infinity();
+  const double inf = std::numeric_limits<double>::infinity();
   if (L == 0 || g == acc_t(0) || !isfinite(lz)) return;  // nothing flows (NaN rows: the host)
-  const acc_t* trT = stage_trans(a, q + K);
+  const acc_t* trT = stage_trans(a, reinterpret_cast<acc_t*>(q + K));
   const scalar_t* __restrict__ u = a.unary_at(b, 0);
-  const acc_t* al = alpha + b * T * K;
+  const double* al = alpha + b * T * K;
   const double* off = offset + b * T;
   scalar_t* du = d_unary + b * T * K;
   acc_t* pr = pairs ? pairs + b * K * K : nullptr;
@@ -140,42 +145,44 @@ __global__ void marginals_kernel(ChainArgs<scalar_t, acc_t> a,
   for (int i = threadIdx.x; i < K; i += blockDim.x) top = fmax(top, -double(a.end_at(i)));
   double c = block_offset(top, scratch);
   for (int i = threadIdx.x; i < K; i += blockDim.x) {
-    beta[i] = static_cast<acc_t>(-double(a.end_at(i)) - c);
+    beta[i] = -double(a.end_at(i)) - c;
   }
   double total = c;
   for (int64_t t = L - 1; t >= 0; --t) {
     // Each thread reads only the beta entries it wrote.
-    const acc_t shift = static_cast<acc_t>(off[t] + total - lz);
+    const double shift = off[t] + total - lz;
     for (int k = threadIdx.x; k < K; k += blockDim.x) {
-      du[t * K + k] = static_cast<scalar_t>(g * exp(al[t * K + k] + beta[k] + shift));
+      const acc_t log_p = static_cast<acc_t>(al[t * K + k] + beta[k] + shift);
+      du[t * K + k] = static_cast<scalar_t>(g * exp(log_p));
     }
     if (t == 0) break;
     const double step = off[t] - off[t - 1];
     for (int j = threadIdx.x; j < K; j += blockDim.x) {
-      q[j] = static_cast<acc_t>(double(beta[j]) - double(u[t * K + j]) - step);
+      q[j] = beta[j] - double(u[t * K + j]) - step;
     }
     __syncthreads();
     top = -inf;
     for (int i = threadIdx.x; i < K; i += blockDim.x) {
-      const acc_t ai = al[(t - 1) * K + i] + shift;
-      acc_t m = -inf, s = 0;
+      const double ai = al[(t - 1) * K + i] + shift;
+      double m = -inf;
+      acc_t s = 0;
       for (int j = 0; j < K; ++j) {
-        const acc_t x = q[j] - trT[j * K + i];
+        const double x = q[j] - double(trT[j * K + i]);
         lse_add(x, m, s);
-        if (pr) pr[i * K + j] += g * exp(ai + x);
+        if (pr) pr[i * K + j] += g * exp(static_cast<acc_t>(ai + x));
       }
       beta[i] = lse_value(m, s);
-      top = isnan(double(beta[i])) ? double(beta[i]) : fmax(top, double(beta[i]));
+      top = isnan(beta[i]) ? beta[i] : fmax(top, beta[i]);
     }
     c = block_offset(top, scratch);  // its barriers: every q[j] read before q is rewritten
-    for (int i = threadIdx.x; i < K; i += blockDim.x) beta[i] = static_cast<acc_t>(double(beta[i]) - c);
+    for (int i = threadIdx.x; i < K; i += blockDim.x) beta[i] -= c;
     total += step + c;
   }
 }
 
 struct Launch {
   Staged s;
-  at::Tensor alpha, offset, logz;  // alpha in the accumulation type, offset and log Z in double
+  at::Tensor alpha, offset, logz;  // double
 };
 
 // Runs the forward kernel.
@@ -184,8 +191,7 @@ Launch run_forward(const at::Tensor& unary, const at::Tensor& trans,
                    const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end) {
   Launch l;
   l.s = stage(unary, trans, lengths, start, end);
-  const auto acc = at::toOpMathType(unary.scalar_type());
-  l.alpha = at::empty(unary.sizes(), unary.options().dtype(acc));
+  l.alpha = at::empty(unary.sizes(), unary.options().dtype(at::kDouble));
   l.offset = at::empty({unary.size(0), unary.size(1)}, unary.options().dtype(at::kDouble));
   l.logz = at::empty({unary.size(0)}, unary.options().dtype(at::kDouble));
   EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "chain_log_partition_cuda", [&] {
@@ -193,7 +199,7 @@ Launch run_forward(const at::Tensor& unary, const at::Tensor& trans,
     auto a = chain_args<scalar_t, acc_t>(l.s, 0);
     launch_kernel<log_partition_kernel<scalar_t, acc_t>>(unary.size(0), threads_for(a.K),
         shared_bytes(a, 0), a,
-        l.alpha.data_ptr<acc_t>(), l.offset.data_ptr<double>(), l.logz.data_ptr<double>());
+        l.alpha.data_ptr<double>(), l.offset.data_ptr<double>(), l.logz.data_ptr<double>());
   });
   return l;
 }
@@ -215,7 +221,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_backward_cuda
     bool want_params) {
   const DeviceGuard guard(unary.device());
   const auto acc = at::toOpMathType(unary.scalar_type());
-  check_shared_tags(op, d.K, 2 * c10::elementSize(acc));  // beta and q
+  check_shared_tags(op, d.K, 2 * sizeof(double));  // beta and q
   auto d_unary = at::zeros({d.B, d.T, d.K}, unary.options());
   auto d_trans = at::zeros({d.K, d.K}, unary.options());
   auto d_start = at::zeros({d.K}, unary.options());
@@ -227,12 +233,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_backward_cuda
   const auto scale_c = scale.contiguous();
   EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "chain_marginals_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const size_t before = 2 * d.K * sizeof(acc_t);
+    const size_t before = 2 * d.K * sizeof(double);
     auto a = chain_args<scalar_t, acc_t>(l.s, before);
     acc_t* pairs_p = pairs.defined() ? pairs.data_ptr<acc_t>() : nullptr;
     launch_kernel<marginals_kernel<scalar_t, acc_t>>(
         d.B, threads_for(d.K), shared_bytes(a, before), a,
-        l.alpha.data_ptr<acc_t>(), l.offset.data_ptr<double>(), l.logz.data_ptr<double>(),
+        l.alpha.data_ptr<double>(), l.offset.data_ptr<double>(), l.logz.data_ptr<double>(),
         scale_c.data_ptr<scalar_t>(), d_unary.data_ptr<scalar_t>(), pairs_p);
   });
   // NaN inputs: the sequence's marginals at t < L (and everything summed from them) are NaN;
