@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import dataclasses
+import itertools
 import math
 import multiprocessing
 import os
@@ -374,8 +376,17 @@ def evaluate(args) -> dict:
     return result
 
 
+TAG_BATCH = 256  # input lines read, tagged and printed at a time
+
+
 def tag(args) -> None:
-    """Tags raw tweets (one per line) with a checkpoint or an exported tagger (--model)."""
+    """Tags raw tweets, one per input line, with a checkpoint or an exported tagger (--model).
+
+    Streams: reads TAG_BATCH lines, tags them, prints them and flushes, so memory stays that of
+    one batch whatever the input's length, and the first tags appear at once. Prints exactly one
+    block per input line (a `token<TAB>tag` line per token, then a blank line); an empty or
+    whitespace-only line gets an empty block (the blank line alone), so the n-th block always
+    belongs to the n-th line."""
     if args.model:
         if torch.device(args.device).type != "cpu":  # not silently on another device than asked
             raise ValueError(f"--model {args.model}: an exported tagger runs on the CPU (tagger.py "
@@ -386,17 +397,25 @@ def tag(args) -> None:
     else:
         model, vocabs = load_tagger(args.checkpoint, args.device)
         predict = model.predict
-    stream = open(args.input, encoding="utf-8") if args.input else sys.stdin
-    lines = [tokenize(line, args.pretokenized) for line in stream]
-    sentences = [(tokens, None) for tokens in lines if tokens]
-    for chunk in batches(sentences, 256):
-        batch = D.encode(chunk, vocabs, with_tags=False).to(args.device)
-        with torch.no_grad():
-            predicted = predict(batch).cpu().tolist()
-        for row, (tokens, _) in zip(predicted, chunk):
-            for t, token in enumerate(tokens):
-                print(f"{token}\t{vocabs.tags.items[row[t]]}")
-            print()
+    with open(args.input, "rb") if args.input else contextlib.nullcontext(sys.stdin.buffer) as f:
+        lines = D.read_lines(f, args.input or "<stdin>")
+        while True:
+            chunk = [tokenize(line, args.pretokenized) for line in itertools.islice(lines, TAG_BATCH)]
+            if not chunk:
+                break
+            nonempty = [(tokens, None) for tokens in chunk if tokens]
+            rows = iter([])
+            if nonempty:
+                batch = D.encode(nonempty, vocabs, with_tags=False).to(args.device)
+                with torch.no_grad():
+                    rows = iter(predict(batch).cpu().tolist())
+            out = []
+            for tokens in chunk:
+                row = next(rows) if tokens else []
+                out.extend(f"{token}\t{vocabs.tags.items[row[t]]}\n" for t, token in enumerate(tokens))
+                out.append("\n")
+            sys.stdout.write("".join(out))
+            sys.stdout.flush()
 
 
 def export(args) -> dict:
@@ -441,10 +460,18 @@ def main(argv=None):
     e.add_argument("--format", choices=["auto", "tweets", "conllu"], default="auto")
     e.add_argument("--device", default="cpu")
     g = sub.add_parser("tag", help="tag raw tweets, one per line, tokenised as the corpus was "
-                       "(ebm_ext.tagging.tokenize)")
+                       "(ebm_ext.tagging.tokenize)",
+                       description="Tags raw tweets, one per line, streaming: one block per input "
+                       "line (a token<TAB>tag line per token, then a blank line; an empty or "
+                       "whitespace-only line gets an empty block), printed batch by batch. "
+                       "Security: a checkpoint is loaded with weights_only=True (no code runs), "
+                       "but an exported AOTInductor package (--model) holds compiled native code "
+                       "that runs when it is loaded: use only packages from a trusted source.")
     source = g.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="a best.pt of tagger.py train")
-    source.add_argument("--model", help="an exported tagger (tagger.py export's .pt2)")
+    source.add_argument("--checkpoint", help="a best.pt of tagger.py train (loaded with "
+                        "weights_only=True)")
+    source.add_argument("--model", help="an exported tagger (tagger.py export's .pt2); an "
+                        "AOTInductor package runs native code: only from a trusted source")
     g.add_argument("--input", help="text file (default: standard input)")
     g.add_argument("--pretokenized", action="store_true",
                    help="the lines hold tokens separated by whitespace: split on it only")

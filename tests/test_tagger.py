@@ -6,6 +6,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -56,17 +57,102 @@ def test_eval_and_tag_commands(trained, tmp_path):
               DATA / "ud_ewt" / "en_ewt-ud-dev.conllu", check=False)
     assert out.returncode != 0 and "unknown tag" in out.stderr  # UPOS tags are not tweet tags
     raw = tmp_path / "raw.txt"
-    raw.write_text("lol @bob this is gr8!!\n\nhttp://t.co/x #win\n", encoding="utf-8")
+    raw.write_text("lol @bob this is gr8!!\n\nhttp://t.co/x #win\n \t \r\nok", encoding="utf-8")
     out = run("tag", "--checkpoint", trained / "best.pt", "--input", raw)
-    blocks = [b for b in out.stdout.strip().split("\n\n")]
-    assert len(blocks) == 2
-    assert ([line.split("\t")[0] for line in blocks[0].splitlines()]
-            == ["lol", "@bob", "this", "is", "gr8", "!!"])  # raw text, tokenised as the corpus
+    blocks = tag_blocks(out.stdout)
+    # One block per input line, in order: the empty and the whitespace-only lines get empty ones.
+    assert [[token for token, _ in b] for b in blocks] == [
+        ["lol", "@bob", "this", "is", "gr8", "!!"], [], ["http://t.co/x", "#win"], [], ["ok"]]
     out = run("tag", "--checkpoint", trained / "best.pt", "--input", raw, "--pretokenized")
-    assert ([line.split("\t")[0] for line in out.stdout.split("\n\n")[0].splitlines()]
-            == ["lol", "@bob", "this", "is", "gr8!!"])  # whitespace only
+    assert [token for token, _ in tag_blocks(out.stdout)[0]] == ["lol", "@bob", "this", "is", "gr8!!"]
     out = run("tag", "--checkpoint", trained / "best.pt", input="ok then\n")
-    assert len(out.stdout.strip().splitlines()) == 2
+    assert len(tag_blocks(out.stdout)) == 1 and len(tag_blocks(out.stdout)[0]) == 2
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"fine\n\x9f\x92\x96 binary\n")
+    out = run("tag", "--checkpoint", trained / "best.pt", "--input", binary, check=False)
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        f"tagger.py tag: error: {binary}:2: not UTF-8 text (invalid start byte at byte 0 of the "
+        "line)"]
+
+
+def tag_blocks(stdout: str) -> list:
+    """tag's output as one list of (token, tag) per block; every block ends with a blank line."""
+    assert stdout.endswith("\n") or not stdout
+    blocks, block = [], []
+    for line in stdout.splitlines():
+        if line:
+            block.append(tuple(line.split("\t")))
+        else:
+            blocks.append(block)
+            block = []
+    assert not block, "the last block has no closing blank line"
+    return blocks
+
+
+STREAM_WORDS = "lol @bob this is gr8 !! #win ok then :) http://t.co/x i love it so much".split()
+
+
+def _stream_line(i: int) -> str:
+    """Input line i of the streaming test: 4 to 6 tokens, every 7th line empty."""
+    if i % 7 == 3:
+        return ""
+    return " ".join(STREAM_WORDS[(i + k) % len(STREAM_WORDS)] for k in range(4 + i % 3))
+
+
+def _peak_kib(pid: int) -> int:
+    """The peak resident memory (VmHWM) of a live process, in KiB."""
+    status = pathlib.Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1])
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+def test_tag_streams_every_line_in_bounded_memory(trained):
+    """200,192 lines through a pipe: the tags of the first 20,480 come back while the rest is
+    still unwritten (tag streams), one block per line in order (an empty block for each empty
+    line), and the peak memory after all of them is that after the first 20,480."""
+    batch = 256  # tag's batch: it tags a batch once it is full (or the input ends)
+    n, first = 782 * batch, 80 * batch
+    proc = subprocess.Popen([sys.executable, str(TAGGER), "tag", "--checkpoint", trained / "best.pt"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    came_back = {first: threading.Event(), n: threading.Event()}
+    seen = {"blocks": 0, "wrong": None}
+
+    def reader():  # checks each block against its line as it comes
+        block = []
+        for raw in proc.stdout:
+            line = raw.decode().rstrip("\n")
+            if line:
+                block.append(line.split("\t")[0])
+                continue
+            i = seen["blocks"]
+            if seen["wrong"] is None and block != _stream_line(i).split():
+                seen["wrong"] = (i, block)
+            seen["blocks"], block = i + 1, []
+            if i + 1 in came_back:
+                came_back[i + 1].set()
+
+    def write(lo, hi):
+        proc.stdin.write("".join(_stream_line(i) + "\n" for i in range(lo, hi)).encode())
+        proc.stdin.flush()
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    try:
+        write(0, first)
+        assert came_back[first].wait(240), "no tags before the input ended: tag does not stream"
+        peak_first = _peak_kib(proc.pid)
+        write(first, n)  # the reader drains stdout meanwhile
+        assert came_back[n].wait(600), f"only {seen['blocks']} of {n} blocks came back"
+        peak_all = _peak_kib(proc.pid)
+        proc.stdin.close()
+        assert proc.wait(60) == 0, proc.stderr.read().decode()
+    finally:
+        proc.kill()
+    thread.join(10)
+    assert seen["blocks"] == n and seen["wrong"] is None, seen
+    # Holding 200,000 tokenised lines would cost some 100 MB; a stream holds one batch.
+    assert peak_all - peak_first < 20 * 1024, (peak_first, peak_all)
 
 
 def test_bad_files_and_checkpoints_fail_in_one_line(trained, tmp_path):

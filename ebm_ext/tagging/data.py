@@ -5,6 +5,7 @@
 - ``read_conllu``: CoNLL-U through the ``conllu`` package (UPOS by default); multiword-token
   lines and empty nodes carry no UPOS tag and are skipped.
 - ``read_tagset``: the tweet tagset with its categories.
+- ``read_lines``: raw text one line at a time (what ``tagger.py tag`` streams).
 
 Malformed input raises ``ValueError`` naming the file and line.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import pathlib
-from typing import Iterable, Optional, Sequence
+from typing import BinaryIO, Iterable, Iterator, Optional, Sequence
 
 import torch
 
@@ -33,6 +34,19 @@ def read_text(path) -> str:
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise ValueError(f"{path}:{line}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def read_lines(stream: BinaryIO, name: str) -> Iterator[str]:
+    """The lines of a binary stream as text, one at a time and without their line ending
+    (\\n or \\r\\n) or a byte-order mark; ValueError naming `name` and the line when one is
+    not UTF-8."""
+    for number, raw in enumerate(stream, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{name}:{number}: not UTF-8 text ({e.reason} at byte {e.start} "
+                             f"of the line)") from None
+        yield (line[1:] if number == 1 and line.startswith("\ufeff") else line).rstrip("\r\n")
 
 
 def read_tweets(path) -> list[Sentence]:
@@ -279,26 +293,38 @@ class Encoded:
     tags: Optional[torch.Tensor]  # (L,) or None
 
 
+def _token_ids(tokens: Sequence[str], vocabs: Vocabularies, max_word_len: int) -> tuple:
+    """(words, chars, suffixes, prefixes, shapes) of one sentence as lists of ids, chars as rows
+    padded with 0 to the longest word's characters (capped at max_word_len, at least 1)."""
+    keys = [word_key(t) for t in tokens]
+    C = max((min(len(t), max_word_len) for t in tokens), default=1)
+    char = vocabs.chars.index.get
+    unk = vocabs.chars.unk
+    chars = []
+    for t in tokens:
+        row = [char(ch, unk) for ch in t[:max_word_len]]
+        chars.append(row + [0] * (C - len(row)))
+    return ([vocabs.words[k] for k in keys], chars, [vocabs.suffixes[k[-3:]] for k in keys],
+            [vocabs.prefixes[k[:3]] for k in keys], [shape(t) for t in tokens])
+
+
+def _tag_ids(labels: Sequence[str], vocabs: Vocabularies) -> list[int]:
+    for tag in labels:
+        if tag not in vocabs.tags.index:
+            raise ValueError(f"unknown tag {tag!r} (known: {' '.join(vocabs.tags.items)})")
+    return [vocabs.tags.index[tag] for tag in labels]
+
+
 def encode_sentence(sentence: Sentence, vocabs: Vocabularies, max_word_len: int = MAX_WORD_LEN,
                     with_tags: bool = True) -> Encoded:
     """Index tensors of one (tokens, tags) sentence. Unknown tags raise ValueError."""
     tokens, labels = sentence
+    words, chars, suffixes, prefixes, shapes = _token_ids(tokens, vocabs, max_word_len)
     as_tensor = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
-    C = max((min(len(t), max_word_len) for t in tokens), default=1)
-    chars = torch.zeros(len(tokens), C, dtype=torch.long)
-    for i, token in enumerate(tokens):
-        ids = [vocabs.chars[ch] for ch in token[:max_word_len]]
-        chars[i, :len(ids)] = as_tensor(ids)
-    tags = None
-    if with_tags:
-        for tag in labels:
-            if tag not in vocabs.tags.index:
-                raise ValueError(f"unknown tag {tag!r} (known: {' '.join(vocabs.tags.items)})")
-        tags = as_tensor([vocabs.tags.index[tag] for tag in labels])
-    return Encoded(as_tensor([vocabs.words[word_key(t)] for t in tokens]), chars,
-                   as_tensor([vocabs.suffixes[suffix_key(t)] for t in tokens]),
-                   as_tensor([vocabs.prefixes[prefix_key(t)] for t in tokens]),
-                   as_tensor([shape(t) for t in tokens]), tags)
+    C = len(chars[0]) if chars else 1
+    return Encoded(as_tensor(words), as_tensor(chars).view(len(tokens), C), as_tensor(suffixes),
+                   as_tensor(prefixes), as_tensor(shapes),
+                   as_tensor(_tag_ids(labels, vocabs)) if with_tags else None)
 
 
 def collate(items: Sequence[Encoded]) -> Batch:
@@ -324,5 +350,21 @@ def collate(items: Sequence[Encoded]) -> Batch:
 
 def encode(sentences: Sequence[Sentence], vocabs: Vocabularies, max_word_len: int = MAX_WORD_LEN,
            with_tags: bool = True) -> Batch:
-    """Pads a list of sentences into a Batch. Unknown tags raise ValueError."""
-    return collate([encode_sentence(s, vocabs, max_word_len, with_tags) for s in sentences])
+    """Pads a list of sentences into a Batch (as ``collate`` of ``encode_sentence``, with one
+    tensor per field rather than per sentence: what tagging raw text spends its time on).
+    Unknown tags raise ValueError."""
+    ids = [_token_ids(tokens, vocabs, max_word_len) for tokens, _ in sentences]
+    B = len(ids)
+    lengths = [len(x[0]) for x in ids]
+    T = max(lengths, default=0)
+    C = max((len(x[1][0]) for x in ids if x[1]), default=1)
+    pad = lambda row, fill=0: row + [fill] * (T - len(row))  # noqa: E731
+    field = lambda k: torch.tensor([pad(x[k]) for x in ids], dtype=torch.long).view(B, T)  # noqa: E731
+    chars = torch.tensor([[row + [0] * (C - len(row)) for row in x[1]] + [[0] * C] * (T - len(x[1]))
+                          for x in ids], dtype=torch.long).view(B, T, C)
+    tags = None
+    if with_tags:
+        tags = torch.tensor([pad(_tag_ids(labels, vocabs), -1) for _, labels in sentences],
+                            dtype=torch.long).view(B, T)
+    return Batch(field(0), chars, field(2), field(3), field(4),
+                 torch.tensor(lengths, dtype=torch.long), tags)
