@@ -16,7 +16,6 @@ import argparse
 import concurrent.futures
 import contextlib
 import dataclasses
-import itertools
 import math
 import multiprocessing
 import os
@@ -31,7 +30,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from ebm_ext.tagging import data as D  # noqa: E402
 from ebm_ext.tagging.export import sidecar  # noqa: E402
 from ebm_ext.tagging.pretrain import MaskedWords  # noqa: E402
-from ebm_ext.tagging.tokenize import tokenize  # noqa: E402
+from ebm_ext.tagging.stream import tag_stream  # noqa: E402
 from ebm_ext.tagging import (EnergyTagger, ExportedTagger, TaggerConfig, TaggerEnsemble,  # noqa: E402
                              build_tagger, export_tagger, tagger_from_state)
 from corpora import batches, data_dir, protocol_splits, read_splits, tagset  # noqa: E402
@@ -376,17 +375,9 @@ def evaluate(args) -> dict:
     return result
 
 
-TAG_BATCH = 256  # input lines read, tagged and printed at a time
-
-
 def tag(args) -> None:
-    """Tags raw tweets, one per input line, with a checkpoint or an exported tagger (--model).
-
-    Streams: reads TAG_BATCH lines, tags them, prints them and flushes, so memory stays that of
-    one batch whatever the input's length, and the first tags appear at once. Prints exactly one
-    block per input line (a `token<TAB>tag` line per token, then a blank line); an empty or
-    whitespace-only line gets an empty block (the blank line alone), so the n-th block always
-    belongs to the n-th line."""
+    """Tags raw tweets, one per input line, with a checkpoint or an exported tagger (--model),
+    streaming (ebm_ext.tagging.stream.tag_stream): one block per input line, batch by batch."""
     if args.model:
         if torch.device(args.device).type != "cpu":  # not silently on another device than asked
             raise ValueError(f"--model {args.model}: an exported tagger runs on the CPU (tagger.py "
@@ -398,24 +389,8 @@ def tag(args) -> None:
         model, vocabs = load_tagger(args.checkpoint, args.device)
         predict = model.predict
     with open(args.input, "rb") if args.input else contextlib.nullcontext(sys.stdin.buffer) as f:
-        lines = D.read_lines(f, args.input or "<stdin>")
-        while True:
-            chunk = [tokenize(line, args.pretokenized) for line in itertools.islice(lines, TAG_BATCH)]
-            if not chunk:
-                break
-            nonempty = [(tokens, None) for tokens in chunk if tokens]
-            rows = iter([])
-            if nonempty:
-                batch = D.encode(nonempty, vocabs, with_tags=False).to(args.device)
-                with torch.no_grad():
-                    rows = iter(predict(batch).cpu().tolist())
-            out = []
-            for tokens in chunk:
-                row = next(rows) if tokens else []
-                out.extend(f"{token}\t{vocabs.tags.items[row[t]]}\n" for t, token in enumerate(tokens))
-                out.append("\n")
-            sys.stdout.write("".join(out))
-            sys.stdout.flush()
+        tag_stream(predict, vocabs, f, sys.stdout, args.input or "<stdin>", args.pretokenized,
+                   args.device)
 
 
 def export(args) -> dict:
