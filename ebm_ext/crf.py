@@ -6,7 +6,10 @@ sum_t transitions[y_{t-1}, y_t] + end[y_{L-1}]. ebm_ext works in energies (lower
 the layer hands the kernels E = -score: unary = -emissions, trans = -transitions, start =
 -start_transitions, end = -end_transitions. Same constructor, parameters (initialised
 uniform(-0.1, 0.1)), ``forward`` (the log-likelihood) and ``decode`` (lists), the same
-ValueErrors and the same numbers; TorchScript compiles it.
+ValueErrors and the same numbers; TorchScript compiles it. As in pytorch-crf, the emissions and
+the parameters compute in their promoted dtype (float64 emissions into a float32 layer give
+float64), tags may be any integer dtype and masks bool or uint8; other masks (long, float),
+which pytorch-crf fails on, and non-float emissions are a ValueError in the layer's terms.
 
 Beyond pytorch-crf:
 - ``decode_nbest(emissions, nbest, mask)``: the ``nbest`` best paths per sequence, best first
@@ -100,14 +103,15 @@ class CRF(nn.Module):
         self._validate(emissions, tags, mask)
         if reduction not in ["none", "sum", "mean", "token_mean"]:
             raise ValueError(f"invalid reduction: {reduction}")
-        trans, start, end = self._energies()
         if tags.dtype == torch.bool:
             unary, _, lengths, mask_bf = self._chain(emissions, None, mask)
             restricted = self._chain(emissions.masked_fill(~tags, -math.inf), None, mask)[0]
+            trans, start, end = self._energies(unary.dtype)
             llh = (torch.ops.ebm_ext.chain_log_partition(restricted, trans, lengths, start, end)
                    - torch.ops.ebm_ext.chain_log_partition(unary, trans, lengths, start, end))
         else:
-            unary, gold, lengths, mask_bf = self._chain(emissions, tags, mask)
+            unary, gold, lengths, mask_bf = self._chain(emissions, tags.long(), mask)
+            trans, start, end = self._energies(unary.dtype)
             energy = torch.ops.ebm_ext.chain_energy(unary, trans, gold, lengths, start, end)
             log_z = torch.ops.ebm_ext.chain_log_partition(unary, trans, lengths, start, end)
             llh = -(energy + log_z)
@@ -129,7 +133,7 @@ class CRF(nn.Module):
         if allowed is not None:
             emissions = emissions.masked_fill(~allowed, -math.inf)
         unary, _, lengths, _ = self._chain(emissions, None, mask)
-        trans, start, end = self._energies()
+        trans, start, end = self._energies(unary.dtype)
         tags = torch.ops.ebm_ext.viterbi(unary, trans, lengths, start, end)[1]
         return _to_lists(tags.cpu(), lengths.cpu())
 
@@ -171,7 +175,7 @@ class CRF(nn.Module):
         """p(y_t = k) in the layout of ``emissions``; 0 where the mask is off."""
         self._validate(emissions, None, mask)
         unary, _, lengths, mask_bf = self._chain(emissions, None, mask)
-        trans, start, end = self._energies()
+        trans, start, end = self._energies(unary.dtype)
         marg = torch.ops.ebm_ext.chain_marginals(unary, trans, lengths, start, end)
         if self.any_mask:
             order = _selection_order(mask_bf)
@@ -185,7 +189,7 @@ class CRF(nn.Module):
         ``any_mask=True`` its positions are the selected ones, packed to the left."""
         self._validate(emissions, None, mask)
         unary, _, lengths, _ = self._chain(emissions, None, mask)
-        trans, start, end = self._energies()
+        trans, start, end = self._energies(unary.dtype)
         return LinearChainCRF(unary, trans, start, end, lengths)
 
     # ---- shared ----------------------------------------------------------------------------
@@ -198,21 +202,30 @@ class CRF(nn.Module):
         if nbest < 1:
             raise ValueError(f"nbest must be >= 1, got {nbest}")
         unary, _, lengths, mask_bf = self._chain(emissions, None, mask)
-        trans, start, end = self._energies()
+        trans, start, end = self._energies(unary.dtype)
         energy, tags = torch.ops.ebm_ext.viterbi_kbest(unary, trans, nbest, lengths, start, end)
         return energy, tags, lengths, mask_bf
 
-    def _energies(self) -> Tuple[Tensor, Tensor, Tensor]:
-        trans, start, end = -self.transitions, -self.start_transitions, -self.end_transitions
+    def _energies(self, dtype: torch.dtype) -> Tuple[Tensor, Tensor, Tensor]:
+        """The transition, start and end energies in `dtype` (that of the unary energies: the
+        emissions' and the parameters' promoted, as pytorch-crf's arithmetic promotes them)."""
+        trans = -self.transitions.to(dtype)
+        start, end = -self.start_transitions.to(dtype), -self.end_transitions.to(dtype)
         c_trans, c_start, c_end = self.constraint_transitions, self.constraint_start, self.constraint_end
         if c_trans is not None and c_start is not None and c_end is not None:
-            dtype = trans.dtype
             trans, start, end = trans + c_trans.to(dtype), start + c_start.to(dtype), end + c_end.to(dtype)
         return trans, start, end
 
     def _validate(self, emissions: Tensor, tags: Optional[Tensor], mask: Optional[Tensor]) -> None:
         if emissions.dim() != 3:
             raise ValueError(f"emissions must have dimension of 3, got {emissions.dim()}")
+        if not emissions.is_floating_point():
+            raise ValueError(f"emissions must be a floating-point tensor, got {emissions.dtype}")
+        if tags is not None and (tags.is_floating_point() or tags.is_complex()):
+            raise ValueError(f"tags must be an integer tensor of tag indices (or a bool tensor "
+                             f"of allowed tags), got {tags.dtype}")
+        if mask is not None and mask.dtype != torch.bool and mask.dtype != torch.uint8:
+            raise ValueError(f"mask must be a bool (or uint8) tensor, got {mask.dtype}")
         if emissions.size(2) != self.num_tags:
             raise ValueError(f"expected last dimension of emissions is {self.num_tags}, "
                              f"got {emissions.size(2)}")
@@ -244,10 +257,10 @@ class CRF(nn.Module):
             if mask is not None:
                 mask = mask.transpose(0, 1)
         B, T = emissions.size(0), emissions.size(1)
-        # float16/bfloat16 emissions (autocast, a half network) meet the parameters' precision:
-        # everything past this point accumulates in float32 (or float64).
-        if emissions.dtype in (torch.float16, torch.bfloat16):
-            emissions = emissions.to(self.transitions.dtype)
+        # The emissions' and the parameters' dtypes promoted, as in pytorch-crf's arithmetic:
+        # float64 emissions into a float32 layer compute in float64, and float16/bfloat16
+        # emissions (autocast, a half network) meet the parameters' float32.
+        emissions = emissions.to(torch.promote_types(emissions.dtype, self.transitions.dtype))
         if mask is None:
             mask_bf = torch.ones(B, T, dtype=torch.bool, device=emissions.device)
         else:

@@ -37,6 +37,9 @@ def _check_gold(op: str, unary: Tensor, gold: Tensor, lengths: Optional[Tensor])
     tags, so it is named as such), lengths (B,) in [0, T], and gold in [0, K) at t < L."""
     if not isinstance(unary, Tensor):
         raise ValueError(f"{op}: unary must be a tensor (B, T, K), got {type(unary).__name__}")
+    if not unary.is_floating_point():
+        raise ValueError(f"{op}: unary must be a floating-point tensor of energies (B, T, K), "
+                         f"got {unary.dtype}")
     if not isinstance(gold, Tensor) or gold.dtype != torch.long:
         got = gold.dtype if isinstance(gold, Tensor) else type(gold).__name__
         raise ValueError(f"{op}: gold must be an int64 tensor of tags (B, T), got {got}")
@@ -162,6 +165,10 @@ def margin_rescaled_hinge(unary: Tensor, trans: Tensor, gold: Tensor, cost: Tens
 def hamming_cost(num_tags: int, dtype: torch.dtype = torch.float32,
                  device: Optional[torch.device] = None) -> Tensor:
     """1 - I: one unit of cost per wrong tag."""
+    if isinstance(num_tags, bool) or not isinstance(num_tags, int) or num_tags < 0:
+        raise ValueError(f"hamming_cost: num_tags must be an int >= 0, got {num_tags!r}")
+    if not dtype.is_floating_point:
+        raise ValueError(f"hamming_cost: dtype must be a floating-point dtype, got {dtype}")
     return 1.0 - torch.eye(num_tags, dtype=dtype, device=device)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import pickle
+import re
 import tempfile
 from contextlib import contextmanager
 from typing import Any, Iterable
@@ -49,7 +51,19 @@ def load_checkpoint(path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load reports damage as many types (EOFError, RuntimeError, ...)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # no terminal escape codes
+        if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in text:
+            # torch's message goes on to explain how to load the file unsafely: say only what
+            # was refused and why.
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+            if found:
+                raise CheckpointError(
+                    f"{path}: refused: it names {found.group(1)}, which a weights-only load "
+                    f"does not import or run (our checkpoints hold tensors and plain data "
+                    f"only); not a checkpoint written by ebm_ext") from None
+            reason = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+            text = reason.group(1) if reason else "not a weights-only pickle"
+        first = text.splitlines()[0] if text else type(e).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: "
                               f"{first[:200]})") from e
     if not isinstance(state, dict):

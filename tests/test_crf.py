@@ -235,3 +235,40 @@ def test_extra_arguments_are_checked():
         crf.decode_nbest(emissions, 0)
     with pytest.raises(ValueError, match="nbest must be >= 1, got 0"):
         crf.viterbi_tensors(emissions, nbest=0)
+
+
+@pytest.mark.parametrize("emission_dtype,param_dtype", [(torch.float64, torch.float32),
+                                                        (torch.float32, torch.float64)])
+def test_dtypes_promote_as_in_pytorch_crf(emission_dtype, param_dtype):
+    """pytorch-crf computes in the promoted dtype of the emissions and its parameters; so does
+    the drop-in (before, float64 emissions into a float32 layer raised "chain_energy: trans must
+    have the same dtype as unary", naming arguments the user never passed)."""
+    theirs, ours = _pair(5, True, seed=21)
+    theirs.to(param_dtype), ours.to(param_dtype)
+    emissions, tags, mask = _batch(7, 6, 5, True, seed=22)
+    emissions = emissions.to(emission_dtype)
+    want = theirs(emissions, tags, mask.bool(), "none")
+    got = ours(emissions, tags, mask, "none")
+    assert got.dtype == want.dtype == torch.float64
+    torch.testing.assert_close(got, want)
+    assert ours.decode(emissions, mask) == theirs.decode(emissions, mask.bool())
+    assert ours.marginals(emissions, mask).dtype == torch.float64
+    torch.testing.assert_close(ours(emissions, tags.int(), mask, "none"), want)  # int32 tags too
+
+
+@pytest.mark.parametrize("dtype", [torch.long, torch.int32, torch.float32, torch.float64])
+def test_masks_of_other_dtypes_are_refused_as_pytorch_crf_refuses_them(dtype):
+    """pytorch-crf takes bool and uint8 masks and fails on the others (in torch.where); the
+    drop-in refuses them up front, in the layer's own terms, rather than reading them silently."""
+    crf = ebm_ext.CRF(3)
+    emissions, tags = torch.randn(4, 2, 3), torch.zeros(4, 2, dtype=torch.long)
+    mask = torch.ones(4, 2, dtype=dtype)
+    message = rf"mask must be a bool \(or uint8\) tensor, got {dtype}"
+    for call in (lambda: crf(emissions, tags, mask), lambda: crf.decode(emissions, mask),
+                 lambda: crf.marginals(emissions, mask)):
+        with pytest.raises(ValueError, match=message):
+            call()
+    with pytest.raises(ValueError, match=r"emissions must be a floating-point tensor, got torch.int64"):
+        crf(emissions.long(), tags)
+    with pytest.raises(ValueError, match=r"tags must be an integer tensor of tag indices \(or a bool tensor of allowed tags\), got torch.float32"):
+        crf(emissions, tags.float())

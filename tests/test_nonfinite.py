@@ -219,8 +219,51 @@ _u, _t = torch.randn(2, 3, 4), torch.randn(4, 4)
     (lambda: ebm_ext.packed_order(torch.tensor([3, 5]), 4), r"packed_order: lengths must be <= T=4, got 5"),
     (lambda: ebm_ext.packed_order(torch.tensor([3, -1])), r"packed_order: lengths must be >= 0, got -1"),
     (lambda: ebm_ext.packed_order(torch.tensor([3, 1]), 4.0), r"packed_order: T must be an int >= 0 or None, got 4.0"),
-    (lambda: ebm_ext.packed_order(torch.tensor([3.0, 1.0])), r"packed_order: lengths must be a 1-D int64 tensor \(B,\), got torch.float32"),
+    (lambda: ebm_ext.packed_order(torch.tensor([3.0, 1.0])), r"packed_order: lengths must be a 1-D integer tensor \(B,\), got torch.float32"),
+    # Integers beyond int64 reach the dispatcher as "Expected a value of type 'int' ... found type 'int'".
+    (lambda: ebm_ext.viterbi_kbest(_u, _t, 2 ** 63), r"viterbi_kbest: k must fit in int64 \(at most 2\*\*63 - 1\), got 9223372036854775808"),
+    (lambda: ebm_ext.viterbi_kbest(_u, _t, 2.0), r"viterbi_kbest: k must be an int, got float 2.0"),
+    (lambda: ebm_ext.chain_relaxed_inference(_u, _t, steps=2 ** 63), r"chain_relaxed_inference: steps must fit in int64 \(at most 2\*\*63 - 1\), got 9223372036854775808"),
+    (lambda: ebm_ext.sparse_code(torch.randn(2, 3), torch.randn(3, 4), 0.1, max_iter=-2 ** 64), r"sparse_code: max_iter must fit in int64 \(at most 2\*\*63 - 1\), got -18446744073709551616"),
+    (lambda: ebm_ext.losses.token_nll(torch.ones(2, 3, 4, dtype=torch.long), torch.zeros(2, 3, dtype=torch.long)), r"token_nll: unary must be a floating-point tensor of energies \(B, T, K\), got torch.int64"),
+    (lambda: ebm_ext.losses.crf_nll(torch.ones(2, 3, 4, dtype=torch.int32), _t, torch.zeros(2, 3, dtype=torch.long)), r"crf_nll: unary must be a floating-point tensor of energies \(B, T, K\), got torch.int32"),
+    (lambda: ebm_ext.losses.hamming_cost(-1), r"hamming_cost: num_tags must be an int >= 0, got -1"),
+    (lambda: ebm_ext.losses.hamming_cost(2.5), r"hamming_cost: num_tags must be an int >= 0, got 2.5"),
+    (lambda: ebm_ext.losses.hamming_cost(True), r"hamming_cost: num_tags must be an int >= 0, got True"),
+    (lambda: ebm_ext.losses.hamming_cost(3, dtype=torch.long), r"hamming_cost: dtype must be a floating-point dtype, got torch.int64"),
+    (lambda: ebm_ext.bilstm(torch.randn(2, 3), torch.tensor([2 ** 62, 2 ** 62]), torch.randn(2, 8, 3), torch.randn(2, 8, 2), torch.zeros(2, 8)),
+     r"bilstm: batch_sizes must sum to input.size\(0\)=2, got more: 0 rows before step 0 and 4611686018427387904 at it"),
+    (lambda: ebm_ext.bilstm(torch.randn(2, 3), torch.tensor([1, 2 ** 63 - 1]), torch.randn(2, 8, 3), torch.randn(2, 8, 2), torch.zeros(2, 8)),
+     r"bilstm: batch_sizes must be non-increasing"),
+    (lambda: ebm_ext.sparse_code(torch.randn(2, 4), torch.full((4, 4), 1e19), 0.1),
+     r"sparse_code: D is too large for its dtype \(Float\): its Lipschitz constant 2 \* max eig\(D\^T D\) overflows to inf \(max \|D\| = 1e\+19\); scale D down"),
 ])
 def test_clear_messages(call, message):
     with pytest.raises((RuntimeError, ValueError), match=message):
         call()
+
+
+def test_packed_order_takes_any_integer_lengths_as_torch_does():
+    want = ebm_ext.packed_order(torch.tensor([3, 1, 2]))
+    for dtype in (torch.int32, torch.int16, torch.uint8):
+        got = ebm_ext.packed_order(torch.tensor([3, 1, 2], dtype=dtype))
+        assert all(torch.equal(g, w) for g, w in zip(got, want))
+    packed = torch.nn.utils.rnn.pack_padded_sequence(torch.zeros(3, 3, 1), torch.tensor([3, 1, 2], dtype=torch.int32),
+                                                     batch_first=True, enforce_sorted=False)
+    assert torch.equal(packed.batch_sizes, want[1])  # torch's own packing, from the same int32 lengths
+
+
+def test_lipschitz_overflow_is_inf_and_underflow_safe():
+    """2 max eig(D^T D) of a float32 D past float32's range is +inf (the rounded answer), not the
+    NaN of an overflowed power iteration; the same D in float64 is finite, and a D of tiny
+    entries keeps its relative precision (the iteration runs on D / max|D|)."""
+    D = torch.full((4, 4), 1e20)
+    assert ebm_ext.sparse_coding_lipschitz(D).item() == math.inf
+    assert ebm_ext.sparse_coding_lipschitz(D.double()).item() == pytest.approx(2 * 4 * 4 * 1e40, rel=1e-6)
+    g = torch.Generator().manual_seed(0)
+    D = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    want = 2 * torch.linalg.eigvalsh(D.T @ D).max().item()
+    for scale in (1e-15, 1.0, 1e15):
+        got = ebm_ext.sparse_coding_lipschitz((D * scale).float()).item()
+        assert got == pytest.approx(want * scale ** 2, rel=1e-5)
+    assert math.isnan(ebm_ext.sparse_coding_lipschitz(torch.tensor([[1.0, math.nan]])).item())

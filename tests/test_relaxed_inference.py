@@ -1,5 +1,7 @@
 """chain_relaxed_inference against the same loop written with autograd (ebm_ext._reference),
 its invariants, and rounding against viterbi."""
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -148,3 +150,28 @@ _u, _t = torch.zeros(2, 3, 4), torch.zeros(4, 4)
 def test_errors(kwargs, message):
     with pytest.raises(RuntimeError, match="chain_relaxed_inference: " + message):
         ebm_ext.chain_relaxed_inference(_u, _t, **kwargs)
+
+
+@pytest.mark.parametrize("method", ["entropic", "projected"])
+def test_forbidden_transitions_are_respected(method, device):
+    """+inf forbids a transition here as everywhere: a tag of probability 0 adds nothing through
+    it (0 * inf = 0), a tag whose gradient is +inf (mass on both sides of a forbidden move) is
+    removed for good, and the energy stays finite; before, 0 * inf made every output NaN."""
+    unary, trans, L, start, end = make_chain(3, 6, 4, seed=8, device=device)
+    trans[0, 1] = trans[2, 2] = math.inf
+    probs, energy = ebm_ext.chain_relaxed_inference(unary, trans, L, start, end, steps=30, lr=0.5,
+                                                    method=method)
+    assert torch.isfinite(probs).all() and torch.isfinite(energy).all()
+    torch.testing.assert_close(probs.sum(-1), (torch.arange(6, device=probs.device) < L[:, None]).to(probs.dtype))
+    for i, j in ((0, 1), (2, 2)):  # no mass on both ends of a forbidden move
+        assert (probs[:, :-1, i] * probs[:, 1:, j]).max() == 0
+    torch.testing.assert_close(energy, ebm_ext.chain_energy(unary, trans, probs, L, start, end))
+
+
+def test_everything_forbidden_keeps_the_start_and_says_inf():
+    """No finite step exists when every tag of a position has a +inf gradient: the positions
+    keep their distributions (uniform here) and the energy is +inf, not NaN."""
+    unary = torch.randn(2, 3, 3)
+    probs, energy = ebm_ext.chain_relaxed_inference(unary, torch.full((3, 3), math.inf))
+    torch.testing.assert_close(probs, torch.full_like(probs, 1 / 3))
+    assert (energy == math.inf).all()

@@ -51,6 +51,9 @@ inline PackedSteps check_batch_sizes(const char* op, const at::Tensor& batch_siz
     TORCH_CHECK(t == 0 || p[t] <= p[t - 1], op,
                 ": batch_sizes must be non-increasing (sequences sorted by length, longest "
                 "first), got ", p[t - (t > 0)], " then ", p[t], " at step ", t);
+    // Checked before the sum, which could overflow int64 (and then match N by accident).
+    TORCH_CHECK(p[t] <= N - total, op, ": batch_sizes must sum to input.size(0)=", N,
+                ", got more: ", total, " rows before step ", t, " and ", p[t], " at it");
     s.size.push_back(p[t]);
     s.offset.push_back(total);
     total += p[t];

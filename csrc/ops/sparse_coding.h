@@ -60,13 +60,20 @@ inline SparseCodeOptions check_sparse_code_inputs(
 // (they share their nonzero eigenvalues), on D's device, in D's dtype (float32 for lower).
 // The Rayleigh quotient converges from below and quadratically in the eigenvector's error;
 // iteration stops when it changes by less than 1e-7 relative (checked every 10 steps).
+// The iteration runs on D / max|D| (entries at most 1), so that D^T D cannot overflow; the
+// result, 2 * rayleigh * max|D|^2, is +inf when it exceeds the dtype's range (a float32 D
+// with entries near 1e19 and more), never NaN. A D holding NaN or +-inf gives NaN.
 inline at::Tensor sparse_coding_lipschitz_aten(const at::Tensor& D) {
   check_defined("sparse_coding_lipschitz", "D", D);
   TORCH_CHECK(D.dim() == 2 && at::isFloatingType(D.scalar_type()),
               "sparse_coding_lipschitz: D must be a 2-D floating-point tensor (n, m), got shape ",
               D.sizes(), " and dtype ", D.scalar_type());
-  const auto Dw = D.scalar_type() == at::kDouble ? D : D.to(at::kFloat);
+  auto Dw = D.scalar_type() == at::kDouble ? D : D.to(at::kFloat);
   if (D.numel() == 0) return at::zeros({}, Dw.options());
+  const auto scale = Dw.abs().max();
+  const double s = scale.item<double>();
+  const bool scaled = std::isfinite(s) && s > 0;
+  if (scaled) Dw = Dw / scale;
   const auto gram = D.size(0) <= D.size(1) ? at::mm(Dw, Dw.t()) : at::mm(Dw.t(), Dw);
   // A fixed start with no special structure (not orthogonal to the top eigenvector but by
   // accident of measure zero): 1 + 0.1 * i / size.
@@ -86,7 +93,8 @@ inline at::Tensor sparse_coding_lipschitz_aten(const at::Tensor& D) {
       previous = now;
     }
   }
-  return 2 * rayleigh;
+  // In the dtype, one factor at a time: an overflow rounds to +inf, as IEEE arithmetic does.
+  return scaled ? rayleigh * scale * scale * 2 : 2 * rayleigh;
 }
 
 // The step's L on the host (one synchronisation on CUDA): the given one, or D's.
@@ -107,8 +115,11 @@ inline double lipschitz_value(const at::Tensor& D, const c10::optional<at::Tenso
     return L;
   }
   const double L = sparse_coding_lipschitz_aten(D).item<double>();
-  TORCH_CHECK(std::isfinite(L), "sparse_code: D must be finite (its Lipschitz constant came out as ",
+  TORCH_CHECK(!std::isnan(L), "sparse_code: D must be finite (its Lipschitz constant came out as ",
               L, ")");
+  TORCH_CHECK(std::isfinite(L), "sparse_code: D is too large for its dtype (", D.scalar_type(),
+              "): its Lipschitz constant 2 * max eig(D^T D) overflows to inf (max |D| = ",
+              D.abs().max().item<double>(), "); scale D down");
   return L;
 }
 

@@ -28,3 +28,18 @@ def check_tensors(op: str, *named: tuple[str, Any, bool]) -> None:
         elif t.device != first[1]:
             raise RuntimeError(f"{op}: {name} must be on the same device as {first[0]} "
                                f"({first[1]}), got {t.device}")
+
+
+INT64_MAX = 2 ** 63 - 1
+
+
+def check_int64(op: str, name: str, value: Any) -> None:
+    """An integer argument of an op's schema (int64): a Python int beyond int64 would reach the
+    dispatcher as "Expected a value of type 'int' ... found type 'int'"; a bool or float would be
+    taken or refused without naming the argument. Raises RuntimeError naming the op and it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, torch.SymInt):  # traced by torch.compile: the schema checks it
+            return
+        raise RuntimeError(f"{op}: {name} must be an int, got {type(value).__name__} {value!r}")
+    if not -INT64_MAX - 1 <= value <= INT64_MAX:
+        raise RuntimeError(f"{op}: {name} must fit in int64 (at most 2**63 - 1), got {value}")

@@ -36,7 +36,8 @@ def bilstm(input: Tensor, batch_sizes: Tensor, weight_ih: Tensor, weight_hh: Ten
 
 
 def packed_order(lengths: Tensor, T: Optional[int] = None) -> tuple[Tensor, Tensor]:
-    """The packed layout of a right-padded batch of sequences of ``lengths`` (B,) in (B, T):
+    """The packed layout of a right-padded batch of sequences of ``lengths`` (B,) (any integer
+    dtype) in (B, T):
     ``(index (N,), batch_sizes (max L,))``, both int64 on the CPU, where ``index`` holds the
     flat position b * T + t of each packed row (steps in order; within a step, longer sequences
     first, ties by b), so ``x.reshape(B * T, -1)[index]`` packs x and ``index_copy`` unpacks.
@@ -44,10 +45,13 @@ def packed_order(lengths: Tensor, T: Optional[int] = None) -> tuple[Tensor, Tens
     whose sizes N and max L depend on the data: ``torch.export`` and ``torch.compile`` trace
     through it (its fake gives them as unbacked sizes), which is how an exported tagger packs its
     batch inside the program."""
-    if not isinstance(lengths, Tensor) or lengths.dim() != 1 or lengths.dtype != torch.long:
+    # Any integer dtype, as torch's own packing takes (pack_padded_sequence: int32 too).
+    if (not isinstance(lengths, Tensor) or lengths.dim() != 1 or lengths.is_floating_point()
+            or lengths.is_complex() or lengths.dtype == torch.bool):
         got = (f"{lengths.dtype} of shape {tuple(lengths.shape)}" if isinstance(lengths, Tensor)
                else type(lengths).__name__)
-        raise ValueError(f"packed_order: lengths must be a 1-D int64 tensor (B,), got {got}")
+        raise ValueError(f"packed_order: lengths must be a 1-D integer tensor (B,), got {got}")
+    lengths = lengths.long()
     # T may be a symbolic size (torch.export, torch.compile): a dimension of the traced batch.
     if T is not None and (isinstance(T, bool) or not isinstance(T, (int, torch.SymInt)) or T < 0):
         raise ValueError(f"packed_order: T must be an int >= 0 or None, got {T!r}")

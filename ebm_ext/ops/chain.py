@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._checks import check_tensors
+from ._checks import check_int64, check_tensors
 
 _ops = torch.ops.ebm_ext
 
@@ -59,6 +59,7 @@ def viterbi_kbest(unary: Tensor, trans: Tensor, k: int, lengths: Optional[Tensor
     differentiable like ``viterbi``'s.
     """
     check_tensors("viterbi_kbest", ("unary", unary, True), ("trans", trans, True), ("lengths", lengths, False), ("start", start, False), ("end", end, False))
+    check_int64("viterbi_kbest", "k", k)
     return _ops.viterbi_kbest(unary, trans, k, lengths, start, end)
 
 

@@ -8,7 +8,7 @@ import torch
 from ._autograd import register_not_differentiable
 from torch import Tensor
 
-from ._checks import check_tensors
+from ._checks import check_int64, check_tensors
 
 _ops = torch.ops.ebm_ext
 
@@ -29,6 +29,7 @@ def chain_relaxed_inference(unary: Tensor, trans: Tensor, lengths: Optional[Tens
     ``init`` that are 0 stay 0 under the entropic update. Not differentiable (an inference
     routine: train with the losses, or an inference network, on its output)."""
     check_tensors("chain_relaxed_inference", ("unary", unary, True), ("trans", trans, True), ("lengths", lengths, False), ("start", start, False), ("end", end, False), ("init", init, False))
+    check_int64("chain_relaxed_inference", "steps", steps)
     return _ops.chain_relaxed_inference(unary, trans, lengths, start, end, steps, lr, method, init)
 
 

@@ -13,7 +13,7 @@ import torch
 from ._autograd import register_not_differentiable
 from torch import Tensor
 
-from ._checks import check_tensors
+from ._checks import check_int64, check_tensors
 
 _ops = torch.ops.ebm_ext
 
@@ -45,6 +45,8 @@ def sparse_code(y: Tensor, D: Tensor, lam: float, max_iter: int = 1000, tol: flo
     With ``return_info``, returns ``(z, rel_gap (B,), iterations (B,) int64)``.
     """
     check_tensors("sparse_code", ("y", y, True), ("D", D, True), ("z0", z0, False), ("lipschitz", lipschitz, False))
+    check_int64("sparse_code", "max_iter", max_iter)
+    check_int64("sparse_code", "check_every", check_every)
     z, gap, iterations = _ops.sparse_code(y, D, lam, max_iter, tol, method, nonneg, z0,
                                           lipschitz, check_every)
     return (z, gap, iterations) if return_info else z
@@ -60,6 +62,8 @@ def sparse_coding_energy(y: Tensor, D: Tensor, lam: float, max_iter: int = 1000,
     gradient is exact at the optimum; its error follows the codes' (``tol``).
     With ``return_codes``, returns ``(F, z*)``."""
     check_tensors("sparse_coding_energy", ("y", y, True), ("D", D, True), ("z0", z0, False), ("lipschitz", lipschitz, False))
+    check_int64("sparse_coding_energy", "max_iter", max_iter)
+    check_int64("sparse_coding_energy", "check_every", check_every)
     energy, z = _ops.sparse_coding_energy(y, D, lam, max_iter, tol, method, nonneg, z0,
                                           lipschitz, check_every)
     return (energy, z) if return_codes else energy

@@ -58,13 +58,16 @@ __attribute__((always_inline)) inline void gradient(const Chain<S>& c, const S* 
       for (int64_t k = 0; k < c.Kp; k += N) store(g + k, load<V>(g + k) + load<V>(c.end + k));
     for (int64_t k = 0; k < c.Kp; k += N) {
       V acc = load<V>(g + k);
+      // A tag of probability 0 adds nothing, even through a forbidden (+inf) transition.
       if (t > 0) {
         const S* prev = w.p.data() + (t - 1) * c.Kp;
-        for (int64_t i = 0; i < c.K; ++i) acc += (V{} + prev[i]) * load<V>(c.rows + i * c.Kp + k);
+        for (int64_t i = 0; i < c.K; ++i)
+          if (prev[i] != S(0)) acc += (V{} + prev[i]) * load<V>(c.rows + i * c.Kp + k);
       }
       if (t + 1 < L) {
         const S* next = w.p.data() + (t + 1) * c.Kp;
-        for (int64_t j = 0; j < c.K; ++j) acc += (V{} + next[j]) * load<V>(c.cols + j * c.Kp + k);
+        for (int64_t j = 0; j < c.K; ++j)
+          if (next[j] != S(0)) acc += (V{} + next[j]) * load<V>(c.cols + j * c.Kp + k);
       }
       store(g + k, acc);
     }
@@ -83,7 +86,9 @@ __attribute__((always_inline)) inline void infer(const Chain<S>& c, const S* ini
     for (int64_t k = 0; k < c.Kp; ++k) {
       const bool real = k < c.K;
       p[k] = !real ? S(0) : init ? init[(b * c.T + t) * c.K + k] : S(1) / S(c.K);
-      e[k] = !real ? inf : init ? -std::log(p[k]) : S(0);  // padding: probability 0 forever
+      // Entropic: the accumulated energy (padding: probability 0 forever). Projected: +inf
+      // marks a tag removed for good (its gradient was +inf once), 0 the others.
+      e[k] = !real ? inf : init && c.o.entropic ? -std::log(p[k]) : S(0);
     }
   }
   for (int64_t step = 0; step < c.o.steps; ++step) {
@@ -91,6 +96,9 @@ __attribute__((always_inline)) inline void infer(const Chain<S>& c, const S* ini
     for (int64_t t = 0; t < L; ++t) {
       S* p = w.p.data() + t * c.Kp;
       const S* g = w.g.data() + t * c.Kp;
+      // +inf for every tag (each has mass on both sides of a forbidden move): no finite step
+      // exists, and the position keeps its distribution.
+      if (std::all_of(g, g + c.K, [inf](S x) { return x == inf; })) continue;
       if (c.o.entropic) {
         S* e = w.e.data() + t * c.Kp;
         S lowest = inf;
@@ -104,7 +112,13 @@ __attribute__((always_inline)) inline void infer(const Chain<S>& c, const S* ini
         for (int64_t k = 0; k < c.K; ++k) total += p[k];
         for (int64_t k = 0; k < c.K; ++k) p[k] /= total;
       } else {
-        for (int64_t k = 0; k < c.K; ++k) w.row[k] = p[k] - S(c.o.lr) * g[k];
+        // A tag whose gradient was +inf is out for good, as the entropic update's e = +inf
+        // keeps it: else the projection would bring it back and the move it forbids with it.
+        S* e = w.e.data() + t * c.Kp;
+        for (int64_t k = 0; k < c.K; ++k) {
+          if (g[k] == inf) e[k] = inf;
+          w.row[k] = e[k] == inf ? -inf : p[k] - S(c.o.lr) * g[k];
+        }
         project_simplex_row(w.row.data(), p, c.K, w.sort);
       }
     }

@@ -32,14 +32,21 @@ struct Args : ChainView<scalar_t, acc_t> {
   int64_t steps;
 };
 
-// p_t <- projection of v_t = p_t - lr g_t onto the simplex, by one warp.
+// p_t <- projection of v_t = p_t - lr g_t onto the simplex, by one warp. `removed` (e_t) is
+// +inf at the tags whose gradient was +inf once: they are out for good (v = -inf), as the
+// entropic update's e = +inf keeps them; else the projection would bring them back.
 template <typename acc_t>
-__device__ void project_row(acc_t* p, const acc_t* g, int K, acc_t lr) {
+__device__ void project_row(acc_t* p, const acc_t* g, acc_t* removed, int K, acc_t lr) {
   const int lane = threadIdx.x % 32;
+  const acc_t inf = std::numeric_limits<acc_t>::infinity();
+  for (int k = lane; k < K; k += 32) {
+    if (g[k] == inf) removed[k] = inf;
+  }
+  const auto value = [&](int k) { return removed[k] == inf ? -inf : p[k] - lr * g[k]; };
   acc_t theta = 0;
   bool nan = false;
   for (int k = lane; k < K; k += 32) {  // a row holding NaN or +inf becomes NaN, as on the CPU
-    const acc_t v = p[k] - lr * g[k];
+    const acc_t v = value(k);
     nan |= isnan(v) || (isinf(v) && v > 0);
   }
   nan = __any_sync(0xffffffffu, nan);
@@ -48,7 +55,7 @@ __device__ void project_row(acc_t* p, const acc_t* g, int K, acc_t lr) {
   for (int round = 0; round <= K && !nan; ++round) {
     acc_t sum = 0, count = 0;
     for (int k = lane; k < K; k += 32) {
-      const acc_t v = p[k] - lr * g[k];
+      const acc_t v = value(k);
       if (v > floor) {
         sum += v;
         count += 1;
@@ -59,7 +66,7 @@ __device__ void project_row(acc_t* p, const acc_t* g, int K, acc_t lr) {
     const acc_t next = (sum - 1) / count;
     bool dropped = false;
     for (int k = lane; k < K; k += 32) {
-      const acc_t v = p[k] - lr * g[k];
+      const acc_t v = value(k);
       dropped |= v > floor && v <= next;
     }
     theta = next;
@@ -68,7 +75,7 @@ __device__ void project_row(acc_t* p, const acc_t* g, int K, acc_t lr) {
   }
   __syncwarp();
   for (int k = lane; k < K; k += 32) {
-    const acc_t v = p[k] - lr * g[k];
+    const acc_t v = value(k);
     p[k] = nan ? std::numeric_limits<acc_t>::quiet_NaN() : (v - theta > 0 ? v - theta : acc_t(0));
   }
 }
@@ -87,7 +94,7 @@ __global__ void relaxed_inference_kernel(const scalar_t* __restrict__ init, Args
   for (int64_t n = threadIdx.x; n < L * K; n += blockDim.x) {
     const acc_t q = init ? static_cast<acc_t>(init[b * T * K + n]) : acc_t(1) / acc_t(K);
     p[n] = q;
-    e[n] = init ? -log(q) : acc_t(0);
+    e[n] = init && a.entropic ? -log(q) : acc_t(0);  // projected: see project_row
   }
   __syncthreads();
   const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
@@ -98,16 +105,30 @@ __global__ void relaxed_inference_kernel(const scalar_t* __restrict__ init, Args
       acc_t s = static_cast<acc_t>(u[n]);
       if (t == 0 && a.start) s += a.start[k];
       if (t == L - 1 && a.end) s += a.end[k];
+      // A tag of probability 0 adds nothing, even through a forbidden (+inf) transition.
       if (t > 0) {
-        for (int i = 0; i < K; ++i) s += p[(t - 1) * K + i] * a.trans[i * K + k];
+        for (int i = 0; i < K; ++i) {
+          const acc_t q = p[(t - 1) * K + i];
+          if (q != acc_t(0)) s += q * a.trans[i * K + k];
+        }
       }
       if (t + 1 < L) {
-        for (int j = 0; j < K; ++j) s += a.trans[k * K + j] * p[(t + 1) * K + j];
+        for (int j = 0; j < K; ++j) {
+          const acc_t q = p[(t + 1) * K + j];
+          if (q != acc_t(0)) s += a.trans[k * K + j] * q;
+        }
       }
       g[n] = s;
     }
     __syncthreads();
     for (int64_t t = warp; t < L; t += warps) {
+      // +inf for every tag (each has mass on both sides of a forbidden move): no finite step
+      // exists, and the position keeps its distribution.
+      bool all_inf = true;
+      for (int k = threadIdx.x % 32; k < K; k += 32) {
+        all_inf &= g[t * K + k] == std::numeric_limits<acc_t>::infinity();
+      }
+      if (__all_sync(0xffffffffu, all_inf)) continue;
       if (a.entropic) {
         acc_t lowest = std::numeric_limits<acc_t>::infinity();
         for (int k = threadIdx.x % 32; k < K; k += 32) {
@@ -124,7 +145,7 @@ __global__ void relaxed_inference_kernel(const scalar_t* __restrict__ init, Args
         total = warp_reduce(total, Sum());
         for (int k = threadIdx.x % 32; k < K; k += 32) p[t * K + k] /= total;
       } else {
-        project_row(p + t * K, g + t * K, K, a.lr);
+        project_row(p + t * K, g + t * K, e + t * K, K, a.lr);
       }
     }
     __syncthreads();
