@@ -111,6 +111,8 @@ class ExportedTagger:
 
     @classmethod
     def load(cls, path) -> "ExportedTagger":
+        """Loads ``export_tagger``'s files. Security: an AOTInductor package holds compiled
+        native code, which runs when it is loaded: load only packages from a trusted source."""
         path = pathlib.Path(path)
         side = sidecar(path)
         for needed in (path, side):
