@@ -1,12 +1,9 @@
 """Shared by every bench module: the anchors on the path, the same random chain energies, and
 one way to time an implementation (pytest-benchmark's calibration for the fast ones, a fixed
 number of rounds for the slow anchors)."""
-import pathlib
-import sys
 
 import torch
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 # torch-struct's semiring scan takes seconds per call and GBs at the large shapes: time it once.
 SLOW = {"torch-struct": 1, "pytorch-crf": 3, "reference": 5}

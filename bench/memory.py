@@ -4,6 +4,7 @@ each implementation in a fresh process so that allocator caches do not carry ove
     python bench/memory.py [entropy] [B T K]
 """
 import resource
+import os
 import subprocess
 import sys
 
@@ -11,7 +12,6 @@ IMPLS = ["ebm_ext", "reference", "pytorch-crf", "torch-struct"]
 
 CHILD = r"""
 import resource, sys, torch
-sys.path.insert(0, "bench")
 import ebm_ext
 from ebm_ext import _reference as ref
 from anchors import pytorch_crf_layer, torch_struct_crf
@@ -46,9 +46,12 @@ def main(what="logz", shape=(1024, 50, 25)):
     print(f"| (B, T, K) = {tuple(shape)} | peak extra RSS, {title} forward+backward |")
     print("| --- | ---: |")
     for impl in (["ebm_ext", "torch-struct"] if what == "entropy" else IMPLS):
+        # The child imports bench/anchors.py: bench/ is on its path (it runs from the repository).
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            filter(None, ["bench", os.environ.get("PYTHONPATH")]))}
         out = subprocess.run([sys.executable, "-W", "ignore", "-c", CHILD, what, impl,
                               *map(str, shape)],
-                             capture_output=True, text=True, check=True)
+                             capture_output=True, text=True, check=True, env=env)
         print(f"| {impl} | {float(out.stdout.strip().splitlines()[-1]):.1f} MiB |")
 
 

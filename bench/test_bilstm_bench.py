@@ -2,7 +2,6 @@
 backward kernel) and through nn.LSTM(bidirectional=True) on the same PackedSequence and
 weights: an epoch's worth of tweet batches (the lengths of oct27.train in batches of 16), and
 one larger padded batch."""
-import pathlib
 
 import pytest
 import torch
@@ -10,9 +9,10 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from ebm_ext.tagging import data as D
 from ebm_ext.nn import BiLSTM
+from ebm_ext.tagging.data import data_dir
 from conftest import _run
 
-DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "twpos"
+DATA = data_dir() / "twpos"
 INPUT, HIDDEN = 270, 150  # the tagger's: 100 word + 2 x 30 affix + 10 shape + 100 characters
 
 

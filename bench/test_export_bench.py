@@ -5,7 +5,6 @@ oct27 test, and from raw text as `tagger.py tag` streams it (read, tokenise, enc
 write). Throughput does not depend on the weights, so the members are untrained."""
 import dataclasses
 import io
-import pathlib
 
 import pytest
 import torch
@@ -13,8 +12,9 @@ import torch
 from ebm_ext.tagging import ExportedTagger, TaggerConfig, TaggerEnsemble, build_tagger, data as D
 from ebm_ext.tagging.export import aoti_available, export_tagger
 from ebm_ext.tagging.stream import tag_stream
+from ebm_ext.tagging.data import data_dir
 
-DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "twpos"
+DATA = data_dir() / "twpos"
 MEMBERS = 5
 
 

@@ -1,8 +1,6 @@
 """K-means: assigning points to their nearest centroid, and a whole Lloyd fit, side by side with
 faiss (IndexFlatL2 search with k=1, faiss.Kmeans), scikit-learn (pairwise_distances_argmin,
 KMeans) and the plain-PyTorch matrix-product trick, on the same float32 data."""
-import pathlib
-import sys
 
 import numpy as np
 import pytest
@@ -11,8 +9,7 @@ import torch
 import ebm_ext
 from ebm_ext import _reference as ref
 
-sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "python"))
-import kmeans  # noqa: E402
+from ebm_ext.cluster import lloyd
 
 ROUNDS = 3
 
@@ -67,7 +64,7 @@ def test_lloyd_20_iterations(benchmark, fit_data, impl, dtype):
         yt, Wt = torch.from_numpy(y), torch.from_numpy(W)
 
         def fn():
-            results["inertia"] = kmeans.lloyd(yt, Wt, max_iter=20, tol=0)["inertia"]
+            results["inertia"] = lloyd(yt, Wt, max_iter=20, tol=0)["inertia"]
     elif impl == "scikit-learn":
         from sklearn.cluster import KMeans
 

@@ -2,7 +2,6 @@
 same loop through autograd (ebm_ext._reference, the relaxed energy in tensor ops), and decoding
 a batch of 256 tweets with an inference network (feature network + argmax) against the same
 feature network + viterbi."""
-import pathlib
 
 import pytest
 import torch
@@ -13,9 +12,10 @@ from ebm_ext.tagging import data as D
 from ebm_ext.inference import InferenceNetwork
 from ebm_ext.nn import ChainEnergy
 from ebm_ext.tagging import FeatureNetwork
+from ebm_ext.tagging.data import data_dir
 from conftest import _inputs, _run
 
-DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "twpos"
+DATA = data_dir() / "twpos"
 
 
 @pytest.mark.parametrize("impl", ["ebm_ext", "autograd loop"])

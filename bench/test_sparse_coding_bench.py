@@ -7,8 +7,6 @@ exact optimum (SPAMS in float64), or exactly solved (LARS). The iterative ones a
 once, outside the timing: the tolerance of sparse_code, the iteration count of plain FISTA.
 "sparse_code, every gap <= 1e-4" is the stricter rule: every sample's duality gap below 1e-4.
 Scaling: SPAMS and scikit-learn minimise 1/2 ||y - D z||^2 + alpha ||z||_1, alpha = lam / 2."""
-import pathlib
-import sys
 import warnings
 
 import numpy as np
@@ -18,8 +16,7 @@ import torch
 import ebm_ext
 from ebm_ext import _reference as ref
 
-sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "python"))
-import sparse_coding  # noqa: E402
+import images
 
 LAM = 0.2
 TARGET = 1e-4
@@ -28,7 +25,7 @@ GROUP = "sparse coding 10k patches 8x8, 256 atoms, lam 0.2"
 
 class Problem:
     def __init__(self):
-        patches = sparse_coding.image_patches(10_256, seed=0)
+        patches = images.image_patches(10_256, seed=0)
         self.D = patches[:256].t().contiguous()  # (64, 256), unit-norm atoms
         self.y = patches[256:].contiguous()
         self.optimum = self.energy(torch.from_numpy(_spams(self.y.double().numpy(), self.D.double().numpy())))

@@ -1,7 +1,6 @@
 """One training epoch of the tweet tagger as tagger.py trains it (the same feature network,
 batch 8, fused Adam) plus decoding of the dev set, with the chain layer from ebm_ext (CRF NLL,
 Viterbi) and from pytorch-crf (its CRF layer and decode)."""
-import pathlib
 
 import pytest
 import torch
@@ -10,8 +9,9 @@ from ebm_ext.tagging import data as D
 from ebm_ext import losses
 from ebm_ext.nn import ChainEnergy
 from ebm_ext.tagging import FeatureNetwork
+from ebm_ext.tagging.data import data_dir
 
-DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "twpos"
+DATA = data_dir() / "twpos"
 BATCH = 8  # tagger.py's default
 
 

@@ -5,6 +5,8 @@ Energies are LOWER IS BETTER throughout; predictions are argmins. Ops live in
 """
 import torch
 
+from ._version import __version__
+
 try:
     from . import _C  # registers the ops with the dispatcher
 except ImportError as error:  # never fall back silently to slow Python
@@ -14,6 +16,9 @@ except ImportError as error:  # never fall back silently to slow Python
         "against this same torch. Rebuild it with: pip install --no-build-isolation .") from error
 
 from . import losses, ops  # noqa: E402  (ops registers fake and autograd implementations)
+# The public submodules are attributes, as torch's are (ebm_ext.nn.ChainEnergy without an import);
+# the tagger application, ebm_ext.tagging, is imported on its own.
+from . import checkpoint, cluster, inference, nn, sparse  # noqa: E402
 from .constraints import allowed_transitions  # noqa: E402
 from .crf import CRF  # noqa: E402
 from .distributions import LinearChainCRF  # noqa: E402
@@ -42,17 +47,28 @@ from .ops import (  # noqa: E402
 
 
 def build_info() -> dict:
-    """What this build contains: ``{'cuda': bool, 'torch_version': str}``.
+    """What this build of the extension contains.
 
-    ``cuda`` says whether the CUDA kernels were compiled in; ``torch_version`` is the torch
-    the extension was compiled against.
+    Returns:
+        dict: ``{'cuda': bool, 'torch_version': str}``: whether the CUDA kernels were compiled
+        in, and the torch version the extension was compiled against.
+
+    Example:
+        >>> sorted(ebm_ext.build_info())
+        ['cuda', 'torch_version']
     """
     return dict(_C.build_info())
 
 
 __all__ = [
+    "__version__",
     "build_info",
+    "checkpoint",
+    "cluster",
+    "inference",
     "losses",
+    "nn",
+    "sparse",
     "bilstm",
     "packed_order",
     "CRF",

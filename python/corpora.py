@@ -1,17 +1,16 @@
 """Where the programs find their data, shared by tagger.py and inference_network.py: the
-corpora's files under ../shared/data (or --data-dir, or $EBM_DATA), their tag sets, and batching
-of sentence lists."""
+corpora's files under ebm_ext.tagging.data.data_dir (--data-dir, else $EBM_DATA, else
+../shared/data), their tag sets, and batching of sentence lists."""
 from __future__ import annotations
 
-import os
 import pathlib
 
 import torch
 
 from ebm_ext.tagging import data as D
+from ebm_ext.tagging.data import corpus_file
 from ebm_ext.tagging.config import PROTOCOLS
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 CORPORA = {
     "twpos": ("twpos/oct27.train", "twpos/oct27.dev", "twpos/oct27.test"),
     "ewt": ("ud_ewt/en_ewt-ud-train.conllu", "ud_ewt/en_ewt-ud-dev.conllu",
@@ -19,21 +18,17 @@ CORPORA = {
 }
 
 
-def data_dir(arg) -> pathlib.Path:
-    return pathlib.Path(arg or os.environ.get("EBM_DATA") or REPO.parent / "shared" / "data")
-
-
 def tagset(corpus: str, root: pathlib.Path) -> tuple[list[str], list[str]]:
     """Tags and their categories: the tweet tagset's five groups; UPOS tags stand alone."""
     if corpus == "twpos":
-        return D.read_tagset(root / "twpos" / "tagset.tsv")
+        return D.read_tagset(corpus_file(root, "twpos/tagset.tsv"))
     return list(D.UPOS), list(D.UPOS)
 
 
 def read_splits(corpus: str, root: pathlib.Path, limit: int = 0, paths=(None, None, None)):
     """(train, dev, test) sentences of `corpus` (or of the files in `paths`), the first `limit`
     of each when limit > 0."""
-    files = [pathlib.Path(p) if p else root / d for p, d in zip(paths, CORPORA[corpus])]
+    files = [pathlib.Path(p) if p else corpus_file(root, d) for p, d in zip(paths, CORPORA[corpus])]
     splits = [D.read_sentences(p) for p in files]
     return [split[:limit] for split in splits] if limit else splits
 

@@ -26,20 +26,19 @@ from __future__ import annotations
 import argparse
 import copy
 import pathlib
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-
-import ebm_ext  # noqa: E402
-from ebm_ext.tagging import data as D  # noqa: E402
-from ebm_ext.inference import InferenceNetwork, TagLanguageModel, chain_plus_tag_lm, gradient_inference  # noqa: E402
-from ebm_ext.nn import ChainEnergy  # noqa: E402
-from ebm_ext.tagging import EnergyTagger, FeatureNetwork, tagger_from_state  # noqa: E402
-from corpora import CORPORA, batches, data_dir, read_splits as read_corpus, tagset  # noqa: E402
-from loop import CheckpointError, EpochCheckpoint, eval_mode, load_checkpoint, progress, write_json  # noqa: E402
+import ebm_ext
+from ebm_ext.tagging import data as D
+from ebm_ext.inference import InferenceNetwork, TagLanguageModel, chain_plus_tag_lm, gradient_inference
+from ebm_ext.nn import ChainEnergy
+from ebm_ext.tagging import EnergyTagger, TaggerConfig, load_tagger
+from ebm_ext.tagging.model import build_features
+from ebm_ext.tagging.data import data_dir
+from corpora import CORPORA, batches, read_splits as read_corpus, tagset
+from loop import EpochCheckpoint, eval_mode, progress, write_json
 
 # Sentences per batch: training steps, and evaluation (which only decodes).
 TRAIN_BATCH, EVAL_BATCH = 16, 256
@@ -64,14 +63,6 @@ def read_splits(args):
     return read_corpus(args.corpus, data_dir(args.data_dir), args.limit)
 
 
-def load_energy(path):
-    """(tagger, vocabularies) of a tagger.py checkpoint; CheckpointError naming the file."""
-    state = load_checkpoint(path)
-    try:
-        return tagger_from_state(state)
-    except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as e:
-        raise CheckpointError(f"{path}: not a tagger checkpoint written by tagger.py train "
-                              f"({type(e).__name__}: {str(e)[:200]})") from e
 
 
 def token_accuracy(pred_batches, data) -> float:
@@ -183,6 +174,101 @@ def train_inference_network(model, train, dev, epochs, lr, local_weight, gold_we
     return net.eval(), history
 
 
+def pretrain_local(features, train, args, out, show) -> None:
+    """--pretrain-epochs of the feature network as a local classifier (token NLL), as Tu &
+    Gimpel do; resumable from OUT/pretrain.pt."""
+    opt = torch.optim.Adam(features.parameters(), lr=args.lr)
+    pretrained = EpochCheckpoint(out / "pretrain.pt", {"features": features}, {"adam": opt},
+                                 args.resume)
+    first, _ = pretrained.start(1, {})
+    features.train()
+    for epoch in progress(range(first, args.pretrain_epochs + 1), show, desc="pretrain"):
+        for batch in train:
+            loss = ebm_ext.losses.token_nll(features(batch), batch.tags, batch.lengths)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        pretrained.save(epoch, {})
+
+
+class Joint:
+    """The three players of joint training: the energy (feature network + chain), the
+    cost-augmented inference network F and the test-time inference network A, each with its
+    Adam; both networks start as copies of the energy's network (A(x) = softmax(-unary))."""
+
+    def __init__(self, features, chain, lr: float, local_weight: float):
+        self.features, self.chain, self.local_weight = features, chain, local_weight
+        self.cost_net = InferenceNetwork(copy.deepcopy(features))
+        self.test_net = InferenceNetwork(copy.deepcopy(features))
+        self.energy_params = list(features.parameters()) + list(chain.parameters())
+        self.opt_energy = torch.optim.Adam(self.energy_params, lr=lr)
+        self.opt_cost = torch.optim.Adam(self.cost_net.parameters(), lr=lr)
+        self.opt_test = torch.optim.Adam(self.test_net.parameters(), lr=lr)
+
+    def checkpoint(self, path, resume: bool) -> EpochCheckpoint:
+        return EpochCheckpoint(
+            path, {"features": self.features, "chain": self.chain, "cost_net": self.cost_net,
+                   "test_net": self.test_net},
+            {"energy": self.opt_energy, "cost": self.opt_cost, "test": self.opt_test}, resume)
+
+    def train(self, mode: bool = True) -> None:
+        for module in (self.features, self.cost_net, self.test_net):
+            module.train(mode)
+
+    def step(self, batch) -> float:
+        """One batch for all three players; returns the hinge."""
+        chain, L, K = self.chain, batch.lengths, self.chain.trans.shape[0]
+        mask = positions(L, batch.tags.shape[1])[..., None].float()
+        gold = torch.nn.functional.one_hot(batch.tags.clamp_min(0), K).float() * mask
+        unary = self.features(batch)
+        y = self.cost_net(batch) * mask
+        delta = ((y - gold).abs() * mask).sum((1, 2))
+        e_cost = ebm_ext.chain_energy(unary, chain.trans, y, L, chain.start, chain.end)
+        e_gold = ebm_ext.chain_energy(unary, chain.trans, batch.tags, L, chain.start, chain.end)
+        hinge = torch.relu(delta - e_cost + e_gold).mean()
+        energy_loss = hinge
+        if self.local_weight > 0:  # keep the unary energies a local classifier too
+            energy_loss = energy_loss + self.local_weight * ebm_ext.losses.token_nll(unary, batch.tags, L)
+        # F is the cost-augmented inference network: it maximises Delta(F(x), y) - E(x, F(x)),
+        # the hinge's inner max (not the hinge itself, whose gradient vanishes once it is 0).
+        cost_params = list(self.cost_net.parameters())
+        grads_cost = torch.autograd.grad(-(delta - e_cost).mean(), cost_params, retain_graph=True)
+        grads_energy = torch.autograd.grad(energy_loss, self.energy_params, allow_unused=True)
+        for params, grads, opt in ((cost_params, grads_cost, self.opt_cost),
+                                   (self.energy_params, grads_energy, self.opt_energy)):
+            opt.zero_grad()
+            for q, g in zip(params, grads):
+                q.grad = g
+            opt.step()
+        e_test = ebm_ext.chain_energy(unary.detach(), chain.trans.detach(), self.test_net(batch), L,
+                                      chain.start.detach(), chain.end.detach()).mean()
+        self.opt_test.zero_grad()
+        e_test.backward()
+        self.opt_test.step()
+        return hinge.item()
+
+    def accuracies(self, data) -> tuple[float, float]:
+        """(Viterbi on the energy, the test-time inference network) token accuracy on `data`."""
+        self.train(False)
+        with torch.no_grad():
+            viterbi = token_accuracy([self.chain.decode(self.features(b), b.lengths) for b in data], data)
+            net = token_accuracy([self.test_net.decode(b) for b in data], data)
+        return viterbi, net
+
+    def state(self):
+        return copy.deepcopy([self.features.state_dict(), self.chain.state_dict(),
+                              self.test_net.state_dict()])
+
+    def load(self, state) -> None:
+        for module, weights in zip((self.features, self.chain, self.test_net), state):
+            module.load_state_dict(weights)
+
+
+def joint_network(args, vocabs):
+    """The energy's feature network, from the TaggerConfig network options on the command line."""
+    return build_features(TaggerConfig.from_args(args), vocabs)
+
+
 def joint(args) -> dict:
     """Energy + cost-augmented inference network + test-time inference network, trained together."""
     torch.manual_seed(args.seed)
@@ -191,100 +277,33 @@ def joint(args) -> dict:
     vocabs = D.Vocabularies.build(splits[0], tags)
     train, dev, test = (encoded(s, vocabs, size)
                         for s, size in zip(splits, (TRAIN_BATCH, EVAL_BATCH, EVAL_BATCH)))
-    K = len(vocabs.tags)
-
-    def network():
-        return FeatureNetwork(len(vocabs.words), len(vocabs.chars), K, num_suffixes=len(vocabs.suffixes),
-                              num_prefixes=len(vocabs.prefixes), hidden=args.hidden,
-                              word_dropout=args.word_dropout)
-    features, chain = network(), ChainEnergy(K)
-    show = not args.no_progress
-    out = pathlib.Path(args.out)
-    if args.pretrain_epochs:  # a local classifier first (token NLL), as Tu & Gimpel do
-        opt = torch.optim.Adam(features.parameters(), lr=args.lr)
-        pretrained = EpochCheckpoint(out / "pretrain.pt", {"features": features}, {"adam": opt},
-                                     args.resume)
-        first, _ = pretrained.start(1, {})
-        features.train()
-        for epoch in progress(range(first, args.pretrain_epochs + 1), show, desc="pretrain"):
-            for batch in train:
-                loss = ebm_ext.losses.token_nll(features(batch), batch.tags, batch.lengths)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            pretrained.save(epoch, {})
-    # Both inference networks start as copies of the energy's network (A(x) = softmax(-unary)).
-    cost_net, test_net = InferenceNetwork(copy.deepcopy(features)), InferenceNetwork(copy.deepcopy(features))
-    energy_params = list(features.parameters()) + list(chain.parameters())
-    opt_energy = torch.optim.Adam(energy_params, lr=args.lr)
-    opt_cost = torch.optim.Adam(cost_net.parameters(), lr=args.lr)
-    opt_test = torch.optim.Adam(test_net.parameters(), lr=args.lr)
-    checkpoint = EpochCheckpoint(
-        out / "joint.pt", {"features": features, "chain": chain, "cost_net": cost_net,
-                           "test_net": test_net},
-        {"energy": opt_energy, "cost": opt_cost, "test": opt_test}, args.resume)
+    features, chain = joint_network(args, vocabs), ChainEnergy(len(vocabs.tags))
+    show, out = not args.no_progress, pathlib.Path(args.out)
+    if args.pretrain_epochs:
+        pretrain_local(features, train, args, out, show)
+    players = Joint(features, chain, args.lr, args.local_weight)
+    checkpoint = players.checkpoint(out / "joint.pt", args.resume)
     first, values = checkpoint.start(1, {"history": [], "best": -1.0, "best_state": None,
                                          "seconds": 0.0})
     history, best, best_state = values["history"], values["best"], values["best_state"]
     start_time = time.perf_counter() - values["seconds"]
     for epoch in progress(range(first, args.epochs + 1), show, desc="joint"):
-        for module in (features, cost_net, test_net):
-            module.train()
-        hinge_sum = 0.0
-        for batch in train:
-            L = batch.lengths
-            mask = positions(L, batch.tags.shape[1])[..., None].float()
-            gold = torch.nn.functional.one_hot(batch.tags.clamp_min(0), K).float() * mask
-            unary = features(batch)
-            y = cost_net(batch) * mask
-            delta = ((y - gold).abs() * mask).sum((1, 2))
-            e_cost = ebm_ext.chain_energy(unary, chain.trans, y, L, chain.start, chain.end)
-            e_gold = ebm_ext.chain_energy(unary, chain.trans, batch.tags, L, chain.start, chain.end)
-            hinge = torch.relu(delta - e_cost + e_gold).mean()
-            energy_loss = hinge
-            if args.local_weight > 0:  # keep the unary energies a local classifier too
-                energy_loss = energy_loss + args.local_weight * ebm_ext.losses.token_nll(unary, batch.tags, L)
-            # F is the cost-augmented inference network: it maximises Delta(F(x), y) - E(x, F(x)),
-            # the hinge's inner max (not the hinge itself, whose gradient vanishes once it is 0).
-            grads_cost = torch.autograd.grad(-(delta - e_cost).mean(), list(cost_net.parameters()),
-                                             retain_graph=True)
-            grads_energy = torch.autograd.grad(energy_loss, energy_params, allow_unused=True)
-            for params, grads, opt in ((list(cost_net.parameters()), grads_cost, opt_cost),
-                                       (energy_params, grads_energy, opt_energy)):
-                opt.zero_grad()
-                for q, g in zip(params, grads):
-                    q.grad = g
-                opt.step()
-            a = test_net(batch)
-            e_test = ebm_ext.chain_energy(unary.detach(), chain.trans.detach(), a, L, chain.start.detach(),
-                                          chain.end.detach()).mean()
-            opt_test.zero_grad()
-            e_test.backward()
-            opt_test.step()
-            hinge_sum += hinge.item()
-        for module in (features, cost_net, test_net):
-            module.eval()
-        with torch.no_grad():
-            viterbi_dev = token_accuracy([chain.decode(features(b), b.lengths) for b in dev], dev)
-            net_dev = token_accuracy([test_net.decode(b) for b in dev], dev)
-        history.append({"epoch": epoch, "hinge": hinge_sum / len(train), "viterbi_dev": viterbi_dev,
+        players.train()
+        hinge = sum(players.step(batch) for batch in train) / len(train)
+        viterbi_dev, net_dev = players.accuracies(dev)
+        history.append({"epoch": epoch, "hinge": hinge, "viterbi_dev": viterbi_dev,
                         "inference_network_dev": net_dev})
         if net_dev > best:
-            best = net_dev
-            best_state = copy.deepcopy([features.state_dict(), chain.state_dict(), test_net.state_dict()])
+            best, best_state = net_dev, players.state()
         checkpoint.save(epoch, {"history": history, "best": best, "best_state": best_state,
                                 "seconds": time.perf_counter() - start_time})
-        print(f"joint epoch {epoch}: hinge {history[-1]['hinge']:.4f}  inference network dev "
+        print(f"joint epoch {epoch}: hinge {hinge:.4f}  inference network dev "
               f"{100 * net_dev:.2f}%", flush=True)
-    features.load_state_dict(best_state[0])
-    chain.load_state_dict(best_state[1])
-    test_net.load_state_dict(best_state[2])
-    with torch.no_grad():
-        viterbi_test = token_accuracy([chain.decode(features(b), b.lengths) for b in test], test)
-        net_test = token_accuracy([test_net.decode(b) for b in test], test)
+    players.load(best_state)
+    viterbi_test, net_test = players.accuracies(test)
     metrics = {"history": history, "viterbi_test_acc": viterbi_test, "inference_network_test_acc": net_test,
                "seconds": time.perf_counter() - start_time, "config": vars(args)}
-    write_json(metrics, pathlib.Path(args.out) / "metrics.json")
+    write_json(metrics, out / "metrics.json")
     print(f"joint training ({args.epochs} epochs, {metrics['seconds']:.0f} s): Viterbi on the energy "
           f"{100 * viterbi_test:.2f} %, test-time inference network {100 * net_test:.2f} % (test)")
     return metrics
@@ -292,7 +311,7 @@ def joint(args) -> dict:
 
 def analyse(args) -> dict:
     torch.manual_seed(args.seed)
-    model, vocabs = load_energy(args.checkpoint)
+    model, vocabs = load_tagger(args.checkpoint)
     if not isinstance(model, EnergyTagger):
         raise SystemExit(f"analyse: {args.checkpoint} holds an ensemble; give one tagger's "
                          "best.pt (an ensemble's members are in its member-k folders)")
@@ -368,8 +387,7 @@ def main(argv=None):
     a.add_argument("--gold-weight", type=float, default=0.0, help="cross-entropy to the gold tags")
     j.add_argument("--epochs", type=int, default=20)
     j.add_argument("--lr", type=float, default=1e-3)
-    j.add_argument("--hidden", type=int, default=200)
-    j.add_argument("--word-dropout", type=float, default=0.05)
+    TaggerConfig.add_arguments(j, network_only=True)  # the energy's network, as tagger.py's
     j.add_argument("--pretrain-epochs", type=int, default=5, help="epochs of local-classifier pretraining")
     j.add_argument("--local-weight", type=float, default=1.0,
                    help="token NLL of the unary energies added to the energy's hinge (0: the hinge alone)")

@@ -10,16 +10,14 @@ from __future__ import annotations
 import argparse
 import math
 import pathlib
-import sys
 import time
 
 import torch
 from torch import Tensor
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from loop import write_json  # noqa: E402
+from loop import write_json
 
-from ebm_ext.cluster import fit_minibatch, kmeans_plus_plus, lloyd  # noqa: E402
+from ebm_ext.cluster import fit_minibatch, kmeans_plus_plus, lloyd
 
 
 def blobs(n: int = 100, groups: int = 5, seed: int = 0) -> tuple[Tensor, Tensor]:

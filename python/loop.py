@@ -1,74 +1,18 @@
-"""What the training programs share: atomic outputs, checkpoints, progress bars, seeding and
-torch.distributed set-up. Imports only the public ebm_ext API (none needed here)."""
+"""What the training programs share: resumable epoch loops, JSON outputs, progress bars and
+torch.distributed set-up. Atomic writes and safe checkpoints are the library's
+(ebm_ext.checkpoint)."""
 from __future__ import annotations
 
 import json
 import os
 import pathlib
-import pickle
-import re
-import tempfile
 from contextlib import contextmanager
 from typing import Any, Iterable
 
 import torch
 import torch.distributed as dist
 
-
-def atomic_write_bytes(path, write) -> None:
-    """Calls write(file) on a temporary file beside `path`, then renames it over `path`: a reader
-    sees the old file or the new one, never a partial one."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def save_checkpoint(state: dict, path) -> None:
-    atomic_write_bytes(path, lambda f: torch.save(state, f))
-
-
-class CheckpointError(ValueError):
-    """A file that is not a checkpoint of the expected kind; the message names the file."""
-
-
-def load_checkpoint(path) -> dict:
-    """Checkpoints hold tensors, numbers, strings, lists and dicts only: they load with
-    weights_only=True (no code runs at load). Anything else (truncated, empty, random bytes, a
-    pickle that wants to run code) raises CheckpointError naming the file."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch.load reports damage as many types (EOFError, RuntimeError, ...)
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # no terminal escape codes
-        if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in text:
-            # torch's message goes on to explain how to load the file unsafely: say only what
-            # was refused and why.
-            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-            if found:
-                raise CheckpointError(
-                    f"{path}: refused: it names {found.group(1)}, which a weights-only load "
-                    f"does not import or run (our checkpoints hold tensors and plain data "
-                    f"only); not a checkpoint written by ebm_ext") from None
-            reason = re.search(r"WeightsUnpickler error:\s*(.+)", text)
-            text = reason.group(1) if reason else "not a weights-only pickle"
-        first = text.splitlines()[0] if text else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: "
-                              f"{first[:200]})") from e
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: a checkpoint holds a dict, got {type(state).__name__}")
-    return state
+from ebm_ext.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 
 
 class EpochCheckpoint:

@@ -4,7 +4,6 @@ landscape, dictionary atoms and reconstructions)."""
 from __future__ import annotations
 
 import io
-import pathlib
 
 import matplotlib
 
@@ -12,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from loop import atomic_write_bytes  # noqa: E402
+from ebm_ext.checkpoint import atomic_write_bytes  # noqa: E402
 
 import ebm_ext  # noqa: E402
 
@@ -131,9 +130,3 @@ def reconstructions(patches, reconstructed, path, size: int = 8, title: str = ""
             axes[row, k].axis("off")
     fig.suptitle(title, fontsize=9)
     _save(fig, path)
-
-
-def ensure_dir(path) -> pathlib.Path:
-    path = pathlib.Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    return path

@@ -11,11 +11,10 @@ import pathlib
 import subprocess
 import sys
 
-HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from ebm_ext.checkpoint import atomic_write_bytes
+from ebm_ext.losses import CRITERIA
 
-from ebm_ext.losses import CRITERIA  # noqa: E402
-from loop import atomic_write_bytes  # noqa: E402
+HERE = pathlib.Path(__file__).resolve().parent
 
 NAMES = {"token_nll": "feed-forward (token NLL)", "crf_nll": "CRF NLL", "perceptron": "perceptron",
          "margin": "margin hinge (k=2)", "margin_rescaled": "margin-rescaled, Hamming cost",

@@ -19,6 +19,7 @@ failure names that kernel, and the cases after each fault still ran.
 """
 import argparse
 import contextlib
+import importlib.util
 import json
 import pathlib
 import subprocess
@@ -169,8 +170,11 @@ def run_from(where, first, only):
     per case ({"case", "index", "ok", "error", "seconds"})."""
     context, device = contextlib.nullcontext(), where
     if where == "emulated":
-        sys.path.insert(0, str(ROOT / "tests"))
-        from cuda_backends import EMULATION_MISSING, EmulatedCUDA
+        # The emulated backend is the test suite's (tests/cuda_backends.py), loaded from its file.
+        spec = importlib.util.spec_from_file_location("cuda_backends", ROOT / "tests" / "cuda_backends.py")
+        backends = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(backends)
+        EMULATION_MISSING, EmulatedCUDA = backends.EMULATION_MISSING, backends.EmulatedCUDA
         if EMULATION_MISSING:
             raise SystemExit(EMULATION_MISSING)
         context, device = EmulatedCUDA(), "cpu"

@@ -1,12 +1,13 @@
 """Random chain problems and the brute-force oracle shared by the chain tests."""
 import itertools
 import math
-import pathlib
 
 import torch
 from hypothesis import strategies as st
 
-DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+from ebm_ext.tagging.data import data_dir
+
+DATA = data_dir()  # the one rule: $EBM_DATA, else ../shared/data beside the checkout
 
 
 def make_chain(B, T, K, *, dtype=torch.float64, device="cpu", lengths=True, start_end=True,
@@ -57,15 +58,21 @@ def padded(path, T):
     return list(path) + [-1] * (T - len(path))
 
 
+# The tweet tagset's 25 tags by category (Gimpel et al. 2011): a constant, so that the op
+# tests never read the data; tests/test_data.py checks it against twpos/tagset.tsv.
+TWEET_TAGSET = {
+    "Nominal, Nominal + Verbal": "NO^SZLM",
+    "Other open-class words": "VAR!",
+    "Other closed-class words": "DP&TXY",
+    "Twitter/online-specific": "#@~UE",
+    "Miscellaneous": "$,G",
+}
+
+
 def tweet_categories():
-    """Tag names and category ids of the 25-tag tweet tagset (shared/data/twpos/tagset.tsv)."""
-    rows = (DATA / "twpos" / "tagset.tsv").read_text(encoding="utf-8").splitlines()[1:]
-    tags, cats = [], []
-    names = {}
-    for row in rows:
-        tag, category = row.split("\t")[:2]
-        tags.append(tag)
-        cats.append(names.setdefault(category, len(names)))
+    """Tag names and category ids of the 25-tag tweet tagset, in tagset.tsv's order."""
+    tags = [tag for group in TWEET_TAGSET.values() for tag in group]
+    cats = [k for k, group in enumerate(TWEET_TAGSET.values()) for _ in group]
     return tags, cats
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from ebm_ext.tagging import data as D
-from chain_cases import DATA
+from chain_cases import DATA, TWEET_TAGSET, tweet_categories
 
 
 def test_tweet_corpus_counts():
@@ -12,6 +12,14 @@ def test_tweet_corpus_counts():
     tags, cats = D.read_tagset(DATA / "twpos" / "tagset.tsv")
     assert len(tags) == 25 and len(set(cats)) == 5
     assert {t for _, ts in train for t in ts} == set(tags)
+
+
+def test_the_tests_constant_tagset_is_the_corpus_tagset():
+    """The op tests use chain_cases.TWEET_TAGSET instead of reading the data: it must be the
+    corpus's tag set, in its order, with its categories."""
+    tags, cats = D.read_tagset(DATA / "twpos" / "tagset.tsv")
+    assert tags == tweet_categories()[0]
+    assert cats == [c for c, group in TWEET_TAGSET.items() for _ in group]
 
 
 def test_conllu_counts_skip_multiword_and_empty_nodes():

@@ -2,7 +2,6 @@
 language-model energy, inference networks; python/inference_network.py end to end on a slice."""
 import json
 import pathlib
-import sys
 
 import pytest
 import torch
@@ -13,8 +12,7 @@ from chain_cases import DATA, make_chain
 from test_tagger import SMALL, run
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "python"))
-import inference_network  # noqa: E402
+import inference_network
 
 
 def _mask(T, L, dtype=torch.float64):

@@ -1,8 +1,6 @@
 """nearest_centroid / kmeans_energy against the plain-PyTorch reference (the full distance
 matrix), exact ties on integer data, gradients, errors; the k-means trainers in python/."""
-import pathlib
 import re
-import sys
 
 import pytest
 import torch
@@ -14,9 +12,8 @@ from ebm_ext import _reference as ref
 from conftest import requires_cuda, tolerance
 from cuda_backends import skip_compile_if_emulated
 
-sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "python"))
-import kmeans  # noqa: E402
-from ebm_ext import cluster  # noqa: E402
+import kmeans
+from ebm_ext import cluster
 
 
 def _points(N, k, d, seed=0, device="cpu", dtype=torch.float64, integers=False):

@@ -29,7 +29,7 @@ def test_core_modules_never_import_the_application():
     for path in CORE:
         for name in _imports(path):
             assert "tagging" not in name, f"{path.relative_to(ROOT)} imports {name}"
-            assert name.split(".")[0] not in {"loop", "tagger", "plots"}, \
+            assert name.split(".")[0] not in _programs() | {"loop", "plots", "training", "corpora"}, \
                 f"{path.relative_to(ROOT)} imports the program module {name}"
 
 
@@ -104,17 +104,50 @@ def test_one_export_list():
     assert public <= set(ebm_ext.__all__) | {"annotations"}
 
 
+def _programs():
+    """The programs of python/: the modules that run as scripts (`if __name__ == "__main__"`);
+    the others (loop, corpora, plots, training, images) are what programs share."""
+    return {p.stem for p in (ROOT / "python").glob("*.py")
+            if '__name__ == "__main__"' in p.read_text(encoding="utf-8")}
+
+
 def test_programs_share_modules_not_each_other():
-    """python/ programs import the shared modules (loop, corpora, plots), never another program."""
-    programs = {"tagger", "inference_network", "kmeans", "sparse_coding", "run_table"}
+    """python/ programs import the shared modules, never another program; scripts/ and bench/
+    import no program at all (what they need of one lives in the library or a shared module)."""
+    programs = _programs()
+    assert {"tagger", "inference_network", "kmeans", "sparse_coding", "run_table"} <= programs
     for path in (ROOT / "python").glob("*.py"):
         for name in _imports(path):
             assert name.split(".")[0] not in programs - {path.stem}, \
                 f"python/{path.name} imports the program {name}"
+    for folder in ("scripts", "bench"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for name in _imports(path):
+                assert name.split(".")[0] not in programs, \
+                    f"{folder}/{path.name} imports the program {name}"
+
+
+def test_nothing_edits_the_import_path():
+    """No module anywhere in the repository puts folders on the import path: programs find their
+    shared modules beside them, tests and benches through pytest's `pythonpath` setting
+    (pyproject.toml), and data through ebm_ext.tagging.data.data_dir."""
+    tracked = subprocess.run(["git", "ls-files", "*.py", "*.sh", "*.toml", "*.cfg"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout.split()
+    needle = "sys" + ".path"  # spelt in two so that this file does not find itself
+    offenders = [f for f in tracked if needle in (ROOT / f).read_text(encoding="utf-8")]
+    assert offenders == [], f"these edit the import path: {offenders}"
+
+
+def test_one_data_directory_rule():
+    """Only ebm_ext.tagging.data knows where the corpora live by default."""
+    tracked = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+    needle = '"shared" / ' + '"data"'  # in two, so that this file does not find itself
+    holders = [f for f in tracked if needle in (ROOT / f).read_text(encoding="utf-8")]
+    assert holders == ["ebm_ext/tagging/data.py"], holders
 
 
 def test_the_programs_know_the_corpora_the_config_offers():
-    sys.path.insert(0, str(ROOT / "python"))
     import corpora
     choices = dataclasses.fields(TaggerConfig)[0].metadata["choices"]
     assert set(corpora.CORPORA) == set(choices)

@@ -1,8 +1,6 @@
 """sparse_code / sparse_coding_energy against scikit-learn's exact LARS solution, a long plain
 PyTorch FISTA run and the optimality conditions; gradients by the envelope theorem; errors;
 and the role of the L1 regulariser, shown on learned dictionaries."""
-import pathlib
-import sys
 
 import pytest
 import torch
@@ -14,8 +12,8 @@ from ebm_ext import _reference as ref
 from conftest import requires_cuda, tolerance
 from cuda_backends import emulated_batch, emulating, skip_compile_if_emulated
 
-sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "python"))
-import sparse_coding  # noqa: E402
+import images
+import sparse_coding
 from ebm_ext.sparse import DictionaryLearning  # noqa: E402
 
 EXACT = dict(max_iter=20000, tol=1e-12)
@@ -305,8 +303,8 @@ def test_module():
 # --- the regulariser's role -------------------------------------------------------------------
 
 def test_without_l1_an_overcomplete_dictionary_gives_zero_energy_to_anything():
-    patches = sparse_coding.image_patches(200, seed=1).double()
-    noise = sparse_coding.noise_like(patches, seed=1)
+    patches = images.image_patches(200, seed=1).double()
+    noise = images.noise_like(patches, seed=1)
     _, D = _problem(1, 64, 128, seed=17)  # overcomplete: 128 atoms span R^64
     for y in (patches, noise):
         F = ebm_ext.sparse_coding_energy(y, D, 0.0, max_iter=20000, tol=0)
@@ -314,12 +312,12 @@ def test_without_l1_an_overcomplete_dictionary_gives_zero_energy_to_anything():
 
 
 def test_with_l1_after_learning_data_has_lower_energy_than_noise():
-    patches = sparse_coding.image_patches(3000, seed=2)
+    patches = images.image_patches(3000, seed=2)
     train, held_out = patches[:2500], patches[2500:]
     learned = DictionaryLearning(64, lam=0.2, epochs=3, batch_size=250, lr=3e-3, tol=1e-3)
     learned.fit(train, held_out=held_out)
     data = learned.free_energy(held_out)
-    noise = learned.free_energy(sparse_coding.noise_like(held_out, seed=3))
+    noise = learned.free_energy(images.noise_like(held_out, seed=3))
     assert data.mean() < 0.75 * noise.mean()
     assert (data < noise).float().mean() > 0.8
     history = learned.history_

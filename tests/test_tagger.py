@@ -240,8 +240,8 @@ def test_ensemble_decodes_with_its_members_mean_energy(tmp_path):
     out = run("eval", "--checkpoint", tmp_path / "best.pt", "--file", DATA / "twpos" / "oct27.dev")
     assert "token accuracy" in out.stdout
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
-    # scripts/ensemble_decodings.py's Viterbi of the mean energy is what the ensemble decoded
-    decoded = subprocess.run([sys.executable, str(REPO / "scripts" / "ensemble_decodings.py"),
+    # python/ensemble_decodings.py's Viterbi of the mean energy is what the ensemble decoded
+    decoded = subprocess.run([sys.executable, str(REPO / "python" / "ensemble_decodings.py"),
                               tmp_path / "best.pt", "--limit", "60", "--data-dir", DATA],
                              capture_output=True, text=True, check=True).stdout
     lines = {line.split()[0]: line.split() for line in decoded.splitlines()}
@@ -268,9 +268,8 @@ def test_jobs_train_the_same_members_in_parallel(tmp_path):
 
 
 def test_jobs_are_checked_before_any_work():
-    sys.path.insert(0, str(REPO / "python"))
     from types import SimpleNamespace
-    from tagger import member_jobs
+    from training import member_jobs
     alone, torchrun = (SimpleNamespace(active=w > 1, world=w) for w in (1, 2))
     assert member_jobs(SimpleNamespace(jobs=4, ensemble=3), alone) == 3  # one per member at most
     assert member_jobs(SimpleNamespace(jobs=2, ensemble=1), torchrun) == 1
@@ -294,8 +293,8 @@ def test_student_distils_its_teacher(tmp_path):
     # energies attached to each sentence, handed to the student's loss) is half its criterion and
     # half the exact KL(teacher || student), here computed by torch-struct from the same energies.
     torch_struct = pytest.importorskip("torch_struct")
-    sys.path.insert(0, str(REPO / "python"))
-    from tagger import Teacher, load_tagger
+    from training import Teacher
+    from ebm_ext.tagging import load_tagger
     from ebm_ext.tagging import data as D
     model, vocabs = load_tagger(tmp_path / "student" / "best.pt")
     teacher = Teacher(tmp_path / "teacher" / "best.pt", "cpu", 0.5)
@@ -367,7 +366,6 @@ def test_ddp_two_processes_stay_in_sync(tmp_path):
 
 
 def test_protocols_select_the_splits():
-    sys.path.insert(0, str(REPO / "python"))
     from corpora import protocol_splits
     train, dev, test = ([(["w"], [name])] * n for name, n in (("train", 3), ("dev", 2), ("test", 1)))
     assert protocol_splits((train, dev, test), "standard") == (train, dev, test)

@@ -1,8 +1,6 @@
 """The raw-tweet tokenizer: the corpus's conventions class by class, an invariant over any text
 (no character is lost or invented), and agreement with the corpus's own tokens."""
 import html
-import pathlib
-import sys
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -10,7 +8,6 @@ from hypothesis import given, settings, strategies as st
 from chain_cases import DATA
 from ebm_ext.tagging.tokenize import tokenize, tokenize_tweet
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "scripts"))
 
 
 @pytest.mark.parametrize("text, tokens", [

@@ -4,7 +4,8 @@ place each of its options lives. The rest of ebm_ext never imports this package.
 from . import data
 from .config import TaggerConfig
 from .export import ExportedTagger, export_tagger
-from .model import EnergyTagger, FeatureNetwork, TaggerEnsemble, build_tagger, tagger_from_state
+from .model import (EnergyTagger, FeatureNetwork, TaggerEnsemble, build_tagger, load_tagger,
+                    tagger_from_state)
 
 __all__ = ["data", "TaggerConfig", "ExportedTagger", "export_tagger", "EnergyTagger",
-           "FeatureNetwork", "TaggerEnsemble", "build_tagger", "tagger_from_state"]
+           "FeatureNetwork", "TaggerEnsemble", "build_tagger", "load_tagger", "tagger_from_state"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 import pathlib
 from typing import BinaryIO, Iterable, Iterator, Optional, Sequence
 
@@ -21,6 +22,55 @@ import torch
 Sentence = tuple  # (tokens: list[str], tags: list[str])
 
 PAD, UNK = "<pad>", "<unk>"
+# Where the corpora are found when neither an argument nor $EBM_DATA says: ../shared/data beside
+# the checkout this package lives in (this project's layout; an installed package has none).
+DEFAULT_DATA = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data"
+DATA_SOURCES = ("the tweet POS corpus (twpos: oct27.train/dev/test and tagset.tsv, Gimpel et al. "
+                "2011, Owoputi et al. 2013, from ark-tweet-nlp's repository) and UD English EWT "
+                "(ud_ewt/en_ewt-ud-*.conllu, from Universal Dependencies)")
+
+
+def data_dir(path=None) -> pathlib.Path:
+    """The folder that holds the corpora: one rule for every program, test and bench.
+
+    Args:
+        path (str or os.PathLike, optional): an explicit folder (a program's ``--data-dir``).
+
+    Returns:
+        pathlib.Path: ``path`` if given, else ``$EBM_DATA`` if set, else ``../shared/data``
+        beside the checkout (``DEFAULT_DATA``). Whether it exists is checked where a file is
+        read (``corpus_file``).
+
+    Example:
+        >>> from ebm_ext.tagging.data import data_dir
+        >>> str(data_dir("/corpora"))
+        '/corpora'
+    """
+    return pathlib.Path(path or os.environ.get("EBM_DATA") or DEFAULT_DATA)
+
+
+def corpus_file(root, relative: str) -> pathlib.Path:
+    """The path of a corpus file under ``root``, which must exist.
+
+    Args:
+        root (str or os.PathLike): the data folder (``data_dir()``).
+        relative (str): the file within it, such as ``twpos/oct27.train``.
+
+    Returns:
+        pathlib.Path: ``root / relative``.
+
+    Raises:
+        ValueError: the file is missing; the message says where the data are looked for
+            (``--data-dir``, ``$EBM_DATA``, ``../shared/data``) and what they are.
+    """
+    path = pathlib.Path(root) / relative
+    if not path.is_file():
+        raise ValueError(f"{path}: no such corpus file. The corpora are read from --data-dir, "
+                         f"else $EBM_DATA, else ../shared/data beside the repository "
+                         f"({DEFAULT_DATA}); they are {DATA_SOURCES}.")
+    return path
+
+
 MAX_WORD_LEN = 20  # a word's characters past this many are not read
 
 

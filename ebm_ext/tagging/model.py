@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .. import losses
+from ..checkpoint import CheckpointError, load_checkpoint
 from ..nn import BiLSTM, ChainEnergy, CharBiLSTM, CharCNN, Dropout, local_decode
 from ..ops import chain_kl, packed_order, viterbi
 from .config import TaggerConfig
@@ -22,6 +23,9 @@ from .data import SHAPES, Batch, Vocabularies
 
 
 Energies = Tuple[Tensor, Tensor, Tensor, Tensor]  # a chain energy: unary, trans, start, end
+
+__all__ = ["FeatureNetwork", "EnergyTagger", "TaggerEnsemble", "build_features", "build_tagger",
+           "load_tagger", "tagger_from_state"]
 
 
 class Packing(NamedTuple):
@@ -288,15 +292,22 @@ class TaggerEnsemble(nn.Module):
         return viterbi(unary, trans, batch.lengths, start, end)[1]
 
 
+def build_features(config: TaggerConfig, vocabs: Vocabularies) -> FeatureNetwork:
+    """The feature network a configuration describes, for these vocabularies (untrained): the
+    one place a network is built from options, for the taggers and for inference networks."""
+    config = config.resolved()
+    return FeatureNetwork(len(vocabs.words), len(vocabs.chars), len(vocabs.tags),
+                          num_suffixes=len(vocabs.suffixes), num_prefixes=len(vocabs.prefixes),
+                          word_counts=vocabs.word_counts,
+                          tag_counts=vocabs.tag_counts if config.tag_dict else None,
+                          **config.network_kwargs())
+
+
 def build_tagger(config: TaggerConfig, vocabs: Vocabularies) -> EnergyTagger:
     """The EnergyTagger a configuration describes, for these vocabularies (untrained)."""
     config = config.resolved()
     K = len(vocabs.tags)
-    features = FeatureNetwork(len(vocabs.words), len(vocabs.chars), K,
-                              num_suffixes=len(vocabs.suffixes), num_prefixes=len(vocabs.prefixes),
-                              word_counts=vocabs.word_counts,
-                              tag_counts=vocabs.tag_counts if config.tag_dict else None,
-                              **config.network_kwargs())
+    features = build_features(config, vocabs)
     spec = losses.criterion(config.criterion)
     cost = losses.make_cost(spec.cost, K, config.categories)
     return EnergyTagger(features, K, config.criterion, cost=cost, margin=config.margin,
@@ -317,3 +328,27 @@ def tagger_from_state(state: dict, device="cpu"):
         member.load_state_dict(weights)
         members.append(member)
     return TaggerEnsemble(members).to(device).eval(), vocabs
+
+
+def load_tagger(path, device="cpu"):
+    """Loads a tagger checkpoint (``best.pt`` of ``tagger.py train``) with ``weights_only=True``.
+
+    Args:
+        path (str or os.PathLike): the checkpoint.
+        device (str or torch.device): where to put the tagger.
+
+    Returns:
+        tuple[EnergyTagger or TaggerEnsemble, Vocabularies]: the tagger, in eval mode, and its
+        vocabularies.
+
+    Raises:
+        ebm_ext.checkpoint.CheckpointError: the file is not a readable checkpoint, or not a
+            tagger's; the message names the file.
+    """
+    state = load_checkpoint(path)
+    try:
+        return tagger_from_state(state, device)
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        what = f"missing {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        raise CheckpointError(f"{path}: not a tagger checkpoint written by tagger.py train "
+                              f"({what[:200]})") from e

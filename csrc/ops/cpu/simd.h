@@ -55,13 +55,6 @@ inline void store_index(int32_t* p, const typename Lanes<S>::I& v) {
 // vector is full; results are written for all Kp lanes and only the first K are read.
 inline int64_t padded(int64_t K, int64_t lanes) { return (K + lanes - 1) / lanes * lanes; }
 
-template <typename S>
-bool any_nan(const S* x, int64_t n) {
-  bool nan = false;
-  for (int64_t i = 0; i < n; ++i) nan |= x[i] != x[i];
-  return nan;
-}
-
 // NaN or -inf: the energies the non-finite rules turn into NaN results.
 template <typename S>
 bool any_invalid(const S* x, int64_t n) {

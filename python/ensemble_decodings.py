@@ -2,7 +2,7 @@
 "Accuracy": how an ensemble is decoded). The members of every checkpoint given are pooled, so
 two ensembles' best.pt make one ensemble of ten.
 
-    python scripts/ensemble_decodings.py runs/main/best.pt [runs/s6/best.pt ...] [--corpus twpos] [--limit N]
+    python python/ensemble_decodings.py runs/main/best.pt [runs/s6/best.pt ...] [--corpus twpos] [--limit N]
 
 - viterbi: the mode of the mean energy (what TaggerEnsemble decodes);
 - posterior: at each position the tag of highest marginal under the mean energy, the decoding
@@ -16,18 +16,14 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import sys
 
 import torch
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "python"))
-
-from ebm_ext.ops import chain_marginals, viterbi  # noqa: E402
-from ebm_ext.tagging import TaggerEnsemble  # noqa: E402
-from ebm_ext.tagging import data as D  # noqa: E402
-from corpora import data_dir, read_splits  # noqa: E402
-from tagger import load_tagger  # noqa: E402
+from ebm_ext.ops import chain_marginals, viterbi
+from ebm_ext.tagging import TaggerEnsemble, load_tagger
+from ebm_ext.tagging import data as D
+from ebm_ext.tagging.data import data_dir
+from corpora import read_splits
 
 
 def member_energies(members, sentences, vocabs):

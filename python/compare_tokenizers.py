@@ -9,7 +9,7 @@ The corpus holds tokens, not the raw tweets, so the raw text is rebuilt two ways
 For each, the share of tweets whose tokens come back exactly and the token F1 (a token is right
 when its character span matches).
 
-    python scripts/compare_tokenizers.py [--data-dir ../shared/data] [--candidates ours,whitespace,nltk,twokenize]
+    python python/compare_tokenizers.py [--data-dir DIR] [--candidates ours,whitespace,nltk,twokenize]
 
 nltk (TweetTokenizer) and twokenize (the PyPI port of ark-tweet-nlp's Twokenize) are measured
 when importable; neither is a dependency of ebm_ext.
@@ -17,14 +17,10 @@ when importable; neither is a dependency of ebm_ext.
 from __future__ import annotations
 
 import argparse
-import pathlib
 import re
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from ebm_ext.tagging.data import read_tweets  # noqa: E402
-from ebm_ext.tagging.tokenize import tokenize_tweet  # noqa: E402
+from ebm_ext.tagging.data import corpus_file, data_dir, read_tweets
+from ebm_ext.tagging.tokenize import tokenize_tweet
 
 _GLUED = re.compile(r"^[.,!?;:…]+$")
 
@@ -86,12 +82,12 @@ def score(tokenizer, tweets, rebuild):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default=str(pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"))
+    p.add_argument("--data-dir", help="the corpora's folder (default: $EBM_DATA, else ../shared/data)")
     p.add_argument("--candidates", default="ours,whitespace,nltk,twokenize")
     args = p.parse_args()
-    root = pathlib.Path(args.data_dir) / "twpos"
+    root = data_dir(args.data_dir)
     tweets = [t for split in ("oct27.train", "oct27.dev", "oct27.test")
-              for t, _ in read_tweets(root / split)]
+              for t, _ in read_tweets(corpus_file(root, f"twpos/{split}"))]
     print(f"{len(tweets)} tweets, {sum(map(len, tweets))} tokens")
     print("| tokenizer | spaced: tweets exact | spaced: token F1 | typed: tweets exact | typed: token F1 |")
     print("| --- | ---: | ---: | ---: | ---: |")
