@@ -11,7 +11,7 @@ The free energy of a point y under centroids W (k, d) is F(y) = min_j ||y - W_j|
              reaches each point's nearest centroid only: dF/dW_j = -2 (y - W_j)).
 
 Seeding is greedy k-means++ (Arthur and Vassilvitskii 2007, with scikit-learn's 2 + log k
-candidates per step).
+candidates per step)::
 
     km = KMeans(10, seed=0).fit(y)       # y (N, d)
     km.cluster_centers_, km.labels_, km.inertia_, km.n_iter_
@@ -34,8 +34,20 @@ __all__ = ["KMeans", "fit_minibatch", "kmeans_plus_plus", "lloyd"]
 
 def kmeans_plus_plus(y: Tensor, k: int, generator: Optional[torch.Generator] = None,
                      local_trials: Optional[int] = None) -> Tensor:
-    """Greedy k-means++ seeding: (k, d) rows of y, each chosen among 2 + log k candidates drawn
-    in proportion to their free energy, keeping the one that lowers the total most."""
+    """Greedy k-means++ seeding, as scikit-learn's.
+
+    Each centroid is chosen among 2 + log k candidates drawn in proportion to their free
+    energy, keeping the one that lowers the total most.
+
+    Args:
+        y (Tensor[N, d], float): the points.
+        k (int): the number of centroids, <= N.
+        generator (torch.Generator, optional): the source of randomness.
+        local_trials (int, optional): candidates per centroid; None: 2 + log k.
+
+    Returns:
+        Tensor[k, d]: rows of y.
+    """
     N = y.shape[0]
     if not 1 <= k <= N:
         raise ValueError(f"kmeans_plus_plus: k must be in [1, N={N}], got {k}")
@@ -58,9 +70,22 @@ def kmeans_plus_plus(y: Tensor, k: int, generator: Optional[torch.Generator] = N
 
 def lloyd(y: Tensor, W: Tensor, max_iter: int = 300, tol: float = 1e-4,
           show_progress: bool = False) -> dict:
-    """Lloyd's algorithm from centroids W (k, d). Returns {'W', 'index', 'inertia', 'n_iter',
-    'reseeded'}: the final assignment and inertia (sum of free energies) are those of the
-    returned centroids. tol = 0 runs exactly max_iter iterations."""
+    """Lloyd's algorithm from centroids W.
+
+    Empty clusters are re-seeded with the points farthest from their centroid; it stops when
+    the centroids move less than ``tol`` times the data's mean variance.
+
+    Args:
+        y (Tensor[N, d], float): the points.
+        W (Tensor[k, d], float): the initial centroids.
+        max_iter (int): the most iterations.
+        tol (float): the stopping tolerance; 0 runs exactly max_iter iterations.
+        show_progress (bool): a tqdm bar.
+
+    Returns:
+        dict: ``{'W', 'index', 'inertia', 'n_iter', 'reseeded'}``; the final assignment and
+        inertia (sum of free energies) are those of the returned centroids.
+    """
     if W.dim() != 2 or y.dim() != 2 or W.shape[1] != y.shape[1]:
         raise ValueError(f"lloyd: expected y (N, d) and W (k, d), got {tuple(y.shape)} and "
                          f"{tuple(W.shape)}")
@@ -88,8 +113,20 @@ def lloyd(y: Tensor, W: Tensor, max_iter: int = 300, tol: float = 1e-4,
 
 def fit_minibatch(y: Tensor, W: Tensor, epochs: int = 20, batch_size: int = 256, lr: float = 0.05,
                   generator: Optional[torch.Generator] = None, show_progress: bool = False) -> dict:
-    """Stochastic gradient descent on the mean free energy of minibatches, through autograd on
-    ebm_ext.nn.KMeansEnergy. Returns {'W', 'index', 'inertia', 'history'} (inertia per epoch)."""
+    """Stochastic gradient descent on the mean free energy of minibatches (autograd on KMeansEnergy).
+
+    Args:
+        y (Tensor[N, d], float): the points.
+        W (Tensor[k, d], float): the initial centroids.
+        epochs (int): passes over the data.
+        batch_size (int): points per step.
+        lr (float): the step size.
+        generator (torch.Generator, optional): the order of the points.
+        show_progress (bool): a tqdm bar.
+
+    Returns:
+        dict: ``{'W', 'index', 'inertia', 'history'}`` (inertia per epoch).
+    """
     model = KMeansEnergy(*W.shape, centroids=W)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     history = []
@@ -118,8 +155,18 @@ class KMeans:
         seed: seeds the k-means++ draws and the minibatch order (None: torch's global RNG).
         show_progress: a tqdm bar.
 
-    After fit: cluster_centers_ (k, d), labels_ (N,), inertia_ (sum of free energies),
-    n_iter_ (Lloyd iterations or epochs).
+    Attributes:
+        cluster_centers_ (Tensor[k, d]): the centroids, after ``fit``.
+        labels_ (Tensor[N], int64): each training point's centroid.
+        inertia_ (float): the sum of the training points' free energies.
+        n_iter_ (int): Lloyd iterations, or epochs of the minibatch trainer.
+
+    Example:
+        >>> from ebm_ext.cluster import KMeans
+        >>> y = torch.tensor([[0., 0.], [0., 1.], [10., 10.], [10., 11.]])
+        >>> km = KMeans(2, seed=0).fit(y)
+        >>> km.inertia_, sorted(km.cluster_centers_.tolist())
+        (1.0, [[0.0, 0.5], [10.0, 10.5]])
     """
 
     def __init__(self, n_clusters: int = 8, *, method: str = "lloyd", init="k-means++",

@@ -60,13 +60,33 @@ def _may_follow(scheme: str, a: str, ea: str, b: str, eb: str) -> bool:
 
 def allowed_transitions(scheme: str, labels: Sequence[str], dtype=torch.float32,
                         device=None) -> Tuple[Tensor, Tensor, Tensor]:
-    """Energies ``(trans (K, K), start (K,), end (K,))`` for the tags ``labels`` (index = tag id)
-    under ``scheme`` ('BIO', 'IOB1', 'BIOUL' or 'BMES'): 0 where allowed, +inf where forbidden.
-    ``trans[i, j]`` is the energy of tag i followed by tag j, as in the chain ops.
+    """Constraint energies of a tagging scheme: 0 where a move is allowed, +inf where forbidden.
 
-    Add them to a model's energies (``trans + c_trans`` ...), or subtract them from the scores of
-    ``ebm_ext.CRF`` (scores are minus energies); every op then treats the forbidden moves as
-    impossible: viterbi and k-best never return them, log Z and the marginals give them no mass.
+    ``trans[i, j]`` is the energy of tag i followed by tag j, as in the chain ops. Add the
+    three tensors to a model's energies (or pass them to ``CRF(..., constraints=...)``); every
+    op then treats the forbidden moves as impossible: viterbi and k-best never return them, log
+    Z and the marginals give them no mass. They are AllenNLP's rules.
+
+    Args:
+        scheme (str): ``'BIO'``, ``'IOB1'``, ``'BIOUL'`` or ``'BMES'``.
+        labels (sequence of str): the tag names, index = tag id (``'O'``, ``'B-PER'``, ...).
+        dtype (torch.dtype): the energies' dtype.
+        device (torch.device, optional): their device.
+
+    Returns:
+        tuple[Tensor[K, K], Tensor[K], Tensor[K]]: ``(trans, start, end)``.
+
+    Raises:
+        ValueError: an unknown scheme, or a label that the scheme cannot read.
+
+    Example:
+        >>> trans, start, end = ebm_ext.allowed_transitions("BIO", ["O", "B-PER", "I-PER"])
+        >>> trans
+        tensor([[0., 0., inf],
+                [0., 0., 0.],
+                [0., 0., 0.]])
+        >>> start
+        tensor([0., 0., inf])
     """
     if scheme not in SCHEMES:
         raise ValueError(f"allowed_transitions: scheme must be one of {', '.join(SCHEMES)}, "

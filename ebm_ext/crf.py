@@ -39,16 +39,28 @@ from .distributions import LinearChainCRF
 
 
 class CRF(nn.Module):
-    """Conditional random field over tag sequences (pytorch-crf's API; see the module docstring).
+    """Conditional random field over tag sequences, a drop-in for pytorch-crf's ``torchcrf.CRF``.
+
+    The same constructor, parameters (``start_transitions``, ``end_transitions``,
+    ``transitions[i, j]`` scoring i -> j), numbers and error messages; the kernels get the
+    energies E = -score. See the pytorch-crf guide for what it adds.
 
     Args:
-        num_tags: number of tags.
-        batch_first: inputs are (batch, seq, ...) when True, (seq, batch, ...) otherwise.
-        any_mask: accept any boolean mask (see the module docstring); default False.
-        constraints: energies ``(trans (K, K), start (K,), end (K,))`` added to the layer's own,
-            e.g. ``ebm_ext.allowed_transitions('BIO', labels)``: +inf forbids, in training (the
-            likelihood gives forbidden paths no mass; a forbidden gold path has log-likelihood
-            -inf) and decoding alike. Kept as buffers (saved, moved, not trained).
+        num_tags (int): the number of tags.
+        batch_first (bool): inputs are (batch, seq, ...) when True, (seq, batch, ...) otherwise.
+        any_mask (bool): accept any boolean mask (left padding, holes); the selected positions
+            of each sequence are scored and decoded as one chain.
+        constraints (tuple of Tensor, optional): energies ``(trans (K, K), start (K,), end
+            (K,))`` added to the layer's own, e.g. ``ebm_ext.allowed_transitions('BIO',
+            labels)``: +inf forbids, in training and decoding alike. Kept as buffers.
+
+    Example:
+        >>> crf = ebm_ext.CRF(3, batch_first=True)
+        >>> emissions = torch.randn(2, 4, 3)
+        >>> crf(emissions, torch.tensor([[0, 1, 2, 1], [2, 2, 0, 0]])).shape
+        torch.Size([])
+        >>> [len(path) for path in crf.decode(emissions, torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]]).bool())]
+        [4, 2]
     """
 
     def __init__(self, num_tags: int, batch_first: bool = False, any_mask: bool = False,
@@ -94,12 +106,26 @@ class CRF(nn.Module):
 
     def forward(self, emissions: Tensor, tags: Tensor, mask: Optional[Tensor] = None,
                 reduction: str = "sum") -> Tensor:
-        """log p(tags | emissions): (batch,) with reduction 'none', else a scalar ('sum', 'mean'
-        over the batch, 'token_mean' over the selected tokens).
+        """The log-likelihood log p(tags | emissions), as pytorch-crf's ``forward``.
 
-        Partial or fuzzy labels: ``tags`` may be a bool tensor of the emissions' shape, the
-        tags allowed at each position; the result is then the log-likelihood of the set,
-        log sum over the consistent sequences of p(y) (-inf when none is)."""
+            Args:
+                emissions (Tensor, float): scores (higher is better), (batch, seq, num_tags) with
+                    ``batch_first``, else (seq, batch, num_tags).
+                tags (Tensor): int64 tags in the emissions' layout without the last dimension; or
+                    partial labels, a bool tensor of the emissions' shape with the tags allowed at
+                    each position (the log-likelihood of the set, -inf when no sequence fits it).
+                mask (Tensor, bool or uint8, optional): the positions to score, in the layout of the
+                    emissions' first two dimensions; None: all. Without ``any_mask`` it must be a
+                    right-padded prefix that includes the first timestep.
+                reduction (str): ``'none'``, ``'sum'``, ``'mean'`` (over the batch) or
+                    ``'token_mean'`` (over the selected tokens).
+
+            Returns:
+                Tensor: (batch,) with ``reduction='none'``, else a scalar. Differentiable.
+
+            Raises:
+                ValueError: pytorch-crf's errors, word for word, and the mask rules.
+        """
         self._validate(emissions, tags, mask)
         if reduction not in ["none", "sum", "mean", "token_mean"]:
             raise ValueError(f"invalid reduction: {reduction}")
@@ -126,9 +152,20 @@ class CRF(nn.Module):
     @torch.jit.export
     def decode(self, emissions: Tensor, mask: Optional[Tensor] = None,
                allowed: Optional[Tensor] = None) -> List[List[int]]:
-        """The best tag sequence of each batch entry, as lists (over the selected positions);
-        with ``allowed`` (bool, the emissions' shape), the best among the sequences whose tags
-        are all allowed (a restricted Viterbi)."""
+        """The best tag sequence of each batch entry, as lists over the selected positions.
+
+            Args:
+                emissions (Tensor, float): scores (higher is better), (batch, seq, num_tags) with
+                    ``batch_first``, else (seq, batch, num_tags).
+                mask (Tensor, bool or uint8, optional): the positions to score, in the layout of the
+                    emissions' first two dimensions; None: all. Without ``any_mask`` it must be a
+                    right-padded prefix that includes the first timestep.
+                allowed (Tensor, bool, optional): the emissions' shape; the best among the
+                    sequences whose tags are all allowed (restricted Viterbi).
+
+            Returns:
+                list[list[int]]: one list per batch entry.
+        """
         self._validate(emissions, allowed, mask)
         if allowed is not None:
             emissions = emissions.masked_fill(~allowed, -math.inf)
@@ -142,8 +179,20 @@ class CRF(nn.Module):
     @torch.jit.export
     def decode_nbest(self, emissions: Tensor, nbest: int,
                      mask: Optional[Tensor] = None) -> List[List[List[int]]]:
-        """The ``nbest`` best distinct tag sequences of each batch entry, best first (fewer when
-        fewer exist)."""
+        """The ``nbest`` best distinct tag sequences of each batch entry, best first.
+
+            Args:
+                emissions (Tensor, float): scores (higher is better), (batch, seq, num_tags) with
+                    ``batch_first``, else (seq, batch, num_tags).
+                nbest (int): how many, >= 1.
+                mask (Tensor, bool or uint8, optional): the positions to score, in the layout of the
+                    emissions' first two dimensions; None: all. Without ``any_mask`` it must be a
+                    right-padded prefix that includes the first timestep.
+
+            Returns:
+                list[list[list[int]]]: per batch entry, up to ``nbest`` paths (fewer when fewer
+                exist).
+        """
         energy, tags, lengths, _ = self._kbest(emissions, mask, nbest)
         found: List[List[bool]] = torch.isfinite(energy).cpu().tolist()
         rows: List[List[List[int]]] = tags.cpu().tolist()
@@ -160,9 +209,21 @@ class CRF(nn.Module):
     @torch.jit.export
     def viterbi_tensors(self, emissions: Tensor, mask: Optional[Tensor] = None,
                         nbest: int = 1) -> Tuple[Tensor, Tensor]:
-        """(scores (batch, nbest), tags (batch, nbest, seq)) as tensors on the emissions' device:
-        scores are pytorch-crf's (higher is better; -inf for a missing path), tags sit at the
-        positions they label in the batch-first layout, -1 where the mask is off."""
+        """The n best paths as padded tensors, for DataParallel and export.
+
+            Args:
+                emissions (Tensor, float): scores (higher is better), (batch, seq, num_tags) with
+                    ``batch_first``, else (seq, batch, num_tags).
+                mask (Tensor, bool or uint8, optional): the positions to score, in the layout of the
+                    emissions' first two dimensions; None: all. Without ``any_mask`` it must be a
+                    right-padded prefix that includes the first timestep.
+                nbest (int): how many paths, >= 1.
+
+            Returns:
+                tuple[Tensor[batch, nbest], Tensor[batch, nbest, seq] int64]: ``(scores, tags)`` on
+                the emissions' device: pytorch-crf's scores (higher is better, -inf for a missing
+                path); tags in the batch-first layout, -1 where the mask is off.
+        """
         energy, tags, _, mask_bf = self._kbest(emissions, mask, nbest)
         if self.any_mask:  # back from the packed selection to the positions it came from
             order = _selection_order(mask_bf)
@@ -172,7 +233,18 @@ class CRF(nn.Module):
 
     @torch.jit.export
     def marginals(self, emissions: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-        """p(y_t = k) in the layout of ``emissions``; 0 where the mask is off."""
+        """The marginals p(y_t = k).
+
+            Args:
+                emissions (Tensor, float): scores (higher is better), (batch, seq, num_tags) with
+                    ``batch_first``, else (seq, batch, num_tags).
+                mask (Tensor, bool or uint8, optional): the positions to score, in the layout of the
+                    emissions' first two dimensions; None: all. Without ``any_mask`` it must be a
+                    right-padded prefix that includes the first timestep.
+
+            Returns:
+                Tensor: in the layout of ``emissions``; 0 where the mask is off. Differentiable.
+        """
         self._validate(emissions, None, mask)
         unary, _, lengths, mask_bf = self._chain(emissions, None, mask)
         trans, start, end = self._energies(unary.dtype)
@@ -184,9 +256,22 @@ class CRF(nn.Module):
 
     @torch.jit.unused
     def distribution(self, emissions: Tensor, mask: Optional[Tensor] = None):
-        """p(y | emissions) as an ``ebm_ext.LinearChainCRF`` (batch first, energies = minus the
-        layer's scores): entropy, samples, KL, top-k, differentiable marginals. With
-        ``any_mask=True`` its positions are the selected ones, packed to the left."""
+        """p(y | emissions) as an ``ebm_ext.LinearChainCRF``.
+
+            Batch first, energies = minus the layer's scores: entropy, samples, KL, top-k,
+            differentiable marginals. With ``any_mask=True`` its positions are the selected ones,
+            packed to the left.
+
+            Args:
+                emissions (Tensor, float): scores (higher is better), (batch, seq, num_tags) with
+                    ``batch_first``, else (seq, batch, num_tags).
+                mask (Tensor, bool or uint8, optional): the positions to score, in the layout of the
+                    emissions' first two dimensions; None: all. Without ``any_mask`` it must be a
+                    right-padded prefix that includes the first timestep.
+
+            Returns:
+                LinearChainCRF: the distribution.
+        """
         self._validate(emissions, None, mask)
         unary, _, lengths, _ = self._chain(emissions, None, mask)
         trans, start, end = self._energies(unary.dtype)

@@ -36,14 +36,27 @@ __all__ = ["LinearChainCRF"]
 
 
 class LinearChainCRF(Distribution):
-    """Distribution over the tag sequences of a batch of chains (see the module docstring).
+    """The distribution p(y | x) = exp(-E(x, y)) / Z(x) over the tag sequences of a batch of chains.
+
+    A ``torch.distributions.Distribution`` with batch shape (B,) and event shape (T,): an event
+    is a tag sequence, int64, -1 past its length. Everything is exact and comes from kernels.
 
     Args:
-        unary: (B, T, K) energies of tag k at position t.
-        trans: (K, K) energies, trans[i, j] for moving from tag i to tag j.
-        start, end: (K,) energies of the first and last tag, or None.
-        lengths: (B,) int64 sequence lengths (None: all T), or
-        mask: (B, T) bool, a right-padded prefix per sequence (the lengths are its sums).
+        unary (Tensor[B, T, K], float): the energy of tag k at position t.
+        trans (Tensor[K, K], float): ``trans[i, j]``, the energy of moving from tag i to tag j.
+        start (Tensor[K], float, optional): the first tag's energies; None: 0.
+        end (Tensor[K], float, optional): the last tag's energies; None: 0.
+        lengths (Tensor[B], int64, optional): the lengths; None: all T (or from ``mask``).
+        mask (Tensor[B, T], bool, optional): a right-padded prefix per sequence, instead of
+            ``lengths``.
+        validate_args (bool, optional): as torch.distributions.
+
+    Example:
+        >>> dist = ebm_ext.LinearChainCRF(torch.zeros(1, 3, 2), torch.zeros(2, 2))
+        >>> dist.partition.exp(), dist.entropy()
+        (tensor([8.]), tensor([2.0794]))
+        >>> dist.log_prob(torch.tensor([[0, 1, 1]])).exp()
+        tensor([0.1250])
     """
 
     arg_constraints: dict = {}
@@ -79,22 +92,31 @@ class LinearChainCRF(Distribution):
     @classmethod
     def from_edge_potentials(cls, log_potentials: Tensor, lengths: Optional[Tensor] = None,
                              validate_args: Optional[bool] = None) -> "LinearChainCRF":
-        """From torch-struct's ``LinearChainCRF(log_potentials, lengths)``: scores (higher is
-        better) phi[b, n, z_{n+1}, z_n] of shape (B, N-1, C, C), lengths the numbers of nodes N_b.
+        """From torch-struct's ``LinearChainCRF(log_potentials, lengths)``.
 
-        Our kernels share one transition matrix across positions, so the potentials must be of
-        the form (what torch-struct's users build from emissions and transitions)
-            phi[b, n, j, i] = a[b, n, j] + c[b, n, i] + W[j, i],
-        with -inf (forbidden) entries in the same places for every position. Unary energies are
-        then -(c at node n, plus a at node n + 1), trans[i, j] = -W[j, i]. The decomposition is
-        exact (a spanning forest of the allowed entries fixes the gauge); potentials that are not
-        of this form raise ValueError.
+            Our kernels share one transition matrix across positions, so the potentials must be of
+            the form that torch-struct's users build from emissions and transitions,
+            phi[b, n, j, i] = a[b, n, j] + c[b, n, i] + W[j, i], with -inf (forbidden) entries in the
+            same places at every position. The unary energies are then -(c at node n, plus a at
+            node n + 1) and trans[i, j] = -W[j, i]; the decomposition is exact (a spanning forest of
+            the allowed entries fixes the gauge).
 
-        Gradients: the map from phi to the energies is linear and autograd flows through it. The
-        gradient that reaches phi is exact in every direction that keeps phi of that form, so
-        the gradients of the emissions and transitions phi was built from are torch-struct's;
-        the tensor phi.grad itself is not torch-struct's edge marginals (it differs from them
-        by a part orthogonal to those directions, which no such parameterisation can see).
+            The map from phi to the energies is linear and autograd flows through it: the gradients
+            of the emissions and transitions phi was built from are torch-struct's, but the tensor
+            ``phi.grad`` itself is not torch-struct's edge marginals (it differs by a part that no
+            such parameterisation can see).
+
+            Args:
+                log_potentials (Tensor[B, N-1, C, C], float): scores (higher is better)
+                    ``phi[b, n, z_(n+1), z_n]``.
+                lengths (Tensor[B], int64, optional): the numbers of nodes N_b; None: all N.
+                validate_args (bool, optional): as torch.distributions.
+
+            Returns:
+                LinearChainCRF: the same distribution, in energies.
+
+            Raises:
+                ValueError: potentials that are not of that form.
         """
         unary, trans, L = _decompose_edges(log_potentials, lengths)
         return cls(unary, trans, lengths=L, validate_args=validate_args)
@@ -106,13 +128,16 @@ class LinearChainCRF(Distribution):
 
     @lazy_property
     def partition(self) -> Tensor:
-        """log Z per sequence, (B,)."""
+        """log Z per sequence, Tensor[B].
+        """
         return chain_log_partition(*self._energies())
 
     @lazy_property
     def marginals(self) -> Tensor:
-        """p(y_t = k), (B, T, K), 0 past each length. Differentiable (twice-exact gradients of
-        log Z, not autograd through the recursion)."""
+        """p(y_t = k), Tensor[B, T, K], 0 past each length.
+
+            Differentiable: exact gradients of log Z twice over, not autograd through a recursion.
+        """
         return chain_marginals(*self._energies())
 
     @lazy_property
@@ -121,7 +146,8 @@ class LinearChainCRF(Distribution):
 
     @lazy_property
     def argmax(self) -> Tensor:
-        """The most probable tag sequence, (B, T), -1 past each length."""
+        """The most probable tag sequence, Tensor[B, T] int64, -1 past each length.
+        """
         return self._viterbi[1]
 
     @property
@@ -130,22 +156,44 @@ class LinearChainCRF(Distribution):
 
     @lazy_property
     def max(self) -> Tensor:
-        """The best score, -min_y E(y), (B,) (log_prob(argmax) = max - partition)."""
+        """The best score -min_y E(y), Tensor[B] (log_prob(argmax) = max - partition).
+        """
         return -self._viterbi[0]
 
     def topk(self, k: int) -> Tensor:
-        """The k most probable distinct sequences, (k, B, T), best first; -1 where fewer exist."""
+        """The k most probable distinct sequences, best first.
+
+            Args:
+                k (int): how many, >= 1.
+
+            Returns:
+                Tensor[k, B, T], int64: -1 where fewer than k exist.
+        """
         return viterbi_kbest(self.unary, self.trans, k, self.lengths, self.start,
                              self.end)[1].permute(1, 0, 2)
 
     def kmax(self, k: int) -> Tensor:
-        """Their scores -E, (k, B); -inf where fewer exist."""
+        """The scores -E of the k most probable distinct sequences, best first.
+
+            Args:
+                k (int): how many, >= 1.
+
+            Returns:
+                Tensor[k, B]: -inf where fewer than k exist.
+        """
         return -viterbi_kbest(self.unary, self.trans, k, self.lengths, self.start,
                               self.end)[0].t()
 
     def log_prob(self, value: Tensor) -> Tensor:
-        """log p(value) for tags (*sample_shape, B, T) (positions past a length are not read),
-        (*sample_shape, B)."""
+        """log p(value) of tag sequences.
+
+            Args:
+                value (Tensor[..., B, T], int64): tag sequences; positions past a length are not
+                    read.
+
+            Returns:
+                Tensor[..., B]: the log-probabilities.
+        """
         B, T = self.unary.shape[0], self.unary.shape[1]
         if not isinstance(value, Tensor) or value.dim() < 2 or tuple(value.shape[-2:]) != (B, T):
             raise ValueError(f"LinearChainCRF.log_prob: value must have shape (*sample_shape, B, T)"
@@ -161,7 +209,11 @@ class LinearChainCRF(Distribution):
         return (-energy.t() - self.partition).reshape(*prefix, B)
 
     def entropy(self) -> Tensor:
-        """H(p) per sequence in nats, (B,); exact and differentiable."""
+        """H(p) per sequence, in nats; exact and differentiable.
+
+            Returns:
+                Tensor[B]: the entropies.
+        """
         return chain_entropy(*self._energies())
 
     def _check_other(self, other, what):
@@ -178,30 +230,62 @@ class LinearChainCRF(Distribution):
             raise ValueError(f"LinearChainCRF.{what}: other must have the same lengths")
 
     def cross_entropy(self, other: "LinearChainCRF") -> Tensor:
-        """H(p, q) = -E_p[log q(y)], (B,)."""
+        """H(p, q) = -E_p[log q(y)] per sequence.
+
+            Args:
+                other (LinearChainCRF): q, over the same batch and lengths.
+
+            Returns:
+                Tensor[B]: the cross entropies, in nats; differentiable.
+        """
         self._check_other(other, "cross_entropy")
         return chain_cross_entropy(self.unary, self.trans, other.unary, other.trans, self.lengths,
                                    self.start, self.end, other.start, other.end)
 
     def kl(self, other: "LinearChainCRF") -> Tensor:
-        """KL(p || q), (B,)."""
+        """KL(p || q) per sequence.
+
+            Args:
+                other (LinearChainCRF): q, over the same batch and lengths.
+
+            Returns:
+                Tensor[B]: the divergences, in nats; differentiable.
+        """
         self._check_other(other, "kl")
         return chain_kl(self.unary, self.trans, other.unary, other.trans, self.lengths,
                         self.start, self.end, other.start, other.end)
 
     def sample(self, sample_shape: Union[int, Sequence[int], torch.Size] = torch.Size(),
                generator: Optional[torch.Generator] = None) -> Tensor:
-        """Exact samples, (*sample_shape, B, T) int64, -1 past each length (and for a sequence
-        with no allowed path). Reproducible under torch.manual_seed or ``generator``."""
+        """Exact samples (forward-filtering backward-sampling).
+
+            Args:
+                sample_shape (int or tuple of int): the samples' leading shape.
+                generator (torch.Generator, optional): the randomness; None: torch's default, so
+                    ``torch.manual_seed`` makes it reproducible.
+
+            Returns:
+                Tensor[sample_shape + (B, T)], int64: -1 past each length (and for a sequence with
+                no allowed path).
+        """
         with torch.no_grad():
             return chain_sample(self.unary, self.trans, sample_shape, self.lengths, self.start,
                                 self.end, generator=generator)
 
     def perturb_and_map(self, sample_shape: Union[int, Sequence[int], torch.Size] = torch.Size(),
                         generator: Optional[torch.Generator] = None) -> Tensor:
-        """Gumbel perturb-and-MAP (Papandreou and Yuille 2011): the Viterbi path of energies
-        with Gumbel noise on every unary entry, (*sample_shape, B, T). Cheap, but not a sample
-        of p (the perturbation is per position, not per path): use ``sample`` for that."""
+        """Gumbel perturb-and-MAP (Papandreou and Yuille 2011): Viterbi paths of perturbed energies.
+
+            Cheap, but not a sample of p (the noise is per position, not per path): use ``sample``
+            for that.
+
+            Args:
+                sample_shape (int or tuple of int): the leading shape.
+                generator (torch.Generator, optional): the randomness.
+
+            Returns:
+                Tensor[sample_shape + (B, T)], int64: the paths.
+        """
         shape = _sample_shape("LinearChainCRF.perturb_and_map", sample_shape)
         n = shape.numel()
         B, T, K = self.unary.shape

@@ -21,18 +21,38 @@ def gradient_inference(energy_fn: Callable[[Tensor], Tensor], y0: Tensor, steps:
                        lr: float = 0.1, method: str = "entropic", momentum: float = 0.0,
                        tol: Optional[float] = None, entropy: float = 0.0,
                        mask: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Minimise ``energy_fn(y)`` (B,) over relaxed y (B, ..., K), kept on the simplex of the last
-    dimension, by gradient descent from ``y0`` through autograd:
+    """Minimise an energy over relaxed y on the simplex by gradient descent through autograd.
 
-        v <- momentum * v + d/dy [E(y) - entropy * H(y)]      (heavy ball; H = -sum y log y)
-        y <- softmax(log y - lr v)   ('entropic': exponentiated gradient / mirror descent)
-        y <- project_simplex(y - lr v)   ('projected')
+    With v the heavy-ball velocity and H(y) = -sum y log y::
 
-    ``entropy`` > 0 smooths the energy towards the interior (it keeps entropic steps away from
-    vertices early on). ``tol``: a sample stops (and stays frozen) once no entry moves by more
-    than tol in a step. ``mask`` (B, ..., 1) marks the real positions: padded ones are kept at 0
-    in the output. Returns ``(y, energy (B,) of y under energy_fn, steps (B,) taken)``.
-    The parameters inside energy_fn get no gradient from this loop."""
+        v <- momentum * v + d/dy [E(y) - entropy * H(y)]
+        y <- softmax(log y - lr v)         ('entropic': exponentiated gradient)
+        y <- project_simplex(y - lr v)     ('projected')
+
+    Args:
+        energy_fn (callable): maps y (B, ..., K) to energies (B,).
+        y0 (Tensor[B, ..., K], float): the start, on the simplex of the last dimension.
+        steps (int): the most steps.
+        lr (float): the step size.
+        method (str): ``'entropic'`` or ``'projected'``.
+        momentum (float): the heavy ball's weight.
+        tol (float, optional): a sample stops (and stays frozen) once no entry moves by more.
+        entropy (float): > 0 smooths the energy towards the interior.
+        mask (Tensor[B, ..., 1], optional): the real positions; padded ones are kept at 0.
+
+    Returns:
+        tuple[Tensor, Tensor[B], Tensor[B]]: ``(y, energy of y, steps taken)``. The parameters
+        inside energy_fn get no gradient from this loop.
+
+    Example:
+        >>> from ebm_ext.inference import gradient_inference
+        >>> unary = torch.tensor([[[0., 1.], [1., 0.], [0., 2.]]])
+        >>> trans = torch.tensor([[0., 3.], [3., 0.]])
+        >>> y, energy, steps = gradient_inference(
+        ...     lambda y: ebm_ext.chain_energy(unary, trans, y), torch.full((1, 3, 2), 0.5), lr=0.5)
+        >>> y.argmax(-1)
+        tensor([[0, 0, 0]])
+    """
     if method not in ("entropic", "projected"):
         raise ValueError(f"gradient_inference: method must be 'entropic' or 'projected', got {method!r}")
     if steps < 0 or not lr > 0 or not 0 <= momentum < 1 or entropy < 0:
@@ -74,10 +94,17 @@ def gradient_inference(energy_fn: Callable[[Tensor], Tensor], y0: Tensor, steps:
 
 
 class TagLanguageModel(nn.Module):
-    """A global energy over (relaxed) tag sequences: an LSTM reads y_0 .. y_{t-1} (relaxed tags
-    embedded as y_t @ E) and predicts y_t; the energy is the cross-entropy
-    -sum_t sum_k y_tk log P(k | y_<t) over the positions t < L. On one-hot tags it is the
-    negative log-likelihood of the sequence under the tag LM, which is how it is trained."""
+    """A global energy over (relaxed) tag sequences: an LSTM tag language model.
+
+    The LSTM reads y_0 .. y_(t-1) (relaxed tags embedded as y_t @ E) and predicts y_t; the energy
+    is the cross-entropy -sum_t sum_k y_tk log P(k | y_<t) over the positions t < L. On one-hot
+    tags it is the sequence's negative log-likelihood, which is how it is trained.
+
+    Args:
+        num_tags (int): K.
+        dim (int): the tag embedding's width.
+        hidden (int): the LSTM's state size.
+    """
 
     def __init__(self, num_tags: int, dim: int = 32, hidden: int = 64):
         super().__init__()
@@ -106,15 +133,29 @@ class TagLanguageModel(nn.Module):
 
 def chain_plus_tag_lm(unary: Tensor, trans: Tensor, lengths: Optional[Tensor], start: Optional[Tensor],
                       end: Optional[Tensor], tag_lm: TagLanguageModel, weight: float) -> Callable[[Tensor], Tensor]:
-    """The energy y -> chain_energy(unary, trans, y) + weight * tag_lm(y), for gradient_inference."""
+    """The energy y -> chain_energy(unary, trans, y) + weight * tag_lm(y), for gradient_inference.
+
+    Args:
+        unary, trans, lengths, start, end: the chain energy, as in ``ebm_ext.chain_energy``.
+        tag_lm (TagLanguageModel): the global energy.
+        weight (float): its weight.
+
+    Returns:
+        callable: y (B, T, K) -> energies (B,).
+    """
     return lambda y: chain_energy(unary, trans, y, lengths, start, end) + weight * tag_lm(y, lengths)
 
 
 class InferenceNetwork(nn.Module):
-    """A(x): relaxed tags (B, T, K) = softmax over the last dimension of a network's scores,
-    trained to minimise an energy E(x, A(x)) (``energy_loss``) instead of searching for the
-    argmin at test time. ``features`` is any module mapping a batch to (B, T, K) scores (for a
-    tagger, a ``FeatureNetwork``, whose outputs are energies: A(x) = softmax(-features(x)))."""
+    """An inference network A(x): relaxed tags (B, T, K) = softmax of a network's scores.
+
+    Trained to minimise an energy E(x, A(x)) (``energy_loss``) instead of searching for the
+    argmin at test time; decoding is then one network pass and an argmax.
+
+    Args:
+        features (nn.Module): maps a batch to (B, T, K) scores; for a tagger, a
+            ``FeatureNetwork``, whose outputs are energies: A(x) = softmax(-features(x)).
+    """
 
     def __init__(self, features: nn.Module):
         super().__init__()

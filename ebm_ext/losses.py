@@ -68,7 +68,19 @@ def _check_lengths(op: str, lengths: Optional[Tensor], B: int, T: int) -> None:
 
 
 def check_allowed(op: str, unary: Tensor, allowed: Tensor) -> None:
-    """A partial label set: boolean, the shape of unary (B, T, K)."""
+    """Check a partial label set: a boolean tensor of unary's shape.
+
+    Args:
+        op (str): the name of the calling function, for the message.
+        unary (Tensor[B, T, K], float): the energies the set belongs to.
+        allowed (Tensor[B, T, K], bool): the tags allowed at each position.
+
+    Returns:
+        None.
+
+    Raises:
+        ValueError: ``allowed`` is not boolean or not of unary's shape.
+    """
     if not isinstance(unary, Tensor) or not isinstance(allowed, Tensor):
         raise ValueError(f"{op}: unary and the allowed tags must be tensors")
     if allowed.dtype != torch.bool or tuple(allowed.shape) != tuple(unary.shape):
@@ -77,8 +89,27 @@ def check_allowed(op: str, unary: Tensor, allowed: Tensor) -> None:
 
 
 def restrict(unary: Tensor, allowed: Tensor) -> Tensor:
-    """unary with the tags outside ``allowed`` (B, T, K) forbidden (+inf): the energy of the
-    restricted chain, for partial labels and restricted decoding."""
+    """The unary energies with the tags outside ``allowed`` forbidden (+inf).
+
+    The energy of the restricted chain, for partial labels and restricted decoding:
+    ``viterbi(restrict(unary, allowed), trans)`` decodes among the allowed tags only.
+
+    Args:
+        unary (Tensor[B, T, K], float): the unary energies.
+        allowed (Tensor[B, T, K], bool): the tags allowed at each position.
+
+    Returns:
+        Tensor[B, T, K]: a new tensor; differentiable in unary (0 where forbidden).
+
+    Raises:
+        ValueError: as ``check_allowed``.
+
+    Example:
+        >>> from ebm_ext import losses
+        >>> losses.restrict(torch.zeros(1, 2, 2), torch.tensor([[[True, False], [True, True]]]))
+        tensor([[[0., inf],
+                 [0., 0.]]])
+    """
     return unary.masked_fill(~allowed, float("inf"))
 
 
@@ -91,9 +122,28 @@ def _valid(gold: Tensor, lengths: Optional[Tensor]) -> Tensor:
 
 def token_nll(unary: Tensor, gold: Tensor, lengths: Optional[Tensor] = None,
               reduction: str = "mean") -> Tensor:
-    """The feed-forward tagger's loss: -sum_{t<L} log softmax(-unary[b, t])[gold_t].
+    """The feed-forward tagger's loss: -sum_(t<L) log softmax(-unary[b, t])[gold_t].
 
     Each position is classified independently (no transitions).
+
+    Args:
+        unary (Tensor[B, T, K], float): the unary energies.
+        gold (Tensor[B, T], int64): the gold tags (positions t >= L are ignored).
+        lengths (Tensor[B], int64, optional): the lengths; None: all T.
+        reduction (str): ``'mean'`` (over the batch), ``'sum'`` or ``'none'``.
+
+    Returns:
+        Tensor: the loss per sequence (B,) with ``reduction='none'``, else a scalar.
+        Differentiable in every float input.
+
+    Raises:
+        ValueError: a bad reduction, or gold tags, lengths or energies of the wrong shape or
+            dtype, named in the message.
+
+    Example:
+        >>> from ebm_ext import losses
+        >>> losses.token_nll(torch.zeros(1, 3, 2), torch.tensor([[0, 1, 1]]))   # 3 log 2
+        tensor(2.0794)
     """
     _check_gold("token_nll", unary, gold, lengths)
     if reduction not in _REDUCTIONS:
@@ -107,12 +157,36 @@ def token_nll(unary: Tensor, gold: Tensor, lengths: Optional[Tensor] = None,
 def crf_nll(unary: Tensor, trans: Tensor, gold: Tensor, lengths: Optional[Tensor] = None,
             start: Optional[Tensor] = None, end: Optional[Tensor] = None,
             reduction: str = "mean") -> Tensor:
-    """-log p(gold) = E(gold) + log Z, with p(y) ∝ exp(-E(x, y)).
+    """The CRF negative log-likelihood -log p(gold) = E(gold) + log Z.
 
-    Partial or fuzzy labels: ``gold`` may instead be a boolean (B, T, K) set of the tags allowed
-    at each position; the loss is then -log p(y_t in gold_t for every t < L) = log Z -
-    log Z(restricted to gold), the marginal likelihood of every sequence consistent with it
-    (+inf when none is; positions t >= L are ignored).
+    p(y) is proportional to exp(-E(x, y)). Partial or fuzzy labels: ``gold`` may instead be a
+    boolean (B, T, K) set of the tags allowed at each position; the loss is then log Z - log
+    Z(restricted to gold), the marginal likelihood of every sequence consistent with it (+inf
+    when none is).
+
+    Args:
+        unary (Tensor[B, T, K], float): the unary energies.
+        trans (Tensor[K, K], float): the transition energies, ``trans[i, j]`` for i -> j.
+        gold (Tensor[B, T] int64, or Tensor[B, T, K] bool): the gold tags or allowed sets.
+        lengths (Tensor[B], int64, optional): the lengths; None: all T.
+        start, end (Tensor[K], float, optional): the first and last tags' energies; None: 0.
+        reduction (str): ``'mean'`` (over the batch), ``'sum'`` or ``'none'``.
+
+    Returns:
+        Tensor: the loss per sequence (B,) with ``reduction='none'``, else a scalar.
+        Differentiable in every float input.
+
+    Raises:
+        ValueError: a bad reduction, or gold tags, lengths or energies of the wrong shape or
+            dtype, named in the message.
+
+    Example:
+        >>> from ebm_ext import losses
+        >>> unary = torch.tensor([[[0., 1.], [1., 0.], [0., 2.]]])
+        >>> trans = torch.tensor([[0., 3.], [3., 0.]])
+        >>> gold = torch.tensor([[0, 1, 1]])
+        >>> losses.crf_nll(unary, trans, gold)
+        tensor(4.2114)
     """
     if isinstance(gold, Tensor) and gold.dtype == torch.bool:
         check_allowed("crf_nll", unary, gold)
@@ -130,7 +204,34 @@ def crf_nll(unary: Tensor, trans: Tensor, gold: Tensor, lengths: Optional[Tensor
 def perceptron(unary: Tensor, trans: Tensor, gold: Tensor, lengths: Optional[Tensor] = None,
                start: Optional[Tensor] = None, end: Optional[Tensor] = None,
                reduction: str = "mean") -> Tensor:
-    """E(gold) - min_y E(y): zero when gold is a minimiser, pushes E(gold) down and E(y*) up."""
+    """The structured perceptron's loss E(gold) - min_y E(y).
+
+    Zero when gold is a minimiser; its gradient pushes E(gold) down and E(y*) up.
+
+    Args:
+        unary (Tensor[B, T, K], float): the unary energies.
+        trans (Tensor[K, K], float): the transition energies, ``trans[i, j]`` for i -> j.
+        gold (Tensor[B, T], int64): the gold tags (positions t >= L are ignored).
+        lengths (Tensor[B], int64, optional): the lengths; None: all T.
+        start, end (Tensor[K], float, optional): the first and last tags' energies; None: 0.
+        reduction (str): ``'mean'`` (over the batch), ``'sum'`` or ``'none'``.
+
+    Returns:
+        Tensor: the loss per sequence (B,) with ``reduction='none'``, else a scalar.
+        Differentiable in every float input.
+
+    Raises:
+        ValueError: a bad reduction, or gold tags, lengths or energies of the wrong shape or
+            dtype, named in the message.
+
+    Example:
+        >>> from ebm_ext import losses
+        >>> unary = torch.tensor([[[0., 1.], [1., 0.], [0., 2.]]])
+        >>> trans = torch.tensor([[0., 3.], [3., 0.]])
+        >>> gold = torch.tensor([[0, 1, 1]])
+        >>> losses.perceptron(unary, trans, gold)         # E(gold) = 5, min E = 1
+        tensor(4.)
+    """
     _check_gold("perceptron", unary, gold, lengths)
     best, _ = viterbi(unary, trans, lengths, start, end)
     return _reduce(chain_energy(unary, trans, gold, lengths, start, end) - best, reduction)
@@ -139,9 +240,36 @@ def perceptron(unary: Tensor, trans: Tensor, gold: Tensor, lengths: Optional[Ten
 def margin_hinge(unary: Tensor, trans: Tensor, gold: Tensor, margin: float = 1.0,
                  lengths: Optional[Tensor] = None, start: Optional[Tensor] = None,
                  end: Optional[Tensor] = None, reduction: str = "mean") -> Tensor:
-    """[m + E(gold) - min_{y != gold} E(y)]_+, exact: the competitor is the best path that is
-    not gold, found by 2-best decoding. A sequence with no other path (length 0, or K = 1) has
-    loss 0."""
+    """The margin hinge [m + E(gold) - min_(y != gold) E(y)]_+, exact.
+
+    The competitor is the best path that is not gold, found by 2-best decoding. A sequence with
+    no other path (length 0, or K = 1) has loss 0.
+
+    Args:
+        unary (Tensor[B, T, K], float): the unary energies.
+        trans (Tensor[K, K], float): the transition energies, ``trans[i, j]`` for i -> j.
+        gold (Tensor[B, T], int64): the gold tags (positions t >= L are ignored).
+        margin (float): m.
+        lengths (Tensor[B], int64, optional): the lengths; None: all T.
+        start, end (Tensor[K], float, optional): the first and last tags' energies; None: 0.
+        reduction (str): ``'mean'`` (over the batch), ``'sum'`` or ``'none'``.
+
+    Returns:
+        Tensor: the loss per sequence (B,) with ``reduction='none'``, else a scalar.
+        Differentiable in every float input.
+
+    Raises:
+        ValueError: a bad reduction, or gold tags, lengths or energies of the wrong shape or
+            dtype, named in the message.
+
+    Example:
+        >>> from ebm_ext import losses
+        >>> unary = torch.tensor([[[0., 1.], [1., 0.], [0., 2.]]])
+        >>> trans = torch.tensor([[0., 3.], [3., 0.]])
+        >>> gold = torch.tensor([[0, 1, 1]])
+        >>> losses.margin_hinge(unary, trans, gold, margin=1.0)    # 1 + 5 - 1
+        tensor(5.)
+    """
     _check_gold("margin_hinge", unary, gold, lengths)
     e_gold = chain_energy(unary, trans, gold, lengths, start, end)
     energy, tags = viterbi_kbest(unary, trans, 2, lengths, start, end)
@@ -154,8 +282,37 @@ def margin_hinge(unary: Tensor, trans: Tensor, gold: Tensor, margin: float = 1.0
 def margin_rescaled_hinge(unary: Tensor, trans: Tensor, gold: Tensor, cost: Tensor,
                           lengths: Optional[Tensor] = None, start: Optional[Tensor] = None,
                           end: Optional[Tensor] = None, reduction: str = "mean") -> Tensor:
-    """[max_y (Delta(y, gold) - E(y)) + E(gold)]_+ with Delta(y, gold) = sum_t cost[gold_t, y_t],
-    through cost-augmented decoding (any non-negative cost with a zero diagonal)."""
+    """The margin-rescaled hinge [max_y (Delta(y, gold) - E(y)) + E(gold)]_+.
+
+    Delta(y, gold) = sum_t cost[gold_t, y_t], through cost-augmented decoding
+    (``loss_augmented_viterbi``).
+
+    Args:
+        unary (Tensor[B, T, K], float): the unary energies.
+        trans (Tensor[K, K], float): the transition energies, ``trans[i, j]`` for i -> j.
+        gold (Tensor[B, T], int64): the gold tags (positions t >= L are ignored).
+        cost (Tensor[K, K], float): non-negative, zero diagonal (``hamming_cost``,
+            ``category_cost``).
+        lengths (Tensor[B], int64, optional): the lengths; None: all T.
+        start, end (Tensor[K], float, optional): the first and last tags' energies; None: 0.
+        reduction (str): ``'mean'`` (over the batch), ``'sum'`` or ``'none'``.
+
+    Returns:
+        Tensor: the loss per sequence (B,) with ``reduction='none'``, else a scalar.
+        Differentiable in every float input.
+
+    Raises:
+        ValueError: a bad reduction, or gold tags, lengths or energies of the wrong shape or
+            dtype, named in the message.
+
+    Example:
+        >>> from ebm_ext import losses
+        >>> unary = torch.tensor([[[0., 1.], [1., 0.], [0., 2.]]])
+        >>> trans = torch.tensor([[0., 3.], [3., 0.]])
+        >>> gold = torch.tensor([[0, 1, 1]])
+        >>> losses.margin_rescaled_hinge(unary, trans, gold, losses.hamming_cost(2))
+        tensor(6.)
+    """
     _check_gold("margin_rescaled_hinge", unary, gold, lengths)
     e_gold = chain_energy(unary, trans, gold, lengths, start, end)
     e_hat, delta, _ = loss_augmented_viterbi(unary, trans, gold, cost, lengths, start, end)
@@ -164,7 +321,24 @@ def margin_rescaled_hinge(unary: Tensor, trans: Tensor, gold: Tensor, cost: Tens
 
 def hamming_cost(num_tags: int, dtype: torch.dtype = torch.float32,
                  device: Optional[torch.device] = None) -> Tensor:
-    """1 - I: one unit of cost per wrong tag."""
+    """The Hamming cost 1 - I: one unit of cost per wrong tag.
+
+    Args:
+        num_tags (int): K, >= 1.
+        dtype (torch.dtype): a floating dtype.
+        device (torch.device, optional): the device.
+
+    Returns:
+        Tensor[K, K]: the cost matrix.
+
+    Raises:
+        ValueError: a num_tags that is not a positive integer, or a non-floating dtype.
+
+    Example:
+        >>> ebm_ext.losses.hamming_cost(2)
+        tensor([[0., 1.],
+                [1., 0.]])
+    """
     if isinstance(num_tags, bool) or not isinstance(num_tags, int) or num_tags < 0:
         raise ValueError(f"hamming_cost: num_tags must be an int >= 0, got {num_tags!r}")
     if not dtype.is_floating_point:
@@ -174,9 +348,22 @@ def hamming_cost(num_tags: int, dtype: torch.dtype = torch.float32,
 
 def category_cost(categories, same_category: float = 0.5, dtype: torch.dtype = torch.float32,
                   device: Optional[torch.device] = None) -> Tensor:
-    """0 for the same tag, ``same_category`` for another tag of the same category, 1 otherwise.
+    """A cost of 0 for the same tag, ``same_category`` within a category, 1 otherwise.
 
-    ``categories``: one category id (or name) per tag.
+    Args:
+        categories (sequence): one category id (or name) per tag.
+        same_category (float): the cost of another tag of the same category.
+        dtype (torch.dtype): a floating dtype.
+        device (torch.device, optional): the device.
+
+    Returns:
+        Tensor[K, K]: the cost matrix.
+
+    Example:
+        >>> ebm_ext.losses.category_cost(["noun", "noun", "verb"])
+        tensor([[0.0000, 0.5000, 1.0000],
+                [0.5000, 0.0000, 1.0000],
+                [1.0000, 1.0000, 0.0000]])
     """
     ids = {c: i for i, c in enumerate(dict.fromkeys(categories))}
     cat = torch.tensor([ids[c] for c in categories], device=device)
@@ -217,12 +404,15 @@ def _margin_rescaled(unary, chain, gold, lengths, margin, cost):
 
 @dataclasses.dataclass(frozen=True)
 class Criterion:
-    """A training criterion of a chain-energy model.
+    """A training criterion of a chain-energy model, as ``CRITERIA`` registers them.
 
-    ``loss(unary, (trans, start, end), gold, lengths, margin, cost)`` gives the mean loss;
-    ``uses_chain``: whether it reads the transitions (decoding is then Viterbi) or only the
-    unary energies (the per-position argmin); ``cost``: None, or which cost matrix it needs
-    ('hamming' or 'category', see ``make_cost``), which it scales by the margin.
+    Args:
+        loss (callable): ``loss(unary, (trans, start, end), gold, lengths, margin, cost)``, the
+            mean loss.
+        uses_chain (bool): whether it reads the transitions (decoding is then Viterbi) or only
+            the unary energies (the per-position argmin).
+        cost (str, optional): None, or which cost matrix it needs (``'hamming'`` or
+            ``'category'``, see ``make_cost``), which it scales by the margin.
     """
     loss: Callable
     uses_chain: bool = True
@@ -241,15 +431,38 @@ CRITERIA: Dict[str, Criterion] = {
 
 
 def criterion(name: str) -> Criterion:
-    """The registered criterion ``name``; ValueError naming the choices otherwise."""
+    """The registered criterion ``name``.
+
+    Args:
+        name (str): a key of ``CRITERIA``.
+
+    Returns:
+        Criterion: the criterion.
+
+    Raises:
+        ValueError: an unknown name; the message lists the choices.
+
+    Example:
+        >>> ebm_ext.losses.criterion("crf_nll").uses_chain
+        True
+    """
     if name not in CRITERIA:
         raise ValueError(f"criterion must be one of {tuple(CRITERIA)}, got {name!r}")
     return CRITERIA[name]
 
 
 def make_cost(kind: Optional[str], num_tags: int, categories=None) -> Optional[Tensor]:
-    """The cost matrix a criterion needs: None, 'hamming' (1 - I) or 'category' (0.5 within a
-    category of ``categories``, one per tag)."""
+    """The cost matrix a criterion needs.
+
+    Args:
+        kind (str, optional): None, ``'hamming'`` (1 - I) or ``'category'`` (0.5 within a
+            category of ``categories``).
+        num_tags (int): K.
+        categories (sequence, optional): one category per tag, for ``'category'``.
+
+    Returns:
+        Tensor[K, K] or None: the cost matrix, None for ``kind=None``.
+    """
     if kind is None:
         return None
     if kind == "hamming":

@@ -6,7 +6,7 @@ each minibatch the codes come from ebm_ext.sparse_code (FISTA), the gradient
 dF/dD = -2 (y - D z*) z*^T from the envelope theorem (no unrolling); Adam takes a step and
 every atom is rescaled to unit norm (otherwise the L1 term is cheated by growing D and
 shrinking z). Gradient steps rather than Mairal et al.'s block-coordinate updates, because they
-are what the energy-based view gives for free: any differentiable energy trains the same way.
+are what the energy-based view gives for free: any differentiable energy trains the same way::
 
     dl = DictionaryLearning(256, lam=0.2, epochs=20, seed=0).fit(patches)     # (N, n)
     dl.components_ (m, n) atoms as rows, dl.dictionary (n, m) as columns, dl.history_
@@ -29,9 +29,25 @@ __all__ = ["DictionaryLearning", "learn_dictionary"]
 def learn_dictionary(train: Tensor, atoms: int, lam: float, epochs: int = 5, batch_size: int = 256,
                      lr: float = 1e-3, seed: int = 0, held_out: Optional[Tensor] = None,
                      show_progress: bool = False, **solver) -> tuple[SparseCodingEnergy, list[dict]]:
-    """Minibatch gradient descent on the mean free energy, atoms renormalised after each step;
-    starts from `atoms` training rows. Returns the model and one record per epoch (the last
-    batch's energy; with `held_out`, its mean free energy and fraction of nonzero codes)."""
+    """Minibatch gradient descent on the mean sparse-coding free energy.
+
+    The atoms are renormalised to unit norm after each step (the L1 term is otherwise cheated by
+    growing D and shrinking z); they start as ``atoms`` training rows.
+
+    Args:
+        train (Tensor[N, n], float): the samples.
+        atoms (int): m.
+        lam (float): the L1 weight.
+        epochs, batch_size, lr (int, int, float): the descent (Adam).
+        seed (int): the start and the order.
+        held_out (Tensor[N2, n], optional): samples to report on after each epoch.
+        show_progress (bool): tqdm bars.
+        **solver: ``sparse_code``'s options.
+
+    Returns:
+        tuple[SparseCodingEnergy, list[dict]]: the model and one record per epoch (the last
+        batch's energy; with ``held_out``, its mean free energy and fraction of nonzero codes).
+    """
     g = torch.Generator().manual_seed(seed)
     start = train[torch.randperm(len(train), generator=g)[:atoms]].t()
     model = SparseCodingEnergy(train.shape[1], atoms, lam, start, **solver)
@@ -57,7 +73,15 @@ def learn_dictionary(train: Tensor, atoms: int, lam: float, epochs: int = 5, bat
 
 
 def energy_and_codes(model: SparseCodingEnergy, y: Tensor) -> tuple[Tensor, Tensor]:
-    """(free energy (B,), codes (B, m)) of y under the model's dictionary."""
+    """The free energy and the codes of y under a model's dictionary.
+
+    Args:
+        model (SparseCodingEnergy): the model.
+        y (Tensor[B, n], float): the samples.
+
+    Returns:
+        tuple[Tensor[B], Tensor[B, m]]: ``(free energy, codes)``, detached.
+    """
     return sparse_coding_energy(y, model.D, model.lam, return_codes=True, **model.solver)
 
 
@@ -72,8 +96,11 @@ class DictionaryLearning:
         show_progress: tqdm bars.
         **solver: sparse_code's options (max_iter, tol, method, nonneg, ...).
 
-    After fit: components_ (m, n) atoms as rows (scikit-learn's layout), dictionary (n, m) as
-    columns, model_ (the ebm_ext.nn.SparseCodingEnergy), history_ (per epoch).
+    Attributes:
+        components_ (Tensor[m, n]): the atoms as rows (scikit-learn's layout), after ``fit``.
+        dictionary (Tensor[n, m]): the atoms as columns.
+        model_ (ebm_ext.nn.SparseCodingEnergy): the energy holding them.
+        history_ (list of dict): one record per epoch.
     """
 
     def __init__(self, n_components: int, *, lam: float = 0.1, epochs: int = 5,

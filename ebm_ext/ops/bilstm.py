@@ -24,11 +24,35 @@ _ops = torch.ops.ebm_ext
 
 def bilstm(input: Tensor, batch_sizes: Tensor, weight_ih: Tensor, weight_hh: Tensor,
            bias: Tensor) -> Tensor:
-    """Both directions of an LSTM over packed rows: ``input`` (N, I), ``batch_sizes`` (T,) int64
-    on the CPU (non-increasing, summing to N), ``weight_ih`` (2, 4H, I), ``weight_hh``
-    (2, 4H, H), ``bias`` (2, 4H). Returns (N, 2H): [left-to-right h_t | right-to-left h_t] for
-    each row, as nn.LSTM(bidirectional=True) on the same PackedSequence, from zero initial
-    states. Differentiable in input, weights and bias (the backward is its own kernel)."""
+    """Both directions of a one-layer LSTM over packed rows, fused (forward and backward kernels).
+
+    The same numbers as ``nn.LSTM(bidirectional=True)`` on the same PackedSequence, with the
+    same gates and weight layout, from zero initial states.
+
+    Args:
+        input (Tensor[N, I], float): the packed rows (PackedSequence's ``data``).
+        batch_sizes (Tensor[T], int64, on the CPU): rows per step, non-increasing, summing to N.
+        weight_ih (Tensor[2, 4H, I], float): input weights of the two directions (nn.LSTM's
+            ``weight_ih_l0`` and ``weight_ih_l0_reverse``).
+        weight_hh (Tensor[2, 4H, H], float): recurrent weights.
+        bias (Tensor[2, 4H], float): ``bias_ih + bias_hh`` of each direction.
+
+    Returns:
+        Tensor[N, 2H]: [left-to-right h_t | right-to-left h_t] of each row. Differentiable in
+        input, weights and bias; half inputs give float32 outputs on CUDA.
+
+    Raises:
+        RuntimeError: shapes, dtypes or batch sizes that do not fit, named in the message.
+
+    Example:
+        >>> lstm = torch.nn.LSTM(3, 4, bidirectional=True)
+        >>> packed = torch.nn.utils.rnn.pack_sequence([torch.randn(5, 3), torch.randn(2, 3)])
+        >>> w = lambda name: torch.stack([getattr(lstm, name), getattr(lstm, name + "_reverse")])
+        >>> out = ebm_ext.bilstm(packed.data, packed.batch_sizes, w("weight_ih_l0"),
+        ...                      w("weight_hh_l0"), w("bias_ih_l0") + w("bias_hh_l0"))
+        >>> torch.allclose(out, lstm(packed)[0].data, atol=1e-6)
+        True
+    """
     check_tensors("bilstm", ("input", input, True), ("weight_ih", weight_ih, True),
                   ("weight_hh", weight_hh, True), ("bias", bias, True))
     check_tensors("bilstm", ("batch_sizes", batch_sizes, True))  # on the CPU, as nn.LSTM's
@@ -36,15 +60,29 @@ def bilstm(input: Tensor, batch_sizes: Tensor, weight_ih: Tensor, weight_hh: Ten
 
 
 def packed_order(lengths: Tensor, T: Optional[int] = None) -> tuple[Tensor, Tensor]:
-    """The packed layout of a right-padded batch of sequences of ``lengths`` (B,) (any integer
-    dtype) in (B, T):
-    ``(index (N,), batch_sizes (max L,))``, both int64 on the CPU, where ``index`` holds the
-    flat position b * T + t of each packed row (steps in order; within a step, longer sequences
-    first, ties by b), so ``x.reshape(B * T, -1)[index]`` packs x and ``index_copy`` unpacks.
-    Sequences of length 0 have no rows. With T given it is the op ``ebm_ext::packed_order``,
-    whose sizes N and max L depend on the data: ``torch.export`` and ``torch.compile`` trace
-    through it (its fake gives them as unbacked sizes), which is how an exported tagger packs its
-    batch inside the program."""
+    """The packed layout of a right-padded batch: which flat positions make the packed rows.
+
+    ``index`` holds the flat position b * T + t of each packed row (steps in order; within a
+    step, longer sequences first, ties by b), so ``x.reshape(B * T, -1)[index]`` packs x and
+    ``index_copy`` unpacks. With T given it is the op ``ebm_ext::packed_order``, whose sizes N
+    and max L depend on the data: ``torch.export`` and ``torch.compile`` trace through it (its
+    fake gives them as unbacked sizes).
+
+    Args:
+        lengths (Tensor[B], any integer dtype): the lengths, >= 0.
+        T (int, optional): the padded length, >= max L; None: max L.
+
+    Returns:
+        tuple[Tensor[N] int64, Tensor[max L] int64]: ``(index, batch_sizes)``, on the CPU.
+        Sequences of length 0 have no rows.
+
+    Raises:
+        ValueError: non-integer or negative lengths, or a T below the longest.
+
+    Example:
+        >>> ebm_ext.packed_order(torch.tensor([2, 3]), 3)
+        (tensor([3, 0, 4, 1, 5]), tensor([2, 2, 1]))
+    """
     # Any integer dtype, as torch's own packing takes (pack_padded_sequence: int32 too).
     if (not isinstance(lengths, Tensor) or lengths.dim() != 1 or lengths.is_floating_point()
             or lengths.is_complex() or lengths.dtype == torch.bool):

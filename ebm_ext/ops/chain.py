@@ -28,11 +28,35 @@ def chain_energy(unary: Tensor, trans: Tensor, tags: Tensor, lengths: Optional[T
                  start: Optional[Tensor] = None, end: Optional[Tensor] = None) -> Tensor:
     """Energy E(x, y) of given tag sequences, or of relaxed ones.
 
-    ``tags``: int64 (B, T), or (B, C, T) for C candidate sequences per input (then the result is
-    (B, C): take ``.argmin(1)`` to pick the best candidate); or floating (B, T, K), one
-    distribution (or any weights) per position, for which the unary, start and end terms are
-    linear and the transition term is y_{t-1}^T trans y_t. Positions t >= L are ignored.
-    Returns (B,) (or (B, C)); differentiable in unary, trans, start, end and relaxed tags.
+    E(x, y) = start[y_0] + sum_(t<L) unary[b, t, y_t] + sum_(1<=t<L) trans[y_(t-1), y_t] +
+    end[y_(L-1)]. For relaxed tags (one distribution, or any weights, per position) the unary,
+    start and end terms are linear and the transition term is y_(t-1)^T trans y_t; an entry of
+    weight 0 contributes exactly 0 whatever its energy.
+
+    Args:
+        unary (Tensor[B, T, K], float): the energy of tag k at position t of sequence b
+            (float32 or float64; float16 and bfloat16 on CUDA, accumulated in float32).
+        trans (Tensor[K, K], float): ``trans[i, j]`` is the energy of the move from tag i to j.
+        tags (Tensor[B, T] or Tensor[B, C, T], int64; or Tensor[B, T, K], float): the
+            tag sequences (C candidates per input in the 3-D integer form), or relaxed tags.
+        lengths (Tensor[B], int64, optional): each sequence's length, in [0, T]; None: all T.
+            Positions t >= L are never read.
+        start (Tensor[K], float, optional): the energy of each first tag; None: 0.
+        end (Tensor[K], float, optional): the energy of each last tag; None: 0.
+
+    Returns:
+        Tensor[B] (Tensor[B, C] for candidates): the energies, in unary's dtype. Differentiable in
+        unary, trans, start, end and relaxed tags.
+
+    Raises:
+        RuntimeError: an argument of the wrong shape, dtype or device, or a bad value (a length
+            out of range, a tag out of range), named with the op in the message.
+
+    Example:
+        >>> unary = torch.tensor([[[0., 1.], [1., 0.], [0., 2.]]])   # B=1, T=3, K=2
+        >>> trans = torch.tensor([[0., 3.], [3., 0.]])
+        >>> ebm_ext.chain_energy(unary, trans, torch.tensor([[0, 1, 1]]))
+        tensor([5.])
     """
     check_tensors("chain_energy", ("unary", unary, True), ("trans", trans, True), ("tags", tags, True), ("lengths", lengths, False), ("start", start, False), ("end", end, False))
     return _ops.chain_energy(unary, trans, tags, lengths, start, end)
@@ -40,10 +64,34 @@ def chain_energy(unary: Tensor, trans: Tensor, tags: Tensor, lengths: Optional[T
 
 def viterbi(unary: Tensor, trans: Tensor, lengths: Optional[Tensor] = None,
             start: Optional[Tensor] = None, end: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-    """Exact minimum-energy decoding.
+    """Exact minimum-energy decoding: the argmin path of every sequence.
 
-    Returns ``(energy (B,), tags (B, T) int64)``. ``energy`` is differentiable: its gradient is the
-    indicator (counts) of the argmin path. A length-0 sequence has energy 0 and all tags -1.
+    Ties go to the lexicographically smallest path (smallest tag first), on CPU and CUDA alike.
+
+    Args:
+        unary (Tensor[B, T, K], float): the energy of tag k at position t of sequence b
+            (float32 or float64; float16 and bfloat16 on CUDA, accumulated in float32).
+        trans (Tensor[K, K], float): ``trans[i, j]`` is the energy of the move from tag i to j.
+        lengths (Tensor[B], int64, optional): each sequence's length, in [0, T]; None: all T.
+            Positions t >= L are never read.
+        start (Tensor[K], float, optional): the energy of each first tag; None: 0.
+        end (Tensor[K], float, optional): the energy of each last tag; None: 0.
+
+    Returns:
+        tuple[Tensor[B], Tensor[B, T] int64]: ``(energy, tags)``. ``tags`` holds -1 at t >= L;
+        a length-0 sequence has energy 0. ``energy`` is differentiable: its gradient is the
+        indicator (counts) of the argmin path. +inf when no finite path exists; NaN when the
+        sequence's inputs hold NaN or -inf.
+
+    Raises:
+        RuntimeError: an argument of the wrong shape, dtype or device, or a bad value (a length
+            out of range, a tag out of range), named with the op in the message.
+
+    Example:
+        >>> unary = torch.tensor([[[0., 1.], [1., 0.], [0., 2.]]])   # B=1, T=3, K=2
+        >>> trans = torch.tensor([[0., 3.], [3., 0.]])
+        >>> ebm_ext.viterbi(unary, trans)
+        (tensor([1.]), tensor([[0, 0, 0]]))
     """
     check_tensors("viterbi", ("unary", unary, True), ("trans", trans, True), ("lengths", lengths, False), ("start", start, False), ("end", end, False))
     return _ops.viterbi(unary, trans, lengths, start, end)
@@ -52,11 +100,35 @@ def viterbi(unary: Tensor, trans: Tensor, lengths: Optional[Tensor] = None,
 def viterbi_kbest(unary: Tensor, trans: Tensor, k: int, lengths: Optional[Tensor] = None,
                   start: Optional[Tensor] = None,
                   end: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-    """The k lowest-energy distinct paths, in ascending energy.
+    """The k lowest-energy distinct paths of every sequence, in ascending energy.
 
-    Returns ``(energy (B, k), tags (B, k, T))``. When fewer than k paths exist (K^L < k), the
-    missing rows have energy +inf and tags -1. ``k=2`` gives min over y != best; energies are
-    differentiable like ``viterbi``'s.
+    The first row is ``viterbi``'s path; equal energies are ordered by the same tie rule.
+
+    Args:
+        unary (Tensor[B, T, K], float): the energy of tag k at position t of sequence b
+            (float32 or float64; float16 and bfloat16 on CUDA, accumulated in float32).
+        trans (Tensor[K, K], float): ``trans[i, j]`` is the energy of the move from tag i to j.
+        k (int): how many paths, >= 1.
+        lengths (Tensor[B], int64, optional): each sequence's length, in [0, T]; None: all T.
+        start (Tensor[K], float, optional): the energy of each first tag; None: 0.
+        end (Tensor[K], float, optional): the energy of each last tag; None: 0.
+
+    Returns:
+        tuple[Tensor[B, k], Tensor[B, k, T] int64]: ``(energy, tags)``. When fewer than k finite
+        paths exist, the missing rows have energy +inf and tags -1. Energies are differentiable
+        like ``viterbi``'s; ``energy[:, 1]`` is min over y != best, the margin hinge's competitor.
+
+    Raises:
+        RuntimeError: an argument of the wrong shape, dtype or device, or a bad value (a length
+            out of range, a tag out of range), named with the op in the message.
+
+    Example:
+        >>> unary = torch.tensor([[[0., 1.], [1., 0.], [0., 2.]]])   # B=1, T=3, K=2
+        >>> trans = torch.tensor([[0., 3.], [3., 0.]])
+        >>> energy, tags = ebm_ext.viterbi_kbest(unary, trans, 2)
+        >>> energy, tags
+        (tensor([[1., 3.]]), tensor([[[0, 0, 0],
+                 [1, 1, 1]]]))
     """
     check_tensors("viterbi_kbest", ("unary", unary, True), ("trans", trans, True), ("lengths", lengths, False), ("start", start, False), ("end", end, False))
     check_int64("viterbi_kbest", "k", k)
@@ -66,12 +138,36 @@ def viterbi_kbest(unary: Tensor, trans: Tensor, k: int, lengths: Optional[Tensor
 def loss_augmented_viterbi(unary: Tensor, trans: Tensor, gold: Tensor, cost: Tensor,
                            lengths: Optional[Tensor] = None, start: Optional[Tensor] = None,
                            end: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Cost-augmented decoding: y* = argmin_y E(x, y) - Delta(y, gold).
+    """Cost-augmented decoding: y* = argmin_y E(x, y) - Delta(y, gold), fused.
 
-    ``Delta(y, gold) = sum_{t<L} cost[gold_t, y_t]``; ``gold`` (B, T) int64 (positions t >= L are
-    ignored), ``cost`` (K, K), non-negative with a zero diagonal (Hamming: ``1 - eye(K)``).
-    Returns ``(energy (B,) = E(y*), delta (B,) = Delta(y*, gold), tags (B, T))``; ``energy`` is
-    differentiable as in ``viterbi``, ``delta`` in ``cost``. No augmented copy of ``unary`` is made.
+    Delta(y, gold) = sum_(t<L) cost[gold_t, y_t]. No augmented copy of ``unary`` is made.
+
+    Args:
+        unary (Tensor[B, T, K], float): the energy of tag k at position t of sequence b
+            (float32 or float64; float16 and bfloat16 on CUDA, accumulated in float32).
+        trans (Tensor[K, K], float): ``trans[i, j]`` is the energy of the move from tag i to j.
+        gold (Tensor[B, T], int64): the gold tags; positions t >= L are ignored (may hold -1).
+        cost (Tensor[K, K], float): finite, >= 0, with a zero diagonal (Hamming: ``1 - eye(K)``,
+            ``ebm_ext.losses.hamming_cost``).
+        lengths (Tensor[B], int64, optional): each sequence's length, in [0, T]; None: all T.
+        start (Tensor[K], float, optional): the energy of each first tag; None: 0.
+        end (Tensor[K], float, optional): the energy of each last tag; None: 0.
+
+    Returns:
+        tuple[Tensor[B], Tensor[B], Tensor[B, T] int64]: ``(energy, delta, tags)``: E(y*) (not
+        the augmented minimum), Delta(y*, gold) and y*. ``energy`` is differentiable as in
+        ``viterbi``, ``delta`` in ``cost``.
+
+    Raises:
+        RuntimeError: an argument of the wrong shape, dtype or device, or a bad value (a length
+            out of range, a tag out of range), named with the op in the message.
+
+    Example:
+        >>> unary = torch.tensor([[[0., 1.], [1., 0.], [0., 2.]]])   # B=1, T=3, K=2
+        >>> trans = torch.tensor([[0., 3.], [3., 0.]])
+        >>> gold = torch.tensor([[0, 0, 0]])
+        >>> ebm_ext.loss_augmented_viterbi(unary, trans, gold, 5 * (1 - torch.eye(2)))
+        (tensor([3.]), tensor([15.]), tensor([[1, 1, 1]]))
     """
     check_tensors("loss_augmented_viterbi", ("unary", unary, True), ("trans", trans, True), ("gold", gold, True), ("cost", cost, True), ("lengths", lengths, False), ("start", start, False), ("end", end, False))
     return _ops.loss_augmented_viterbi(unary, trans, gold, cost, lengths, start, end)

@@ -46,10 +46,35 @@ def chain_expectation(unary: Tensor, trans: Tensor, v_unary: Tensor, v_trans: Op
                       lengths: Optional[Tensor] = None, start: Optional[Tensor] = None,
                       end: Optional[Tensor] = None, v_start: Optional[Tensor] = None,
                       v_end: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-    """(log Z, E_p[v . phi]) per sequence, (B,) each, under p(y) ∝ exp(-E(x, y)).
+    """log Z and the expectation E_p[v . phi] of an additive statistic, per sequence.
 
-    ``v_*`` have the layout of the energies (None: zero). Differentiable in every float input:
-    d/d theta of E_p[v . phi] is -Cov(phi, v . phi), d/d v is the marginals.
+    p(y) is proportional to exp(-E(x, y)), and v . phi(y) is the energy that the ``v_*`` tensors
+    (in the layout of the energies) give the path y: the expectation semiring (Li and Eisner
+    2009) computes both in one pass.
+
+    Args:
+        unary (Tensor[B, T, K], float): the energy of tag k at position t of sequence b
+            (float32 or float64; float16 and bfloat16 on CUDA, accumulated in float32).
+        trans (Tensor[K, K], float): ``trans[i, j]`` is the energy of the move from tag i to j.
+        v_unary (Tensor[B, T, K], float): the statistic's unary weights.
+        v_trans (Tensor[K, K], float, optional): its transition weights; None: 0.
+        lengths (Tensor[B], int64, optional): each sequence's length, in [0, T]; None: all T.
+        start, end (Tensor[K], float, optional): the energies of the first and last tags.
+        v_start, v_end (Tensor[K], float, optional): the statistic's; None: 0.
+
+    Returns:
+        tuple[Tensor[B], Tensor[B]]: ``(log_z, expectation)``. Differentiable in every float
+        input: d/d theta of E_p[v . phi] is -Cov(phi, v . phi), d/d v the marginals.
+
+    Raises:
+        RuntimeError: an argument of the wrong shape, dtype or device, or a bad value (a length
+            out of range, a tag out of range), named with the op in the message.
+
+    Example:
+        >>> unary = torch.zeros(1, 3, 2)
+        >>> log_z, mean = ebm_ext.chain_expectation(unary, torch.zeros(2, 2), torch.ones(1, 3, 2))
+        >>> mean                                         # every path has v . phi = 3
+        tensor([3.])
     """
     _check("chain_expectation", unary, trans, lengths, start, end, v_trans=v_trans,
            v_start=v_start, v_end=v_end)
@@ -60,10 +85,29 @@ def chain_expectation(unary: Tensor, trans: Tensor, v_unary: Tensor, v_trans: Op
 
 def chain_entropy(unary: Tensor, trans: Tensor, lengths: Optional[Tensor] = None,
                   start: Optional[Tensor] = None, end: Optional[Tensor] = None) -> Tensor:
-    """Entropy of p(y) ∝ exp(-E(x, y)) per sequence, (B,), in nats: log Z + E_p[E].
+    """The entropy H(p) = log Z + E_p[E] of p(y) proportional to exp(-E(x, y)), in nats.
 
-    Exact and differentiable (its gradient is -Cov(phi, E), from one covariance kernel).
-    Length-0 sequences have entropy 0; a sequence with no allowed path -inf.
+    Args:
+        unary (Tensor[B, T, K], float): the energy of tag k at position t of sequence b
+            (float32 or float64; float16 and bfloat16 on CUDA, accumulated in float32).
+        trans (Tensor[K, K], float): ``trans[i, j]`` is the energy of the move from tag i to j.
+        lengths (Tensor[B], int64, optional): each sequence's length, in [0, T]; None: all T.
+            Positions t >= L are never read.
+        start (Tensor[K], float, optional): the energy of each first tag; None: 0.
+        end (Tensor[K], float, optional): the energy of each last tag; None: 0.
+
+    Returns:
+        Tensor[B]: the entropies, exact (from one expectation), 0 for a length-0 sequence and
+        -inf for a sequence with no allowed path. Differentiable (-Cov(phi, E), from one
+        covariance kernel).
+
+    Raises:
+        RuntimeError: an argument of the wrong shape, dtype or device, or a bad value (a length
+            out of range, a tag out of range), named with the op in the message.
+
+    Example:
+        >>> ebm_ext.chain_entropy(torch.zeros(1, 3, 2), torch.zeros(2, 2))   # log 8
+        tensor([2.0794])
     """
     _check("chain_entropy", unary, trans, lengths, start, end)
     log_z, mean_energy = _ops.chain_expectation(unary, trans, unary, trans, lengths, start, end,
@@ -96,8 +140,33 @@ def chain_cross_entropy(unary: Tensor, trans: Tensor, other_unary: Tensor, other
                         lengths: Optional[Tensor] = None, start: Optional[Tensor] = None,
                         end: Optional[Tensor] = None, other_start: Optional[Tensor] = None,
                         other_end: Optional[Tensor] = None) -> Tensor:
-    """-E_p[log q(y)] per sequence, (B,): p from (unary, trans, start, end), q from the
-    ``other_*`` energies over the same lengths. +inf where p gives mass to a path q forbids."""
+    """The cross entropy H(p, q) = -E_p[log q(y)] of two chain distributions, per sequence.
+
+    p comes from (unary, trans, start, end), q from the ``other_*`` energies, over the same
+    lengths.
+
+    Args:
+        unary (Tensor[B, T, K], float): p's unary energies.
+        trans (Tensor[K, K], float): p's transition energies, ``trans[i, j]`` for i -> j.
+        other_unary (Tensor[B, T, K], float): q's unary energies.
+        other_trans (Tensor[K, K], float): q's transition energies.
+        lengths (Tensor[B], int64, optional): the lengths, shared by p and q; None: all T.
+        start, end (Tensor[K], float, optional): p's start and end energies; None: 0.
+        other_start, other_end (Tensor[K], float, optional): q's; None: 0.
+
+    Returns:
+        Tensor[B]: H(p, q) in nats; +inf where p gives mass to a path that q forbids.
+        Differentiable in both sets of energies.
+
+    Raises:
+        RuntimeError: an argument of the wrong shape, dtype or device, or a bad value (a length
+            out of range, a tag out of range), named with the op in the message.
+
+    Example:
+        >>> u, t = torch.zeros(1, 3, 2), torch.zeros(2, 2)
+        >>> ebm_ext.chain_cross_entropy(u, t, u, t)        # = H(p) = log 8
+        tensor([2.0794])
+    """
     _check("chain_cross_entropy", unary, trans, lengths, start, end, other_start=other_start,
            other_end=other_end)
     _check_other("chain_cross_entropy", (("other_unary", other_unary, unary), ("other_trans", other_trans, trans),
@@ -114,10 +183,31 @@ def chain_kl(unary: Tensor, trans: Tensor, other_unary: Tensor, other_trans: Ten
              lengths: Optional[Tensor] = None, start: Optional[Tensor] = None,
              end: Optional[Tensor] = None, other_start: Optional[Tensor] = None,
              other_end: Optional[Tensor] = None) -> Tensor:
-    """KL(p || q) per sequence, (B,): log Z_q - log Z_p + E_p[E_q - E_p], one expectation.
+    """KL(p || q) = log Z_q - log Z_p + E_p[E_q - E_p] of two chain distributions, per sequence.
 
-    Entries where both energies are +inf carry no mass and contribute 0 (their difference, NaN,
-    is never read).
+    Entries where both energies are +inf carry no mass and contribute 0.
+
+    Args:
+        unary (Tensor[B, T, K], float): p's unary energies.
+        trans (Tensor[K, K], float): p's transition energies, ``trans[i, j]`` for i -> j.
+        other_unary (Tensor[B, T, K], float): q's unary energies.
+        other_trans (Tensor[K, K], float): q's transition energies.
+        lengths (Tensor[B], int64, optional): the lengths, shared by p and q; None: all T.
+        start, end (Tensor[K], float, optional): p's start and end energies; None: 0.
+        other_start, other_end (Tensor[K], float, optional): q's; None: 0.
+
+    Returns:
+        Tensor[B]: the divergences, in nats, from one expectation; differentiable in both sets
+        of energies.
+
+    Raises:
+        RuntimeError: an argument of the wrong shape, dtype or device, or a bad value (a length
+            out of range, a tag out of range), named with the op in the message.
+
+    Example:
+        >>> u, t = torch.zeros(1, 3, 2), torch.zeros(2, 2)
+        >>> ebm_ext.chain_kl(u, t, u, t)
+        tensor([0.])
     """
     _check("chain_kl", unary, trans, lengths, start, end, other_start=other_start,
            other_end=other_end)
@@ -134,10 +224,33 @@ def chain_kl(unary: Tensor, trans: Tensor, other_unary: Tensor, other_trans: Ten
 def chain_sample(unary: Tensor, trans: Tensor, sample_shape: Union[int, Sequence[int]] = (),
                  lengths: Optional[Tensor] = None, start: Optional[Tensor] = None,
                  end: Optional[Tensor] = None, generator: Optional[torch.Generator] = None) -> Tensor:
-    """Exact samples of p(y) ∝ exp(-E(x, y)): int64 tags (*sample_shape, B, T), -1 at t >= L.
+    """Exact samples of p(y) proportional to exp(-E(x, y)).
 
-    Forward-filtering backward-sampling from float64 uniforms drawn with ``generator`` (torch's
-    default one when None), so torch.manual_seed makes it reproducible.
+    Forward-filtering backward-sampling from float64 uniforms drawn with ``generator``, so
+    ``torch.manual_seed`` makes it reproducible.
+
+    Args:
+        unary (Tensor[B, T, K], float): the energy of tag k at position t of sequence b
+            (float32 or float64; float16 and bfloat16 on CUDA, accumulated in float32).
+        trans (Tensor[K, K], float): ``trans[i, j]`` is the energy of the move from tag i to j.
+        sample_shape (int or tuple of int): the leading shape of the samples; () for one.
+        lengths (Tensor[B], int64, optional): each sequence's length, in [0, T]; None: all T.
+        start (Tensor[K], float, optional): the energy of each first tag; None: 0.
+        end (Tensor[K], float, optional): the energy of each last tag; None: 0.
+        generator (torch.Generator, optional): the source of randomness; None: torch's default.
+
+    Returns:
+        Tensor[sample_shape + (B, T)], int64: tag sequences, -1 at t >= L. Forbidden (+inf)
+        paths are never drawn. Not differentiable.
+
+    Raises:
+        RuntimeError: an argument of the wrong shape, dtype or device, or a bad value (a length
+            out of range, a tag out of range), named with the op in the message.
+
+    Example:
+        >>> trans = torch.tensor([[float("inf"), 0.], [0., float("inf")]])   # tags alternate
+        >>> ebm_ext.chain_sample(torch.zeros(1, 4, 2), trans, 3).shape
+        torch.Size([3, 1, 4])
     """
     _check("chain_sample", unary, trans, lengths, start, end)
     shape = _sample_shape("chain_sample", sample_shape)

@@ -11,23 +11,54 @@ _ops = torch.ops.ebm_ext
 
 
 def nearest_centroid(y: Tensor, W: Tensor) -> tuple[Tensor, Tensor]:
-    """For points ``y`` (N, d) and centroids ``W`` (k, d), the squared distance to the nearest
-    centroid ``dist2`` (N,) and its index (N,) int64, ties to the smallest index.
+    """The nearest centroid of every point, fused: the N x k distance matrix is never stored.
 
-    Fused: the N x k distance matrix is never stored. The argmin compares
-    ||W_j||^2 - 2 y.W_j in y's dtype (like faiss and scikit-learn), so centroids closer than
-    the rounding of that form may be swapped; ``dist2`` is then recomputed as
-    sum (y - W_j)^2. A point holding NaN gets a NaN distance; a centroid holding NaN is never
-    picked. ``dist2`` is differentiable in y and W (the free energy, see ``kmeans_energy``).
+    The argmin compares ||W_j||^2 - 2 y . W_j in y's dtype (as faiss and scikit-learn do), so
+    centroids closer than the rounding of that form may be swapped; ``dist2`` is then
+    recomputed as sum (y - W_j)^2. Ties go to the smallest index.
+
+    Args:
+        y (Tensor[N, d], float): the points.
+        W (Tensor[k, d], float): the centroids, in y's dtype and on its device.
+
+    Returns:
+        tuple[Tensor[N], Tensor[N] int64]: ``(dist2, index)``. A point holding NaN gets a NaN
+        distance; a centroid holding NaN is never picked. ``dist2`` is differentiable in y and
+        W (``kmeans_energy``).
+
+    Raises:
+        RuntimeError: shapes, dtypes or devices that do not match, named in the message.
+
+    Example:
+        >>> y = torch.tensor([[0., 0.], [4., 1.]])
+        >>> W = torch.tensor([[1., 0.], [4., 0.]])
+        >>> ebm_ext.nearest_centroid(y, W)
+        (tensor([1., 1.]), tensor([0, 1]))
     """
     check_tensors("nearest_centroid", ("y", y, True), ("W", W, True))
     return _ops.nearest_centroid(y, W)
 
 
 def kmeans_energy(y: Tensor, W: Tensor) -> Tensor:
-    """The k-means free energy F(y) = min_z ||y - W^T z||^2 over one-hot z = min_j ||y - W_j||^2,
-    shape (N,). Differentiable in y and W: dF/dy = 2 (y - W_j*), dF/dW_j* = -2 (y - W_j*)
-    (the gradient reaches only each point's nearest centroid)."""
+    """The k-means free energy F(y) = min_j ||y - W_j||^2 of every point.
+
+    F(y) = min_z ||y - W^T z||^2 over one-hot z: inference is the nearest centroid.
+
+    Args:
+        y (Tensor[N, d], float): the points.
+        W (Tensor[k, d], float): the centroids.
+
+    Returns:
+        Tensor[N]: the free energies. Differentiable in y and W: dF/dy = 2 (y - W_j*),
+        dF/dW_j* = -2 (y - W_j*); the gradient reaches only each point's nearest centroid.
+
+    Raises:
+        RuntimeError: shapes, dtypes or devices that do not match, named in the message.
+
+    Example:
+        >>> ebm_ext.kmeans_energy(torch.tensor([[0., 0.], [4., 1.]]), torch.tensor([[1., 0.], [4., 0.]]))
+        tensor([1., 1.])
+    """
     return nearest_centroid(y, W)[0]
 
 

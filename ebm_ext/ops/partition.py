@@ -24,10 +24,30 @@ _ops = torch.ops.ebm_ext
 
 def chain_log_partition(unary: Tensor, trans: Tensor, lengths: Optional[Tensor] = None,
                         start: Optional[Tensor] = None, end: Optional[Tensor] = None) -> Tensor:
-    """log sum_y exp(-E(x, y)) per sequence, (B,). Length-0 sequences give 0.
+    """The log-partition log Z = log sum_y exp(-E(x, y)) of every sequence.
 
-    Differentiable in unary, trans, start and end (the gradient is minus the marginals), twice
-    (the second derivative is the covariance kernel's: gradgradcheck holds).
+    Args:
+        unary (Tensor[B, T, K], float): the energy of tag k at position t of sequence b
+            (float32 or float64; float16 and bfloat16 on CUDA, accumulated in float32).
+        trans (Tensor[K, K], float): ``trans[i, j]`` is the energy of the move from tag i to j.
+        lengths (Tensor[B], int64, optional): each sequence's length, in [0, T]; None: all T.
+            Positions t >= L are never read.
+        start (Tensor[K], float, optional): the energy of each first tag; None: 0.
+        end (Tensor[K], float, optional): the energy of each last tag; None: 0.
+
+    Returns:
+        Tensor[B]: log Z, 0 for a length-0 sequence and -inf when no path is allowed.
+        Differentiable in unary, trans, start and end (the gradient is minus the marginals, from
+        a forward-backward kernel), twice (the covariance kernel: gradgradcheck holds).
+
+    Raises:
+        RuntimeError: an argument of the wrong shape, dtype or device, or a bad value (a length
+            out of range, a tag out of range), named with the op in the message.
+
+    Example:
+        >>> unary = torch.zeros(1, 3, 2)                    # 2^3 paths of energy 0
+        >>> ebm_ext.chain_log_partition(unary, torch.zeros(2, 2)).exp()
+        tensor([8.])
     """
     check_tensors("chain_log_partition", ("unary", unary, True), ("trans", trans, True), ("lengths", lengths, False), ("start", start, False), ("end", end, False))
     return _ops.chain_log_partition(unary, trans, lengths, start, end)
@@ -35,10 +55,31 @@ def chain_log_partition(unary: Tensor, trans: Tensor, lengths: Optional[Tensor] 
 
 def chain_marginals(unary: Tensor, trans: Tensor, lengths: Optional[Tensor] = None,
                     start: Optional[Tensor] = None, end: Optional[Tensor] = None) -> Tensor:
-    """p(y_t = k) under p(y) ∝ exp(-E(x, y)), (B, T, K); rows t >= L are 0.
+    """The marginals p(y_t = k) under p(y) proportional to exp(-E(x, y)).
 
-    Differentiable in unary, trans, start and end: the backward is the Hessian of log Z applied
-    by the covariance kernel (ebm_ext.ops.distribution), exact, with no time loop in autograd.
+    Args:
+        unary (Tensor[B, T, K], float): the energy of tag k at position t of sequence b
+            (float32 or float64; float16 and bfloat16 on CUDA, accumulated in float32).
+        trans (Tensor[K, K], float): ``trans[i, j]`` is the energy of the move from tag i to j.
+        lengths (Tensor[B], int64, optional): each sequence's length, in [0, T]; None: all T.
+            Positions t >= L are never read.
+        start (Tensor[K], float, optional): the energy of each first tag; None: 0.
+        end (Tensor[K], float, optional): the energy of each last tag; None: 0.
+
+    Returns:
+        Tensor[B, T, K]: the marginals; rows t >= L are 0, and all rows of a sequence with no
+        allowed path. Differentiable: the backward is the Hessian of log Z applied by the
+        covariance kernel, exact, with no time loop in autograd.
+
+    Raises:
+        RuntimeError: an argument of the wrong shape, dtype or device, or a bad value (a length
+            out of range, a tag out of range), named with the op in the message.
+
+    Example:
+        >>> trans = torch.tensor([[0., float("inf")], [0., 0.]])   # 0 -> 1 is forbidden: paths 00, 10, 11
+        >>> ebm_ext.chain_marginals(torch.zeros(1, 2, 2), trans)
+        tensor([[[0.3333, 0.6667],
+                 [0.6667, 0.3333]]])
     """
     check_tensors("chain_marginals", ("unary", unary, True), ("trans", trans, True), ("lengths", lengths, False), ("start", start, False), ("end", end, False))
     return _ops.chain_marginals(unary, trans, lengths, start, end)

@@ -10,10 +10,25 @@ _ops = torch.ops.ebm_ext
 
 
 def project_simplex(v: Tensor) -> Tensor:
-    """argmin_{p >= 0, sum p = 1} ||p - v||_2 over the last dimension, batched over the others.
+    """The Euclidean projection onto the probability simplex, over the last dimension.
 
-    Rows holding NaN or +inf give NaN rows; -inf entries project to 0. Differentiable: the
-    Jacobian is the projection onto the face of the simplex the result lies on.
+    argmin_(p >= 0, sum p = 1) ||p - v||_2, batched over the other dimensions.
+
+    Args:
+        v (Tensor[..., K], float): the points to project.
+
+    Returns:
+        Tensor[..., K]: the projections, contiguous. Rows holding NaN or +inf give NaN rows;
+        -inf entries project to 0. Differentiable: the Jacobian is the projection onto the face
+        of the simplex the result lies on.
+
+    Raises:
+        RuntimeError: a non-float or 0-dimensional ``v``.
+
+    Example:
+        >>> ebm_ext.project_simplex(torch.tensor([[0.5, 0.5, 1.0], [3.0, 0.0, 0.0]]))
+        tensor([[0.1667, 0.1667, 0.6667],
+                [1.0000, 0.0000, 0.0000]])
     """
     check_tensors("project_simplex", ("v", v, True))
     return _ops.project_simplex(v)

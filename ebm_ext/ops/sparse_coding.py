@@ -19,9 +19,25 @@ _ops = torch.ops.ebm_ext
 
 
 def sparse_coding_lipschitz(D: Tensor) -> Tensor:
-    """L = 2 * the largest eigenvalue of D^T D (0-dim tensor on D's device): the Lipschitz
-    constant of the gradient of ||y - D z||^2. Found by power iteration on the smaller of
-    D^T D and D D^T; pass it to ``sparse_code`` as ``lipschitz`` to reuse it across calls."""
+    """L = 2 * the largest eigenvalue of D^T D, the Lipschitz constant of the gradient of ||y - D z||^2.
+
+    Found by power iteration on the smaller of D^T D and D D^T, on D / max|D| (so it is +inf,
+    never NaN, when the constant overflows D's dtype). Pass it to ``sparse_code`` as
+    ``lipschitz`` to reuse it across calls.
+
+    Args:
+        D (Tensor[n, m], float): the dictionary, atoms as columns.
+
+    Returns:
+        Tensor[] (0-dimensional, on D's device): L; 0 for an all-zero D. Not differentiable.
+
+    Raises:
+        RuntimeError: a D that is not a 2-D float tensor.
+
+    Example:
+        >>> round(float(ebm_ext.sparse_coding_lipschitz(torch.eye(3) * 2)), 4)   # 2 * 2^2
+        8.0
+    """
     check_tensors("sparse_coding_lipschitz", ("D", D, True))
     return _ops.sparse_coding_lipschitz(D)
 
@@ -30,19 +46,39 @@ def sparse_code(y: Tensor, D: Tensor, lam: float, max_iter: int = 1000, tol: flo
                 method: str = "fista", nonneg: bool = False, z0: Optional[Tensor] = None,
                 lipschitz: Optional[Tensor] = None, check_every: int = 10,
                 return_info: bool = False):
-    """argmin_z ||y - D z||^2 + lam ||z||_1 for each row of ``y`` (B, n): codes (B, m).
+    """Sparse codes: argmin_z ||y - D z||^2 + lam ||z||_1 for each row of y.
 
-    Batched ISTA or FISTA (``method``) with the step 1/L, L = 2 * the largest eigenvalue of
-    D^T D (``lipschitz``, computed when not given); FISTA restarts its momentum per sample
-    whenever a step goes against it. Each sample stops when its relative duality gap
-    (gap / objective, with the dual point scaled from the residual) is at most ``tol``,
-    checked every ``check_every`` iterations, or after ``max_iter`` iterations; converged
-    samples cost nothing more. ``nonneg`` constrains z >= 0. ``z0`` warm-starts.
-    With lam = 0 the only dual points lie in the null space of D^T, so the gap stays equal
-    to the objective and samples run ``max_iter`` iterations unless they fit y exactly.
+    Batched ISTA or FISTA with the step 1/L (L = ``sparse_coding_lipschitz(D)`` unless given);
+    FISTA restarts its momentum per sample when a step goes against it. Each sample stops on
+    its own relative duality gap (gap / objective <= ``tol``, checked every ``check_every``
+    iterations) or after ``max_iter``; converged samples cost nothing more. With lam = 0 the
+    gap stays equal to the objective, so samples run ``max_iter`` unless they fit y exactly.
 
-    The codes are not differentiable (use ``sparse_coding_energy`` for gradients).
-    With ``return_info``, returns ``(z, rel_gap (B,), iterations (B,) int64)``.
+    Args:
+        y (Tensor[B, n], float): the samples.
+        D (Tensor[n, m], float): the dictionary, atoms as columns.
+        lam (float): the L1 weight, >= 0.
+        max_iter (int): the most iterations per sample.
+        tol (float): the relative duality gap at which a sample stops.
+        method (str): ``'fista'`` or ``'ista'``.
+        nonneg (bool): constrain z >= 0.
+        z0 (Tensor[B, m], float, optional): a warm start; None: zeros.
+        lipschitz (Tensor[], optional): L from ``sparse_coding_lipschitz``, to reuse it.
+        check_every (int): how often the gap is checked.
+        return_info (bool): also return each sample's gap and iteration count.
+
+    Returns:
+        Tensor[B, m]: the codes, or ``(z, rel_gap (B,), iterations (B,) int64)`` with
+        ``return_info``. Not differentiable (``sparse_coding_energy`` is).
+
+    Raises:
+        RuntimeError: bad shapes, dtypes or values (a negative lam, a lipschitz below the
+            bound it must exceed), named in the message; a D whose constant overflows.
+
+    Example:
+        >>> D = torch.eye(2, dtype=torch.float64)
+        >>> ebm_ext.sparse_code(torch.tensor([[3., 0.2]], dtype=torch.float64), D, lam=1.0)
+        tensor([[2.5000, 0.0000]], dtype=torch.float64)
     """
     check_tensors("sparse_code", ("y", y, True), ("D", D, True), ("z0", z0, False), ("lipschitz", lipschitz, False))
     check_int64("sparse_code", "max_iter", max_iter)
@@ -56,11 +92,31 @@ def sparse_coding_energy(y: Tensor, D: Tensor, lam: float, max_iter: int = 1000,
                          tol: float = 1e-4, method: str = "fista", nonneg: bool = False,
                          z0: Optional[Tensor] = None, lipschitz: Optional[Tensor] = None,
                          check_every: int = 10, return_codes: bool = False):
-    """The free energy F(y) = min_z ||y - D z||^2 + lam ||z||_1, shape (B,), at the codes
-    ``sparse_code`` finds (same arguments). Differentiable in y and D by the envelope theorem,
-    without unrolling the solver: dF/dy = 2 (y - D z*), dF/dD = -2 (y - D z*) z*^T. The
-    gradient is exact at the optimum; its error follows the codes' (``tol``).
-    With ``return_codes``, returns ``(F, z*)``."""
+    """The sparse-coding free energy F(y) = min_z ||y - D z||^2 + lam ||z||_1 of every row of y.
+
+    Evaluated at the codes ``sparse_code`` finds (same arguments), and differentiable in y and
+    D by the envelope theorem, without unrolling the solver: dF/dy = 2 (y - D z*),
+    dF/dD = -2 (y - D z*) z*^T. The gradient is exact at the optimum; its error follows the
+    codes' (``tol``).
+
+    Args:
+        y (Tensor[B, n], float): the samples.
+        D (Tensor[n, m], float): the dictionary, atoms as columns.
+        lam (float): the L1 weight, >= 0.
+        max_iter, tol, method, nonneg, z0, lipschitz, check_every: as in ``sparse_code``.
+        return_codes (bool): also return the codes z*.
+
+    Returns:
+        Tensor[B]: F(y), or ``(F, z*)`` with ``return_codes``.
+
+    Raises:
+        RuntimeError: as ``sparse_code``.
+
+    Example:
+        >>> D = torch.eye(2, dtype=torch.float64)
+        >>> ebm_ext.sparse_coding_energy(torch.tensor([[3., 0.2]], dtype=torch.float64), D, lam=1.0)
+        tensor([2.7900], dtype=torch.float64)
+    """
     check_tensors("sparse_coding_energy", ("y", y, True), ("D", D, True), ("z0", z0, False), ("lipschitz", lipschitz, False))
     check_int64("sparse_coding_energy", "max_iter", max_iter)
     check_int64("sparse_coding_energy", "check_every", check_every)
