@@ -17,7 +17,6 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
-    "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
     "myst_parser",
 ]
@@ -34,9 +33,9 @@ napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
 
-myst_enable_extensions = ["dollarmath", "colon_fence"]
+# Formulas are written in plain text: the site needs no math renderer from the network.
+myst_enable_extensions = ["colon_fence"]
 myst_heading_anchors = 3
-suppress_warnings = ["myst.header"]
 
 html_theme = "furo"
 html_title = f"ebm_ext {release}"

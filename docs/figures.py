@@ -37,9 +37,10 @@ def chain_energy(path: pathlib.Path) -> None:
     ax.set_xticks(range(T), [f"t={t}" for t in range(T)])
     ax.set_yticks(range(K), [f"tag {k}" for k in range(K)])
     ax.set_ylim(-0.6, K - 0.4)
+    ax.set_xlim(-0.3, T - 0.5)
     ax.set_title("E(x, y) = Σ unary[t, y_t] + Σ trans[y_{t−1}, y_t]: dots are unary energies "
                  "(size), lines transitions (darker = lower)", fontsize=8)
-    ax.legend(loc="upper right", fontsize=8, framealpha=0.9)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=8, frameon=False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

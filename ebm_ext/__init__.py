@@ -50,12 +50,16 @@ def build_info() -> dict:
     """What this build of the extension contains.
 
     Returns:
-        dict: ``{'cuda': bool, 'torch_version': str}``: whether the CUDA kernels were compiled
-        in, and the torch version the extension was compiled against.
+        dict: ``cuda`` (bool), whether the CUDA kernels were compiled in; ``torch_version``
+        (str), the torch the extension was compiled against; ``cpu_ops`` and ``cuda_ops``
+        (lists of str), the ops (and backward ops) with a CPU and a CUDA kernel.
 
     Example:
-        >>> sorted(ebm_ext.build_info())
-        ['cuda', 'torch_version']
+        >>> info = ebm_ext.build_info()
+        >>> sorted(info)
+        ['cpu_ops', 'cuda', 'cuda_ops', 'torch_version']
+        >>> "viterbi" in info["cpu_ops"]
+        True
     """
     return dict(_C.build_info())
 

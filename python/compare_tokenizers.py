@@ -1,5 +1,5 @@
-"""Compares raw-tweet tokenizers on the tweet POS corpus's own tokenisation (README, "Raw
-tweets").
+"""Compares raw-tweet tokenizers on the tweet POS corpus's own tokenisation
+(docs/guides/tagger.md, "Raw tweets").
 
 The corpus holds tokens, not the raw tweets, so the raw text is rebuilt two ways:
 - "spaced": the tokens joined by single spaces. A tokenizer in the corpus's conventions gives

@@ -1,5 +1,5 @@
-"""Decodes the members of trained taggers four ways and prints dev and test accuracy (README,
-"Accuracy": how an ensemble is decoded). The members of every checkpoint given are pooled, so
+"""Decodes the members of trained taggers four ways and prints dev and test accuracy
+(docs/reports/accuracy.md: how an ensemble is decoded). The members of every checkpoint given are pooled, so
 two ensembles' best.pt make one ensemble of ten.
 
     python python/ensemble_decodings.py runs/main/best.pt [runs/s6/best.pt ...] [--corpus twpos] [--limit N]

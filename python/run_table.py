@@ -1,5 +1,6 @@
 """Trains every criterion on the chosen corpora and writes the accuracy/time table of the
-README (runs/table.md), one tagger.py run per row; finished runs are reused.
+accuracy report (docs/reports/accuracy.md) to runs/table.md, one tagger.py run per row;
+finished runs are reused.
 
     python python/run_table.py --corpora twpos ewt
 """

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up .venv and times every op side by side with the libraries users pick today; prints
-# the Markdown table of ratios that the README reports. Extra arguments go to pytest.
+# the Markdown table of ratios that docs/benchmarks.md reports. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -13,9 +13,9 @@ bash scripts/setup.sh
 # another, since a seeded run gives the same bits with any thread count).
 .venv/bin/python python/tagger.py train --corpus twpos --out runs/main --ensemble 5 \
   --char-model cnn,lstm --criterion crf_nll --jobs "$(nproc)" "$@"
-# What to compare with (README, "Accuracy"): the number is deterministic on this machine kind.
+# What to compare with (docs/reports/accuracy.md): the number is deterministic on this machine kind.
 if [ $# -eq 0 ]; then
-  echo "README: this command gave 89.47 % on oct27 test on this project's AMD EPYC machines" \
+  echo "docs/reports/accuracy.md: this command gave 89.47 % on oct27 test on this project's AMD EPYC machines" \
        "and 89.57 % on an Intel Xeon (a rerun on one machine gives the same digits); over" \
        "seeds 1, 6 and 11 the main job gave 89.12-89.78 % over the machine kinds measured."
 fi

@@ -19,8 +19,8 @@ PAGES = [p for p in PAGES if "_build" not in p.parts]
 # A block that needs what a test cannot make (a trained tagger, a GPU) says so on its first
 # line; it is shown, not run. tests/test_docs.py lists how many there are, so they stay few.
 NOT_RUN = "# not run:"
-MODULES = sorted(m.name for m in pkgutil.walk_packages(ebm_ext.__path__, "ebm_ext.")
-                 if not m.name.endswith("._C"))
+MODULES = ["ebm_ext"] + sorted(m.name for m in pkgutil.walk_packages(ebm_ext.__path__, "ebm_ext.")
+                              if not m.name.endswith("._C"))
 
 
 @pytest.mark.parametrize("name", MODULES)

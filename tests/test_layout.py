@@ -48,6 +48,17 @@ def test_importing_the_library_loads_no_application_module():
     assert out.stdout.strip() == "[]"
 
 
+def test_inference_networks_take_the_taggers_network_options():
+    """inference_network joint offers exactly TaggerConfig's network options (network_only),
+    and a config made from them keeps every other field at its default."""
+    parser = argparse.ArgumentParser()
+    TaggerConfig.add_arguments(parser, network_only=True)
+    offered = {a.dest for a in parser._actions if a.dest != "help"}
+    assert offered == set(TaggerConfig().network_kwargs())
+    config = TaggerConfig.from_args(parser.parse_args(["--hidden", "16"]))
+    assert config.hidden == 16 and config.criterion == TaggerConfig().criterion
+
+
 def test_every_network_option_is_a_feature_network_parameter():
     params = inspect.signature(FeatureNetwork).parameters
     for name in TaggerConfig().network_kwargs():

@@ -1,5 +1,5 @@
-"""The non-finite and edge rules of the README's table, one test per row, on the CPU kernels and
-on the CUDA kernels (emulated, and on a GPU when there is one): NaN, -inf and +inf in each input
+"""The non-finite and edge rules of docs/concepts.md's table, one test per row, on the CPU
+kernels and on the CUDA kernels (emulated, and on a GPU when there is one): NaN, -inf and +inf in each input
 of each chain op, padding, empty batches, T = 0, K = 1 and k > K^L."""
 import math
 

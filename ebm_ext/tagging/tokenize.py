@@ -20,7 +20,7 @@ Twokenize), then corrected by hand. Its conventions, read off the corpus and mat
 
 Written from these conventions (and twokenize's description in Owoputi et al. 2013), not from
 twokenize's source. ``python python/compare_tokenizers.py`` measures it against the candidates
-on the corpus (README, "Raw tweets").
+on the corpus (docs/guides/tagger.md, "Raw tweets").
 """
 from __future__ import annotations
 
