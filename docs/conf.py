@@ -24,7 +24,8 @@ source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 exclude_patterns = ["_build", "**.part"]
 
 autosummary_generate = True
-autosummary_imported_members = True
+# Module pages list what a module defines, not what it imports (losses imports viterbi and Tensor).
+autosummary_imported_members = False
 autodoc_default_options = {"members": True, "show-inheritance": True}
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
