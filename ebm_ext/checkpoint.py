@@ -61,7 +61,13 @@ def save_checkpoint(state: dict, path) -> None:
 
 
 class CheckpointError(ValueError):
-    """A file that is not a checkpoint of the expected kind; the message names the file."""
+    """A file that is not a checkpoint of the expected kind; the message names the file.
+
+    A ``ValueError``, so programs that turn bad input into one line and exit status 2 catch it.
+
+    Args:
+        message (str): the file and what is wrong with it.
+    """
 
 
 def load_checkpoint(path) -> dict:

@@ -45,6 +45,25 @@ def _option(default, help: str, network: bool = False, cli: bool = True, **argpa
 
 @dataclass
 class TaggerConfig:
+    """Every option of the tweet tagger's model and training, one field each.
+
+    ``python python/tagger.py train --help`` lists the fields with their defaults and help (the
+    command line is generated from them); checkpoints store ``as_dict()``.
+
+    Attributes:
+        corpus, protocol: the data and which splits train, select and test.
+        criterion, margin, adversarial: the training criterion and its settings.
+        word_dim, hidden, char_filters, dropout, word_dropout, unk_alpha, layers, tag_dict,
+            char_model, unary_scale: the feature network (``network_kwargs()``).
+        epochs, patience, batch_size, lr, schedule, ema, pretrain, teacher, distill, seed:
+            training.
+        categories: the tagset's category of each tag (the category cost), set by the program.
+
+    Example:
+        >>> from ebm_ext.tagging import TaggerConfig
+        >>> TaggerConfig(hidden=64).resolved().epochs
+        60
+    """
     corpus: str = _option("twpos", "training corpus (its train/dev/test splits)",
                           choices=CORPORA)
     protocol: str = _option("standard", "which splits train, select the epoch and test: standard "

@@ -100,7 +100,17 @@ def read_lines(stream: BinaryIO, name: str) -> Iterator[str]:
 
 
 def read_tweets(path) -> list[Sentence]:
-    """Tweets of a ``token<TAB>tag`` file; every tweet ends with a blank line (the last may not)."""
+    """The tweets of a ``token<TAB>tag`` file, each ended by a blank line (the last may not be).
+
+    Args:
+        path (str or os.PathLike): the file (UTF-8).
+
+    Returns:
+        list[tuple[list[str], list[str]]]: (tokens, tags) per tweet.
+
+    Raises:
+        ValueError: a line that is not ``token<TAB>tag`` or not UTF-8, named by file and line.
+    """
     path = pathlib.Path(path)
     sentences, tokens, tags = [], [], []
     # Split on "\n" only: str.splitlines would also break tokens at U+2028, U+0085 and the like.
@@ -122,7 +132,18 @@ def read_tweets(path) -> list[Sentence]:
 
 
 def read_conllu(path, column: str = "upos") -> list[Sentence]:
-    """Sentences of a CoNLL-U file as (forms, tags of ``column``), parsed by ``conllu``."""
+    """The sentences of a CoNLL-U file, parsed by ``conllu``; multiword tokens and empty nodes are skipped.
+
+    Args:
+        path (str or os.PathLike): the file.
+        column (str): the tag column, ``'upos'`` or ``'xpos'``.
+
+    Returns:
+        list[tuple[list[str], list[str]]]: (forms, tags) per sentence.
+
+    Raises:
+        ValueError: a malformed file or a missing tag, named by file and line.
+    """
     import conllu
     import conllu.exceptions
 
@@ -173,7 +194,19 @@ def _parse_block(conllu, path, lines, start, end, column):
 
 
 def read_sentences(path, format: str = "auto") -> list[Sentence]:
-    """Either format, by ``format`` ('tweets', 'conllu') or, with 'auto', by the file's suffix."""
+    """Sentences of a file in either format.
+
+    Args:
+        path (str or os.PathLike): the file.
+        format (str): ``'tweets'``, ``'conllu'``, or ``'auto'`` (``.conllu`` is CoNLL-U,
+            anything else ``token<TAB>tag``).
+
+    Returns:
+        list[tuple[list[str], list[str]]]: (tokens, tags) per sentence.
+
+    Raises:
+        ValueError: as the readers.
+    """
     if format == "auto":
         format = "conllu" if str(path).endswith(".conllu") else "tweets"
     if format == "conllu":
@@ -184,7 +217,14 @@ def read_sentences(path, format: str = "auto") -> list[Sentence]:
 
 
 def read_tagset(path) -> tuple[list[str], list[str]]:
-    """(tags, categories) from the tweet tagset's TSV (header: tag, category, description)."""
+    """The tags and their categories from the tweet tagset's TSV (header: tag, category, description).
+
+    Args:
+        path (str or os.PathLike): ``twpos/tagset.tsv``.
+
+    Returns:
+        tuple[list[str], list[str]]: the tags and each one's category name.
+    """
     path = pathlib.Path(path)
     rows = path.read_text(encoding="utf-8").splitlines()
     tags, categories = [], []
@@ -275,6 +315,17 @@ def shape(token: str) -> int:
 
 @dataclasses.dataclass
 class Vocabularies:
+    """What a tagger reads its input through: words, characters, affixes and tags as indices.
+
+    ``build(sentences, tags)`` makes them from training sentences; ``state()`` and
+    ``from_state`` store them in checkpoints as plain data.
+
+    Attributes:
+        words, chars, suffixes, prefixes (Vocab): with padding (0) and unknown (1) entries.
+        tags (Vocab): no special entries: index = tag id.
+        word_counts (list[int]): training count per word index.
+        tag_counts (list): training count of each tag per word index.
+    """
     words: Vocab
     chars: Vocab
     suffixes: Vocab
@@ -318,6 +369,14 @@ class Vocabularies:
 
 @dataclasses.dataclass
 class Batch:
+    """A padded batch of encoded sentences (``collate``, ``encode``); ``to(device)`` moves it.
+
+    Attributes:
+        words, suffixes, prefixes, shapes (Tensor[B, T], int64): indices, 0 past each length.
+        chars (Tensor[B, T, C], int64): character indices, 0 = padding.
+        lengths (Tensor[B], int64): the sentence lengths.
+        tags (Tensor[B, T], int64, optional): gold tags, -1 past each length.
+    """
     words: torch.Tensor     # (B, T) int64
     chars: torch.Tensor     # (B, T, C) int64
     suffixes: torch.Tensor  # (B, T) int64
@@ -367,7 +426,20 @@ def _tag_ids(labels: Sequence[str], vocabs: Vocabularies) -> list[int]:
 
 def encode_sentence(sentence: Sentence, vocabs: Vocabularies, max_word_len: int = MAX_WORD_LEN,
                     with_tags: bool = True) -> Encoded:
-    """Index tensors of one (tokens, tags) sentence. Unknown tags raise ValueError."""
+    """Index tensors of one (tokens, tags) sentence, to be padded by ``collate``.
+
+    Args:
+        sentence (tuple[list[str], list[str]]): tokens and tags.
+        vocabs (Vocabularies): the vocabularies.
+        max_word_len (int): characters read per word.
+        with_tags (bool): encode the tags too.
+
+    Returns:
+        Encoded: the sentence's index tensors.
+
+    Raises:
+        ValueError: a tag the vocabularies do not know.
+    """
     tokens, labels = sentence
     words, chars, suffixes, prefixes, shapes = _token_ids(tokens, vocabs, max_word_len)
     as_tensor = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
@@ -378,8 +450,14 @@ def encode_sentence(sentence: Sentence, vocabs: Vocabularies, max_word_len: int 
 
 
 def collate(items: Sequence[Encoded]) -> Batch:
-    """Pads encoded sentences into a Batch (tags -1 past each length; None if any item has
-    none)."""
+    """Pads encoded sentences into a Batch (tags -1 past each length).
+
+    Args:
+        items (sequence of Encoded): the sentences.
+
+    Returns:
+        Batch: the padded batch; its tags are None if any item has none.
+    """
     B = len(items)
     lengths = torch.tensor([len(e.words) for e in items], dtype=torch.long)
     T = int(lengths.max()) if B else 0
@@ -400,9 +478,23 @@ def collate(items: Sequence[Encoded]) -> Batch:
 
 def encode(sentences: Sequence[Sentence], vocabs: Vocabularies, max_word_len: int = MAX_WORD_LEN,
            with_tags: bool = True) -> Batch:
-    """Pads a list of sentences into a Batch (as ``collate`` of ``encode_sentence``, with one
-    tensor per field rather than per sentence: what tagging raw text spends its time on).
-    Unknown tags raise ValueError."""
+    """Pads a list of sentences into a Batch, as ``collate`` of ``encode_sentence`` but faster.
+
+    One tensor is built per field rather than per sentence: what tagging raw text spends its
+    time on.
+
+    Args:
+        sentences (sequence of tuple[list[str], list[str]]): tokens and tags.
+        vocabs (Vocabularies): the vocabularies.
+        max_word_len (int): characters read per word.
+        with_tags (bool): encode the tags too.
+
+    Returns:
+        Batch: the padded batch.
+
+    Raises:
+        ValueError: a tag the vocabularies do not know.
+    """
     ids = [_token_ids(tokens, vocabs, max_word_len) for tokens, _ in sentences]
     B = len(ids)
     lengths = [len(x[0]) for x in ids]

@@ -75,9 +75,19 @@ def aoti_available() -> bool:
 
 
 def export_tagger(model: nn.Module, vocabs: Vocabularies, path, aoti: bool = True) -> dict:
-    """Writes the exported tagger to ``path`` and its vocabularies beside it (``sidecar``);
-    returns the sidecar's metadata. ``aoti``: AOTInductor-compile the program (falls back to
-    torch.export's program, saying so in the metadata, when no C++ compiler is found)."""
+    """Writes a tagger as one exported program, with its vocabularies beside it (``sidecar``).
+
+    Args:
+        model (EnergyTagger or TaggerEnsemble): the tagger.
+        vocabs (Vocabularies): its vocabularies.
+        path (str or os.PathLike): the program's file, ending in ``.pt2``.
+        aoti (bool): AOTInductor-compile the program; without a C++ compiler it falls back to
+            torch.export's program and says so in the metadata.
+
+    Returns:
+        dict: the sidecar's metadata (the kind of program among it). Both files are written
+        atomically.
+    """
     path = pathlib.Path(path)
     if path.suffix != ".pt2":
         raise ValueError(f"export_tagger: the program's file must end in .pt2, got {path}")
@@ -101,8 +111,17 @@ def export_tagger(model: nn.Module, vocabs: Vocabularies, path, aoti: bool = Tru
 
 
 class ExportedTagger:
-    """A tagger loaded from ``export_tagger``'s files. ``tag(sentences)``: token lists -> tag
-    lists; ``predict(batch)``: an encoded Batch -> tags (B, T), -1 past each length."""
+    """A tagger loaded from ``export_tagger``'s files (use ``ExportedTagger.load``).
+
+    ``tag(sentences)`` maps token lists to tag lists; ``predict(batch)`` an encoded Batch to
+    tags (B, T), -1 past each length.
+
+    Args:
+        program (callable): the loaded program.
+        vocabs (Vocabularies): its vocabularies.
+        kind (str): ``'aoti'`` or ``'export'``.
+        max_word_len (int): characters read per word.
+    """
 
     def __init__(self, program, vocabs: Vocabularies, kind: str,
                  max_word_len: int = MAX_WORD_LEN):
@@ -111,8 +130,20 @@ class ExportedTagger:
 
     @classmethod
     def load(cls, path) -> "ExportedTagger":
-        """Loads ``export_tagger``'s files. Security: an AOTInductor package holds compiled
-        native code, which runs when it is loaded: load only packages from a trusted source."""
+        """Loads ``export_tagger``'s files.
+
+            Security: an AOTInductor package holds compiled native code, which runs when it is
+            loaded: load only packages from a trusted source.
+
+            Args:
+                path (str or os.PathLike): the ``.pt2`` file, with its ``.json`` beside it.
+
+            Returns:
+                ExportedTagger: the tagger.
+
+            Raises:
+                ValueError: a missing or unreadable file, named.
+        """
         path = pathlib.Path(path)
         side = sidecar(path)
         for needed in (path, side):
@@ -139,7 +170,15 @@ class ExportedTagger:
             return self.program(*batch_inputs(batch))
 
     def tag(self, sentences: Sequence[Sequence[str]], batch_size: int = 256) -> list[list[str]]:
-        """The tags of each sentence (a list of tokens); empty sentences get no tags."""
+        """The tags of each sentence.
+
+            Args:
+                sentences (sequence of list[str]): token lists; empty ones get no tags.
+                batch_size (int): sentences per call of the program.
+
+            Returns:
+                list[list[str]]: one tag per token.
+        """
         out: list[list[str]] = [[] for _ in sentences]
         todo = [i for i, s in enumerate(sentences) if len(s)]
         items = self.vocabs.tags.items

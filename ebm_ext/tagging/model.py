@@ -51,12 +51,34 @@ class CharEncoders(nn.Module):
 
 
 class FeatureNetwork(nn.Module):
-    """Word, suffix and word-shape embeddings + character CNN + BiLSTM -> unary energies
-    (B, T, K). Everything is learnt from the training data (no pretrained vectors).
+    """The tagger's feature network: embeddings, character encoders and a BiLSTM, giving unary energies.
 
-    Only the real tokens are computed: the batch is packed (``packed_order``) before the
-    embeddings, so neither the character CNN, nor dropout, nor the BiLSTM sees the padding,
-    and the energies are scattered back into (B, T, K) with zeros past each length."""
+    Word, prefix, suffix and word-shape embeddings, a character encoder (CNN, BiLSTM or both)
+    and a BiLSTM, then a linear layer: the unary energies (B, T, K) are minus its scores.
+    Everything is learnt from the training data. Only the real tokens are computed: the batch
+    is packed (``packed_order``) before the embeddings, so nothing sees the padding, and the
+    energies are scattered back with zeros past each length.
+
+    Args:
+        num_words, num_chars, num_tags (int): the vocabularies' sizes and K.
+        num_suffixes, num_prefixes (int): the affix vocabularies' sizes.
+        word_dim, char_dim, char_filters, affix_dim, shape_dim (int): embedding widths and the
+            character CNN's filters.
+        hidden (int): each BiLSTM direction's state size.
+        dropout (float): dropout after the embeddings and after the BiLSTM.
+        word_dropout (float): the rate at which training words are read as ``<unk>``.
+        unary_scale (float): > 0 standardises each sentence's unary energies to this scale.
+        word_counts (Tensor, optional): training counts per word, for ``unk_alpha``.
+        unk_alpha (float): a word seen c times is read as ``<unk>`` with probability
+            alpha / (alpha + c).
+        layers (int): stacked BiLSTMs.
+        char_model (str): ``'cnn'``, ``'lstm'`` or ``'both'``.
+        tag_dict (int): 1 adds a tag dictionary (``tag_counts``) as features.
+        tag_counts (Tensor, optional): training counts of each tag per word.
+
+    Shape:
+        forward: a Batch -> unary energies (B, T, K).
+    """
 
     def __init__(self, num_words: int, num_chars: int, num_tags: int, num_suffixes: int = 2,
                  num_prefixes: int = 2, word_dim: int = 100, char_dim: int = 30,
@@ -172,15 +194,22 @@ class FeatureNetwork(nn.Module):
 
 
 class EnergyTagger(nn.Module):
-    """A tagger E(x, y) = chain energy over the feature network's unary energies, trained by the
-    criterion ``criterion`` names in ``ebm_ext.losses.CRITERIA``. A criterion that does not read
-    the transitions (``token_nll``: the feed-forward tagger) decodes by the per-position argmin.
-    ``margin`` is the margin hinge's m; the margin-rescaled criteria scale their cost by it
-    (Delta = margin * cost).
+    """A tagger E(x, y): the chain energy over a feature network's unary energies.
 
-    ``adversarial`` = epsilon > 0 trains on adversarial inputs as well (Yasunaga et al. 2018,
-    after Goodfellow et al. 2015): the loss adds the criterion at the BiLSTM's inputs moved
-    along the criterion's gradient, by epsilon times each sentence's input norm."""
+    Trained by the criterion ``criterion`` names in ``ebm_ext.losses.CRITERIA``; a criterion
+    that does not read the transitions (``token_nll``) decodes by the per-position argmin,
+    the others by Viterbi.
+
+    Args:
+        features (nn.Module): maps a Batch to unary energies (B, T, K).
+        num_tags (int): K.
+        criterion (str): a key of ``ebm_ext.losses.CRITERIA``.
+        cost (Tensor[K, K], optional): the margin-rescaled criteria's cost.
+        margin (float): the margin hinge's m; the margin-rescaled criteria scale their cost by
+            it.
+        adversarial (float): > 0 adds the criterion at inputs moved along its gradient by
+            this fraction of each sentence's input norm.
+    """
 
     def __init__(self, features: nn.Module, num_tags: int, criterion: str = "crf_nll",
                  cost: Optional[Tensor] = None, margin: float = 1.0, adversarial: float = 0.0):
@@ -258,10 +287,14 @@ class EnergyTagger(nn.Module):
 
 
 class TaggerEnsemble(nn.Module):
-    """Several EnergyTaggers as one energy, E(x, y) = (1/M) sum_m E_m(x, y). A mean of chain
-    energies is the chain energy of the members' mean unary, transition, start and end
-    energies, so decoding stays exact: Viterbi on the means (the per-position argmin when the
-    members are feed-forward taggers)."""
+    """Several EnergyTaggers as one energy, E(x, y) = (1/M) sum_m E_m(x, y).
+
+    A mean of chain energies is the chain energy of the members' mean energies, so decoding
+    stays exact: Viterbi on the means (the per-position argmin for feed-forward members).
+
+    Args:
+        members (sequence of EnergyTagger): the members, over the same vocabularies.
+    """
 
     def __init__(self, members):
         super().__init__()
@@ -293,8 +326,17 @@ class TaggerEnsemble(nn.Module):
 
 
 def build_features(config: TaggerConfig, vocabs: Vocabularies) -> FeatureNetwork:
-    """The feature network a configuration describes, for these vocabularies (untrained): the
-    one place a network is built from options, for the taggers and for inference networks."""
+    """The feature network a configuration describes, for these vocabularies (untrained).
+
+    The one place a network is built from options, for the taggers and the inference networks.
+
+    Args:
+        config (TaggerConfig): the options.
+        vocabs (Vocabularies): the vocabularies.
+
+    Returns:
+        FeatureNetwork: the network.
+    """
     config = config.resolved()
     return FeatureNetwork(len(vocabs.words), len(vocabs.chars), len(vocabs.tags),
                           num_suffixes=len(vocabs.suffixes), num_prefixes=len(vocabs.prefixes),
@@ -304,7 +346,15 @@ def build_features(config: TaggerConfig, vocabs: Vocabularies) -> FeatureNetwork
 
 
 def build_tagger(config: TaggerConfig, vocabs: Vocabularies) -> EnergyTagger:
-    """The EnergyTagger a configuration describes, for these vocabularies (untrained)."""
+    """The EnergyTagger a configuration describes, for these vocabularies (untrained).
+
+    Args:
+        config (TaggerConfig): the options (its criterion, margin and categories included).
+        vocabs (Vocabularies): the vocabularies.
+
+    Returns:
+        EnergyTagger: the tagger.
+    """
     config = config.resolved()
     K = len(vocabs.tags)
     features = build_features(config, vocabs)
@@ -315,8 +365,15 @@ def build_tagger(config: TaggerConfig, vocabs: Vocabularies) -> EnergyTagger:
 
 
 def tagger_from_state(state: dict, device="cpu"):
-    """(tagger, vocabularies) of a checkpoint's contents (python/tagger.py's best.pt): an
-    EnergyTagger, or a TaggerEnsemble when it holds several members; in eval mode."""
+    """The tagger a checkpoint's contents describe, with its weights.
+
+    Args:
+        state (dict): a loaded ``best.pt`` of ``tagger.py train``.
+        device (str or torch.device): where to put it.
+
+    Returns:
+        tuple[EnergyTagger or TaggerEnsemble, Vocabularies]: in eval mode.
+    """
     vocabs = Vocabularies.from_state(state["vocabs"])
     if "members" not in state:
         model = build_tagger(TaggerConfig.from_dict(state["config"]), vocabs)

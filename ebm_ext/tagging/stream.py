@@ -16,15 +16,30 @@ BATCH_LINES = 256
 def tag_stream(predict: Callable[[Batch], torch.Tensor], vocabs: Vocabularies, lines: BinaryIO,
                out: TextIO, name: str = "<stdin>", pretokenized: bool = False, device="cpu",
                batch_lines: int = BATCH_LINES) -> int:
-    """Tags each line of `lines` (UTF-8; `name` is what errors call it) and writes one block per
-    line to `out`: a ``token<TAB>tag`` line per token, then a blank line; an empty or
-    whitespace-only line gets an empty block, so the n-th block is always the n-th line's.
+    """Tags each line of a stream and writes one block per line, batch by batch.
 
-    `batch_lines` lines at a time are read, tokenised (``tokenize``; `pretokenized`: split on
-    whitespace), tagged by `predict` (``EnergyTagger.predict``, ``ExportedTagger.predict``),
-    written and flushed: memory stays that of one batch whatever the input's length. A line that
-    is not UTF-8 raises ValueError naming `name` and the line, after the blocks of the batches
-    before it. Returns the number of lines tagged."""
+    A block is a ``token<TAB>tag`` line per token, then a blank line; an empty or
+    whitespace-only line gets an empty block, so the n-th block is always the n-th line's.
+    ``batch_lines`` lines at a time are read, tokenised, tagged, written and flushed, so memory
+    stays that of one batch whatever the input's length.
+
+    Args:
+        predict (callable): an encoded Batch -> tags (B, T) (``EnergyTagger.predict``,
+            ``ExportedTagger.predict``).
+        vocabs (Vocabularies): the tagger's vocabularies.
+        lines (binary file): the input, UTF-8.
+        out (text file): where the blocks go.
+        name (str): what errors call the input.
+        pretokenized (bool): split on whitespace instead of ``tokenize_tweet``.
+        device (str or torch.device): where the batches go.
+        batch_lines (int): lines per batch.
+
+    Returns:
+        int: the number of lines tagged.
+
+    Raises:
+        ValueError: a line that is not UTF-8, as ``FILE:LINE``.
+    """
     if batch_lines < 1:
         raise ValueError(f"tag_stream: batch_lines must be at least 1, got {batch_lines}")
     source = read_lines(lines, name)

@@ -76,7 +76,19 @@ _TOKEN = re.compile("|".join(f"(?P<{name}>{pattern})" for name, pattern in _PATT
 
 
 def tokenize_tweet(text: str) -> list[str]:
-    """The tokens of one raw tweet, in the corpus's conventions (the module's docstring)."""
+    """The tokens of one raw tweet, in the tweet corpus's conventions (the module's docstring).
+
+    Args:
+        text (str): the tweet.
+
+    Returns:
+        list[str]: its tokens; no character is lost or invented except whitespace.
+
+    Example:
+        >>> from ebm_ext.tagging.tokenize import tokenize_tweet
+        >>> tokenize_tweet("lol @bob this is gr8!! http://t.co/x :)")
+        ['lol', '@bob', 'this', 'is', 'gr8', '!!', 'http://t.co/x', ':)']
+    """
     text = html.unescape(text)
     tokens = []
     for chunk in text.split():
@@ -93,6 +105,14 @@ def tokenize_tweet(text: str) -> list[str]:
 
 
 def tokenize(line: str, pretokenized: bool = False) -> list[str]:
-    """A line of raw text as tokens: ``tokenize_tweet``, or with ``pretokenized`` a split on
-    whitespace (text already in the corpus's tokens)."""
+    """A line of raw text as tokens.
+
+    Args:
+        line (str): the text.
+        pretokenized (bool): split on whitespace only (text already in the corpus's tokens);
+            else ``tokenize_tweet``.
+
+    Returns:
+        list[str]: the tokens.
+    """
     return line.split() if pretokenized else tokenize_tweet(line)
