@@ -184,6 +184,17 @@ class KMeans:
         self.seed, self.show_progress = seed, show_progress
 
     def fit(self, y) -> "KMeans":
+        """Fits the centroids to the rows of y (Lloyd or minibatch descent).
+
+        Args:
+            y (Tensor or array, [N, d]): the data; N >= n_clusters.
+
+        Returns:
+            KMeans: self, with ``cluster_centers_``, ``labels_``, ``inertia_``, ``n_iter_``.
+
+        Raises:
+            ValueError: data of the wrong shape, too few rows, or an init of the wrong shape.
+        """
         y = rows(y, "KMeans.fit", "(N, d)")
         g = None if self.seed is None else torch.Generator().manual_seed(self.seed)
         if isinstance(self.init, Tensor):
@@ -208,20 +219,49 @@ class KMeans:
         return self.cluster_centers_
 
     def predict(self, y) -> Tensor:
-        """The nearest centroid of each row, (N,) int64."""
+        """The nearest centroid of each row.
+
+        Args:
+            y (Tensor or array, [N, d]): the data.
+
+        Returns:
+            Tensor[N], int64: centroid indices.
+        """
         W = self._fitted("predict")
         return nearest_centroid(rows(y, "KMeans.predict", "(N, d)").to(W), W)[1]
 
     def fit_predict(self, y) -> Tensor:
+        """``fit(y)``, then the training rows' labels.
+
+        Args:
+            y (Tensor or array, [N, d]): the data.
+
+        Returns:
+            Tensor[N], int64: ``labels_``.
+        """
         return self.fit(y).labels_
 
     def transform(self, y) -> Tensor:
-        """Euclidean distances to every centroid, (N, k) (scikit-learn's transform)."""
+        """Euclidean distances to every centroid (scikit-learn's ``transform``).
+
+        Args:
+            y (Tensor or array, [N, d]): the data.
+
+        Returns:
+            Tensor[N, k]: the distances.
+        """
         W = self._fitted("transform")
         return torch.cdist(rows(y, "KMeans.transform", "(N, d)").to(W), W)
 
     def score(self, y) -> float:
-        """Minus the summed free energy of y (scikit-learn's score)."""
+        """Minus the summed free energy of y (scikit-learn's ``score``).
+
+        Args:
+            y (Tensor or array, [N, d]): the data.
+
+        Returns:
+            float: -sum_i min_j ||y_i - W_j||^2.
+        """
         W = self._fitted("score")
         dist2 = nearest_centroid(rows(y, "KMeans.score", "(N, d)").to(W), W)[0]
         return -dist2.double().sum().item()

@@ -108,23 +108,23 @@ class CRF(nn.Module):
                 reduction: str = "sum") -> Tensor:
         """The log-likelihood log p(tags | emissions), as pytorch-crf's ``forward``.
 
-            Args:
-                emissions (Tensor, float): scores (higher is better), (batch, seq, num_tags) with
-                    ``batch_first``, else (seq, batch, num_tags).
-                tags (Tensor): int64 tags in the emissions' layout without the last dimension; or
-                    partial labels, a bool tensor of the emissions' shape with the tags allowed at
-                    each position (the log-likelihood of the set, -inf when no sequence fits it).
-                mask (Tensor, bool or uint8, optional): the positions to score, in the layout of the
-                    emissions' first two dimensions; None: all. Without ``any_mask`` it must be a
-                    right-padded prefix that includes the first timestep.
-                reduction (str): ``'none'``, ``'sum'``, ``'mean'`` (over the batch) or
-                    ``'token_mean'`` (over the selected tokens).
+        Args:
+            emissions (Tensor, float): scores (higher is better), (batch, seq, num_tags) with
+                ``batch_first``, else (seq, batch, num_tags).
+            tags (Tensor): int64 tags in the emissions' layout without the last dimension; or
+                partial labels, a bool tensor of the emissions' shape with the tags allowed at
+                each position (the log-likelihood of the set, -inf when no sequence fits it).
+            mask (Tensor, bool or uint8, optional): the positions to score, in the layout of the
+                emissions' first two dimensions; None: all. Without ``any_mask`` it must be a
+                right-padded prefix that includes the first timestep.
+            reduction (str): ``'none'``, ``'sum'``, ``'mean'`` (over the batch) or
+                ``'token_mean'`` (over the selected tokens).
 
-            Returns:
-                Tensor: (batch,) with ``reduction='none'``, else a scalar. Differentiable.
+        Returns:
+            Tensor: (batch,) with ``reduction='none'``, else a scalar. Differentiable.
 
-            Raises:
-                ValueError: pytorch-crf's errors, word for word, and the mask rules.
+        Raises:
+            ValueError: pytorch-crf's errors, word for word, and the mask rules.
         """
         self._validate(emissions, tags, mask)
         if reduction not in ["none", "sum", "mean", "token_mean"]:
@@ -154,17 +154,17 @@ class CRF(nn.Module):
                allowed: Optional[Tensor] = None) -> List[List[int]]:
         """The best tag sequence of each batch entry, as lists over the selected positions.
 
-            Args:
-                emissions (Tensor, float): scores (higher is better), (batch, seq, num_tags) with
-                    ``batch_first``, else (seq, batch, num_tags).
-                mask (Tensor, bool or uint8, optional): the positions to score, in the layout of the
-                    emissions' first two dimensions; None: all. Without ``any_mask`` it must be a
-                    right-padded prefix that includes the first timestep.
-                allowed (Tensor, bool, optional): the emissions' shape; the best among the
-                    sequences whose tags are all allowed (restricted Viterbi).
+        Args:
+            emissions (Tensor, float): scores (higher is better), (batch, seq, num_tags) with
+                ``batch_first``, else (seq, batch, num_tags).
+            mask (Tensor, bool or uint8, optional): the positions to score, in the layout of the
+                emissions' first two dimensions; None: all. Without ``any_mask`` it must be a
+                right-padded prefix that includes the first timestep.
+            allowed (Tensor, bool, optional): the emissions' shape; the best among the
+                sequences whose tags are all allowed (restricted Viterbi).
 
-            Returns:
-                list[list[int]]: one list per batch entry.
+        Returns:
+            list[list[int]]: one list per batch entry.
         """
         self._validate(emissions, allowed, mask)
         if allowed is not None:
@@ -181,17 +181,17 @@ class CRF(nn.Module):
                      mask: Optional[Tensor] = None) -> List[List[List[int]]]:
         """The ``nbest`` best distinct tag sequences of each batch entry, best first.
 
-            Args:
-                emissions (Tensor, float): scores (higher is better), (batch, seq, num_tags) with
-                    ``batch_first``, else (seq, batch, num_tags).
-                nbest (int): how many, >= 1.
-                mask (Tensor, bool or uint8, optional): the positions to score, in the layout of the
-                    emissions' first two dimensions; None: all. Without ``any_mask`` it must be a
-                    right-padded prefix that includes the first timestep.
+        Args:
+            emissions (Tensor, float): scores (higher is better), (batch, seq, num_tags) with
+                ``batch_first``, else (seq, batch, num_tags).
+            nbest (int): how many, >= 1.
+            mask (Tensor, bool or uint8, optional): the positions to score, in the layout of the
+                emissions' first two dimensions; None: all. Without ``any_mask`` it must be a
+                right-padded prefix that includes the first timestep.
 
-            Returns:
-                list[list[list[int]]]: per batch entry, up to ``nbest`` paths (fewer when fewer
-                exist).
+        Returns:
+            list[list[list[int]]]: per batch entry, up to ``nbest`` paths (fewer when fewer
+            exist).
         """
         energy, tags, lengths, _ = self._kbest(emissions, mask, nbest)
         found: List[List[bool]] = torch.isfinite(energy).cpu().tolist()
@@ -211,18 +211,18 @@ class CRF(nn.Module):
                         nbest: int = 1) -> Tuple[Tensor, Tensor]:
         """The n best paths as padded tensors, for DataParallel and export.
 
-            Args:
-                emissions (Tensor, float): scores (higher is better), (batch, seq, num_tags) with
-                    ``batch_first``, else (seq, batch, num_tags).
-                mask (Tensor, bool or uint8, optional): the positions to score, in the layout of the
-                    emissions' first two dimensions; None: all. Without ``any_mask`` it must be a
-                    right-padded prefix that includes the first timestep.
-                nbest (int): how many paths, >= 1.
+        Args:
+            emissions (Tensor, float): scores (higher is better), (batch, seq, num_tags) with
+                ``batch_first``, else (seq, batch, num_tags).
+            mask (Tensor, bool or uint8, optional): the positions to score, in the layout of the
+                emissions' first two dimensions; None: all. Without ``any_mask`` it must be a
+                right-padded prefix that includes the first timestep.
+            nbest (int): how many paths, >= 1.
 
-            Returns:
-                tuple[Tensor[batch, nbest], Tensor[batch, nbest, seq] int64]: ``(scores, tags)`` on
-                the emissions' device: pytorch-crf's scores (higher is better, -inf for a missing
-                path); tags in the batch-first layout, -1 where the mask is off.
+        Returns:
+            tuple[Tensor[batch, nbest], Tensor[batch, nbest, seq] int64]: ``(scores, tags)`` on
+            the emissions' device: pytorch-crf's scores (higher is better, -inf for a missing
+            path); tags in the batch-first layout, -1 where the mask is off.
         """
         energy, tags, _, mask_bf = self._kbest(emissions, mask, nbest)
         if self.any_mask:  # back from the packed selection to the positions it came from
@@ -235,15 +235,15 @@ class CRF(nn.Module):
     def marginals(self, emissions: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         """The marginals p(y_t = k).
 
-            Args:
-                emissions (Tensor, float): scores (higher is better), (batch, seq, num_tags) with
-                    ``batch_first``, else (seq, batch, num_tags).
-                mask (Tensor, bool or uint8, optional): the positions to score, in the layout of the
-                    emissions' first two dimensions; None: all. Without ``any_mask`` it must be a
-                    right-padded prefix that includes the first timestep.
+        Args:
+            emissions (Tensor, float): scores (higher is better), (batch, seq, num_tags) with
+                ``batch_first``, else (seq, batch, num_tags).
+            mask (Tensor, bool or uint8, optional): the positions to score, in the layout of the
+                emissions' first two dimensions; None: all. Without ``any_mask`` it must be a
+                right-padded prefix that includes the first timestep.
 
-            Returns:
-                Tensor: in the layout of ``emissions``; 0 where the mask is off. Differentiable.
+        Returns:
+            Tensor: in the layout of ``emissions``; 0 where the mask is off. Differentiable.
         """
         self._validate(emissions, None, mask)
         unary, _, lengths, mask_bf = self._chain(emissions, None, mask)
@@ -258,19 +258,19 @@ class CRF(nn.Module):
     def distribution(self, emissions: Tensor, mask: Optional[Tensor] = None):
         """p(y | emissions) as an ``ebm_ext.LinearChainCRF``.
 
-            Batch first, energies = minus the layer's scores: entropy, samples, KL, top-k,
-            differentiable marginals. With ``any_mask=True`` its positions are the selected ones,
-            packed to the left.
+        Batch first, energies = minus the layer's scores: entropy, samples, KL, top-k,
+        differentiable marginals. With ``any_mask=True`` its positions are the selected ones,
+        packed to the left.
 
-            Args:
-                emissions (Tensor, float): scores (higher is better), (batch, seq, num_tags) with
-                    ``batch_first``, else (seq, batch, num_tags).
-                mask (Tensor, bool or uint8, optional): the positions to score, in the layout of the
-                    emissions' first two dimensions; None: all. Without ``any_mask`` it must be a
-                    right-padded prefix that includes the first timestep.
+        Args:
+            emissions (Tensor, float): scores (higher is better), (batch, seq, num_tags) with
+                ``batch_first``, else (seq, batch, num_tags).
+            mask (Tensor, bool or uint8, optional): the positions to score, in the layout of the
+                emissions' first two dimensions; None: all. Without ``any_mask`` it must be a
+                right-padded prefix that includes the first timestep.
 
-            Returns:
-                LinearChainCRF: the distribution.
+        Returns:
+            LinearChainCRF: the distribution.
         """
         self._validate(emissions, None, mask)
         unary, _, lengths, _ = self._chain(emissions, None, mask)

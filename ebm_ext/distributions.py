@@ -94,29 +94,29 @@ class LinearChainCRF(Distribution):
                              validate_args: Optional[bool] = None) -> "LinearChainCRF":
         """From torch-struct's ``LinearChainCRF(log_potentials, lengths)``.
 
-            Our kernels share one transition matrix across positions, so the potentials must be of
-            the form that torch-struct's users build from emissions and transitions,
-            phi[b, n, j, i] = a[b, n, j] + c[b, n, i] + W[j, i], with -inf (forbidden) entries in the
-            same places at every position. The unary energies are then -(c at node n, plus a at
-            node n + 1) and trans[i, j] = -W[j, i]; the decomposition is exact (a spanning forest of
-            the allowed entries fixes the gauge).
+        Our kernels share one transition matrix across positions, so the potentials must be of
+        the form that torch-struct's users build from emissions and transitions,
+        phi[b, n, j, i] = a[b, n, j] + c[b, n, i] + W[j, i], with -inf (forbidden) entries in the
+        same places at every position. The unary energies are then -(c at node n, plus a at
+        node n + 1) and trans[i, j] = -W[j, i]; the decomposition is exact (a spanning forest of
+        the allowed entries fixes the gauge).
 
-            The map from phi to the energies is linear and autograd flows through it: the gradients
-            of the emissions and transitions phi was built from are torch-struct's, but the tensor
-            ``phi.grad`` itself is not torch-struct's edge marginals (it differs by a part that no
-            such parameterisation can see).
+        The map from phi to the energies is linear and autograd flows through it: the gradients
+        of the emissions and transitions phi was built from are torch-struct's, but the tensor
+        ``phi.grad`` itself is not torch-struct's edge marginals (it differs by a part that no
+        such parameterisation can see).
 
-            Args:
-                log_potentials (Tensor[B, N-1, C, C], float): scores (higher is better)
-                    ``phi[b, n, z_(n+1), z_n]``.
-                lengths (Tensor[B], int64, optional): the numbers of nodes N_b; None: all N.
-                validate_args (bool, optional): as torch.distributions.
+        Args:
+            log_potentials (Tensor[B, N-1, C, C], float): scores (higher is better)
+                ``phi[b, n, z_(n+1), z_n]``.
+            lengths (Tensor[B], int64, optional): the numbers of nodes N_b; None: all N.
+            validate_args (bool, optional): as torch.distributions.
 
-            Returns:
-                LinearChainCRF: the same distribution, in energies.
+        Returns:
+            LinearChainCRF: the same distribution, in energies.
 
-            Raises:
-                ValueError: potentials that are not of that form.
+        Raises:
+            ValueError: potentials that are not of that form.
         """
         unary, trans, L = _decompose_edges(log_potentials, lengths)
         return cls(unary, trans, lengths=L, validate_args=validate_args)
@@ -136,7 +136,7 @@ class LinearChainCRF(Distribution):
     def marginals(self) -> Tensor:
         """p(y_t = k), Tensor[B, T, K], 0 past each length.
 
-            Differentiable: exact gradients of log Z twice over, not autograd through a recursion.
+        Differentiable: exact gradients of log Z twice over, not autograd through a recursion.
         """
         return chain_marginals(*self._energies())
 
@@ -163,11 +163,11 @@ class LinearChainCRF(Distribution):
     def topk(self, k: int) -> Tensor:
         """The k most probable distinct sequences, best first.
 
-            Args:
-                k (int): how many, >= 1.
+        Args:
+            k (int): how many, >= 1.
 
-            Returns:
-                Tensor[k, B, T], int64: -1 where fewer than k exist.
+        Returns:
+            Tensor[k, B, T], int64: -1 where fewer than k exist.
         """
         return viterbi_kbest(self.unary, self.trans, k, self.lengths, self.start,
                              self.end)[1].permute(1, 0, 2)
@@ -175,11 +175,11 @@ class LinearChainCRF(Distribution):
     def kmax(self, k: int) -> Tensor:
         """The scores -E of the k most probable distinct sequences, best first.
 
-            Args:
-                k (int): how many, >= 1.
+        Args:
+            k (int): how many, >= 1.
 
-            Returns:
-                Tensor[k, B]: -inf where fewer than k exist.
+        Returns:
+            Tensor[k, B]: -inf where fewer than k exist.
         """
         return -viterbi_kbest(self.unary, self.trans, k, self.lengths, self.start,
                               self.end)[0].t()
@@ -187,12 +187,12 @@ class LinearChainCRF(Distribution):
     def log_prob(self, value: Tensor) -> Tensor:
         """log p(value) of tag sequences.
 
-            Args:
-                value (Tensor[..., B, T], int64): tag sequences; positions past a length are not
-                    read.
+        Args:
+            value (Tensor[..., B, T], int64): tag sequences; positions past a length are not
+                read.
 
-            Returns:
-                Tensor[..., B]: the log-probabilities.
+        Returns:
+            Tensor[..., B]: the log-probabilities.
         """
         B, T = self.unary.shape[0], self.unary.shape[1]
         if not isinstance(value, Tensor) or value.dim() < 2 or tuple(value.shape[-2:]) != (B, T):
@@ -211,8 +211,8 @@ class LinearChainCRF(Distribution):
     def entropy(self) -> Tensor:
         """H(p) per sequence, in nats; exact and differentiable.
 
-            Returns:
-                Tensor[B]: the entropies.
+        Returns:
+            Tensor[B]: the entropies.
         """
         return chain_entropy(*self._energies())
 
@@ -232,11 +232,11 @@ class LinearChainCRF(Distribution):
     def cross_entropy(self, other: "LinearChainCRF") -> Tensor:
         """H(p, q) = -E_p[log q(y)] per sequence.
 
-            Args:
-                other (LinearChainCRF): q, over the same batch and lengths.
+        Args:
+            other (LinearChainCRF): q, over the same batch and lengths.
 
-            Returns:
-                Tensor[B]: the cross entropies, in nats; differentiable.
+        Returns:
+            Tensor[B]: the cross entropies, in nats; differentiable.
         """
         self._check_other(other, "cross_entropy")
         return chain_cross_entropy(self.unary, self.trans, other.unary, other.trans, self.lengths,
@@ -245,11 +245,11 @@ class LinearChainCRF(Distribution):
     def kl(self, other: "LinearChainCRF") -> Tensor:
         """KL(p || q) per sequence.
 
-            Args:
-                other (LinearChainCRF): q, over the same batch and lengths.
+        Args:
+            other (LinearChainCRF): q, over the same batch and lengths.
 
-            Returns:
-                Tensor[B]: the divergences, in nats; differentiable.
+        Returns:
+            Tensor[B]: the divergences, in nats; differentiable.
         """
         self._check_other(other, "kl")
         return chain_kl(self.unary, self.trans, other.unary, other.trans, self.lengths,
@@ -259,14 +259,14 @@ class LinearChainCRF(Distribution):
                generator: Optional[torch.Generator] = None) -> Tensor:
         """Exact samples (forward-filtering backward-sampling).
 
-            Args:
-                sample_shape (int or tuple of int): the samples' leading shape.
-                generator (torch.Generator, optional): the randomness; None: torch's default, so
-                    ``torch.manual_seed`` makes it reproducible.
+        Args:
+            sample_shape (int or tuple of int): the samples' leading shape.
+            generator (torch.Generator, optional): the randomness; None: torch's default, so
+                ``torch.manual_seed`` makes it reproducible.
 
-            Returns:
-                Tensor[sample_shape + (B, T)], int64: -1 past each length (and for a sequence with
-                no allowed path).
+        Returns:
+            Tensor[sample_shape + (B, T)], int64: -1 past each length (and for a sequence with
+            no allowed path).
         """
         with torch.no_grad():
             return chain_sample(self.unary, self.trans, sample_shape, self.lengths, self.start,
@@ -276,15 +276,15 @@ class LinearChainCRF(Distribution):
                         generator: Optional[torch.Generator] = None) -> Tensor:
         """Gumbel perturb-and-MAP (Papandreou and Yuille 2011): Viterbi paths of perturbed energies.
 
-            Cheap, but not a sample of p (the noise is per position, not per path): use ``sample``
-            for that.
+        Cheap, but not a sample of p (the noise is per position, not per path): use ``sample``
+        for that.
 
-            Args:
-                sample_shape (int or tuple of int): the leading shape.
-                generator (torch.Generator, optional): the randomness.
+        Args:
+            sample_shape (int or tuple of int): the leading shape.
+            generator (torch.Generator, optional): the randomness.
 
-            Returns:
-                Tensor[sample_shape + (B, T)], int64: the paths.
+        Returns:
+            Tensor[sample_shape + (B, T)], int64: the paths.
         """
         shape = _sample_shape("LinearChainCRF.perturb_and_map", sample_shape)
         n = shape.numel()

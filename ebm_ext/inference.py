@@ -114,6 +114,15 @@ class TagLanguageModel(nn.Module):
         self.out = nn.Linear(hidden, num_tags)
 
     def forward(self, y: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
+        """The energy of (relaxed) tag sequences: their cross-entropy under the tag LM.
+
+        Args:
+            y (Tensor[B, T, K], float): relaxed (or one-hot) tags.
+            lengths (Tensor[B], int64, optional): the lengths; None: all T.
+
+        Returns:
+            Tensor[B]: -sum_t sum_k y_tk log P(k | y_<t) over t < L; differentiable in y.
+        """
         B, T, K = y.shape
         if T == 0:
             return y.new_zeros(B)
@@ -126,7 +135,15 @@ class TagLanguageModel(nn.Module):
         return per_position.sum(1)
 
     def nll(self, tags: Tensor, lengths: Tensor) -> Tensor:
-        """Mean negative log-likelihood per sequence of gold tags (B, T) (-1 padding allowed)."""
+        """The mean negative log-likelihood per sequence of gold tags: the LM's training loss.
+
+        Args:
+            tags (Tensor[B, T], int64): gold tags, -1 padding.
+            lengths (Tensor[B], int64): the lengths.
+
+        Returns:
+            Tensor: a scalar.
+        """
         one_hot = nn.functional.one_hot(tags.clamp_min(0), self.out.out_features).to(self.begin.dtype)
         return self.forward(one_hot, lengths).mean()
 
@@ -162,8 +179,23 @@ class InferenceNetwork(nn.Module):
         self.features = features
 
     def forward(self, batch) -> Tensor:
+        """A(x): relaxed tags, the softmax of minus the network's energies.
+
+        Args:
+            batch: what ``features`` takes (a tagger's Batch).
+
+        Returns:
+            Tensor[B, T, K]: distributions over the tags at each position.
+        """
         return torch.softmax(-self.features(batch), -1)
 
     def decode(self, batch) -> Tensor:
-        """Tags (B, T): the argmax of A(x), -1 past each length."""
+        """Tags: the argmax of A(x), -1 past each length.
+
+        Args:
+            batch: what ``features`` takes; it must have ``lengths``.
+
+        Returns:
+            Tensor[B, T], int64: the tags.
+        """
         return local_decode(self.features(batch), batch.lengths)

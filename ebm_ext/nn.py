@@ -46,6 +46,14 @@ class CharCNN(nn.Module):
         self.out_dim = filters
 
     def forward(self, chars: Tensor) -> Tensor:
+        """Word representations from their characters.
+
+        Args:
+            chars (Tensor[..., C], int64): character ids per word, 0 = padding.
+
+        Returns:
+            Tensor[..., filters]: the max-pooled filter responses.
+        """
         C = chars.shape[-1]
         words = chars.reshape(-1, C)
         width = self.conv.kernel_size[0]
@@ -90,6 +98,7 @@ class BiLSTM(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
+        """Initialises the weights as ``nn.LSTM`` does: uniform(-1/sqrt(H), 1/sqrt(H)), the bias as b_ih + b_hh."""
         bound = self.hidden_size ** -0.5
         for w in (self.weight_ih, self.weight_hh, self.bias):
             w.uniform_(-bound, bound)
@@ -97,6 +106,17 @@ class BiLSTM(nn.Module):
 
     @classmethod
     def from_lstm(cls, lstm: nn.LSTM) -> "BiLSTM":
+        """A BiLSTM with the weights of a one-layer bidirectional ``nn.LSTM``.
+
+        Args:
+            lstm (nn.LSTM): bidirectional, one layer, with biases, no projection.
+
+        Returns:
+            BiLSTM: the same function on the fused kernel, on lstm's device and dtype.
+
+        Raises:
+            ValueError: an LSTM of another kind.
+        """
         if not (lstm.bidirectional and lstm.num_layers == 1 and lstm.bias
                 and lstm.proj_size == 0):
             raise ValueError("BiLSTM.from_lstm: needs a one-layer bidirectional nn.LSTM with "
@@ -110,6 +130,15 @@ class BiLSTM(nn.Module):
         return m
 
     def forward(self, input: Tensor, batch_sizes: Tensor) -> Tensor:
+        """Both directions over packed rows (``ebm_ext.bilstm``).
+
+        Args:
+            input (Tensor[N, I], float): the packed rows.
+            batch_sizes (Tensor[T], int64, on the CPU): rows per step, non-increasing.
+
+        Returns:
+            Tensor[N, 2H]: [left-to-right h_t | right-to-left h_t] of each row.
+        """
         return bilstm(input, batch_sizes, self.weight_ih, self.weight_hh, self.bias)
 
 
@@ -177,6 +206,15 @@ class CharBiLSTM(nn.Module):
         self.out_dim = 2 * hidden
 
     def forward(self, chars: Tensor) -> Tensor:
+        """Word representations from their characters, read by the fused BiLSTM.
+
+        Args:
+            chars (Tensor[..., C], int64): character ids per word, left-aligned, 0 = padding.
+
+        Returns:
+            Tensor[..., 2 * hidden]: each word's last left-to-right and first right-to-left
+            state; zeros for an empty word.
+        """
         C = chars.shape[-1]
         words = chars.reshape(-1, C)
         W, H = words.shape[0], self.lstm.hidden_size
@@ -212,9 +250,28 @@ class ChainEnergy(nn.Module):
         self.end = nn.Parameter(torch.zeros(num_tags))
 
     def forward(self, unary: Tensor, tags: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
+        """The chain energy of tag sequences (or relaxed tags) over these transitions.
+
+        Args:
+            unary (Tensor[B, T, K], float): the unary energies.
+            tags (Tensor[B, T] int64, or Tensor[B, T, K] float): tags or relaxed tags.
+            lengths (Tensor[B], int64, optional): the lengths; None: all T.
+
+        Returns:
+            Tensor[B]: ``ebm_ext.chain_energy`` with this module's trans, start and end.
+        """
         return chain_energy(unary, self.trans, tags, lengths, self.start, self.end)
 
     def decode(self, unary: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
+        """The minimum-energy tags (``ebm_ext.viterbi``).
+
+        Args:
+            unary (Tensor[B, T, K], float): the unary energies.
+            lengths (Tensor[B], int64, optional): the lengths; None: all T.
+
+        Returns:
+            Tensor[B, T], int64: the tags, -1 past each length.
+        """
         return viterbi(unary, self.trans, lengths, self.start, self.end)[1]
 
 
@@ -245,9 +302,25 @@ class KMeansEnergy(nn.Module):
         self.W = nn.Parameter(centroids.detach().clone())
 
     def forward(self, y: Tensor) -> Tensor:
+        """The free energy min_j ||y - W_j||^2 of each point (``ebm_ext.kmeans_energy``).
+
+        Args:
+            y (Tensor[N, d], float): the points.
+
+        Returns:
+            Tensor[N]: differentiable in y and the centroids.
+        """
         return kmeans_energy(y, self.W)
 
     def assign(self, y: Tensor) -> Tensor:
+        """The index of each point's nearest centroid (``ebm_ext.nearest_centroid``).
+
+        Args:
+            y (Tensor[N, d], float): the points.
+
+        Returns:
+            Tensor[N], int64: ties to the smallest index.
+        """
         with torch.no_grad():
             return nearest_centroid(y, self.W)[1]
 
@@ -286,9 +359,25 @@ class SparseCodingEnergy(nn.Module):
         self.solver = solver
 
     def forward(self, y: Tensor) -> Tensor:
+        """The free energy F(y) = min_z E(y, z) of each row (``ebm_ext.sparse_coding_energy``).
+
+        Args:
+            y (Tensor[B, n], float): the samples.
+
+        Returns:
+            Tensor[B]: differentiable in y and D (envelope theorem).
+        """
         return sparse_coding_energy(y, self.D, self.lam, **self.solver)
 
     def codes(self, y: Tensor) -> Tensor:
+        """The minimising codes z* of each row (``ebm_ext.sparse_code``).
+
+        Args:
+            y (Tensor[B, n], float): the samples.
+
+        Returns:
+            Tensor[B, m]: the codes, without gradient.
+        """
         with torch.no_grad():
             return sparse_code(y, self.D, self.lam, **self.solver)
 

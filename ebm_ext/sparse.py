@@ -96,10 +96,11 @@ class DictionaryLearning:
         show_progress: tqdm bars.
         **solver: sparse_code's options (max_iter, tol, method, nonneg, ...).
 
+    After ``fit``, the properties ``components_`` (the atoms as rows, scikit-learn's layout) and
+    ``dictionary`` (as columns) give the atoms.
+
     Attributes:
-        components_ (Tensor[m, n]): the atoms as rows (scikit-learn's layout), after ``fit``.
-        dictionary (Tensor[n, m]): the atoms as columns.
-        model_ (ebm_ext.nn.SparseCodingEnergy): the energy holding them.
+        model_ (ebm_ext.nn.SparseCodingEnergy): the energy holding the atoms, after ``fit``.
         history_ (list of dict): one record per epoch.
     """
 
@@ -116,6 +117,18 @@ class DictionaryLearning:
         self.show_progress, self.solver = show_progress, solver
 
     def fit(self, y, held_out: Optional[Tensor] = None) -> "DictionaryLearning":
+        """Learns the atoms on the rows of y.
+
+        Args:
+            y (Tensor or array, [N, n]): the data; N >= n_components.
+            held_out (Tensor[N2, n], optional): rows to report on after each epoch.
+
+        Returns:
+            DictionaryLearning: self, with ``components_``, ``model_`` and ``history_``.
+
+        Raises:
+            ValueError: data of the wrong shape, or fewer rows than atoms.
+        """
         y = rows(y, "DictionaryLearning.fit", "(N, n)")
         if self.n_components > y.shape[0]:
             raise ValueError(f"DictionaryLearning.fit: n_components ({self.n_components}) must be "
@@ -132,21 +145,45 @@ class DictionaryLearning:
 
     @property
     def dictionary(self) -> Tensor:
+        """The atoms as columns, Tensor[n, m] (D of the energy)."""
         return self._model("dictionary").D.detach()
 
     @property
     def components_(self) -> Tensor:
+        """The atoms as rows, Tensor[m, n] (scikit-learn's layout)."""
         return self.dictionary.t()
 
     def transform(self, y) -> Tensor:
-        """The sparse codes z* of each row, (N, m)."""
+        """The sparse codes z* of each row.
+
+        Args:
+            y (Tensor or array, [N, n]): the data.
+
+        Returns:
+            Tensor[N, m]: the codes.
+        """
         return self._model("transform").codes(rows(y, "DictionaryLearning.transform", "(N, n)"))
 
     def fit_transform(self, y) -> Tensor:
+        """``fit(y)``, then the codes of y.
+
+        Args:
+            y (Tensor or array, [N, n]): the data.
+
+        Returns:
+            Tensor[N, m]: the codes.
+        """
         return self.fit(y).transform(y)
 
     def free_energy(self, y) -> Tensor:
-        """F(y) = min_z E(y, z) per row, (N,)."""
+        """The free energy F(y) = min_z E(y, z) of each row.
+
+        Args:
+            y (Tensor or array, [N, n]): the data.
+
+        Returns:
+            Tensor[N]: the free energies.
+        """
         model = self._model("free_energy")
         with torch.no_grad():
             return model(rows(y, "DictionaryLearning.free_energy", "(N, n)"))

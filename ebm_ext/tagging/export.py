@@ -132,17 +132,17 @@ class ExportedTagger:
     def load(cls, path) -> "ExportedTagger":
         """Loads ``export_tagger``'s files.
 
-            Security: an AOTInductor package holds compiled native code, which runs when it is
-            loaded: load only packages from a trusted source.
+        Security: an AOTInductor package holds compiled native code, which runs when it is
+        loaded: load only packages from a trusted source.
 
-            Args:
-                path (str or os.PathLike): the ``.pt2`` file, with its ``.json`` beside it.
+        Args:
+            path (str or os.PathLike): the ``.pt2`` file, with its ``.json`` beside it.
 
-            Returns:
-                ExportedTagger: the tagger.
+        Returns:
+            ExportedTagger: the tagger.
 
-            Raises:
-                ValueError: a missing or unreadable file, named.
+        Raises:
+            ValueError: a missing or unreadable file, named.
         """
         path = pathlib.Path(path)
         side = sidecar(path)
@@ -172,12 +172,12 @@ class ExportedTagger:
     def tag(self, sentences: Sequence[Sequence[str]], batch_size: int = 256) -> list[list[str]]:
         """The tags of each sentence.
 
-            Args:
-                sentences (sequence of list[str]): token lists; empty ones get no tags.
-                batch_size (int): sentences per call of the program.
+        Args:
+            sentences (sequence of list[str]): token lists; empty ones get no tags.
+            batch_size (int): sentences per call of the program.
 
-            Returns:
-                list[list[str]]: one tag per token.
+        Returns:
+            list[list[str]]: one tag per token.
         """
         out: list[list[str]] = [[] for _ in sentences]
         todo = [i for i, s in enumerate(sentences) if len(s)]
