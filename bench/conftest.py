@@ -1,4 +1,4 @@
-"""Shared by every bench module: the anchors on the path, the same random chain energies, and
+"""Shared by every bench module: the same random chain energies, and
 one way to time an implementation (pytest-benchmark's calibration for the fast ones, a fixed
 number of rounds for the slow anchors)."""
 
