@@ -21,7 +21,7 @@ extensions = [
     "myst_parser",
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build", "**.part"]
+exclude_patterns = ["_build"]
 
 autosummary_generate = True
 # Module pages list what a module defines, not what it imports (losses imports viterbi and Tensor).

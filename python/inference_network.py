@@ -264,11 +264,6 @@ class Joint:
             module.load_state_dict(weights)
 
 
-def joint_network(args, vocabs):
-    """The energy's feature network, from the TaggerConfig network options on the command line."""
-    return build_features(TaggerConfig.from_args(args), vocabs)
-
-
 def joint(args) -> dict:
     """Energy + cost-augmented inference network + test-time inference network, trained together."""
     torch.manual_seed(args.seed)
@@ -277,7 +272,8 @@ def joint(args) -> dict:
     vocabs = D.Vocabularies.build(splits[0], tags)
     train, dev, test = (encoded(s, vocabs, size)
                         for s, size in zip(splits, (TRAIN_BATCH, EVAL_BATCH, EVAL_BATCH)))
-    features, chain = joint_network(args, vocabs), ChainEnergy(len(vocabs.tags))
+    # The energy's network, from the TaggerConfig network options on the command line.
+    features, chain = build_features(TaggerConfig.from_args(args), vocabs), ChainEnergy(len(vocabs.tags))
     show, out = not args.no_progress, pathlib.Path(args.out)
     if args.pretrain_epochs:
         pretrain_local(features, train, args, out, show)

@@ -79,8 +79,10 @@ def public_callables():
     return names
 
 
-@pytest.mark.parametrize("module,name", public_callables(),
-                         ids=[f"{m.__name__}.{n}" for m, n in public_callables()])
+PUBLIC = public_callables()
+
+
+@pytest.mark.parametrize("module,name", PUBLIC, ids=[f"{m.__name__}.{n}" for m, n in PUBLIC])
 def test_public_docstrings_are_reference_shaped(module, name):
     obj = getattr(module, name)
     doc = inspect.getdoc(obj.__init__ if inspect.isclass(obj) and "Args:" not in (obj.__doc__ or "") else obj) or ""
