@@ -155,6 +155,18 @@ def test_tag_streams_every_line_in_bounded_memory(trained):
     assert peak_all - peak_first < 20 * 1024, (peak_first, peak_all)
 
 
+def test_a_missing_corpus_says_where_the_data_are_looked_for(tmp_path):
+    """No corpus under the data folder: one line naming the missing file, --data-dir,
+    $EBM_DATA and ../shared/data, and what the corpora are; exit status 2, no traceback."""
+    out = run("train", "--corpus", "twpos", "--out", tmp_path / "run", "--data-dir",
+              tmp_path / "nothing", check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    line = out.stderr.strip()
+    assert "\n" not in line and f"{tmp_path / 'nothing' / 'twpos' / 'oct27.train'}: no such corpus file" in line
+    for named in ("--data-dir", "$EBM_DATA", "../shared/data", "tweet POS corpus", "UD English EWT"):
+        assert named in line, named
+
+
 def test_bad_files_and_checkpoints_fail_in_one_line(trained, tmp_path):
     """Each bad input ends the command with a non-zero exit and one line on stderr naming the
     file and what is wrong: no traceback, no '0.00% over 0 tokens'."""
