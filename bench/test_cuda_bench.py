@@ -5,7 +5,9 @@ scripts/gpu_check.sh on a lent H100/H200; every case skips without a GPU):
   pytorch-crf; and ours on the CPU against ours on the GPU;
 - assignment of 10M points (d=32, k=256): nearest_centroid, and the plain-PyTorch way a user
   writes it, ||y||^2 - 2 y W^T (TF32) + argmin in chunks;
-- sparse coding of 256K 8x8 patches (m=256 atoms): sparse_code, and plain FISTA in PyTorch.
+- sparse coding of 256K 8x8 patches (m=256 atoms): sparse_code, and plain FISTA in PyTorch;
+- every CUDA op's roofline case (bench/roofline.py): the GPU time beside the time its design
+  predicted before any GPU ran it, and their ratio.
 
 Every case first checks its answer against ours (bench/device_floor.py: at least 99.9 % of
 tags equal, and the energies of differing paths equal to our minimum within 1e-4 relative), then
@@ -19,6 +21,7 @@ import torch
 import ebm_ext
 from anchors import pytorch_crf_layer, torch_struct_crf
 from device_floor import assert_same_decoding, device_rates, floors, record
+from roofline import CASES, H100, H200
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -153,3 +156,20 @@ def test_sparse_code_patches(benchmark, rates, impl):
         iterations = ITERATIONS
     benchmark.extra_info["iterations"] = iterations
     record(benchmark, fn, rates, floors(rates, bytes_moved, iterations * per_iteration), rounds=3)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.op} {c.shape}")
+def test_roofline(benchmark, rates, case):
+    benchmark.group = "roofline: measured against predicted"
+    model = H200 if "H200" in rates["device"] else H100
+    x = case.inputs(device="cuda")
+    memory = case.bytes / rates["copy_bytes_per_s"]
+    compute = case.floor_compute(model)
+    case_floors = {"bytes": case.bytes, "memory_floor_s": memory, "compute_floor_s": compute,
+                   "floor_s": max(memory, compute), "bound": "compute" if compute > memory else "memory"}
+    info = record(benchmark, lambda: case.call(x), rates, case_floors, rounds=3)
+    predicted = case.predict(model)
+    benchmark.extra_info.update(predicted_s=predicted, gpu_over_predicted=info["gpu_s"] / predicted)
+    print(f"  roofline {case.op} {case.shape}: floor {case_floors['floor_s'] * 1e6:.1f} us, predicted "
+          f"{predicted * 1e6:.1f} us ({model.name}), measured {info['gpu_s'] * 1e6:.1f} us: "
+          f"{info['gpu_s'] / predicted:.2f}x the prediction")

@@ -15,10 +15,11 @@
 #   kernels     30 s  every kernel once under CUDA_LAUNCH_BLOCKING=1: a fault is named by
 #                     kernel and case (scripts/gpu_kernels.py)
 #   tests      100 s  every CPU == CUDA and CUDA-only test case (-m device_case), 8 workers
-#   bench       70 s  bench/test_cuda_bench.py: wall and GPU time, floors, anchors
+#   bench       90 s  bench/test_cuda_bench.py: wall and GPU time, floors, anchors; every op's
+#                     roofline case (bench/roofline.py): its predicted time beside the measured
 #   sanitizers  75 s  memcheck, racecheck, synccheck, initcheck side by side, on our kernels
 #                     only, without the caching allocator (scripts/gpu_sanitizers.py)
-#   opcheck     50 s  the remaining device cases: opcheck and torch.compile
+#   opcheck     30 s  the remaining device cases: opcheck and torch.compile
 # $OUT/gpu_check.json (scripts/gpu_check_summary.py) is rewritten after every step and on exit,
 # so a run stopped at any moment still returns its verdict so far. $OUT also gets
 # gpu_check.log, build_resources.log, junit_tests.xml, junit_opcheck.xml, bench.json and
@@ -123,12 +124,12 @@ if grep -q "^build	0	" "$work/steps.tsv"; then
   fi
   step tests 100 "${pytest[@]}" -n "$workers" --timeout $((60 * scale)) -m "device_case and not compile_check" tests \
     --junitxml="$OUT/junit_tests.xml"
-  step bench 70 "${pytest[@]}" --timeout $((40 * scale)) bench/test_cuda_bench.py --benchmark-json="$OUT/bench.json"
+  step bench 90 "${pytest[@]}" --timeout $((40 * scale)) bench/test_cuda_bench.py --benchmark-json="$OUT/bench.json"
   sanitizer_dry=()
   [ "$dry" = 1 ] && sanitizer_dry=(--dry-run)
   step sanitizers 75 "$py" scripts/gpu_sanitizers.py "$where" --limit $((70 * scale)) --log "$OUT/sanitizers.log" \
     --json "$work/sanitizers.json" "${sanitizer_dry[@]}"
-  step opcheck 50 "${pytest[@]}" -n "$workers" --timeout $((60 * scale)) -m "device_case and compile_check" tests \
+  step opcheck 30 "${pytest[@]}" -n "$workers" --timeout $((60 * scale)) -m "device_case and compile_check" tests \
     --junitxml="$OUT/junit_opcheck.xml"
 else
   echo "gpu_check: the build failed; no later step can run"

@@ -95,7 +95,7 @@ def bench(path):
     if not data:
         return []
     keep = ("gpu_s", "gpu_timer", "floor_s", "memory_floor_s", "compute_floor_s", "bound", "gpu_over_floor",
-            "iterations")
+            "iterations", "predicted_s", "gpu_over_predicted")
     return [dict({"name": b["name"], "group": b.get("group"), "wall_mean_s": b["stats"]["mean"],
                   "wall_min_s": b["stats"]["min"], "rounds": b["stats"]["rounds"]},
                  **{k: b.get("extra_info", {}).get(k) for k in keep}) for b in data.get("benchmarks", [])]

@@ -115,11 +115,39 @@ class Backend:
         return self.name
 
 
+    @property
+    def ops(self):
+        """The namespace whose ops run this backend's kernels when called directly."""
+        raise NotImplementedError
+
+    def launches(self, call) -> tuple[int, set[str]]:
+        """Runs call(); returns how many kernels it launched and the names of the ATen ops it
+        dispatched (aten::item among them where it synchronised with the host)."""
+        raise NotImplementedError
+
+
+def _aten_ops(prof) -> set[str]:
+    return {e.name for e in prof.events() if e.name.startswith("aten::")}
+
+
 class RealCUDA(Backend):
     name = "cuda"
 
     def to(self, x):
         return None if x is None else x.cuda()
+
+    @property
+    def ops(self):
+        return torch.ops.ebm_ext
+
+    def launches(self, call):
+        from torch.profiler import ProfilerActivity, profile
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            call()
+            torch.cuda.synchronize()
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        return len(kernels), _aten_ops(prof)
 
 
 class Emulated(Backend):
@@ -134,6 +162,18 @@ class Emulated(Backend):
         if isinstance(x, torch.nn.Module):
             return copy.deepcopy(x)
         return x.clone()
+
+    @property
+    def ops(self):
+        self.calls["direct"] += 1
+        return torch.ops.ebm_ext_emu
+
+    def launches(self, call):
+        from torch.profiler import ProfilerActivity, profile
+        before = torch.ops.ebm_ext_emu._simt_launches()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            call()
+        return torch.ops.ebm_ext_emu._simt_launches() - before, _aten_ops(prof)
 
     @contextlib.contextmanager
     def __call__(self):

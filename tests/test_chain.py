@@ -442,6 +442,70 @@ def test_cuda_half_inputs_accumulate_in_float32(half, gpu):
     torch.testing.assert_close(e.float(), ref_e, atol=5e-2, rtol=1e-2)
 
 
+# ---- decoding: one kernel launch, no host synchronisation, values checked on the device ---------
+
+def _decoding_calls(ops, gpu):
+    """Each decoding op on inputs as users hand them: unary a non-contiguous view, transposed
+    transitions, lengths given (all read in place by the kernel, no staging copy)."""
+    unary, trans, L, start, end = make_chain(6, 9, 5, seed=4)
+    u = gpu.to(unary).transpose(0, 1).contiguous().transpose(0, 1)
+    t = gpu.to(trans).t().contiguous().t()
+    L, start, end = gpu.to(L), gpu.to(start), gpu.to(end)
+    gold, cost = gpu.to(_gold_for(unary, L.cpu(), 4)), gpu.to(_hamming(5))
+    return {"viterbi": lambda: ops.viterbi(u, t, L, start, end),
+            "viterbi_kbest": lambda: ops.viterbi_kbest(u, t, 3, L, start, end),
+            "loss_augmented_viterbi": lambda: ops.loss_augmented_viterbi(u, t, gold, cost, L, start,
+                                                                         end)}
+
+
+@pytest.mark.parametrize("op", ["viterbi", "viterbi_kbest", "loss_augmented_viterbi"])
+def test_decoding_is_one_kernel_launch_without_host_synchronisation(op, gpu):
+    call = _decoding_calls(gpu.ops, gpu)[op]
+    call()  # a first call may load the module and opt in to shared memory
+    launches, aten_ops = gpu.launches(call)
+    assert launches == 1, op
+    # Allocating the outputs is all the ATen work there is: no staging copy, no reduction, and
+    # no aten::item (a host synchronisation).
+    assert aten_ops <= {"aten::empty"}, (op, aten_ops)
+
+
+def _bad_decoder_values():
+    u, t = torch.randn(2, 3, 4), torch.randn(4, 4)
+    g, c = torch.zeros(2, 3, dtype=torch.long), 1 - torch.eye(4)
+    L = torch.tensor([3, 1])
+    return [
+        ("viterbi", (u, t, torch.tensor([3, 4]), None, None),
+         r"viterbi: lengths must be in \[0, T=3\], got 4 at index 1"),
+        ("viterbi_kbest", (u, t, 2, torch.tensor([-1, 3]), None, None),
+         r"viterbi_kbest: lengths must be in \[0, T=3\], got -1 at index 0"),
+        ("loss_augmented_viterbi", (u, t, g, c, torch.tensor([3, 5]), None, None),
+         r"loss_augmented_viterbi: lengths must be in \[0, T=3\], got 5 at index 1"),
+        ("loss_augmented_viterbi", (u, t, torch.tensor([[0, 1, 2], [3, 4, 9]]), c,
+                                    torch.tensor([3, 2]), None, None),
+         r"loss_augmented_viterbi: gold must hold tags in \[0, K=4\) at positions t < length, "
+         r"got 4 at index \[1, 1\]"),
+        ("loss_augmented_viterbi", (u, t, g, c.index_put((torch.tensor(1), torch.tensor(0)),
+                                                         torch.tensor(-1.0)), L, None, None),
+         r"loss_augmented_viterbi: cost must be finite and non-negative, got -1 at index \[1, 0\]"),
+        ("loss_augmented_viterbi", (u, t, g, c + torch.eye(4) * (torch.arange(4) == 2), L, None,
+                                    None),
+         r"loss_augmented_viterbi: cost must have a zero diagonal \(cost\[y, y\] = 0\), got 1 at "
+         r"index \[2, 2\]"),
+    ]
+
+
+@pytest.mark.parametrize("op,args,message", _bad_decoder_values())
+def test_decoders_check_values_on_the_device(op, args, message, gpu):
+    if gpu.name == "cuda":
+        pytest.skip("a device-side check ends the process's CUDA context, as PyTorch's own do")
+    with pytest.raises(RuntimeError, match=message):
+        getattr(gpu.ops, op)(*[gpu.to(a) if isinstance(a, torch.Tensor) else a for a in args])
+    # Padding past a length is not read: gold's -1 there passes.
+    gold = torch.tensor([[0, 1, 2], [3, -1, -1]])
+    gpu.ops.loss_augmented_viterbi(*map(gpu.to, (args[0], args[1], gold, 1 - torch.eye(4),
+                                                 torch.tensor([3, 1]), None, None)))
+
+
 # ---- non-finite parameters and the device's shared memory, on every backend -----------------
 
 @pytest.mark.parametrize("name", ["trans", "start", "end"])

@@ -25,6 +25,7 @@ def load(relative):
     path = ROOT / relative
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -145,3 +146,37 @@ def test_device_cases_are_marked_for_the_gpu_check():
     assert ids, listed.stdout + listed.stderr
     assert all("emulated" in i or "cuda" in i for i in ids), ids
     assert any("test_cuda_matches_cpu" in i for i in ids) and any("opcheck" in i for i in ids)
+
+
+# ---- the roofline (bench/roofline.py): every CUDA op has a case, and every case runs --------
+
+def test_every_cuda_op_has_a_roofline_case():
+    roofline = load("bench/roofline.py")
+    cuda_ops = set(ebm_ext.build_info()["cuda_ops"]) or set(_emulated_ops())
+    assert cuda_ops, "no CUDA op is known to this build or the emulation"
+    timed = {c.op for c in roofline.CASES} | set(roofline.COVERED_BY)
+    assert cuda_ops <= timed, f"CUDA ops without a roofline case: {sorted(cuda_ops - timed)}"
+
+
+def _emulated_ops():
+    from cuda_backends import emulated_ops
+    return [op for op in emulated_ops() if not op.startswith("_simt")]
+
+
+@pytest.mark.parametrize("case", load("bench/roofline.py").CASES, ids=lambda c: f"{c.op} {c.shape}")
+def test_roofline_case_runs_and_predicts_above_its_floor(case):
+    # the call the GPU check will time, on small CPU inputs: a wrong argument shows here first
+    case.call(case.inputs(device="cpu", small=True))
+    for device in load("bench/roofline.py").DEVICES:
+        row = case.row(device)
+        assert 0 < row["floor_s"] <= row["predicted_s"], row
+
+
+def test_roofline_table_lists_every_case_and_the_docs_show_it_as_generated():
+    roofline = load("bench/roofline.py")
+    table = roofline.markdown({f"{roofline.CASES[0].op} {roofline.CASES[0].shape}": 41e-6})
+    assert table.count("\n") == len(roofline.CASES) + 1
+    assert table.splitlines()[2].endswith("| 41 us |")
+    # the README and the benchmarks page carry the table as the model computes it today
+    assert roofline.markdown(h200=False) in (ROOT / "README.md").read_text()
+    assert roofline.markdown() in (ROOT / "docs" / "benchmarks.md").read_text()

@@ -48,12 +48,19 @@ inline void check_lengths_range(const char* op, const at::Tensor& lengths, int64
   TORCH_CHECK(hi <= T, op, ": lengths must be <= T=", T, ", got ", hi);
 }
 
+// Where the checks that read a tensor's values run. The decoding kernels check their values on
+// the device (csrc/ops/cuda/chain_kernel.cu, EBM_DEVICE_REQUIRE): a host check there would
+// cost a synchronisation per call. Every other op, and every CPU kernel, checks on the host.
+enum class ValueChecks { Host, Device };
+
 // Checks unary (B,T,K), trans (K,K), lengths (B,) int64, start/end (K,) and returns the dims.
+// With ValueChecks::Device a CUDA kernel checks the lengths' range itself.
 inline ChainDims check_chain_inputs(const char* op, const at::Tensor& unary,
                                     const at::Tensor& trans,
                                     const c10::optional<at::Tensor>& lengths,
                                     const c10::optional<at::Tensor>& start,
-                                    const c10::optional<at::Tensor>& end) {
+                                    const c10::optional<at::Tensor>& end,
+                                    ValueChecks values = ValueChecks::Host) {
   check_defined(op, "unary", unary);
   check_defined(op, "trans", trans);
   TORCH_CHECK(unary.dim() == 3, op, ": unary must be a 3-D tensor (B, T, K), got shape ",
@@ -80,7 +87,7 @@ inline ChainDims check_chain_inputs(const char* op, const at::Tensor& unary,
     TORCH_CHECK(l.dim() == 1 && l.size(0) == d.B, op, ": lengths must have shape (B,) = (", d.B,
                 ",), got ", shape_str(l));
     check_same_device(op, "lengths", l, "unary", unary);
-    check_lengths_range(op, l, d.T);
+    if (values == ValueChecks::Host || !on_cuda(l)) check_lengths_range(op, l, d.T);
   }
   return d;
 }
@@ -256,23 +263,26 @@ inline void check_kbest_size(const char* op, int64_t k, const ChainDims& d, bool
 }
 
 // loss_augmented_viterbi: gold (B, T) int64 tags, cost (K, K) non-negative with zero diagonal.
+// The CUDA kernel checks the values of lengths, gold and cost itself (ValueChecks::Device).
 inline ChainDims check_loss_augmented_inputs(const at::Tensor& unary, const at::Tensor& trans,
                                              const at::Tensor& gold, const at::Tensor& cost,
                                              const c10::optional<at::Tensor>& lengths,
                                              const c10::optional<at::Tensor>& start,
-                                             const c10::optional<at::Tensor>& end) {
+                                             const c10::optional<at::Tensor>& end,
+                                             ValueChecks values = ValueChecks::Host) {
   const char* op = "loss_augmented_viterbi";
-  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end);
+  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end, values);
   check_tags(op, "gold", gold, unary);
   TORCH_CHECK(gold.dim() == 2 && gold.size(0) == d.B && gold.size(1) == d.T, op,
               ": gold must have shape (B, T) = (", d.B, ", ", d.T, "), got ", shape_str(gold));
-  check_tag_values(op, "gold", gold, lengths, d.K);
   check_defined(op, "cost", cost);
   TORCH_CHECK(cost.dim() == 2 && cost.size(0) == cost.size(1), op,
               ": cost must be a square (K, K) matrix, got shape ", shape_str(cost));
   TORCH_CHECK(cost.size(0) == d.K, op, ": cost must have shape (K, K) = (", d.K, ", ", d.K,
               "), got ", shape_str(cost));
   check_like(op, "cost", cost, "unary", unary);
+  if (values == ValueChecks::Device && on_cuda(cost)) return d;
+  check_tag_values(op, "gold", gold, lengths, d.K);
   // Every entry finite and >= 0 (NaN fails the comparison wherever it sits).
   const auto bad = at::logical_not((cost >= 0) & at::isfinite(cost));
   if (bad.any().item<bool>()) {

@@ -36,20 +36,33 @@ struct ChainView {
   EBM_HD P end_at(int64_t j) const { return end ? end[j] : P(0); }
   EBM_HD const U* unary_at(int64_t b, int64_t t) const { return unary + (b * T + t) * K; }
 
-  // E(tags[0..L)) of sequence b, summed in A; the tags are in [0, K). -inf is not an energy:
-  // it follows NaN's rule.
+  EBM_HD P trans_at(int64_t i, int64_t j) const { return trans[i * K + j]; }
+  EBM_HD U unary_value(int64_t b, int64_t t, int64_t j) const { return unary_at(b, t)[j]; }
+
+  // E(tags[0..L)) of sequence b, summed in A (path_energy below).
   template <typename A = P>
-  EBM_HD A path_energy(int64_t b, const int64_t* tags, int64_t L) const {
-    if (L == 0) return A(0);
-    const U* u = unary_at(b, 0);
-    A e = static_cast<A>(start_at(tags[0])) + static_cast<A>(end_at(tags[L - 1]));
-    // The unary terms, then the transitions: this order of the sums is part of the contract
-    // (the CPU kernel's numbers, and training runs, do not move when the code does).
-    for (int64_t t = 0; t < L; ++t) e += static_cast<A>(u[t * K + tags[t]]);
-    for (int64_t t = 1; t < L; ++t) e += static_cast<A>(trans[tags[t - 1] * K + tags[t]]);
-    return e == -std::numeric_limits<A>::infinity() ? std::numeric_limits<A>::quiet_NaN() : e;
-  }
+  EBM_HD A path_energy(int64_t b, const int64_t* tags, int64_t L) const;
 };
+
+// E(tags[0..L)) of sequence b of any chain that reads like ChainView (start_at, end_at,
+// unary_value, trans_at: the CUDA decoders read their parameters through strides), summed in A;
+// the tags are in [0, K). -inf is not an energy: it follows NaN's rule.
+template <typename A, typename Chain>
+EBM_HD A path_energy(const Chain& c, int64_t b, const int64_t* tags, int64_t L) {
+  if (L == 0) return A(0);
+  A e = static_cast<A>(c.start_at(tags[0])) + static_cast<A>(c.end_at(tags[L - 1]));
+  // The unary terms, then the transitions: this order of the sums is part of the contract
+  // (the CPU kernel's numbers, and training runs, do not move when the code does).
+  for (int64_t t = 0; t < L; ++t) e += static_cast<A>(c.unary_value(b, t, tags[t]));
+  for (int64_t t = 1; t < L; ++t) e += static_cast<A>(c.trans_at(tags[t - 1], tags[t]));
+  return e == -std::numeric_limits<A>::infinity() ? std::numeric_limits<A>::quiet_NaN() : e;
+}
+
+template <typename U, typename P>
+template <typename A>
+EBM_HD A ChainView<U, P>::path_energy(int64_t b, const int64_t* tags, int64_t L) const {
+  return ::ebm_ext::path_energy<A>(*this, b, tags, L);
+}
 
 // The best path from its first tag: backpointers ptr[(t - 1) * stride + i] give the tag at t
 // after tag i at t - 1.
@@ -100,8 +113,8 @@ EBM_HD bool kbest_insert(A* top, C* codes, int64_t k, A value, C code, int64_t s
 // The final list of k-best list Viterbi: w[r * K + j] holds the r-th best energy of a path from
 // tag j at t = 0 (ascending in r, unary included); with start added, the k best over (j, r)
 // in (j, r) order of ties, into top (ascending; +inf and code -1 where fewer paths exist).
-template <typename A, typename C, typename U, typename P>
-EBM_HD void kbest_final_list(const ChainView<U, P>& c, const A* w, int64_t k, A* top, C* codes) {
+template <typename A, typename C, typename Chain>
+EBM_HD void kbest_final_list(const Chain& c, const A* w, int64_t k, A* top, C* codes) {
   for (int64_t s = 0; s < k; ++s) {
     top[s] = std::numeric_limits<A>::infinity();
     codes[s] = C(-1);

@@ -10,6 +10,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdarg>
+#include <cstdio>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
@@ -393,6 +395,7 @@ struct Runtime {
   // A device fault is sticky, as in a CUDA context: every later launch fails with it.
   std::string sticky_error;
   std::map<const void*, size_t> max_dynamic_shared;
+  std::atomic<uint64_t> launch_count{0};
 };
 
 // EBM_SIMT_PLANT_FAULT=<part of a kernel's name>: the first launch of a matching kernel ends in
@@ -481,6 +484,7 @@ void launch(const void* kernel, dim3 grid, dim3 block, size_t shared_bytes, cons
             const std::function<void()>& body) {
   Runtime& r = runtime();
   std::lock_guard<std::mutex> serial(r.launch_mu);
+  ++r.launch_count;
   size_t allowed = kDefaultSharedBytes;
   {
     std::lock_guard<std::mutex> lk(r.state_mu);
@@ -532,6 +536,19 @@ void launch(const void* kernel, dim3 grid, dim3 block, size_t shared_bytes, cons
     std::lock_guard<std::mutex> lk(r.state_mu);
     r.last_error = std::string("CUDA error (SIMT emulation) in kernel ") + name + ": " + error;
   }
+}
+
+uint64_t launches() { return runtime().launch_count.load(); }
+
+void device_check_failed(const char* file, int line, const char* condition, const char* format,
+                         ...) {
+  char message[1024];
+  va_list args;
+  va_start(args, format);
+  std::vsnprintf(message, sizeof message, format, args);
+  va_end(args);
+  throw std::runtime_error(std::string(message) + " (device-side check `" + condition +
+                           "` failed at " + file + ":" + std::to_string(line) + ")");
 }
 
 std::string take_last_error() {

@@ -95,6 +95,14 @@ T shuffle(unsigned mask, T value, Shuffle kind, int lane_arg, int width, const c
 // thread) becomes the pending error that take_last_error() returns.
 void launch(const void* kernel, dim3 grid, dim3 block, size_t shared_bytes, const char* name,
             const std::function<void()>& body);
+// How many kernels this process has launched (the decoding ops' one-launch rule is tested on it).
+uint64_t launches();
+// A failed device-side check (EBM_DEVICE_REQUIRE, csrc/ops/cuda/device.cuh): throws in the
+// kernel thread, so that the launch reports the formatted message. Unlike a GPU's device-side
+// assert, it does not poison later launches: the tests go on after provoking one.
+[[noreturn]] void device_check_failed(const char* file, int line, const char* condition,
+                                      const char* format, ...)
+    __attribute__((format(printf, 4, 5)));
 // cudaGetLastError's part: the pending error ("" when none), cleared.
 std::string take_last_error();
 // cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes); false when

@@ -1,7 +1,24 @@
-// CUDA kernels of the linear-chain ops. One block per sequence, one thread per tag (strided
-// when K exceeds the block); transitions live in shared memory when they fit, backpointers in a
-// compact global buffer (uint8 for K <= 256). The recursion, its order and its tie rule are the
-// CPU kernel's (right-to-left min-plus, smallest minimising index), so both return the same tags.
+// CUDA kernels of the linear-chain ops.
+//
+// Decoding (viterbi, loss_augmented_viterbi, viterbi_kbest) is one kernel launch per call, with
+// nothing else on the stream and no host synchronisation: the kernels read every input where
+// it lies, through its strides and in its own dtype (no staging copy, no transpose, no NaN scan
+// by ATen), and check the values a host check would have to synchronise for (lengths in
+// [0, T]; loss-augmented decoding's gold tags and cost matrix) on the device, with
+// EBM_DEVICE_REQUIRE (device.cuh).
+//
+// viterbi and loss_augmented_viterbi: a warp decodes one sequence, kDecodeWarps sequences per
+// block. The block stages the transitions once, transposed and in the accumulation type, into
+// shared memory (and scans trans/start/end for NaN on the way); each warp stages its sequence's
+// unary a chunk of positions at a time (coalesced loads, all of a chunk's in flight at once) and
+// keeps beta, the step's messages and, when they fit, its backpointers in shared memory; the
+// walk-back reads them from there. Lane i owns tags i, i + 32, ...
+// viterbi_kbest keeps one block per sequence (k lists of K entries each), staged the same way,
+// with its back-pointer lists in shared memory when they fit.
+// The recursion, its order and its tie rule are the CPU kernel's (right-to-left min-plus,
+// smallest minimising index; k-best's list order), so both return the same tags.
+//
+// The predicted time of each kernel, and the model behind it, is in bench/roofline.py.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
@@ -17,102 +34,276 @@ namespace ebm_ext {
 using namespace cuda_chain;
 namespace {
 
-// viterbi / loss_augmented_viterbi: gold and cost are nullptr for plain decoding.
+// ---- decoding -----------------------------------------------------------------------------------
+
+constexpr int kDecodeWarps = 4;                 // sequences per block (viterbi, loss-augmented)
+constexpr size_t kStagedMatrixBytes = 32 * 1024;  // trans (and cost) in shared memory up to this
+constexpr size_t kChunkBytes = 4 * 1024;        // a warp's staged unary positions
+constexpr size_t kWarpPtrBytes = 16 * 1024;     // a warp's backpointers in shared memory up to this
+constexpr size_t kKBestPtrBytes = 96 * 1024;    // k-best's back-pointer lists, likewise
+
+enum DecodeOp : int { kViterbi = 0, kLossAugmented = 1, kKBest = 2 };
+
+// The decoders' inputs as they lie: every tensor through its strides, in the input's dtype.
+template <typename scalar_t>
+struct DecodeArgs {
+  const scalar_t* unary;   // unary(b, t, j) = unary[b * ub + t * ut + j * uk]
+  const scalar_t* trans;   // trans(i, j) = trans[i * tsi + j * tsj]
+  const scalar_t* start;   // start[j * ss], or nullptr: zeros
+  const scalar_t* end;     // end[j * es], or nullptr: zeros
+  const int64_t* lengths;  // lengths[b * ls], or nullptr: every sequence has length T
+  int64_t ub, ut, uk, tsi, tsj, ss, es, ls;
+  int64_t B, T, K;
+  int op;  // DecodeOp: the op that device-side messages name
+};
+
+__device__ __forceinline__ const char* decode_op_name(int op) {
+  return op == kViterbi ? "viterbi" : op == kLossAugmented ? "loss_augmented_viterbi"
+                                                           : "viterbi_kbest";
+}
+
+// A sequence of the batch as path_energy (../chain_view.h) and the k-best final list read it;
+// the transitions from the block's staged copy (transT[j * K + i] = trans(i, j)) when there is
+// one, else from global memory through their strides.
+template <typename scalar_t, typename acc_t>
+struct DecodeChain {
+  DecodeArgs<scalar_t> a;
+  const acc_t* transT;
+  int64_t K;
+  __host__ __device__ acc_t trans_at(int64_t i, int64_t j) const {
+    return transT ? transT[j * K + i] : static_cast<acc_t>(a.trans[i * a.tsi + j * a.tsj]);
+  }
+  __host__ __device__ acc_t start_at(int64_t j) const {
+    return a.start ? static_cast<acc_t>(a.start[j * a.ss]) : acc_t(0);
+  }
+  __host__ __device__ acc_t end_at(int64_t j) const {
+    return a.end ? static_cast<acc_t>(a.end[j * a.es]) : acc_t(0);
+  }
+  __host__ __device__ scalar_t unary_value(int64_t b, int64_t t, int64_t j) const {
+    return a.unary[b * a.ub + t * a.ut + j * a.uk];
+  }
+};
+
+// Sequence b's length, checked on the device.
+template <typename scalar_t>
+__device__ int64_t checked_length(const DecodeArgs<scalar_t>& a, int64_t b) {
+  if (a.lengths == nullptr) return a.T;
+  const int64_t L = a.lengths[b * a.ls];
+  EBM_DEVICE_REQUIRE(L >= 0 && L <= a.T, "%s: lengths must be in [0, T=%lld], got %lld at index %lld",
+                     decode_op_name(a.op), static_cast<long long>(a.T), static_cast<long long>(L),
+                     static_cast<long long>(b));
+  return L;
+}
+
+// Block-wide, ending in a barrier: the transitions into transT (when not null), transposed and
+// in acc_t; returns whether trans, start or end hold NaN or -inf (the non-finite rules: every
+// non-empty sequence's energy is then NaN).
+template <typename scalar_t, typename acc_t>
+__device__ bool stage_parameters(const DecodeArgs<scalar_t>& a, acc_t* transT) {
+  const acc_t inf = std::numeric_limits<acc_t>::infinity();
+  const int64_t K = a.K;
+  bool invalid = false;
+  for (int64_t n = threadIdx.x; n < K * K; n += blockDim.x) {
+    const int64_t i = n / K, j = n % K;
+    const acc_t v = static_cast<acc_t>(a.trans[i * a.tsi + j * a.tsj]);
+    invalid |= !(v > -inf);
+    if (transT) transT[j * K + i] = v;
+  }
+  for (int64_t j = threadIdx.x; j < K; j += blockDim.x) {
+    if (a.start) invalid |= !(static_cast<acc_t>(a.start[j * a.ss]) > -inf);
+    if (a.end) invalid |= !(static_cast<acc_t>(a.end[j * a.es]) > -inf);
+  }
+  return __syncthreads_or(invalid);
+}
+
+// Loss-augmented decoding's cost matrix: cost(g, j) = cost[g * si + j * sj], staged (natural
+// layout) into `shared` when not null. Every block checks it while reading it (no barrier: the
+// caller's stage_parameters ends in one).
+template <typename scalar_t, typename acc_t>
+struct Cost {
+  const scalar_t* global;
+  int64_t si, sj;
+  acc_t* shared;
+  __device__ acc_t at(int64_t g, int64_t j, int64_t K) const {
+    return shared ? shared[g * K + j] : static_cast<acc_t>(global[g * si + j * sj]);
+  }
+  __device__ void stage(int64_t K) const {
+    for (int64_t n = threadIdx.x; n < K * K; n += blockDim.x) {
+      const int64_t i = n / K, j = n % K;
+      const acc_t v = static_cast<acc_t>(global[i * si + j * sj]);
+      EBM_DEVICE_REQUIRE(v >= acc_t(0) && isfinite(v),
+                         "loss_augmented_viterbi: cost must be finite and non-negative, got %g at "
+                         "index [%lld, %lld]", static_cast<double>(v), static_cast<long long>(i),
+                         static_cast<long long>(j));
+      EBM_DEVICE_REQUIRE(i != j || v == acc_t(0),
+                         "loss_augmented_viterbi: cost must have a zero diagonal (cost[y, y] = 0), "
+                         "got %g at index [%lld, %lld]", static_cast<double>(v),
+                         static_cast<long long>(i), static_cast<long long>(j));
+      if (shared) shared[n] = v;
+    }
+  }
+};
+
+// Where a block's shared memory goes (viterbi and loss-augmented decoding): the staged matrices
+// first, then one region per warp: beta (K), the step's messages w (K), `chunk` positions of
+// unary (chunk * K) and, when ptr_shared, the backpointers ((T - 1) * K).
+struct DecodeLayout {
+  int warps;
+  int64_t chunk;
+  bool trans_shared, cost_shared, ptr_shared;
+  size_t matrices_bytes, warp_bytes;
+  size_t bytes() const { return matrices_bytes + size_t(warps) * warp_bytes; }
+};
+
+inline size_t round16(size_t n) { return (n + 15) / 16 * 16; }
+
+// Lane i's part of a min-plus step for its tag i: min_j trans(i, j) + w[j], the smallest
+// minimising j on ties (the CPU kernel's rule).
+template <typename acc_t, typename Trans>
+__device__ __forceinline__ void minplus_argmin(const Trans& trans_at, const acc_t* w, int64_t K,
+                                               int64_t i, acc_t& best, int& arg) {
+  best = std::numeric_limits<acc_t>::infinity();
+  arg = 0;
+  for (int64_t j = 0; j < K; ++j) {
+    const acc_t c = trans_at(i, j) + w[j];
+    if (c < best) {
+      best = c;
+      arg = static_cast<int>(j);
+    }
+  }
+}
+
+// viterbi / loss_augmented_viterbi: gold and cost.global are nullptr for plain decoding.
 template <typename scalar_t, typename acc_t, typename ptr_t>
-__global__ void viterbi_kernel(ChainArgs<scalar_t, acc_t> a,
-                               const int64_t* __restrict__ gold, const acc_t* __restrict__ cost,
-                               ptr_t* __restrict__ ptr, scalar_t* __restrict__ energy_out,
-                               scalar_t* __restrict__ delta_out, int64_t* __restrict__ tags_out) {
-  EBM_DYNAMIC_SHARED(unsigned char, smem_raw);
-  acc_t* beta = reinterpret_cast<acc_t*>(smem_raw);
-  acc_t* w = beta + a.K;
-  const int64_t b = blockIdx.x;
-  const int K = a.K;
-  const int64_t T = a.T;
-  const int64_t L = a.length(b);
+__global__ void __launch_bounds__(kDecodeWarps * 32)
+    viterbi_kernel(DecodeArgs<scalar_t> a, DecodeLayout lay, const int64_t* __restrict__ gold,
+                   int64_t gold_sb, int64_t gold_st, Cost<scalar_t, acc_t> cost,
+                   ptr_t* __restrict__ ptr_global, scalar_t* __restrict__ energy_out,
+                   scalar_t* __restrict__ delta_out, int64_t* __restrict__ tags_out) {
+  EBM_DYNAMIC_SHARED(unsigned char, smem);
+  const int64_t K = a.K, T = a.T;
+  const acc_t inf = std::numeric_limits<acc_t>::infinity();
+  acc_t* transT = lay.trans_shared ? reinterpret_cast<acc_t*>(smem) : nullptr;
+  if (lay.cost_shared) cost.shared = reinterpret_cast<acc_t*>(smem) + (transT ? K * K : 0);
+  if (cost.global) cost.stage(K);
+  bool nan = stage_parameters(a, transT);
+  const DecodeChain<scalar_t, acc_t> c{a, transT, K};
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t b = int64_t(blockIdx.x) * lay.warps + warp;
+  if (b >= a.B) return;  // no block barrier follows
+  const int64_t L = checked_length(a, b);
   int64_t* tags = tags_out + b * T;
-  for (int64_t t = threadIdx.x; t < T; t += blockDim.x) tags[t] = -1;
+  for (int64_t t = L + lane; t < T; t += 32) tags[t] = -1;
   if (L == 0) {
-    if (threadIdx.x == 0) {
+    if (lane == 0) {
       energy_out[b] = scalar_t(0);
       if (delta_out) delta_out[b] = scalar_t(0);
     }
     return;
   }
-  const acc_t* tT = stage_trans(a, w + K);
-  const scalar_t* __restrict__ u = a.unary_at(b, 0);
-  const int64_t* g = gold ? gold + b * T : nullptr;
-  ptr_t* p = ptr + b * (T > 1 ? T - 1 : 1) * K;
-  const acc_t inf = std::numeric_limits<acc_t>::infinity();
-  bool nan = *a.params_nan;
-  for (int i = threadIdx.x; i < K; i += blockDim.x) beta[i] = a.end_at(i);
-  __syncthreads();
+  const int64_t* g = gold ? gold + b * gold_sb : nullptr;
+  for (int64_t t = lane; g && t < L; t += 32) {
+    EBM_DEVICE_REQUIRE(g[t * gold_st] >= 0 && g[t * gold_st] < K,
+                       "loss_augmented_viterbi: gold must hold tags in [0, K=%lld) at positions "
+                       "t < length, got %lld at index [%lld, %lld]", static_cast<long long>(K),
+                       static_cast<long long>(g[t * gold_st]), static_cast<long long>(b),
+                       static_cast<long long>(t));
+  }
+  unsigned char* mine = smem + lay.matrices_bytes + warp * lay.warp_bytes;
+  acc_t* beta = reinterpret_cast<acc_t*>(mine);
+  acc_t* w = beta + K;
+  acc_t* chunk = w + K;
+  ptr_t* p = lay.ptr_shared ? reinterpret_cast<ptr_t*>(chunk + lay.chunk * K)
+                            : ptr_global + b * (T > 1 ? T - 1 : 1) * K;
+  // Lane i reads and writes only its own tags' beta, w and unary entries between the two
+  // __syncwarp()s of a step; the min-plus step reads every w[j].
+  for (int64_t i = lane; i < K; i += 32) beta[i] = c.end_at(i);
+  int64_t lo = L;  // the chunk holds positions [lo, lo + lay.chunk)
   for (int64_t t = L - 1; t >= 0; --t) {
-    const acc_t* cr = cost ? cost + g[t] * K : nullptr;
-    for (int j = threadIdx.x; j < K; j += blockDim.x) {
-      const acc_t v = static_cast<acc_t>(u[t * K + j]) + beta[j] - (cr ? cr[j] : acc_t(0));
+    if (t < lo) {
+      lo = t + 1 > lay.chunk ? t + 1 - lay.chunk : 0;
+      for (int64_t s = lo; s <= t; ++s)
+        for (int64_t j = lane; j < K; j += 32)
+          chunk[(s - lo) * K + j] = static_cast<acc_t>(c.unary_value(b, s, j));
+    }
+    const acc_t* u = chunk + (t - lo) * K;
+    for (int64_t j = lane; j < K; j += 32) {
+      const acc_t v = u[j] + beta[j] - (g ? cost.at(g[t * gold_st], j, K) : acc_t(0));
       nan |= !(v > -inf);  // NaN or -inf (-inf follows NaN's rule)
       w[j] = v;
     }
-    __syncthreads();
+    __syncwarp();
     if (t == 0) break;
-    for (int i = threadIdx.x; i < K; i += blockDim.x) {
-      acc_t best = inf;
-      int arg = 0;
-      for (int j = 0; j < K; ++j) {
-        const acc_t c = tT[j * K + i] + w[j];
-        if (c < best) {
-          best = c;
-          arg = j;
-        }
+    for (int64_t i = lane; i < K; i += 32) {
+      acc_t best;
+      int arg;
+      if (transT) {
+        minplus_argmin(
+            [&](int64_t i_, int64_t j_) { return transT[j_ * K + i_]; }, w, K, i, best, arg);
+      } else {
+        minplus_argmin([&](int64_t i_, int64_t j_) { return c.trans_at(i_, j_); }, w, K, i, best,
+                       arg);
       }
       beta[i] = best;
       p[(t - 1) * K + i] = static_cast<ptr_t>(arg);
     }
-    __syncthreads();
+    __syncwarp();
   }
-  nan = __syncthreads_or(nan);
-  if (threadIdx.x != 0) return;
-  int y = 0;
+  nan = __any_sync(0xffffffffu, nan);
+  // The first tag: the smallest j minimising w[j] + start[j], over the lanes' own minima.
   acc_t best = inf;
-  for (int j = 0; j < K; ++j) {
-    const acc_t v = w[j] + a.start_at(j);
+  int arg = std::numeric_limits<int>::max();
+  for (int64_t j = lane; j < K; j += 32) {
+    const acc_t v = w[j] + c.start_at(j);
     if (v < best) {
       best = v;
-      y = j;
+      arg = static_cast<int>(j);
     }
   }
-  walk_back(y, p, K, L, tags);
+  for (int offset = 16; offset > 0; offset /= 2) {
+    const acc_t other = __shfl_xor_sync(0xffffffffu, best, offset);
+    const int other_arg = __shfl_xor_sync(0xffffffffu, arg, offset);
+    if (other < best || (other == best && other_arg < arg)) {
+      best = other;
+      arg = other_arg;
+    }
+  }
+  if (lane != 0) return;
+  walk_back(arg == std::numeric_limits<int>::max() ? 0 : arg, p, K, L, tags);
   if (delta_out == nullptr) {
     energy_out[b] = nan ? scalar_t(NAN) : static_cast<scalar_t>(best);
     return;
   }
   // loss-augmented: report E(y*) summed along the path, and Delta(y*, gold).
-  const acc_t e = a.template path_energy<acc_t>(b, tags, L);
+  const acc_t e = path_energy<acc_t>(c, b, tags, L);
   acc_t dl = 0;
-  for (int64_t t = 0; t < L; ++t) dl += cost[g[t] * K + tags[t]];
+  for (int64_t t = 0; t < L; ++t) dl += cost.at(g[t * gold_st], tags[t], K);
   energy_out[b] = nan ? scalar_t(NAN) : static_cast<scalar_t>(e);
   delta_out[b] = static_cast<scalar_t>(dl);
 }
 
 // k-best list Viterbi, the CPU kernel's recursion: entries code = j * k + r, ascending, ties kept
-// in (j, r) order, +inf suffixes missing.
+// in (j, r) order, +inf suffixes missing. One block per sequence, thread i owns tag i's list.
+// Shared layout: transT (K, K) if staged | beta (k, K) | w (k, K) | final values (k) |
+// final codes (k int32) | back-pointer lists ((T - 1) k K int32) if ptr_shared.
 template <typename scalar_t, typename acc_t>
-__global__ void kbest_kernel(ChainArgs<scalar_t, acc_t> a, int k,
-                             int32_t* __restrict__ ptr, scalar_t* __restrict__ energy_out,
+__global__ void kbest_kernel(DecodeArgs<scalar_t> a, int k, bool trans_shared, bool ptr_shared,
+                             int32_t* __restrict__ ptr_global, scalar_t* __restrict__ energy_out,
                              int64_t* __restrict__ tags_out) {
-  EBM_DYNAMIC_SHARED(unsigned char, smem_raw);
-  const int K = a.K;
-  // Shared layout: beta (k, K) | w (k, K) | final values (k) | transT (K, K) if staged |
-  // final codes (k int32, last so that the acc_t arrays stay aligned).
-  acc_t* beta = reinterpret_cast<acc_t*>(smem_raw);
+  EBM_DYNAMIC_SHARED(unsigned char, smem);
+  const int64_t K = a.K, T = a.T;
+  const acc_t inf = std::numeric_limits<acc_t>::infinity();
+  acc_t* transT = trans_shared ? reinterpret_cast<acc_t*>(smem) : nullptr;
+  acc_t* beta = reinterpret_cast<acc_t*>(smem) + (trans_shared ? K * K : 0);
   acc_t* w = beta + k * K;
   acc_t* top = w + k * K;
-  int32_t* code = reinterpret_cast<int32_t*>(top + k + (a.trans_in_shared ? K * K : 0));
+  int32_t* code = reinterpret_cast<int32_t*>(top + k);
   const int64_t b = blockIdx.x;
-  const int64_t T = a.T;
-  const int64_t L = a.length(b);
-  const acc_t inf = std::numeric_limits<acc_t>::infinity();
+  int32_t* p = ptr_shared ? code + k : ptr_global + b * (T > 1 ? T - 1 : 1) * k * K;
+  bool nan = stage_parameters(a, transT);
+  const DecodeChain<scalar_t, acc_t> c{a, transT, K};
+  const int64_t L = checked_length(a, b);
   int64_t* tags = tags_out + b * k * T;
   for (int64_t n = threadIdx.x; n < k * T; n += blockDim.x) tags[n] = -1;
   for (int s = threadIdx.x; s < k; s += blockDim.x) energy_out[b * k + s] = static_cast<scalar_t>(inf);
@@ -121,31 +312,27 @@ __global__ void kbest_kernel(ChainArgs<scalar_t, acc_t> a, int k,
     if (threadIdx.x == 0) energy_out[b * k] = scalar_t(0);
     return;
   }
-  const acc_t* tT = stage_trans(a, top + k);
-  const scalar_t* __restrict__ u = a.unary_at(b, 0);
-  int32_t* p = ptr + b * (T > 1 ? T - 1 : 1) * k * K;
-  bool nan = *a.params_nan;
-  for (int i = threadIdx.x; i < k * K; i += blockDim.x) beta[i] = i < K ? a.end_at(i) : inf;
+  for (int64_t i = threadIdx.x; i < k * K; i += blockDim.x) beta[i] = i < K ? c.end_at(i) : inf;
   __syncthreads();
   for (int64_t t = L - 1; t >= 0; --t) {
-    for (int n = threadIdx.x; n < k * K; n += blockDim.x) {
-      const acc_t v = static_cast<acc_t>(u[t * K + n % K]) + beta[n];
+    for (int64_t n = threadIdx.x; n < k * K; n += blockDim.x) {
+      const acc_t v = static_cast<acc_t>(c.unary_value(b, t, n % K)) + beta[n];
       nan |= !(v > -inf);  // NaN or -inf (-inf follows NaN's rule)
       w[n] = v;
     }
     __syncthreads();
     if (t == 0) break;
     int32_t* pt = p + (t - 1) * k * K;
-    for (int i = threadIdx.x; i < K; i += blockDim.x) {
+    for (int64_t i = threadIdx.x; i < K; i += blockDim.x) {
       // This thread's list lives in beta[s*K + i] (column i), rewritten in place: w already
       // holds everything the step reads from the old beta.
       for (int s = 0; s < k; ++s) {
         beta[s * K + i] = inf;
         pt[s * K + i] = -1;
       }
-      for (int j = 0; j < K; ++j)
+      for (int64_t j = 0; j < K; ++j)
         for (int r = 0; r < k; ++r)
-          if (!kbest_insert(beta + i, pt + i, k, tT[j * K + i] + w[r * K + j],
+          if (!kbest_insert(beta + i, pt + i, k, c.trans_at(i, j) + w[r * K + j],
                             static_cast<int32_t>(j * k + r), K))
             break;  // later ranks of j are larger still (and +inf or NaN never enter)
     }
@@ -153,13 +340,15 @@ __global__ void kbest_kernel(ChainArgs<scalar_t, acc_t> a, int k,
   }
   nan = __syncthreads_or(nan);
   if (threadIdx.x != 0) return;
-  kbest_final_list(a, w, k, top, code);
+  kbest_final_list(c, w, k, top, code);
   for (int s = 0; s < k; ++s) {
     if (code[s] < 0) break;
     energy_out[b * k + s] = nan ? scalar_t(NAN) : static_cast<scalar_t>(top[s]);
     kbest_walk_back(code[s], k, p, K, L, tags + s * T);
   }
 }
+
+// ---- chain_energy ------------------------------------------------------------------------------
 
 template <typename scalar_t, typename acc_t>
 __global__ void chain_energy_kernel(ChainArgs<scalar_t, acc_t> a, const int64_t* __restrict__ tags,
@@ -171,52 +360,124 @@ __global__ void chain_energy_kernel(ChainArgs<scalar_t, acc_t> a, const int64_t*
       static_cast<scalar_t>(a.template path_energy<acc_t>(b, tags + n * a.T, a.length(b)));
 }
 
+template <typename scalar_t>
+DecodeArgs<scalar_t> decode_args(DecodeOp op, const at::Tensor& unary, const at::Tensor& trans,
+                                 const c10::optional<at::Tensor>& lengths,
+                                 const c10::optional<at::Tensor>& start,
+                                 const c10::optional<at::Tensor>& end) {
+  DecodeArgs<scalar_t> a{};
+  a.unary = unary.data_ptr<scalar_t>();
+  a.ub = unary.stride(0);
+  a.ut = unary.stride(1);
+  a.uk = unary.stride(2);
+  a.trans = trans.data_ptr<scalar_t>();
+  a.tsi = trans.stride(0);
+  a.tsj = trans.stride(1);
+  if (start.has_value()) {
+    a.start = start->data_ptr<scalar_t>();
+    a.ss = start->stride(0);
+  }
+  if (end.has_value()) {
+    a.end = end->data_ptr<scalar_t>();
+    a.es = end->stride(0);
+  }
+  if (lengths.has_value()) {
+    a.lengths = lengths->data_ptr<int64_t>();
+    a.ls = lengths->stride(0);
+  }
+  a.B = unary.size(0);
+  a.T = unary.size(1);
+  a.K = unary.size(2);
+  a.op = op;
+  return a;
+}
+
+// The shared memory of a viterbi / loss-augmented launch: kDecodeWarps sequences per block
+// unless fewer fit (large K); the transitions and the cost in shared memory up to
+// kStagedMatrixBytes each, a warp's backpointers up to kWarpPtrBytes, all within `most`.
+inline DecodeLayout decode_layout(int64_t T, int64_t K, size_t value, size_t ptr, bool has_cost,
+                                  size_t most) {
+  DecodeLayout l{};
+  const size_t matrix = size_t(K) * size_t(K) * value;
+  l.trans_shared = matrix <= kStagedMatrixBytes;
+  l.cost_shared = has_cost && matrix <= kStagedMatrixBytes;
+  l.matrices_bytes = round16((l.trans_shared ? matrix : 0) + (l.cost_shared ? matrix : 0));
+  l.chunk = std::max<int64_t>(1, std::min<int64_t>(std::max<int64_t>(T, 1),
+                                                   kChunkBytes / (size_t(K) * value)));
+  const size_t ptr_bytes = size_t(std::max<int64_t>(T - 1, 1)) * size_t(K) * ptr;
+  const size_t vectors = (2 + size_t(l.chunk)) * size_t(K) * value;
+  l.ptr_shared = ptr_bytes <= kWarpPtrBytes && l.matrices_bytes + vectors + ptr_bytes <= most;
+  l.warp_bytes = round16(vectors + (l.ptr_shared ? ptr_bytes : 0));
+  l.warps = kDecodeWarps;
+  while (l.warps > 1 && l.bytes() > most) --l.warps;
+  return l;
+}
+
 template <typename scalar_t, typename ptr_t>
-void launch_viterbi(const Staged& s, const at::Tensor& gold, const at::Tensor& cost,
-                    at::Tensor& energy, at::Tensor* delta, at::Tensor& tags) {
+void launch_viterbi(DecodeOp op, const at::Tensor& unary, const at::Tensor& trans,
+                    const c10::optional<at::Tensor>& lengths,
+                    const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end,
+                    const at::Tensor& gold, const at::Tensor& cost, at::Tensor& energy,
+                    at::Tensor* delta, at::Tensor& tags) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t B = s.unary.size(0), T = s.unary.size(1), K = s.unary.size(2);
-  const size_t before = 2 * K * sizeof(acc_t);
-  auto a = chain_args<scalar_t, acc_t>(s, before);
-  const auto backptr = at::empty({B, std::max<int64_t>(T - 1, 1), K},
-                                 s.unary.options().dtype(c10::CppTypeToScalarType<ptr_t>::value));
-  const at::Tensor cost_acc =
-      cost.defined() ? cost.to(at::toOpMathType(s.unary.scalar_type())).contiguous() : cost;
-  const int64_t* gold_p = gold.defined() ? gold.data_ptr<int64_t>() : nullptr;
-  const acc_t* cost_p = cost_acc.defined() ? cost_acc.data_ptr<acc_t>() : nullptr;
-  scalar_t* delta_p = delta ? delta->data_ptr<scalar_t>() : nullptr;
-  auto* ptr_p = static_cast<ptr_t*>(backptr.data_ptr());
-  const auto smem = shared_bytes(a, before);
-  launch_kernel<viterbi_kernel<scalar_t, acc_t, ptr_t>>(B, threads_for(K), smem, a, gold_p, cost_p, ptr_p, energy.data_ptr<scalar_t>(), delta_p,
+  const auto a = decode_args<scalar_t>(op, unary, trans, lengths, start, end);
+  const auto lay = decode_layout(a.T, a.K, sizeof(acc_t), sizeof(ptr_t), cost.defined(),
+                                 max_dynamic_shared_bytes());
+  at::Tensor backptr;  // only where a warp's backpointers do not fit in shared memory
+  if (!lay.ptr_shared) {
+    backptr = at::empty({a.B, std::max<int64_t>(a.T - 1, 1), a.K},
+                        unary.options().dtype(c10::CppTypeToScalarType<ptr_t>::value));
+  }
+  Cost<scalar_t, acc_t> c{};
+  if (cost.defined()) {
+    c.global = cost.data_ptr<scalar_t>();
+    c.si = cost.stride(0);
+    c.sj = cost.stride(1);
+  }
+  const auto blocks = static_cast<unsigned>((a.B + lay.warps - 1) / lay.warps);
+  launch_kernel<viterbi_kernel<scalar_t, acc_t, ptr_t>>(
+      blocks, lay.warps * 32, lay.bytes(), a, lay,
+      gold.defined() ? gold.data_ptr<int64_t>() : nullptr, gold.defined() ? gold.stride(0) : 0,
+      gold.defined() ? gold.stride(1) : 0, c,
+      backptr.defined() ? static_cast<ptr_t*>(backptr.data_ptr()) : nullptr,
+      energy.data_ptr<scalar_t>(), delta ? delta->data_ptr<scalar_t>() : nullptr,
       tags.data_ptr<int64_t>());
 }
 
 template <typename scalar_t>
-void decode_cuda(const Staged& s, const at::Tensor& gold, const at::Tensor& cost,
-                 at::Tensor& energy, at::Tensor* delta, at::Tensor& tags) {
-  const int64_t K = s.unary.size(2);
+void decode_cuda(DecodeOp op, const at::Tensor& unary, const at::Tensor& trans,
+                 const c10::optional<at::Tensor>& lengths, const c10::optional<at::Tensor>& start,
+                 const c10::optional<at::Tensor>& end, const at::Tensor& gold,
+                 const at::Tensor& cost, at::Tensor& energy, at::Tensor* delta, at::Tensor& tags) {
+  const int64_t K = unary.size(2);
   if (K <= 256) {
-    launch_viterbi<scalar_t, uint8_t>(s, gold, cost, energy, delta, tags);
+    launch_viterbi<scalar_t, uint8_t>(op, unary, trans, lengths, start, end, gold, cost, energy, delta, tags);
   } else if (K <= 32767) {
-    launch_viterbi<scalar_t, int16_t>(s, gold, cost, energy, delta, tags);
+    launch_viterbi<scalar_t, int16_t>(op, unary, trans, lengths, start, end, gold, cost, energy, delta, tags);
   } else {
-    launch_viterbi<scalar_t, int32_t>(s, gold, cost, energy, delta, tags);
+    launch_viterbi<scalar_t, int32_t>(op, unary, trans, lengths, start, end, gold, cost, energy, delta, tags);
   }
+}
+
+// A warp's beta, w and at least one position of unary: K is bounded by the device.
+void check_decode_tags(const char* op, const at::Tensor& unary) {
+  check_shared_tags(op, unary.size(2), 3 * c10::elementSize(at::toOpMathType(unary.scalar_type())));
 }
 
 std::tuple<at::Tensor, at::Tensor> viterbi_cuda(const at::Tensor& unary, const at::Tensor& trans,
                                                 const c10::optional<at::Tensor>& lengths,
                                                 const c10::optional<at::Tensor>& start,
                                                 const c10::optional<at::Tensor>& end) {
-  const auto d = check_chain_inputs("viterbi", unary, trans, lengths, start, end);
+  const auto d = check_chain_inputs("viterbi", unary, trans, lengths, start, end,
+                                    ValueChecks::Device);
   const DeviceGuard guard(unary.device());
   auto energy = at::empty({d.B}, unary.options());
   auto tags = at::empty({d.B, d.T}, unary.options().dtype(at::kLong));
   if (d.B == 0) return {energy, tags};
-  check_shared_tags("viterbi", d.K, 2 * c10::elementSize(at::toOpMathType(unary.scalar_type())));
-  const auto s = stage(unary, trans, lengths, start, end);
+  check_decode_tags("viterbi", unary);
   EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "viterbi_cuda", [&] {
-    decode_cuda<scalar_t>(s, at::Tensor(), at::Tensor(), energy, nullptr, tags);
+    decode_cuda<scalar_t>(kViterbi, unary, trans, lengths, start, end, at::Tensor(),
+                          at::Tensor(), energy, nullptr, tags);
   });
   return {energy, tags};
 }
@@ -225,18 +486,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_augmented_viterbi_cuda(
     const at::Tensor& unary, const at::Tensor& trans, const at::Tensor& gold,
     const at::Tensor& cost, const c10::optional<at::Tensor>& lengths,
     const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end) {
-  const auto d = check_loss_augmented_inputs(unary, trans, gold, cost, lengths, start, end);
+  const auto d = check_loss_augmented_inputs(unary, trans, gold, cost, lengths, start, end,
+                                             ValueChecks::Device);
   const DeviceGuard guard(unary.device());
   auto energy = at::empty({d.B}, unary.options());
   auto delta = at::empty({d.B}, unary.options());
   auto tags = at::empty({d.B, d.T}, unary.options().dtype(at::kLong));
   if (d.B == 0) return {energy, delta, tags};
-  check_shared_tags("loss_augmented_viterbi", d.K,
-                    2 * c10::elementSize(at::toOpMathType(unary.scalar_type())));
-  const auto s = stage(unary, trans, lengths, start, end);
-  const auto gold_c = gold.contiguous();
+  check_decode_tags("loss_augmented_viterbi", unary);
   EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "loss_augmented_viterbi_cuda", [&] {
-    decode_cuda<scalar_t>(s, gold_c, cost, energy, &delta, tags);
+    decode_cuda<scalar_t>(kLossAugmented, unary, trans, lengths, start, end, gold, cost, energy,
+                          &delta, tags);
   });
   return {energy, delta, tags};
 }
@@ -248,7 +508,7 @@ std::tuple<at::Tensor, at::Tensor> viterbi_kbest_cuda(const at::Tensor& unary,
                                                       const c10::optional<at::Tensor>& end) {
   const char* op = "viterbi_kbest";
   check_kbest_k(op, k);
-  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end);
+  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end, ValueChecks::Device);
   check_kbest_size(op, k, d, /*cuda=*/true);
   const DeviceGuard guard(unary.device());
   auto energy = at::empty({d.B, k}, unary.options());
@@ -261,19 +521,24 @@ std::tuple<at::Tensor, at::Tensor> viterbi_kbest_cuda(const at::Tensor& unary,
               most > k * per_rank ? (most - k * per_rank) / (2 * value) : 0,
               " on this CUDA device (", most, " bytes of shared memory per block), got k * K = ",
               k * d.K);
-  const auto s = stage(unary, trans, lengths, start, end);
   EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "viterbi_kbest_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    // beta and w (k*K each) and the final list (k values) before transT, its k codes after.
-    const size_t before = (2 * k * d.K + k) * sizeof(acc_t);
-    auto a = chain_args<scalar_t, acc_t>(s, before);
-    const size_t smem = shared_bytes(a, before) + k * sizeof(int32_t);
-    const auto backptr = at::empty({d.B, std::max<int64_t>(d.T - 1, 1), k, d.K},
-                                   unary.options().dtype(at::kInt));
-    launch_kernel<kbest_kernel<scalar_t, acc_t>>(d.B, threads_for(d.K), smem, a,
-                                                 static_cast<int>(k), backptr.data_ptr<int32_t>(),
-                                                 energy.data_ptr<scalar_t>(),
-                                                 tags.data_ptr<int64_t>());
+    const size_t lists = round16(2 * k * d.K * sizeof(acc_t) + k * per_rank);
+    const size_t matrix = size_t(d.K) * d.K * sizeof(acc_t);
+    const bool trans_shared = matrix <= kStagedMatrixBytes && matrix + lists <= most;
+    const size_t base = lists + (trans_shared ? matrix : 0);
+    const size_t ptr_bytes = size_t(std::max<int64_t>(d.T - 1, 1)) * k * d.K * sizeof(int32_t);
+    const bool ptr_shared = ptr_bytes <= kKBestPtrBytes && base + ptr_bytes <= most;
+    at::Tensor backptr;  // only where the lists' back-pointers do not fit in shared memory
+    if (!ptr_shared) {
+      backptr = at::empty({d.B, std::max<int64_t>(d.T - 1, 1), k, d.K},
+                          unary.options().dtype(at::kInt));
+    }
+    launch_kernel<kbest_kernel<scalar_t, acc_t>>(
+        d.B, threads_for(d.K), base + (ptr_shared ? ptr_bytes : 0),
+        decode_args<scalar_t>(kKBest, unary, trans, lengths, start, end), static_cast<int>(k),
+        trans_shared, ptr_shared, backptr.defined() ? backptr.data_ptr<int32_t>() : nullptr,
+        energy.data_ptr<scalar_t>(), tags.data_ptr<int64_t>());
   });
   return {energy, tags};
 }

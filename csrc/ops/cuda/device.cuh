@@ -49,6 +49,10 @@ void check_launch(Name /*kernel: in the emulator's message*/) {
 #define EBM_CUDA_LIBRARY_IMPL(m) TORCH_LIBRARY_IMPL(EBM_OP_NAMESPACE, CPU, m)
 #define EBM_DYNAMIC_SHARED(type, name) \
   type* name = reinterpret_cast<type*>(::ebm_ext::simt::self().dynamic_shared)
+#define EBM_DEVICE_REQUIRE(cond, ...)                                                     \
+  do {                                                                                    \
+    if (!(cond)) ::ebm_ext::simt::device_check_failed(__FILE__, __LINE__, #cond, __VA_ARGS__); \
+  } while (0)
 
 #else  // nvcc
 #include <ATen/cuda/CUDAContext.h>
@@ -81,7 +85,23 @@ void check_launch(Name kernel) {
 
 #define EBM_CUDA_LIBRARY_IMPL(m) TORCH_LIBRARY_IMPL(EBM_OP_NAMESPACE, CUDA, m)
 #define EBM_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#define EBM_DEVICE_REQUIRE(cond, ...)                         \
+  do {                                                        \
+    if (!(cond)) {                                            \
+      printf(__VA_ARGS__);                                    \
+      printf("\n");                                           \
+      __assert_fail(#cond, __FILE__, __LINE__, __func__);     \
+    }                                                         \
+  } while (0)
 #endif
+
+// EBM_DEVICE_REQUIRE(cond, format, ...): a value check inside a kernel, where a host check would
+// cost a synchronisation per call (the decoders' lengths, gold and cost). It works as PyTorch's
+// own device-side asserts (CUDA_KERNEL_ASSERT, torch._assert_async): on a GPU the failing thread
+// prints the message (the op, the argument, what was expected and what came) and the kernel
+// stops with "device-side assert triggered", reported by the next synchronising call (or by the
+// op itself under CUDA_LAUNCH_BLOCKING=1), and the CUDA context is then unusable, as after any
+// device-side assert. In the emulation the launch raises the message at once.
 
 namespace ebm_ext {
 
