@@ -146,17 +146,18 @@ def _partition(B, T, K, marginals: bool) -> Case:
     def floor_compute(d):
         return passes * max(d.lanes(pairs * 2), d.sfu(B * T * K))
 
-    # Today's design: log space, one block per sequence, one exp and a double add per pair, alpha
-    # in global memory (double), ~6 ATen kernels of staging; marginals add a second kernel whose
-    # pair marginals are read-modified-written in global memory in the inner loop, zero fills of
-    # the outputs and ~6 ATen kernels after it.
+    # The design (partition_kernel.cu): the exp domain, a warp per sequence: per step a lane's
+    # K pairs at ~3 warp-instr (a_i and E from shared memory, an FMA) plus ~40 for the step's
+    # reductions and exponentials; the backward recomputes v_t (twice the pairs) and adds ~80.
+    # Around it: ~6 ATen staging kernels, the log-space kernels launched for the flagged
+    # sequences (they exit at once when none is), and for marginals ~8 ATen kernels after.
+    slices = math.ceil(K / 32)
+
     def predict(d):
-        forward = max(d.sfu(pairs), d.issue(pairs * 10 / 32)) + B * T * K * 8 / d.copy_bytes_per_s
-        t = forward + 7 * LAUNCH_S
+        t = max(d.issue(B * (T - 1) * (slices * K * 3 + 40)), bytes_ / d.copy_bytes_per_s)
+        t += 8 * LAUNCH_S
         if marginals:
-            rmw = pairs * 8 / d.l2_bytes_per_s
-            t += max(d.sfu(2 * pairs), d.issue(pairs * 16 / 32), rmw) + 8 * LAUNCH_S
-            t += (B * T * K * 4 + B * K * K * 4) / d.copy_bytes_per_s  # zero fills
+            t += d.issue(B * (T - 1) * (2 * slices * K * 3 + 80)) + 9 * LAUNCH_S
         return t
 
     def call(x):
@@ -165,7 +166,7 @@ def _partition(B, T, K, marginals: bool) -> Case:
         return f(x["unary"], x["trans"], None, x["start"], x["end"])
 
     return Case("chain_marginals" if marginals else "chain_log_partition", f"B={B} T={T} K={K}",
-                "log space, block per sequence (to be redesigned: exp domain, warp per sequence)",
+                "exp domain, warp per sequence, fused; log space for flagged sequences",
                 bytes_, floor_compute, predict,
                 inputs=lambda device="cpu", small=False: _chain_inputs(B, T, K, small, device=device),
                 call=call)
@@ -204,10 +205,13 @@ def _nearest_centroid(N, D, C) -> Case:
     flops = 2 * N * C * D
     bytes_ = N * D * 4 + N * 12  # read the points; write index (int64) and distance (float32)
 
-    # Today's design: FP32 SIMT with 4x4 register tiles (16-way shared-memory bank conflicts) and
-    # a second pass over y for the distances: about 40 % of the FP32 lanes' rate.
+    # The design (kmeans_kernel.cu, float32): TF32 wmma at about half the tensor cores' rate; per
+    # (point, centroid) an epilogue of ~7 warp-instr / 32 lanes (read the dot, fold it into the
+    # row's two smallest); every block of 128 points reads all centroids from L2; the rare rows
+    # without a clear gap are recomputed in float32 (not counted); ATen's ||W||^2 (2 launches).
     def predict(d):
-        return d.lanes(flops / 2) / 0.4 + 2 * N * D * 4 / d.copy_bytes_per_s + 2 * LAUNCH_S
+        return max(flops / (0.5 * d.tf32_flop_per_s), d.issue(N * C * 7 / 32),
+                   bytes_ / d.copy_bytes_per_s, N / 128 * C * D * 4 / d.l2_bytes_per_s) + 3 * LAUNCH_S
 
     def inputs(device="cpu", small=False):
         import torch
@@ -221,7 +225,7 @@ def _nearest_centroid(N, D, C) -> Case:
         return ebm_ext.nearest_centroid(x["y"], x["W"])
 
     return Case("nearest_centroid", f"N={N // 1_000_000}M d={D} k={C}",
-                "FP32 SIMT tiles (to be redesigned: tensor-core GEMM, fused exact argmin)",
+                "TF32 tensor cores, exact argmin by a gap check and float32 recompute",
                 bytes_, lambda d: flops / d.tf32_flop_per_s, predict, inputs=inputs, call=call)
 
 

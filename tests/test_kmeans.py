@@ -238,3 +238,48 @@ def test_blobs_and_digits_commands(tmp_path):
     assert blobs["lloyd"]["ari"] == pytest.approx(1.0) and (tmp_path / "kmeans_blobs.png").stat().st_size > 10_000
     digits = kmeans.main(["digits", "--out", str(tmp_path), "--no-progress"])
     assert digits["ari"] > 0.5 and (tmp_path / "kmeans_digits.json").exists()
+
+
+# ---- the tensor-core kernel (float32): an exact argmin under TF32 rounding ---------------------
+
+def _tf32(x: torch.Tensor) -> torch.Tensor:
+    """x (float32) rounded to TF32 as cvt.rna.tf32.f32 does: 10 mantissa bits, ties away."""
+    bits = x.view(torch.int32)
+    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
+def _float32_argmin(y, W, norm):
+    """The SIMT kernel's argmin: norm_j - 2 y.W_j with the dot summed in float32 in order of q
+    (no fused multiply-add, as g++ compiles the emulation), ties to the smallest j."""
+    dot = torch.zeros(y.shape[0], W.shape[0], dtype=torch.float32)
+    for q in range(y.shape[1]):
+        dot = dot + y[:, q:q + 1] * W[:, q][None]
+    return (norm[None] - 2 * dot).argmin(1)  # argmin: the first of equal minima
+
+
+def _near_ties(N=256, pairs=24, d=24, seed=11):
+    """Centroids in pairs 1e-5 apart (relative): TF32's rounding (about 1e-3) orders many pairs
+    wrongly, float32 orders them right."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(pairs, d, generator=g)
+    W = torch.cat([base, base + 1e-5 * torch.randn(pairs, d, generator=g)])
+    y = base[torch.randint(pairs, (N,), generator=g)] * 0.5 + 0.1 * torch.randn(N, d, generator=g)
+    return y, W
+
+
+def test_tensor_core_argmin_is_exact_on_near_ties(gpu):
+    y, W = _near_ties()
+    norm = W.square().sum(1)
+    want = _float32_argmin(y, W, norm)
+    tf32 = (norm[None].double() - 2 * _tf32(y).double() @ _tf32(W).double().t()).argmin(1)
+    assert (tf32 != want).double().mean() > 0.05, "the case must be one TF32 alone gets wrong"
+    with gpu():
+        dist2, index = ebm_ext.nearest_centroid(gpu.to(y), gpu.to(W))
+    index = index.cpu()
+    if gpu.name == "emulated":
+        assert torch.equal(index, want)
+    else:  # the GPU fuses multiply-adds: the float32 values may differ in their last bit
+        exact = ((y.double()[:, None] - W.double()[None]) ** 2).sum(-1)
+        chosen = exact.gather(1, index[:, None]).squeeze(1)
+        assert (chosen - exact.min(1).values).abs().max() <= 1e-5 * exact.min(1).values.max()
+    torch.testing.assert_close(dist2.cpu(), ((y - W[index]) ** 2).sum(-1), rtol=1e-5, atol=1e-6)

@@ -275,3 +275,89 @@ cudaError_t cudaFuncSetAttribute(Kernel* kernel, cudaFuncAttribute attribute, in
              ? cudaSuccess
              : cudaErrorInvalidValue;
 }
+
+// ---- tensor cores: the nvcuda::wmma subset the kernels use (TF32 m16n16k8) -------------------
+// A fragment holds its whole tile in every lane (the hardware spreads it over the warp's
+// registers in an unspecified layout, which kernels never rely on: they go through
+// load/store_matrix_sync and element-wise loops over x[0, num_elements)); every lane computes
+// the whole product. store_matrix_sync writes from lane 0 only (the others hold the same
+// values), so that a kernel must __syncwarp() before other lanes read the stored tile, as on
+// the GPU. mma_sync sums the k products of each entry in order in float32; TF32 inputs are
+// rounded by __float_to_tf32 (to nearest, ties away: cvt.rna.tf32.f32).
+namespace nvcuda {
+namespace wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+namespace precision {
+struct tf32 {};
+}  // namespace precision
+enum layout_t { mem_row_major, mem_col_major };
+
+template <typename Use, int M, int N, int K>
+struct tile_shape;
+template <int M, int N, int K>
+struct tile_shape<matrix_a, M, N, K> { static constexpr int rows = M, cols = K; };
+template <int M, int N, int K>
+struct tile_shape<matrix_b, M, N, K> { static constexpr int rows = K, cols = N; };
+template <int M, int N, int K>
+struct tile_shape<accumulator, M, N, K> { static constexpr int rows = M, cols = N; };
+
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+struct fragment {
+  static constexpr int rows = tile_shape<Use, M, N, K>::rows, cols = tile_shape<Use, M, N, K>::cols;
+  static constexpr int num_elements = rows * cols;
+  float x[num_elements];  // row-major
+};
+
+inline float __float_to_tf32(float v) {
+  if (!std::isfinite(v)) return v;
+  uint32_t bits;
+  std::memcpy(&bits, &v, 4);
+  bits = (bits + 0x1000u) & 0xffffe000u;
+  std::memcpy(&v, &bits, 4);
+  return v;
+}
+
+template <typename Use, int M, int N, int K, typename T>
+void load_matrix_sync(fragment<Use, M, N, K, T, row_major>& f, const float* p, unsigned ldm) {
+  for (int r = 0; r < f.rows; ++r)
+    for (int c = 0; c < f.cols; ++c) f.x[r * f.cols + c] = p[size_t(r) * ldm + c];
+}
+template <typename Use, int M, int N, int K, typename T>
+void load_matrix_sync(fragment<Use, M, N, K, T, col_major>& f, const float* p, unsigned ldm) {
+  for (int r = 0; r < f.rows; ++r)
+    for (int c = 0; c < f.cols; ++c) f.x[r * f.cols + c] = p[size_t(c) * ldm + r];
+}
+template <int M, int N, int K>
+void fill_fragment(fragment<accumulator, M, N, K, float>& f, float v) {
+  for (float& e : f.x) e = v;
+}
+template <int M, int N, int K, typename LA, typename LB>
+void mma_sync(fragment<accumulator, M, N, K, float>& d,
+              const fragment<matrix_a, M, N, K, precision::tf32, LA>& a,
+              const fragment<matrix_b, M, N, K, precision::tf32, LB>& b,
+              const fragment<accumulator, M, N, K, float>& c) {
+  float out[M * N];
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < N; ++n) {
+      float s = c.x[m * N + n];
+      for (int k = 0; k < K; ++k) s += a.x[m * K + k] * b.x[k * N + n];
+      out[m * N + n] = s;
+    }
+  std::memcpy(d.x, out, sizeof out);
+}
+template <int M, int N, int K>
+void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float>& f, unsigned ldm,
+                       layout_t layout) {
+  if (::ebm_ext::simt::self().linear % ::ebm_ext::simt::kWarpSize != 0) return;
+  for (int r = 0; r < M; ++r)
+    for (int c = 0; c < N; ++c) {
+      const size_t at = layout == mem_row_major ? size_t(r) * ldm + c : size_t(c) * ldm + r;
+      p[at] = f.x[r * N + c];
+    }
+}
+}  // namespace wmma
+}  // namespace nvcuda

@@ -55,6 +55,8 @@ void check_launch(Name /*kernel: in the emulator's message*/) {
   } while (0)
 
 #else  // nvcc
+#include <mma.h>  // nvcuda::wmma: the tensor cores (emulated by simt.h in the other build)
+
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
