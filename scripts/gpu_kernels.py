@@ -117,7 +117,18 @@ def all_cases():
         unary, trans, _, _, _ = chain(1, 3, 1000, torch.float32, device)
         finite(ebm_ext.viterbi_kbest(unary, trans, 8)[1].float())
 
-    out += [("viterbi f32 K=7000 (opted-in shared memory)", big_viterbi), ("viterbi_kbest f32 k=8 K=1000", kbest_8)]
+    def constrained_marginals(device):  # a forbidden transition: the exp domain flags every
+        unary, trans, L, start, end = chain(4, 5, 4, torch.float32, device)  # sequence, log space runs
+        trans[0, 1] = float("inf")
+        finite(ebm_ext.chain_marginals(unary, trans, L, start, end),
+               torch.ops.ebm_ext._chain_log_partition_backward(torch.ones(4, device=device), unary, trans, L,
+                                                                start, end)[1])
+
+    out += [("viterbi f32 K=7000 (opted-in shared memory)", big_viterbi), ("viterbi_kbest f32 k=8 K=1000", kbest_8),
+            ("chain_marginals f32 forbidden transition (log space)", constrained_marginals),
+            ("nearest_centroid f32 d=300 (SIMT kernel)", lambda d: finite(*ebm_ext.nearest_centroid(
+                randn(70, 300, dtype=torch.float32, device=d), randn(67, 300, dtype=torch.float32, device=d,
+                                                                        seed=1))))]
     for dt in ("f32", "f64", "f16"):
         dtype = FLOATS[dt]
         out.append((f"project_simplex {dt}", lambda d, dtype=dtype: finite(

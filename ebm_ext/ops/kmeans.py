@@ -15,7 +15,10 @@ def nearest_centroid(y: Tensor, W: Tensor) -> tuple[Tensor, Tensor]:
 
     The argmin compares ||W_j||^2 - 2 y . W_j in y's dtype (as faiss and scikit-learn do), so
     centroids closer than the rounding of that form may be swapped; ``dist2`` is then
-    recomputed as sum (y - W_j)^2. Ties go to the smallest index.
+    recomputed as sum (y - W_j)^2. Ties go to the smallest index. On CUDA, float32 points of up
+    to 256 dimensions are compared on the tensor cores (TF32) and the answer is still that
+    float32 argmin: a point whose two best centroids are closer than TF32's rounding bound is
+    recomputed in float32.
 
     Args:
         y (Tensor[N, d], float): the points.

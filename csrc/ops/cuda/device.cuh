@@ -86,7 +86,8 @@ void check_launch(Name kernel) {
 }  // namespace ebm_ext
 
 #define EBM_CUDA_LIBRARY_IMPL(m) TORCH_LIBRARY_IMPL(EBM_OP_NAMESPACE, CUDA, m)
-#define EBM_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+// 32-byte aligned: wmma loads and stores need 256-bit aligned addresses.
+#define EBM_DYNAMIC_SHARED(type, name) extern __shared__ __align__(32) type name[]
 #define EBM_DEVICE_REQUIRE(cond, ...)                         \
   do {                                                        \
     if (!(cond)) {                                            \
