@@ -452,13 +452,15 @@ def _decoding_calls(ops, gpu):
     t = gpu.to(trans).t().contiguous().t()
     L, start, end = gpu.to(L), gpu.to(start), gpu.to(end)
     gold, cost = gpu.to(_gold_for(unary, L.cpu(), 4)), gpu.to(_hamming(5))
+    paths = gold.clamp(min=0)
     return {"viterbi": lambda: ops.viterbi(u, t, L, start, end),
+            "chain_energy": lambda: ops.chain_energy(u, t, paths, L, start, end),
             "viterbi_kbest": lambda: ops.viterbi_kbest(u, t, 3, L, start, end),
             "loss_augmented_viterbi": lambda: ops.loss_augmented_viterbi(u, t, gold, cost, L, start,
                                                                          end)}
 
 
-@pytest.mark.parametrize("op", ["viterbi", "viterbi_kbest", "loss_augmented_viterbi"])
+@pytest.mark.parametrize("op", ["viterbi", "viterbi_kbest", "loss_augmented_viterbi", "chain_energy"])
 def test_decoding_is_one_kernel_launch_without_host_synchronisation(op, gpu):
     call = _decoding_calls(gpu.ops, gpu)[op]
     call()  # a first call may load the module and opt in to shared memory
@@ -478,6 +480,16 @@ def _bad_decoder_values():
          r"viterbi: lengths must be in \[0, T=3\], got 4 at index 1"),
         ("viterbi_kbest", (u, t, 2, torch.tensor([-1, 3]), None, None),
          r"viterbi_kbest: lengths must be in \[0, T=3\], got -1 at index 0"),
+        ("chain_energy", (u, t, g, torch.tensor([3, 4]), None, None),
+         r"chain_energy: lengths must be in \[0, T=3\], got 4 at index 1"),
+        ("chain_energy", (u, t, torch.tensor([[0, 1, 2], [3, 4, -1]]), torch.tensor([3, 2]), None,
+                          None),
+         r"chain_energy: tags must hold tags in \[0, K=4\) at positions t < length, got 4 at index "
+         r"\[1, 1\]"),
+        ("chain_energy", (u, t, torch.tensor([[[0, 1, 2]], [[3, -2, 0]]]), torch.tensor([3, 2]), None,
+                          None),
+         r"chain_energy: tags must hold tags in \[0, K=4\) at positions t < length, got -2 at index "
+         r"\[1, 0, 1\]"),
         ("loss_augmented_viterbi", (u, t, g, c, torch.tensor([3, 5]), None, None),
          r"loss_augmented_viterbi: lengths must be in \[0, T=3\], got 5 at index 1"),
         ("loss_augmented_viterbi", (u, t, torch.tensor([[0, 1, 2], [3, 4, 9]]), c,

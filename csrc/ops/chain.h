@@ -148,13 +148,18 @@ inline void check_tags(const char* op, const char* name, const at::Tensor& tags,
 
 // chain_energy: integer tags (B, T) or (B, C, T) candidates per sequence, or relaxed tags
 // (B, T, K) of the same dtype as unary. Returns whether the tags are relaxed.
+// With ValueChecks::Device the CUDA kernel checks the lengths and integer tags itself (relaxed
+// tags go through ATen ops, which need their lengths checked here).
 inline bool check_chain_energy_inputs(const at::Tensor& unary, const at::Tensor& trans,
                                       const at::Tensor& tags,
                                       const c10::optional<at::Tensor>& lengths,
                                       const c10::optional<at::Tensor>& start,
-                                      const c10::optional<at::Tensor>& end) {
+                                      const c10::optional<at::Tensor>& end,
+                                      ValueChecks values = ValueChecks::Host) {
   const char* op = "chain_energy";
-  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end);
+  const bool relaxed = tags.defined() && at::isFloatingType(tags.scalar_type());
+  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end,
+                                    relaxed ? ValueChecks::Host : values);
   check_defined(op, "tags", tags);
   if (at::isFloatingType(tags.scalar_type())) {
     TORCH_CHECK(tags.dim() == 3, op, ": tags must be int64 tags (B, T) or (B, C, T), or relaxed "
@@ -173,7 +178,7 @@ inline bool check_chain_energy_inputs(const at::Tensor& unary, const at::Tensor&
   TORCH_CHECK((tags.dim() == 2 || tags.dim() == 3) && tags.size(0) == d.B && tags.size(-1) == d.T,
               op, ": tags must have shape (B, T) = (", d.B, ", ", d.T, ") or (B, C, T), got ",
               shape_str(tags));
-  check_tag_values(op, "tags", tags, lengths, d.K);
+  if (values == ValueChecks::Host || !on_cuda(tags)) check_tag_values(op, "tags", tags, lengths, d.K);
   return false;
 }
 

@@ -42,7 +42,7 @@ constexpr size_t kChunkBytes = 4 * 1024;        // a warp's staged unary positio
 constexpr size_t kWarpPtrBytes = 16 * 1024;     // a warp's backpointers in shared memory up to this
 constexpr size_t kKBestPtrBytes = 96 * 1024;    // k-best's back-pointer lists, likewise
 
-enum DecodeOp : int { kViterbi = 0, kLossAugmented = 1, kKBest = 2 };
+enum DecodeOp : int { kViterbi = 0, kLossAugmented = 1, kKBest = 2, kChainEnergy = 3 };
 
 // The decoders' inputs as they lie: every tensor through its strides, in the input's dtype.
 template <typename scalar_t>
@@ -58,8 +58,10 @@ struct DecodeArgs {
 };
 
 __device__ __forceinline__ const char* decode_op_name(int op) {
-  return op == kViterbi ? "viterbi" : op == kLossAugmented ? "loss_augmented_viterbi"
-                                                           : "viterbi_kbest";
+  return op == kViterbi ? "viterbi"
+         : op == kLossAugmented ? "loss_augmented_viterbi"
+         : op == kKBest ? "viterbi_kbest"
+                        : "chain_energy";
 }
 
 // A sequence of the batch as path_energy (../chain_view.h) and the k-best final list read it;
@@ -350,14 +352,33 @@ __global__ void kbest_kernel(DecodeArgs<scalar_t> a, int k, bool trans_shared, b
 
 // ---- chain_energy ------------------------------------------------------------------------------
 
+// A thread per path, reading the parameters where they lie (one launch, no staging); the
+// lengths and the tags at t < L are checked on the device, as the decoders' are.
 template <typename scalar_t, typename acc_t>
-__global__ void chain_energy_kernel(ChainArgs<scalar_t, acc_t> a, const int64_t* __restrict__ tags,
-                                    int64_t n_paths, int64_t C, scalar_t* __restrict__ energy_out) {
+__global__ void chain_energy_kernel(DecodeArgs<scalar_t> a, const int64_t* __restrict__ tags,
+                                    int64_t n_paths, int64_t C, bool candidates,
+                                    scalar_t* __restrict__ energy_out) {
   const int64_t n = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (n >= n_paths) return;
   const int64_t b = n / C;
-  energy_out[n] =
-      static_cast<scalar_t>(a.template path_energy<acc_t>(b, tags + n * a.T, a.length(b)));
+  const int64_t L = checked_length(a, b);
+  const int64_t* y = tags + n * a.T;
+  for (int64_t t = 0; t < L; ++t) {
+    const bool in_range = y[t] >= 0 && y[t] < a.K;
+    const auto K = static_cast<long long>(a.K), got = static_cast<long long>(y[t]);
+    if (candidates) {
+      EBM_DEVICE_REQUIRE(in_range, "chain_energy: tags must hold tags in [0, K=%lld) at positions "
+                         "t < length, got %lld at index [%lld, %lld, %lld]", K, got,
+                         static_cast<long long>(b), static_cast<long long>(n % C),
+                         static_cast<long long>(t));
+    } else {
+      EBM_DEVICE_REQUIRE(in_range, "chain_energy: tags must hold tags in [0, K=%lld) at positions "
+                         "t < length, got %lld at index [%lld, %lld]", K, got,
+                         static_cast<long long>(b), static_cast<long long>(t));
+    }
+  }
+  const DecodeChain<scalar_t, acc_t> c{a, nullptr, a.K};
+  energy_out[n] = static_cast<scalar_t>(path_energy<acc_t>(c, b, y, L));
 }
 
 template <typename scalar_t>
@@ -547,7 +568,7 @@ at::Tensor chain_energy_cuda(const at::Tensor& unary, const at::Tensor& trans,
                              const at::Tensor& tags, const c10::optional<at::Tensor>& lengths,
                              const c10::optional<at::Tensor>& start,
                              const c10::optional<at::Tensor>& end) {
-  if (check_chain_energy_inputs(unary, trans, tags, lengths, start, end)) {
+  if (check_chain_energy_inputs(unary, trans, tags, lengths, start, end, ValueChecks::Device)) {
     return relaxed_chain_energy(unary, trans, tags, lengths, start, end);
   }
   const DeviceGuard guard(unary.device());
@@ -555,17 +576,16 @@ at::Tensor chain_energy_cuda(const at::Tensor& unary, const at::Tensor& trans,
   out_shape.pop_back();
   auto energy = at::empty(out_shape, unary.options());
   if (energy.numel() == 0) return energy;
-  const auto s = stage(unary, trans, lengths, start, end);
-  const auto tags_c = tags.contiguous();
+  const auto tags_c = tags.contiguous();  // no copy for contiguous tags
   const int64_t n_paths = energy.numel();
   const int64_t C = tags.dim() == 3 ? tags.size(1) : 1;
   EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "chain_energy_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    auto a = chain_args<scalar_t, acc_t>(s, 0);
     const int threads = 128;
     const auto blocks = static_cast<unsigned>((n_paths + threads - 1) / threads);
-    launch_kernel<chain_energy_kernel<scalar_t, acc_t>>(blocks, threads, 0, a,
-        tags_c.data_ptr<int64_t>(), n_paths, C, energy.data_ptr<scalar_t>());
+    launch_kernel<chain_energy_kernel<scalar_t, acc_t>>(
+        blocks, threads, 0, decode_args<scalar_t>(kChainEnergy, unary, trans, lengths, start, end),
+        tags_c.data_ptr<int64_t>(), n_paths, C, tags.dim() == 3, energy.data_ptr<scalar_t>());
   });
   return energy;
 }
