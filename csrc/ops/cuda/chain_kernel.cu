@@ -29,6 +29,7 @@
 #include "../chain.h"
 #include "device.cuh"
 #include "chain_common.cuh"
+#include "reduce.cuh"
 
 namespace ebm_ext {
 using namespace cuda_chain;
@@ -263,14 +264,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
       arg = static_cast<int>(j);
     }
   }
-  for (int offset = 16; offset > 0; offset /= 2) {
-    const acc_t other = __shfl_xor_sync(0xffffffffu, best, offset);
-    const int other_arg = __shfl_xor_sync(0xffffffffu, arg, offset);
-    if (other < best || (other == best && other_arg < arg)) {
-      best = other;
-      arg = other_arg;
-    }
-  }
+  cuda_reduce::warp_argmin(best, arg);
   if (lane != 0) return;
   walk_back(arg == std::numeric_limits<int>::max() ? 0 : arg, p, K, L, tags);
   if (delta_out == nullptr) {

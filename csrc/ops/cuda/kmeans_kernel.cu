@@ -88,17 +88,23 @@ __global__ void nearest_centroid_kernel(const scalar_t* __restrict__ y, const sc
   for (int a = 0; a < kPer; ++a) {
     acc_t v = best[a];
     int64_t j = best_index[a];
-    for (int offset = kSide / 2; offset > 0; offset /= 2) {
-      const acc_t ov = __shfl_xor_sync(0xffffffffu, v, offset);
-      const int64_t oj = __shfl_xor_sync(0xffffffffu, j, offset);
-      if (ov < v || (ov == v && oj < j)) {
-        v = ov;
-        j = oj;
-      }
-    }
+    cuda_reduce::warp_argmin(v, j, kSide);
     const int64_t p = first_point + ty + kSide * a;
     if (tx == 0 && p < N) index[p] = j;
   }
+}
+
+// sum_q (y[q] - w[q * w_stride])^2 over the lanes of a full warp (lane-strided partial sums,
+// then a butterfly), in every lane: the one summation both kernels' distances use.
+template <typename acc_t, typename Y, typename Wt>
+__device__ acc_t warp_squared_distance(const Y* y, const Wt* w, int64_t w_stride, int64_t d) {
+  const int lane = threadIdx.x % 32;
+  acc_t s = 0;
+  for (int64_t q = lane; q < d; q += 32) {
+    const acc_t diff = static_cast<acc_t>(y[q]) - static_cast<acc_t>(w[q * w_stride]);
+    s += diff * diff;
+  }
+  return cuda_reduce::warp_reduce(s, cuda_reduce::Sum());
 }
 
 // One warp per point: dist2[p] = sum_q (y[p, q] - W[index[p], q])^2.
@@ -109,14 +115,7 @@ __global__ void distance_kernel(const scalar_t* __restrict__ y, const scalar_t* 
   const int64_t p = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (p >= N) return;
-  const scalar_t* yp = y + p * d;
-  const scalar_t* wj = W + index[p] * d;
-  acc_t s = 0;
-  for (int64_t q = lane; q < d; q += 32) {
-    const acc_t diff = static_cast<acc_t>(yp[q]) - static_cast<acc_t>(wj[q]);
-    s += diff * diff;
-  }
-  s = cuda_reduce::warp_reduce(s, cuda_reduce::Sum());
+  const acc_t s = warp_squared_distance<acc_t>(y + p * d, W + index[p] * d, 1, d);
   if (lane == 0) dist2[p] = static_cast<scalar_t>(s);
 }
 
@@ -132,7 +131,8 @@ __global__ void distance_kernel(const scalar_t* __restrict__ y, const scalar_t* 
 // no other centroid can reach j1's float32 value, so j1 is the exact argmin; elsewhere (a near
 // tie, an exact tie, a NaN or an infinity) the warp recomputes the row's float32 values over
 // every centroid, exactly as the SIMT kernel does, ties to the smallest index. The distance to
-// the chosen centroid is then summed as distance_kernel sums it. One launch, no second pass.
+// the chosen centroid is then summed as distance_kernel sums it (warp_squared_distance).
+// One launch, no second pass.
 constexpr int kTcWarps = 8;
 constexpr int kTcPoints = 16 * kTcWarps;  // per block
 constexpr int kTcCentroids = 64;          // per shared-memory tile
@@ -260,21 +260,9 @@ __global__ void __launch_bounds__(kTcWarps * 32)
           j = c;
         }
       }
-      for (int offset = 16; offset > 0; offset /= 2) {
-        const float ov = __shfl_xor_sync(0xffffffffu, best, offset);
-        const int64_t oj = __shfl_xor_sync(0xffffffffu, j, offset);
-        if (ov < best || (ov == best && oj < j)) {
-          best = ov;
-          j = oj;
-        }
-      }
+      cuda_reduce::warp_argmin(best, j);
     }
-    float s = 0;
-    for (int q = lane; q < d; q += 32) {
-      const float diff = yp[q] - W[j * ws0 + q * ws1];
-      s += diff * diff;
-    }
-    s = cuda_reduce::warp_reduce(s, cuda_reduce::Sum());
+    const float s = warp_squared_distance<float>(yp, W + j * ws0, ws1, d);
     if (lane == 0) {
       index[p] = j;
       dist2[p] = s;

@@ -24,6 +24,21 @@ __device__ __forceinline__ T warp_reduce(T v, Op op) {
   return v;
 }
 
+// The smallest value over each `width`-lane segment of a full warp, with its index: ties go to
+// the smaller index. A NaN never wins a comparison: start every lane at +inf so that it stays
+// out. Every lane of the segment gets the result.
+template <typename T, typename I>
+__device__ __forceinline__ void warp_argmin(T& value, I& index, int width = 32) {
+  for (int offset = width / 2; offset > 0; offset /= 2) {
+    const T other = __shfl_xor_sync(0xffffffffu, value, offset);
+    const I other_index = __shfl_xor_sync(0xffffffffu, index, offset);
+    if (other < value || (other == value && other_index < index)) {
+      value = other;
+      index = other_index;
+    }
+  }
+}
+
 // Over the block (blockDim.x a multiple of 32); `scratch` holds one T per warp.
 template <typename T, typename Op>
 __device__ T block_reduce(T v, T* scratch, Op op) {
