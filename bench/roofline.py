@@ -176,12 +176,29 @@ def _distribution(B, T, K, op: str) -> Case:
     pairs = B * (T - 1) * K * K
     bytes_ = B * T * K * 8 * (2 if op == "chain_expectation" else 1)
 
-    # Today's design: one float64 thread per sequence (B / 32 warps: a few per SM, so every
-    # dependent FP64 operation waits its ~8-cycle latency), forward and backward in the thread.
+    # The design (distribution_kernel.cu): a warp per sequence, lane j owning column j, 4 per
+    # block. Per step and lane, the column's K pairs: a load of E (L1) and of the message
+    # (shared, broadcast), the float64 product and sum, and with a direction the weighted
+    # statistic: ~10 warp-instr per pair with v, ~5 without, 4 and 2 of them on the FP64 pipe
+    # (64 lanes per SM and clock: 2 warp-instr). Per step and sequence the row's exps and logs
+    # in float64 (software, ~25 FP64 instr each: 2 per lane) and the warp reductions, ~100
+    # warp-instr. chain_sample writes the forward messages for its walk (B T K 3 doubles) and
+    # adds the walk (a thread per sample, latency-bound in one wave).
+    # Before the kernel, ATen stages exp(tmin - trans), tmin and the NaN flags: ~25 small
+    # kernels.
     def predict(d):
-        per_thread_ops = (T - 1) * K * K * (6 if op == "chain_expectation" else 4)
-        waves = math.ceil(B / 32 / (d.sms * 4))
-        return waves * per_thread_ops * 8 / d.clock_hz + 2 * LAUNCH_S
+        slices = math.ceil(K / 32)
+        per_pair = 10 if op == "chain_expectation" else 5
+        fp64_per_pair = 4 if op == "chain_expectation" else 2
+        instr = B * (T - 1) * slices * K * per_pair + B * T * slices * 100
+        fp64 = B * (T - 1) * slices * K * fp64_per_pair + B * T * slices * 50
+        traffic = bytes_ if op == "chain_expectation" else bytes_ + B * T * K * 3 * 8
+        t = max(d.issue(instr), fp64 / (d.sms * 2 * d.clock_hz), traffic / d.copy_bytes_per_s)
+        if op == "chain_sample":
+            # the walk, one wave of threads: per step 2K dependent float64 adds (~8 cycles)
+            # after two rounds of loads from L2 (~400 cycles each)
+            t += T * (2 * K * 8 + 2 * 400) / d.clock_hz
+        return t + 25 * LAUNCH_S
 
     def inputs(device="cpu", small=False):
         x = _chain_inputs(B, T, K, small, dtype="float64", device=device)
@@ -196,7 +213,7 @@ def _distribution(B, T, K, op: str) -> Case:
         return ebm_ext.chain_sample(x["unary"], x["trans"], (), None, x["start"], x["end"])
 
     return Case(op, f"B={B} T={T} K={K} float64",
-                "one float64 thread per sequence (to be redesigned: a warp per sequence)",
+                "warp per sequence, 4 per block; ATen stages the exp-domain transitions",
                 bytes_, lambda d: d.lanes(pairs * 2 * 2, per_sm_clock=64), predict,
                 inputs=inputs, call=call)
 
@@ -233,10 +250,21 @@ def _bilstm(B, T, D, H) -> Case:
     flops = 2 * T * B * 4 * H * (D + H) * 2  # both directions, input and recurrent products
     bytes_ = B * T * D * 4 + B * T * 2 * H * 4 + 2 * T * B * 4 * H * 4  # in, out, saved gates
 
-    # Today's design: per step and direction one cell kernel after ATen's products: about 4T
-    # launches each way, each a few microseconds: launch-bound.
+    # The design (bilstm_kernel.cu): x W_ih^T + bias for every row and both directions in one
+    # cuBLAS GEMM (float32 SIMT: PyTorch leaves TF32 off for matmuls; ~80 % of the FP32 lanes),
+    # then one launch for both directions' recurrences: a block per 4 sequences and direction
+    # walks all T steps, fusing h_prev W_hh^T with the cell. Per step every block reads W_hh^T
+    # (4H x H floats) from L2, and each thread issues ~26 warp-instr per i for its 16
+    # accumulators; a step costs the larger of the two. Launches: the GEMM, the transpose of
+    # W_hh, the copy of the step sizes, the recurrence.
     def predict(d):
-        return 2 * 4 * T * LAUNCH_S + flops / (0.5 * d.tf32_flop_per_s)
+        gemm = 2 * B * T * D * 8 * H / (0.8 * d.lanes(1) ** -1 * 2)
+        blocks = 2 * math.ceil(B / 4)
+        l2_step = blocks * 4 * H * H * 4 / d.l2_bytes_per_s
+        warps = math.ceil(H / 32)
+        per_sm_blocks = math.ceil(blocks / d.sms)
+        issue_step = per_sm_blocks * warps * H * 26 / (4 * d.clock_hz)
+        return gemm + T * max(l2_step, issue_step) + 4 * LAUNCH_S
 
     def inputs(device="cpu", small=False):
         import torch
@@ -254,7 +282,7 @@ def _bilstm(B, T, D, H) -> Case:
         return ebm_ext.bilstm(x["input"], x["batch_sizes"], x["weight_ih"], x["weight_hh"], x["bias"])
 
     return Case("bilstm", f"B={B} T={T} d={D} h={H}",
-                "a cell kernel per step and direction (to be redesigned: batched, graph-captured)",
+                "input GEMM, then one launch: a block per 4 sequences and direction walks all steps",
                 bytes_, lambda d: flops / d.tf32_flop_per_s, predict, inputs=inputs, call=call)
 
 

@@ -1,6 +1,6 @@
 // One sequence of a linear chain in float64, written once for both backends: the CPU kernels
-// loop over the batch, the CUDA kernels run one thread per sequence (csrc/ops/cpu and cuda
-// distribution_kernel). Three passes over the chain energy
+// loop over the batch with a team of one thread per sequence, the CUDA kernels give each
+// sequence a warp (csrc/ops/cpu and cuda distribution_kernel). Three passes over the chain energy
 //   E(y) = start[y_0] + sum_t unary[t, y_t] + sum_t trans[y_{t-1}, y_t] + end[y_{L-1}]:
 //
 //   forward:    log Z and, for a direction v of the same layout (an additive statistic
@@ -10,6 +10,13 @@
 //               hence Cov_p(phi, s) for every parameter (the Hessian of log Z times v: the
 //               double backward of log Z, and the gradient of the entropy);
 //   sample:     forward-filtering backward-sampling, exact, from uniform noise.
+//
+// Teams. A pass is run by a team (Solo here; a warp in distribution_kernel.cu): member r owns
+// the tags j = r, r + size, ... of every step, computes their columns, and the team meets at
+// sync() (before a member reads what another wrote) and at its reductions over the tags (max,
+// min, sum, any), which sync the team too. Each column's own sum over i runs in one member, in the order i = 0..K-1, so a
+// team of any size computes the same columns; only the sums over the tags (log Z's last
+// log-sum-exp, the expectation) are added in another order.
 //
 // Precision. Each step computes, per column j, S_j = sum_i a(i) E(i, j) with a = exp(la - max la)
 // and E = exp(tmin - trans) (tmin the smallest finite transition: both in [0, 1], +inf energies
@@ -32,6 +39,17 @@ constexpr double kTau = 0x1p-500;
 
 EBM_HD inline double inf() { return std::numeric_limits<double>::infinity(); }
 
+// The team of one: the CPU kernels' (see "Teams" above).
+struct Solo {
+  static constexpr int size = 1;
+  EBM_HD int rank() const { return 0; }
+  EBM_HD void sync() const {}
+  EBM_HD double max(double x) const { return x; }
+  EBM_HD double min(double x) const { return x; }
+  EBM_HD double sum(double x) const { return x; }
+  EBM_HD bool any(bool x) const { return x; }
+};
+
 // A batch of chain energies (or of directions v: the same layout) in their own dtype S, read
 // in float64; here unary and trans may be null too (a zero term: a direction need not touch
 // every parameter).
@@ -53,30 +71,70 @@ struct ExpTrans {
   double tmin;
 };
 
-// Scratch of one sequence: work_doubles(T, K) doubles.
-struct Work {
-  double *la, *a, *m, *r, *F;        // (T, K) log forward messages (unary at t included), their
-                                      // exp scaled to a largest entry of 1 (max in m, (T,)), 1/S_j
-                                      // (-1: the column ran in log space), and F
-  double *lb, *lb2, *bt, *Bk, *Bk2, *mu;  // (K) each: the backward pass
+struct StagedTransitions {
+  double tmin;   // the smallest finite transition (0 if none)
+  bool invalid;  // trans, start or end holds NaN or -inf: every non-empty sequence is NaN
 };
 
-EBM_HD inline int64_t work_doubles(int64_t T, int K) { return 4 * T * K + T + 6 * int64_t(K); }
+// Fills E (K, K) = exp(tmin - trans) in float64 (0 where trans = +inf), by the team; every
+// member gets tmin and the flag.
+template <typename Team, typename S>
+EBM_HD StagedTransitions stage_transitions(const Team& team, const Chain<S>& e, double* E) {
+  const int K = e.K;
+  double lo = inf();
+  bool invalid = false;
+  for (int n = team.rank(); n < K * K; n += Team::size) {
+    const double t = e.tr(n / K, n % K);
+    invalid = invalid || !(t > -inf());
+    if (t > -inf() && t < inf()) lo = fmin(lo, t);
+  }
+  for (int j = team.rank(); j < K; j += Team::size)
+    invalid = invalid || !(e.st(j) > -inf()) || !(e.en(j) > -inf());
+  lo = team.min(lo);
+  const double tmin = lo < inf() ? lo : 0.0;
+  for (int n = team.rank(); n < K * K; n += Team::size) {
+    const double t = e.tr(n / K, n % K);
+    E[n] = t == inf() ? 0.0 : exp(tmin - t);
+  }
+  invalid = team.any(invalid);
+  team.sync();  // E complete for every member
+  return {tmin, invalid};
+}
 
-EBM_HD inline Work make_work(double* p, int64_t T, int K) {
+// Scratch of one sequence: work_doubles(rows, K) doubles, rows = T for the passes that read the
+// forward messages back (covariance, sample), or kRingRows for a forward alone, which keeps only
+// the step it computes and the one before (a ring: row t is t % 2).
+struct Work {
+  double *la, *a, *m, *r, *F;        // (rows, K) log forward messages (unary at t included),
+                                      // their exp scaled to a largest entry of 1 (max in m,
+                                      // (rows,)), 1/S_j (-1: the column ran in log space), and F
+  double *lb, *lb2, *bt, *Bk, *Bk2, *mu;  // (K) each: the backward pass
+  bool ring;
+
+  EBM_HD int64_t row(int64_t t) const { return ring ? (t & 1) : t; }
+};
+
+constexpr int64_t kRingRows = 2;
+
+EBM_HD inline int64_t work_doubles(int64_t rows, int K) {
+  return 4 * rows * K + rows + 6 * int64_t(K);
+}
+
+EBM_HD inline Work make_work(double* p, int64_t rows, int K) {
   Work w;
   w.la = p;
-  w.a = p + T * K;
-  w.r = p + 2 * T * K;
-  w.F = p + 3 * T * K;
-  w.m = p + 4 * T * K;
-  double* q = w.m + T;
+  w.a = p + rows * K;
+  w.r = p + 2 * rows * K;
+  w.F = p + 3 * rows * K;
+  w.m = p + 4 * rows * K;
+  double* q = w.m + rows;
   w.lb = q;
   w.lb2 = q + K;
   w.bt = q + 2 * K;
   w.Bk = q + 3 * K;
   w.Bk2 = q + 4 * K;
   w.mu = q + 5 * K;
+  w.ring = rows == kRingRows;
   return w;
 }
 
@@ -97,12 +155,17 @@ EBM_HD inline void lse_add(double x, double& mx, double& s) {
 
 EBM_HD inline double lse_value(double mx, double s) { return s == 0.0 ? -inf() : mx + log(s); }
 
-// Fills a and m of row t from la.
-EBM_HD inline double scale_row(const Work& w, int64_t t, int K) {
+// Fills a and m of step t from la, by the team; returns the row's largest log message.
+template <typename Team>
+EBM_HD double scale_row(const Team& team, const Work& w, int64_t t, int K) {
+  const double* la = w.la + w.row(t) * K;
+  double* a = w.a + w.row(t) * K;
   double mx = -inf();
-  for (int j = 0; j < K; ++j) mx = fmax(mx, w.la[t * K + j]);
-  w.m[t] = mx;
-  for (int j = 0; j < K; ++j) w.a[t * K + j] = mx > -inf() ? exp(w.la[t * K + j] - mx) : 0.0;
+  for (int j = team.rank(); j < K; j += Team::size) mx = fmax(mx, la[j]);
+  mx = team.max(mx);
+  if (team.rank() == 0) w.m[w.row(t)] = mx;
+  for (int j = team.rank(); j < K; j += Team::size) a[j] = mx > -inf() ? exp(la[j] - mx) : 0.0;
+  team.sync();
   return mx;
 }
 
@@ -118,40 +181,46 @@ struct ForwardColumn {
   EBM_HD ForwardColumn(const Chain<S>& e_, const ExpTrans& x_, const Work& w_, int64_t b_,
                        int64_t t_, int j_)
       : e(e_), x(x_), w(w_), b(b_), t(t_), j(j_),
-        log_norm(w_.la[t_ * e_.K + j_] + e_.u(b_, t_, j_)) {}
+        log_norm(w_.la[w_.row(t_) * e_.K + j_] + e_.u(b_, t_, j_)) {}
   EBM_HD double operator()(int i) const {
     const int K = e.K;
-    const double r = w.r[t * K + j];
-    if (r > 0) return w.a[(t - 1) * K + i] * x.E[i * K + j] * r;
-    const double l = w.la[(t - 1) * K + i] - e.tr(i, j);
+    const double r = w.r[w.row(t) * K + j];
+    if (r > 0) return w.a[w.row(t - 1) * K + i] * x.E[i * K + j] * r;
+    const double l = w.la[w.row(t - 1) * K + i] - e.tr(i, j);
     return l > -inf() ? exp(l - log_norm) : 0.0;
   }
 };
 
-// The forward pass of sequence b, length L >= 1: log Z (-inf without an allowed path, NaN when
-// it reads a NaN or -inf energy); with a direction v, *expect = E_p[v . phi] (0 without a path).
-template <typename S>
-EBM_HD double forward(const Chain<S>& e, const Chain<S>* v, const ExpTrans& x, int64_t b,
-                      int64_t L, const Work& w, double* expect) {
+// The forward pass of sequence b, length L >= 1, by the team: log Z (-inf without an allowed
+// path, NaN when it reads a NaN or -inf energy); with a direction v, *expect = E_p[v . phi] (0
+// without a path). Every member returns the same values.
+template <typename Team, typename S>
+EBM_HD double forward(const Team& team, const Chain<S>& e, const Chain<S>* v, const ExpTrans& x,
+                      int64_t b, int64_t L, const Work& w, double* expect) {
   const int K = e.K;
+  const int first = team.rank();
+  constexpr int stride = Team::size;
   if (expect) *expect = 0.0;
-  for (int64_t t = 0; t < L; ++t)
-    for (int j = 0; j < K; ++j)
-      if (!(e.u(b, t, j) > -inf())) return std::numeric_limits<double>::quiet_NaN();
-  for (int j = 0; j < K; ++j) {
+  bool invalid = false;
+  for (int64_t t = 0; t < L && !invalid; ++t)
+    for (int j = first; j < K; j += stride) invalid = invalid || !(e.u(b, t, j) > -inf());
+  if (team.any(invalid)) return std::numeric_limits<double>::quiet_NaN();
+  for (int j = first; j < K; j += stride) {
     w.la[j] = -(e.st(j) + e.u(b, 0, j));
-    w.F[j] = v && w.la[j] > -inf() ? v->st(j) + v->u(b, 0, j) : 0.0;
+    if (v) w.F[j] = w.la[j] > -inf() ? v->st(j) + v->u(b, 0, j) : 0.0;  // F: only with v
   }
-  if (!(scale_row(w, 0, K) > -inf())) return -inf();
+  if (!(scale_row(team, w, 0, K) > -inf())) return -inf();
   for (int64_t t = 1; t < L; ++t) {
-    const double* ap = w.a + (t - 1) * K;
-    const double* lap = w.la + (t - 1) * K;
-    const double* Fp = w.F + (t - 1) * K;
-    for (int j = 0; j < K; ++j) {
-      const int64_t at = t * K + j;
+    const int64_t prev = w.row(t - 1) * K, cur = w.row(t) * K;
+    const double* ap = w.a + prev;
+    const double* lap = w.la + prev;
+    const double* Fp = w.F + prev;
+    const double mp = w.m[w.row(t - 1)];
+    for (int j = first; j < K; j += stride) {
+      const int64_t at = cur + j;
       const double uj = e.u(b, t, j);
       w.r[at] = -1.0;
-      w.F[at] = 0.0;
+      if (v) w.F[at] = 0.0;
       if (uj == inf()) {
         w.la[at] = -inf();
         continue;
@@ -164,7 +233,7 @@ EBM_HD double forward(const Chain<S>& e, const Chain<S>* v, const ExpTrans& x, i
       }
       double c;
       if (s >= kTau) {
-        c = w.m[t - 1] - x.tmin + log(s);
+        c = mp - x.tmin + log(s);
         w.r[at] = 1.0 / s;
         acc /= s;
       } else {
@@ -181,38 +250,51 @@ EBM_HD double forward(const Chain<S>& e, const Chain<S>* v, const ExpTrans& x, i
       w.la[at] = c - uj;
       if (v && c > -inf()) w.F[at] = acc + v->u(b, t, j);
     }
-    if (!(scale_row(w, t, K) > -inf())) return -inf();
+    if (!(scale_row(team, w, t, K) > -inf())) return -inf();
   }
-  double mx = -inf(), sum = 0.0;
-  for (int j = 0; j < K; ++j) lse_add(w.la[(L - 1) * K + j] - e.en(j), mx, sum);
-  const double lz = lse_value(mx, sum);
-  if (v && expect && lz > -inf()) {
+  // log Z = log-sum-exp_j (la_{L-1}(j) - end(j)): the largest term, then the sum below it.
+  const int64_t last = w.row(L - 1) * K;
+  double mx = -inf();
+  for (int j = first; j < K; j += stride) mx = fmax(mx, w.la[last + j] - e.en(j));
+  mx = team.max(mx);
+  if (!(mx > -inf())) return -inf();
+  double sum = 0.0;
+  for (int j = first; j < K; j += stride) {
+    const double l = w.la[last + j] - e.en(j);
+    if (l > -inf()) sum += exp(l - mx);
+  }
+  const double lz = mx + log(team.sum(sum));
+  if (v && expect) {
     double es = 0.0;
-    for (int j = 0; j < K; ++j) {
-      const double l = w.la[(L - 1) * K + j] - e.en(j);
-      if (l > -inf()) es += weighted(exp(l - lz), w.F[(L - 1) * K + j] + v->en(j));
+    for (int j = first; j < K; j += stride) {
+      const double l = w.la[last + j] - e.en(j);
+      if (l > -inf()) es += weighted(exp(l - lz), w.F[last + j] + v->en(j));
     }
-    *expect = es;
+    *expect = team.sum(es);
   }
   return lz;
 }
 
-// weight * Cov_p(phi, v . phi) of sequence b, after forward() with the same v returned a finite
-// lz and expectation es: the unary entries into cu ((T, K) of this sequence, in S), the
-// transition, first and last ones added to ct (K, K), cs and ce (K) (double accumulators).
-template <typename S>
-EBM_HD void covariance(const Chain<S>& e, const Chain<S>& v, const ExpTrans& x, int64_t b,
-                       int64_t L, const Work& w, double lz, double es, double weight, S* cu,
-                       double* ct, double* cs, double* ce) {
+// weight * Cov_p(phi, v . phi) of sequence b, by the team, after forward() with the same v and
+// the same work (rows = T) returned a finite lz and expectation es: the unary entries into cu
+// ((T, K) of this sequence, in S), the transition, first and last ones added to ct (K, K), cs and
+// ce (K) (double accumulators; member r adds only to the columns j it owns).
+template <typename Team, typename S>
+EBM_HD void covariance(const Team& team, const Chain<S>& e, const Chain<S>& v, const ExpTrans& x,
+                       int64_t b, int64_t L, const Work& w, double lz, double es, double weight,
+                       S* cu, double* ct, double* cs, double* ce) {
   const int K = e.K;
+  const int first = team.rank();
+  constexpr int stride = Team::size;
   double *lb = w.lb, *lb2 = w.lb2, *Bk = w.Bk, *Bk2 = w.Bk2;
-  for (int j = 0; j < K; ++j) {
+  for (int j = first; j < K; j += stride) {
     lb[j] = -e.en(j);
     Bk[j] = lb[j] > -inf() ? v.en(j) : 0.0;
   }
+  team.sync();
   for (int64_t t = L - 1; t >= 0; --t) {
     const double* lat = w.la + t * K;
-    for (int j = 0; j < K; ++j) {
+    for (int j = first; j < K; j += stride) {
       const double l = lat[j] + lb[j];
       const double mu = l > -inf() ? exp(l - lz) : 0.0;
       w.mu[j] = mu;
@@ -224,7 +306,7 @@ EBM_HD void covariance(const Chain<S>& e, const Chain<S>& v, const ExpTrans& x, 
     if (t == 0) break;
     // Pairs (y_{t-1} = i, y_t = j): P = mu_t(j) P(i | j), E[s | i, j] = F_{t-1}(i) + v.trans(i, j)
     // + v.unary(t, j) + B_t(j).
-    for (int j = 0; j < K; ++j) {
+    for (int j = first; j < K; j += stride) {
       if (w.mu[j] == 0.0) continue;
       const ForwardColumn<S> col(e, x, w, b, t, j);
       const double base = v.u(b, t, j) + Bk[j] - es;
@@ -236,13 +318,16 @@ EBM_HD void covariance(const Chain<S>& e, const Chain<S>& v, const ExpTrans& x, 
     }
     // The backward message to t - 1: q(j) = lb(j) - unary(t, j).
     double mq = -inf();
-    for (int j = 0; j < K; ++j) {
+    for (int j = first; j < K; j += stride) {
       const double q = lb[j] - e.u(b, t, j);
       w.bt[j] = q;
       mq = fmax(mq, q);
     }
-    for (int j = 0; j < K; ++j) w.bt[j] = mq > -inf() && w.bt[j] > -inf() ? exp(w.bt[j] - mq) : 0.0;
-    for (int i = 0; i < K; ++i) {
+    mq = team.max(mq);
+    for (int j = first; j < K; j += stride)
+      w.bt[j] = mq > -inf() && w.bt[j] > -inf() ? exp(w.bt[j] - mq) : 0.0;
+    team.sync();
+    for (int i = first; i < K; i += stride) {
       lb2[i] = -inf();
       Bk2[i] = 0.0;
       // A tag the front cannot reach has no mass, and its messages reach no tag that has any.
@@ -268,6 +353,7 @@ EBM_HD void covariance(const Chain<S>& e, const Chain<S>& v, const ExpTrans& x, 
       }
       Bk2[i] = acc;
     }
+    team.sync();  // every member reads the new messages of every tag at the next step
     double* s1 = lb;
     lb = lb2;
     lb2 = s1;
@@ -303,7 +389,7 @@ struct LastTag {
   int64_t L;
   double lz;
   EBM_HD double operator()(int j) const {
-    const double l = w.la[(L - 1) * e.K + j] - e.en(j);
+    const double l = w.la[w.row(L - 1) * e.K + j] - e.en(j);
     return l > -inf() ? exp(l - lz) : 0.0;
   }
 };

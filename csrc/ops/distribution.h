@@ -1,7 +1,7 @@
 // The distribution family: expectations, covariances and samples of p(y) ∝ exp(-E(x, y)) for
 // the chain energy (chain.h), the kernels behind ebm_ext.LinearChainCRF. The per-sequence
 // algorithm is written once, for both backends, in chain_sequence.h; these are the input checks
-// both call and the exp-domain transitions both read.
+// both call and the staging of their inputs.
 //
 //   chain_expectation(unary, trans, v_unary, v_trans, ...)  log Z and E_p[v . phi], (B,) each
 //   _chain_covariance(weight, unary, trans, v_unary, ...)   sum_b weight_b Cov_p_b(phi, v . phi)
@@ -65,34 +65,12 @@ inline void check_sample_noise(const char* op, const at::Tensor& noise, const Ch
   check_same_device(op, "noise", noise, "unary", unary);
 }
 
-// E = exp(tmin - trans) in float64 (0 where trans = +inf), tmin the smallest finite transition
-// (0 if none), and whether trans, start or end hold NaN or -inf (every non-empty sequence is then
-// NaN): ATen ops, so one code serves both devices without a host synchronisation.
-struct ExpTransTensors {
-  at::Tensor E, tmin, params_invalid;
-};
-
-inline ExpTransTensors exp_transitions(const at::Tensor& trans,
-                                       const c10::optional<at::Tensor>& start,
-                                       const c10::optional<at::Tensor>& end) {
-  const double inf = std::numeric_limits<double>::infinity();
-  const auto t = trans.to(at::kDouble).contiguous();
-  ExpTransTensors x;
-  auto tmin = at::where(at::isfinite(t), t, at::full({}, inf, t.options())).min();
-  x.tmin = at::where(at::isinf(tmin), at::zeros({}, t.options()), tmin);
-  x.E = at::where(t == inf, at::zeros({}, t.options()), at::exp(x.tmin - t)).contiguous();
-  x.params_invalid = any_invalid_energy(trans);
-  if (start.has_value()) x.params_invalid = x.params_invalid.logical_or(any_invalid_energy(*start));
-  if (end.has_value()) x.params_invalid = x.params_invalid.logical_or(any_invalid_energy(*end));
-  return x;
-}
-
-// The inputs of one call made contiguous, with the exp-domain transitions, and the views of them
-// that the per-sequence code of chain_sequence.h reads: what both backends' kernels start from.
+// The inputs of one call made contiguous, and the views of them that the per-sequence code of
+// chain_sequence.h reads: what both backends' kernels start from (each stages the exp-domain
+// transitions itself, with chain_seq::stage_transitions).
 struct StagedChain {
   at::Tensor unary, trans, start, end, lengths;
   at::Tensor v_unary, v_trans, v_start, v_end;  // the direction, when the op takes one
-  ExpTransTensors exp;
 
   template <typename S>
   static const S* ptr(const at::Tensor& t) {
@@ -125,7 +103,6 @@ inline StagedChain stage_chain(const at::Tensor& unary, const at::Tensor& trans,
   s.start = contiguous_or_undefined(start);
   s.end = contiguous_or_undefined(end);
   s.lengths = contiguous_or_undefined(lengths);
-  s.exp = exp_transitions(trans, start, end);
   return s;
 }
 

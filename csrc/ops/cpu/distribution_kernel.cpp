@@ -16,10 +16,18 @@ namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-// The exp-domain view of a staged call's transitions (on the CPU its scalars are read here).
-chain_seq::ExpTrans exp_view(const StagedChain& s) {
-  return {s.exp.E.data_ptr<double>(), s.exp.tmin.item<double>()};
-}
+// The exp-domain transitions of a call (chain_sequence.h), staged once before the batch loop.
+struct ExpStage {
+  std::vector<double> E;
+  chain_seq::StagedTransitions staged;
+
+  template <typename S>
+  explicit ExpStage(const chain_seq::Chain<S>& e) : E(e.K * e.K) {
+    staged = chain_seq::stage_transitions(chain_seq::Solo{}, e, E.data());
+  }
+  chain_seq::ExpTrans view() const { return {E.data(), staged.tmin}; }
+  bool invalid() const { return staged.invalid; }
+};
 
 int64_t grain(int64_t T, int64_t K) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, T * K * K)); }
 
@@ -34,17 +42,19 @@ std::tuple<at::Tensor, at::Tensor> chain_expectation_cpu(
   auto expect = at::zeros({d.B}, unary.options());
   if (d.B == 0 || d.T == 0) return {log_z, expect};
   const auto s = stage_chain(unary, trans, v_unary, v_trans, lengths, start, end, v_start, v_end);
-  const bool invalid = s.exp.params_invalid.item<bool>();
-  const auto ex = exp_view(s);
   AT_DISPATCH_FLOATING_TYPES(unary.scalar_type(), "chain_expectation_cpu", [&] {
     using S = scalar_t;
     const auto e = s.energies<S>();
     const auto v = s.direction<S>();
+    const ExpStage stage(e);
+    const bool invalid = stage.invalid();
+    const auto ex = stage.view();
     S* lz = log_z.data_ptr<S>();
     S* es = expect.data_ptr<S>();
     at::parallel_for(0, d.B, grain(d.T, d.K), [&](int64_t lo, int64_t hi) {
-      std::vector<double> buf(chain_seq::work_doubles(d.T, int(d.K)));
-      const auto w = chain_seq::make_work(buf.data(), d.T, int(d.K));
+      // The forward alone: two rows of messages.
+      std::vector<double> buf(chain_seq::work_doubles(chain_seq::kRingRows, int(d.K)));
+      const auto w = chain_seq::make_work(buf.data(), chain_seq::kRingRows, int(d.K));
       for (int64_t b = lo; b < hi; ++b) {
         const int64_t L = e.length(b);
         if (L == 0) continue;
@@ -53,7 +63,7 @@ std::tuple<at::Tensor, at::Tensor> chain_expectation_cpu(
           continue;
         }
         double expectation;
-        const double z = chain_seq::forward(e, &v, ex, b, L, w, &expectation);
+        const double z = chain_seq::forward(chain_seq::Solo{}, e, &v, ex, b, L, w, &expectation);
         lz[b] = S(z);
         es[b] = S(std::isnan(z) ? kNaN : expectation);
       }
@@ -80,14 +90,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chain_covariance_cpu(
   if (d.B == 0 || d.T == 0) return {c_unary, c_trans.to(dtype), c_start.to(dtype), c_end.to(dtype)};
   const auto staged = stage_chain(unary, trans, v_unary, v_trans, lengths, start, end, v_start,
                                   v_end);
-  const bool invalid = staged.exp.params_invalid.item<bool>();
-  const auto ex = exp_view(staged);
   const int64_t K = d.K;
   AT_DISPATCH_FLOATING_TYPES(dtype, "chain_covariance_cpu", [&] {
     using S = scalar_t;
     const auto wt = weight.contiguous();
     const auto e = staged.energies<S>();
     const auto v = staged.direction<S>();
+    const ExpStage stage(e);
+    const bool invalid = stage.invalid();
+    const auto ex = stage.view();
     const S* g = wt.data_ptr<S>();
     S* cu = c_unary.data_ptr<S>();
     const int64_t chunk = grain(d.T, K);
@@ -104,15 +115,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chain_covariance_cpu(
           const int64_t L = e.length(b);
           if (L == 0 || g[b] == S(0)) continue;
           double es = kNaN;
-          const double z = invalid ? kNaN : chain_seq::forward(e, &v, ex, b, L, w, &es);
+          const double z =
+              invalid ? kNaN : chain_seq::forward(chain_seq::Solo{}, e, &v, ex, b, L, w, &es);
           if (std::isnan(z) || std::isnan(es)) {  // NaN in, NaN out (as the marginals)
             std::fill(cu + b * d.T * K, cu + (b * d.T + L) * K, S(kNaN));
             std::fill(s.begin(), s.end(), kNaN);
             continue;
           }
           if (z == -chain_seq::inf()) continue;  // no allowed path: no mass, no covariance
-          chain_seq::covariance(e, v, ex, b, L, w, z, es, double(g[b]), cu + b * d.T * K,
-                                s.data(), s.data() + K * K, s.data() + K * K + K);
+          chain_seq::covariance(chain_seq::Solo{}, e, v, ex, b, L, w, z, es, double(g[b]),
+                                cu + b * d.T * K, s.data(), s.data() + K * K,
+                                s.data() + K * K + K);
         }
       }
     });
@@ -141,14 +154,15 @@ at::Tensor chain_sample_cpu(const at::Tensor& unary, const at::Tensor& trans,
   auto tags = at::full({N, d.B, d.T}, -1, unary.options().dtype(at::kLong));
   if (N == 0 || d.B == 0 || d.T == 0) return tags;
   const auto s = stage_chain(unary, trans, lengths, start, end);
-  if (s.exp.params_invalid.item<bool>()) return tags;
-  const auto ex = exp_view(s);
   const auto nz = noise.contiguous();
   const double* np = nz.data_ptr<double>();
   int64_t* out = tags.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(unary.scalar_type(), "chain_sample_cpu", [&] {
     using S = scalar_t;
     const auto e = s.energies<S>();
+    const ExpStage stage(e);
+    if (stage.invalid()) return;  // NaN energies: tags stay -1
+    const auto ex = stage.view();
     at::parallel_for(0, d.B, std::max<int64_t>(1, grain(d.T, d.K) / std::max<int64_t>(1, N)),
                      [&](int64_t lo, int64_t hi) {
       std::vector<double> buf(chain_seq::work_doubles(d.T, int(d.K)));
@@ -156,7 +170,9 @@ at::Tensor chain_sample_cpu(const at::Tensor& unary, const at::Tensor& trans,
       for (int64_t b = lo; b < hi; ++b) {
         const int64_t L = e.length(b);
         if (L == 0) continue;
-        const double z = chain_seq::forward<S>(e, nullptr, ex, b, L, w, nullptr);
+        const chain_seq::Chain<S>* no_direction = nullptr;
+        const double z =
+            chain_seq::forward(chain_seq::Solo{}, e, no_direction, ex, b, L, w, nullptr);
         if (!std::isfinite(z)) continue;  // NaN, or no allowed path: tags stay -1
         for (int64_t n = 0; n < N; ++n) {
           const int64_t row = (n * d.B + b) * d.T;
