@@ -249,3 +249,26 @@ def test_cuda_half_inputs_keep_gates_and_cells_in_float32(half, gpu):
                                     *(w.cpu().float() for w in weights))
     torch.testing.assert_close(cells.cpu(), want[2], atol=1e-2, rtol=1e-2)
     torch.testing.assert_close(output.float().cpu(), want[0], atol=1e-2, rtol=1e-2)
+
+
+def test_cuda_recurrence_launches_do_not_grow_with_length(gpu):
+    """Forward and backward each walk every step in one launch: 3 steps or 12 launch the same
+    kernels (on a GPU the count includes ATen's GEMMs and copies, which do not grow either)."""
+    def launches(T):
+        lstm, ours, packed = make_case([T, T - 1, 2], 5, 6, torch.float32)
+        weights = [gpu.to(getattr(ours, n).detach()) for n in ("weight_ih", "weight_hh", "bias")]
+        x = gpu.to(packed.data)
+        forward = gpu.ops.bilstm(x, packed.batch_sizes, *weights)
+        grad = torch.ones_like(forward[0])
+        counts = []
+        for call in (lambda: gpu.ops.bilstm(x, packed.batch_sizes, *weights),
+                     lambda: gpu.ops._bilstm_backward(grad, x, packed.batch_sizes, *weights[:2],
+                                                      *forward)):
+            call()
+            counts.append(gpu.launches(call)[0])
+        return counts
+
+    short, long = launches(3), launches(12)
+    assert short == long, (short, long)
+    if gpu.name == "emulated":
+        assert short == [1, 1]  # the emulation counts our kernels only

@@ -317,11 +317,14 @@ def test_constrained_samples_are_always_valid():
     assert not bad_pairs.any() and not torch.isinf(start)[tags[..., 0]].any()
 
 
-def test_cuda_matches_cpu(dtype, gpu):
-    unary, trans, L, start, end = make_chain(33, 12, 7, dtype=dtype, seed=51)
-    v_unary, v_trans, _, v_start, _ = make_chain(33, 12, 7, dtype=dtype, seed=52)
-    weight = torch.rand(33, dtype=dtype)
-    noise = torch.rand(4, 33, 12, dtype=torch.float64)
+# K = 180: E (K x K float64) is past the shared memory of a block, so the CUDA kernels read it
+# from global memory, staged there by a launch of its own.
+@pytest.mark.parametrize("B,T,K", [(33, 12, 7), (9, 5, 180)])
+def test_cuda_matches_cpu(B, T, K, dtype, gpu):
+    unary, trans, L, start, end = make_chain(B, T, K, dtype=dtype, seed=51)
+    v_unary, v_trans, _, v_start, _ = make_chain(B, T, K, dtype=dtype, seed=52)
+    weight = torch.rand(B, dtype=dtype)
+    noise = torch.rand(4, B, T, dtype=torch.float64)
     args = (unary, trans, v_unary, v_trans, L, start, end, v_start, None)
     on_cpu = [*ops.chain_expectation(*args), *ops._chain_covariance(weight, *args),
               ops.chain_sample(unary, trans, noise, L, start, end)]
@@ -398,3 +401,36 @@ def test_third_order_says_it_is_not_implemented():
 def test_bad_arguments_of_the_composites(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+def test_expectation_is_one_kernel_launch_without_host_synchronisation(gpu):
+    """The exp-domain transitions are staged by each block, not by ATen kernels before it."""
+    unary, trans, L, start, end = make_chain(9, 6, 5, seed=71)
+    v_unary, v_trans, _, v_start, _ = make_chain(9, 6, 5, seed=72)
+    args = [gpu.to(x) for x in (unary, trans, v_unary, v_trans, L, start, end, v_start, None)]
+
+    def call():
+        return gpu.ops.chain_expectation(*args)
+
+    call()
+    launches, aten_ops = gpu.launches(call)
+    assert launches == 1
+    assert aten_ops <= {"aten::empty"}, aten_ops
+
+
+@pytest.mark.parametrize("op", ["chain_expectation", "_chain_covariance", "chain_sample"])
+def test_lengths_are_checked_on_the_device(op, gpu):
+    if gpu.name == "cuda":
+        pytest.skip("a device-side check ends the process's CUDA context, as PyTorch's own do")
+    unary, trans = torch.randn(2, 3, 4), torch.randn(4, 4)
+    L = torch.tensor([3, 4])
+    calls = {"chain_expectation": lambda o: o.chain_expectation(unary, trans, unary, None, L),
+             "_chain_covariance": lambda o: o._chain_covariance(torch.ones(2), unary, trans, unary,
+                                                                None, L),
+             "chain_sample": lambda o: o.chain_sample(unary, trans,
+                                                      torch.rand(1, 2, 3, dtype=torch.float64), L)}
+    message = rf"{op}: lengths must be in \[0, T=3\], got 4 at index 1"
+    with pytest.raises(RuntimeError, match=message):
+        calls[op](gpu.ops)
+    with pytest.raises(RuntimeError, match=rf"{op}: lengths must be <= T=3, got 4"):
+        calls[op](ops)  # the CPU checks on the host, as before

@@ -48,9 +48,10 @@ inline void check_lengths_range(const char* op, const at::Tensor& lengths, int64
   TORCH_CHECK(hi <= T, op, ": lengths must be <= T=", T, ", got ", hi);
 }
 
-// Where the checks that read a tensor's values run. The decoding kernels check their values on
-// the device (csrc/ops/cuda/chain_kernel.cu, EBM_DEVICE_REQUIRE): a host check there would
-// cost a synchronisation per call. Every other op, and every CPU kernel, checks on the host.
+// Where the checks that read a tensor's values run. The decoding kernels and the distribution
+// family check their values on the device (csrc/ops/cuda/chain_kernel.cu and
+// distribution_kernel.cu, EBM_DEVICE_REQUIRE): a host check there would cost a synchronisation
+// per call. Every other op, and every CPU kernel, checks on the host.
 enum class ValueChecks { Host, Device };
 
 // Checks unary (B,T,K), trans (K,K), lengths (B,) int64, start/end (K,) and returns the dims.

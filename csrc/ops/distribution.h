@@ -17,13 +17,15 @@
 namespace ebm_ext {
 
 // v (the direction) has the layout of the energies: v_unary (B, T, K), v_trans (K, K),
-// v_start / v_end (K,), each but v_unary optional (zero), all of unary's dtype and device.
+// v_start / v_end (K,), each but v_unary optional (zero), all of unary's dtype and device. With
+// ValueChecks::Device the CUDA kernels check the lengths' range themselves.
 inline ChainDims check_expectation_inputs(
     const char* op, const at::Tensor& unary, const at::Tensor& trans, const at::Tensor& v_unary,
     const c10::optional<at::Tensor>& v_trans, const c10::optional<at::Tensor>& lengths,
     const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end,
-    const c10::optional<at::Tensor>& v_start, const c10::optional<at::Tensor>& v_end) {
-  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end);
+    const c10::optional<at::Tensor>& v_start, const c10::optional<at::Tensor>& v_end,
+    ValueChecks values = ValueChecks::Host) {
+  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end, values);
   check_defined(op, "v_unary", v_unary);
   TORCH_CHECK(v_unary.sizes() == unary.sizes(), op, ": v_unary must have the shape of unary ",
               shape_str(unary), ", got ", shape_str(v_unary));

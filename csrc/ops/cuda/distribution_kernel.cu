@@ -61,7 +61,26 @@ struct Args {
   int64_t rows;  // T, or chain_seq::kRingRows for the forward alone
   int64_t ring_at;
   int64_t B;
+  int op;  // Op: for the device-side checks' messages
 };
+
+enum Op { kExpectation, kCovariance, kSample };
+
+__device__ __forceinline__ const char* op_name(int op) {
+  return op == kExpectation ? "chain_expectation"
+                            : op == kCovariance ? "_chain_covariance" : "chain_sample";
+}
+
+// Sequence b's length, checked on the device (the host does not read lengths: no sync).
+template <typename S>
+__device__ int64_t checked_length(const Args<S>& a, int64_t b) {
+  const int64_t L = a.e.length(b);
+  EBM_DEVICE_REQUIRE(L >= 0 && L <= a.e.T,
+                     "%s: lengths must be in [0, T=%lld], got %lld at index %lld", op_name(a.op),
+                     static_cast<long long>(a.e.T), static_cast<long long>(L),
+                     static_cast<long long>(b));
+  return L;
+}
 
 // The exp-domain transitions for the block (every thread of the block must call it).
 template <typename S>
@@ -107,7 +126,7 @@ __global__ void expectation_kernel(Args<S> a, bool with_v, S* __restrict__ log_z
   const int64_t b = warp_sequence();
   if (b >= a.B) return;
   const bool writer = threadIdx.x % 32 == 0;
-  const int64_t L = a.e.length(b);
+  const int64_t L = checked_length(a, b);
   if (L == 0) {
     if (writer) {
       if (log_z) log_z[b] = S(0);
@@ -137,7 +156,7 @@ __global__ void covariance_kernel(Args<S> a, const S* __restrict__ weight, S* __
   const auto x = stage_block(a, shared, invalid);
   const int64_t b = warp_sequence();
   if (b >= a.B) return;
-  const int64_t L = a.e.length(b);
+  const int64_t L = checked_length(a, b);
   const double g = static_cast<double>(weight[b]);
   if (L == 0 || g == 0.0) return;
   const int K = a.e.K;
@@ -187,7 +206,7 @@ struct Launch {
   size_t shared;
   at::Tensor E, staged, work;  // owned here while the launches run
 
-  Launch(const StagedChain& s, int64_t rows) {
+  Launch(const StagedChain& s, int64_t rows, Op op) {
     const int K = int(s.unary.size(2));
     const int64_t ring = chain_seq::work_doubles(rows, K);
     const size_t most = max_dynamic_shared_bytes() / sizeof(double);
@@ -211,6 +230,7 @@ struct Launch {
     args.work = work.defined() ? work.data_ptr<double>() : nullptr;
     args.rows = rows;
     args.B = s.unary.size(0);
+    args.op = op;
     shared = (args.ring_at + rings) * sizeof(double);
   }
 };
@@ -221,7 +241,7 @@ std::tuple<at::Tensor, at::Tensor> chain_expectation_cuda(
     const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end,
     const c10::optional<at::Tensor>& v_start, const c10::optional<at::Tensor>& v_end) {
   const auto d = check_expectation_inputs("chain_expectation", unary, trans, v_unary, v_trans,
-                                          lengths, start, end, v_start, v_end);
+                                          lengths, start, end, v_start, v_end, ValueChecks::Device);
   const DeviceGuard guard(unary.device());
   if (d.B == 0 || d.T == 0) {
     return {at::zeros({d.B}, unary.options()), at::zeros({d.B}, unary.options())};
@@ -230,7 +250,7 @@ std::tuple<at::Tensor, at::Tensor> chain_expectation_cuda(
   auto expect = at::empty({d.B}, unary.options());
   const auto s = stage_chain(unary, trans, v_unary, v_trans, lengths, start, end, v_start, v_end);
   EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "chain_expectation_cuda", [&] {
-    const Launch<scalar_t> l(s, chain_seq::kRingRows);
+    const Launch<scalar_t> l(s, chain_seq::kRingRows, kExpectation);
     launch_kernel<expectation_kernel<scalar_t>>(blocks_for(d.B, kWarps), kThreads, l.shared,
                                                 l.args, true, log_z.data_ptr<scalar_t>(),
                                                 expect.data_ptr<scalar_t>(),
@@ -247,7 +267,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chain_covariance_cuda
     const c10::optional<at::Tensor>& v_end) {
   const char* op = "_chain_covariance";
   const auto d = check_expectation_inputs(op, unary, trans, v_unary, v_trans, lengths, start, end,
-                                          v_start, v_end);
+                                          v_start, v_end, ValueChecks::Device);
   check_covariance_weight(op, weight, unary);
   const DeviceGuard guard(unary.device());
   auto c_unary = at::zeros({d.B, d.T, d.K}, unary.options());
@@ -257,7 +277,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chain_covariance_cuda
         stage_chain(unary, trans, v_unary, v_trans, lengths, start, end, v_start, v_end);
     const auto w = weight.contiguous();
     EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "chain_covariance_cuda", [&] {
-      const Launch<scalar_t> l(s, d.T);
+      const Launch<scalar_t> l(s, d.T, kCovariance);
       launch_kernel<covariance_kernel<scalar_t>>(blocks_for(d.B, kWarps), kThreads, l.shared,
                                                  l.args, w.data_ptr<scalar_t>(),
                                                  c_unary.data_ptr<scalar_t>(),
@@ -267,8 +287,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chain_covariance_cuda
   const auto total = pairs.sum(0).to(unary.scalar_type());
   const int64_t K = d.K;
   // Three outputs of their own (views of one buffer would alias).
-  return {c_unary, total.narrow(0, 0, K * K).view({K, K}).clone(), total.narrow(0, K * K, K).clone(),
-          total.narrow(0, K * K + K, K).clone()};
+  return {c_unary, total.narrow(0, 0, K * K).view({K, K}).clone(),
+          total.narrow(0, K * K, K).clone(), total.narrow(0, K * K + K, K).clone()};
 }
 
 at::Tensor chain_sample_cuda(const at::Tensor& unary, const at::Tensor& trans,
@@ -276,7 +296,7 @@ at::Tensor chain_sample_cuda(const at::Tensor& unary, const at::Tensor& trans,
                              const c10::optional<at::Tensor>& start,
                              const c10::optional<at::Tensor>& end) {
   const char* op = "chain_sample";
-  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end);
+  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end, ValueChecks::Device);
   check_sample_noise(op, noise, d, unary);
   const DeviceGuard guard(unary.device());
   const int64_t N = noise.size(0);
@@ -287,7 +307,7 @@ at::Tensor chain_sample_cuda(const at::Tensor& unary, const at::Tensor& trans,
   const auto nz = noise.contiguous();
   EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "chain_sample_cuda", [&] {
     using S = scalar_t;
-    const Launch<S> l(s, d.T);
+    const Launch<S> l(s, d.T, kSample);
     // The forward messages, and log Z in double whatever S is (the walk reads it).
     launch_kernel<expectation_kernel<S>>(blocks_for(d.B, kWarps), kThreads, l.shared, l.args,
                                          false, static_cast<S*>(nullptr),
