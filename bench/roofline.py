@@ -184,21 +184,23 @@ def _distribution(B, T, K, op: str) -> Case:
     # in float64 (software, ~25 FP64 instr each: 2 per lane) and the warp reductions, ~100
     # warp-instr. chain_sample writes the forward messages for its walk (B T K 3 doubles) and
     # adds the walk (a thread per sample, latency-bound in one wave).
-    # Before the kernel, ATen stages exp(tmin - trans), tmin and the NaN flags: ~25 small
-    # kernels.
+    # Each block first stages exp(tmin - trans) into its shared memory: K^2 float64 exps per
+    # block (~25 FP64 instr each). chain_sample launches the forward, the walk and the fill of
+    # the tags with -1.
     def predict(d):
         slices = math.ceil(K / 32)
         per_pair = 10 if op == "chain_expectation" else 5
         fp64_per_pair = 4 if op == "chain_expectation" else 2
         instr = B * (T - 1) * slices * K * per_pair + B * T * slices * 100
-        fp64 = B * (T - 1) * slices * K * fp64_per_pair + B * T * slices * 50
+        fp64 = (B * (T - 1) * slices * K * fp64_per_pair + B * T * slices * 50
+                + math.ceil(B / 4) * K * K * 25 / 32)
         traffic = bytes_ if op == "chain_expectation" else bytes_ + B * T * K * 3 * 8
         t = max(d.issue(instr), fp64 / (d.sms * 2 * d.clock_hz), traffic / d.copy_bytes_per_s)
         if op == "chain_sample":
             # the walk, one wave of threads: per step 2K dependent float64 adds (~8 cycles)
             # after two rounds of loads from L2 (~400 cycles each)
             t += T * (2 * K * 8 + 2 * 400) / d.clock_hz
-        return t + 25 * LAUNCH_S
+        return t + (1 if op == "chain_expectation" else 3) * LAUNCH_S
 
     def inputs(device="cpu", small=False):
         x = _chain_inputs(B, T, K, small, dtype="float64", device=device)

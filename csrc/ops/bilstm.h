@@ -11,8 +11,9 @@
 //
 // The forward keeps the gate activations (N, 8H) and the cells (N, 2H) for the backward
 // (_bilstm_backward), which runs the recurrence in reverse, then forms the weight gradients and
-// d input with one GEMM each. This header holds the checks and that recurrence, written once on
-// ATen GEMMs: each backend brings only its pointwise cell kernels.
+// d input with one GEMM each. This header holds the checks, the GEMMs both backends share, and
+// the recurrence on ATen GEMMs step by step that the CPU kernels run with their pointwise cell;
+// the CUDA kernels run the whole recurrence in one launch instead (cuda/bilstm_kernel.cu).
 #pragma once
 
 #include <ATen/ATen.h>

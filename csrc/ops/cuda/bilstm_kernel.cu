@@ -108,7 +108,9 @@ __global__ void recurrence_forward_kernel(acc_t* __restrict__ gates,
           a[r][3] += h * w3;
         }
       }
-      for (int r = 0; r < active; ++r) {
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {  // unrolled: a[r] stays in registers
+        if (r >= active) break;
         const int64_t row = st.offset[t] + s0 + r;
         acc_t* g = gates + row * 8 * H + dir * 4 * H;
         const acc_t i = sigmoid(g[j] + a[r][0]), f = sigmoid(g[H + j] + a[r][1]),
@@ -170,7 +172,9 @@ __global__ void recurrence_backward_kernel(const scalar_t* __restrict__ grad_out
         for (int r = 0; r < kRows; ++r)
           if (r < next_rows) dh_rec[r] += da_next[r * 4 * H + m] * wm;
       }
-      for (int r = 0; r < active; ++r) {
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {  // unrolled: dh_rec[r] stays in registers
+        if (r >= active) break;
         const int64_t row = st.offset[t] + s0 + r;
         const acc_t* a = gates + row * 8 * H + dir * 4 * H;
         const acc_t i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j];
