@@ -37,6 +37,9 @@ struct DeviceGuard {
   }
 };
 inline size_t max_dynamic_shared_bytes() { return simt::kMaxSharedBytesOptin; }
+// A small device, so that the layouts kernels choose by batch size against it (a block or a
+// warp per item) are both reached by small emulated tests.
+inline int multiprocessor_count() { return 2; }
 // The launch's error (a bad configuration, a barrier not every thread reached, a planted fault),
 // already naming the kernel.
 template <typename Name>
@@ -65,6 +68,9 @@ namespace ebm_ext {
 using DeviceGuard = c10::cuda::CUDAGuard;
 inline size_t max_dynamic_shared_bytes() {
   return at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+}
+inline int multiprocessor_count() {
+  return at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
 }
 // The launch's error, named by kernel (`kernel()` gives the name; it is only called on an
 // error, so a launch pays nothing for it). With CUDA_LAUNCH_BLOCKING=1 (the GPU check's kernel
