@@ -11,7 +11,7 @@
 //               double backward of log Z, and the gradient of the entropy);
 //   sample:     forward-filtering backward-sampling, exact, from uniform noise.
 //
-// Teams. A pass is run by a team (Solo here; a warp in distribution_kernel.cu): member r owns
+// Teams. A pass is run by a team (Solo here; a warp, cuda/team.cuh): member r owns
 // the tags j = r, r + size, ... of every step, computes their columns, and the team meets at
 // sync() (before a member reads what another wrote) and at its reductions over the tags (max,
 // min, sum, any), which sync the team too. Each column's own sum over i runs in one member, in the order i = 0..K-1, so a
@@ -41,7 +41,7 @@ EBM_HD inline double inf() { return std::numeric_limits<double>::infinity(); }
 
 // The team of one: the CPU kernels' (see "Teams" above).
 struct Solo {
-  static constexpr int size = 1;
+  EBM_HD static constexpr int size() { return 1; }
   EBM_HD int rank() const { return 0; }
   EBM_HD void sync() const {}
   EBM_HD double max(double x) const { return x; }
@@ -83,16 +83,16 @@ EBM_HD StagedTransitions stage_transitions(const Team& team, const Chain<S>& e, 
   const int K = e.K;
   double lo = inf();
   bool invalid = false;
-  for (int n = team.rank(); n < K * K; n += Team::size) {
+  for (int n = team.rank(); n < K * K; n += team.size()) {
     const double t = e.tr(n / K, n % K);
     invalid = invalid || !(t > -inf());
     if (t > -inf() && t < inf()) lo = fmin(lo, t);
   }
-  for (int j = team.rank(); j < K; j += Team::size)
+  for (int j = team.rank(); j < K; j += team.size())
     invalid = invalid || !(e.st(j) > -inf()) || !(e.en(j) > -inf());
   lo = team.min(lo);
   const double tmin = lo < inf() ? lo : 0.0;
-  for (int n = team.rank(); n < K * K; n += Team::size) {
+  for (int n = team.rank(); n < K * K; n += team.size()) {
     const double t = e.tr(n / K, n % K);
     E[n] = t == inf() ? 0.0 : exp(tmin - t);
   }
@@ -161,10 +161,10 @@ EBM_HD double scale_row(const Team& team, const Work& w, int64_t t, int K) {
   const double* la = w.la + w.row(t) * K;
   double* a = w.a + w.row(t) * K;
   double mx = -inf();
-  for (int j = team.rank(); j < K; j += Team::size) mx = fmax(mx, la[j]);
+  for (int j = team.rank(); j < K; j += team.size()) mx = fmax(mx, la[j]);
   mx = team.max(mx);
   if (team.rank() == 0) w.m[w.row(t)] = mx;
-  for (int j = team.rank(); j < K; j += Team::size) a[j] = mx > -inf() ? exp(la[j] - mx) : 0.0;
+  for (int j = team.rank(); j < K; j += team.size()) a[j] = mx > -inf() ? exp(la[j] - mx) : 0.0;
   team.sync();
   return mx;
 }
@@ -199,7 +199,7 @@ EBM_HD double forward(const Team& team, const Chain<S>& e, const Chain<S>* v, co
                       int64_t b, int64_t L, const Work& w, double* expect) {
   const int K = e.K;
   const int first = team.rank();
-  constexpr int stride = Team::size;
+  const int stride = team.size();
   if (expect) *expect = 0.0;
   bool invalid = false;
   for (int64_t t = 0; t < L && !invalid; ++t)
@@ -285,7 +285,7 @@ EBM_HD void covariance(const Team& team, const Chain<S>& e, const Chain<S>& v, c
                        S* cu, double* ct, double* cs, double* ce) {
   const int K = e.K;
   const int first = team.rank();
-  constexpr int stride = Team::size;
+  const int stride = team.size();
   double *lb = w.lb, *lb2 = w.lb2, *Bk = w.Bk, *Bk2 = w.Bk2;
   for (int j = first; j < K; j += stride) {
     lb[j] = -e.en(j);

@@ -13,7 +13,7 @@
 
 #include "../distribution.h"
 #include "device.cuh"
-#include "reduce.cuh"
+#include "team.cuh"
 
 namespace ebm_ext {
 namespace {
@@ -22,35 +22,14 @@ using chain_seq::Chain;
 
 constexpr int kWarps = 4;  // sequences per block
 constexpr int kThreads = 32 * kWarps;
+constexpr int kBlockScratch = kWarps;  // doubles: one per warp, for the block's reductions
 
 inline int blocks_for(int64_t n, int per_block) {
   return static_cast<int>((n + per_block - 1) / per_block);
 }
 
-// A warp as chain_sequence.h's team for one sequence.
-struct Warp {
-  static constexpr int size = 32;
-  __device__ int rank() const { return threadIdx.x % 32; }
-  __device__ void sync() const { __syncwarp(); }
-  __device__ double max(double x) const { return cuda_reduce::warp_reduce(x, cuda_reduce::Max{}); }
-  __device__ double sum(double x) const { return cuda_reduce::warp_reduce(x, cuda_reduce::Sum{}); }
-  __device__ bool any(bool x) const { return __any_sync(0xffffffffu, x); }
-};
-
-// The block as the team that stages the exp-domain transitions.
-struct Block {
-  static constexpr int size = kThreads;
-  double* scratch;  // kWarps doubles of shared memory
-  __device__ int rank() const { return threadIdx.x; }
-  __device__ void sync() const { __syncthreads(); }
-  __device__ double min(double x) const {
-    return cuda_reduce::block_reduce(x, scratch, cuda_reduce::Min{});
-  }
-  __device__ bool any(bool x) const { return __syncthreads_or(x) != 0; }
-};
-
 // Pointers of one launch, read by every thread. Each block's dynamic shared memory holds the
-// block's reduction scratch (kWarps doubles), then E (K * K) unless `E` is given, then each
+// block's reduction scratch (kBlockScratch doubles), then E (K * K) unless `E` is given, then each
 // warp's rows of messages unless `work` is given (from ring_at on).
 template <typename S>
 struct Args {
@@ -89,8 +68,8 @@ __device__ chain_seq::ExpTrans stage_block(const Args<S>& a, double* shared, boo
     invalid = a.staged[1] != 0.0;
     return {a.E, a.staged[0]};
   }
-  double* E = shared + kWarps;
-  const auto st = chain_seq::stage_transitions(Block{shared}, a.e, E);
+  double* E = shared + kBlockScratch;
+  const auto st = chain_seq::stage_transitions(BlockTeam{shared, nullptr}, a.e, E);
   invalid = st.invalid;
   return {E, st.tmin};
 }
@@ -99,7 +78,7 @@ __device__ chain_seq::ExpTrans stage_block(const Args<S>& a, double* shared, boo
 template <typename S>
 __global__ void stage_kernel(Chain<S> e, double* __restrict__ E, double* __restrict__ staged) {
   EBM_DYNAMIC_SHARED(double, shared);
-  const auto st = chain_seq::stage_transitions(Block{shared}, e, E);
+  const auto st = chain_seq::stage_transitions(BlockTeam{shared, nullptr}, e, E);
   if (threadIdx.x == 0) {
     staged[0] = st.tmin;
     staged[1] = st.invalid ? 1.0 : 0.0;
@@ -138,7 +117,7 @@ __global__ void expectation_kernel(Args<S> a, bool with_v, S* __restrict__ log_z
   const double nan = std::numeric_limits<double>::quiet_NaN();
   double es = 0.0;
   const double z = invalid ? nan
-                           : chain_seq::forward(Warp{}, a.e, with_v ? &a.v : nullptr, x, b, L,
+                           : chain_seq::forward(WarpTeam{}, a.e, with_v ? &a.v : nullptr, x, b, L,
                                                 work_of(a, b, shared), &es);
   if (!writer) return;
   if (log_z) log_z[b] = static_cast<S>(z);
@@ -167,14 +146,14 @@ __global__ void covariance_kernel(Args<S> a, const S* __restrict__ weight, S* __
   double* row = pairs + b * (int64_t(K) * K + 2 * K);
   S* cu = c_unary + b * T * K;
   double es = nan;
-  const double z = invalid ? nan : chain_seq::forward(Warp{}, a.e, &a.v, x, b, L, w, &es);
+  const double z = invalid ? nan : chain_seq::forward(WarpTeam{}, a.e, &a.v, x, b, L, w, &es);
   if (isnan(z) || isnan(es)) {
     for (int64_t n = lane; n < L * K; n += 32) cu[n] = static_cast<S>(nan);
     for (int64_t n = lane; n < int64_t(K) * K + 2 * K; n += 32) row[n] = nan;
     return;
   }
   if (z == -chain_seq::inf()) return;
-  chain_seq::covariance(Warp{}, a.e, a.v, x, b, L, w, z, es, g, cu, row, row + K * K,
+  chain_seq::covariance(WarpTeam{}, a.e, a.v, x, b, L, w, z, es, g, cu, row, row + K * K,
                         row + K * K + K);
 }
 
@@ -211,21 +190,21 @@ struct Launch {
     const int64_t ring = chain_seq::work_doubles(rows, K);
     const size_t most = max_dynamic_shared_bytes() / sizeof(double);
     const bool rings_in_shared =
-        rows == chain_seq::kRingRows && size_t(kWarps + kWarps * ring) <= most;
+        rows == chain_seq::kRingRows && size_t(kBlockScratch + kWarps * ring) <= most;
     const size_t rings = rings_in_shared ? size_t(kWarps * ring) : 0;
-    const bool E_in_shared = size_t(kWarps) + size_t(K) * K + rings <= most;
+    const bool E_in_shared = size_t(kBlockScratch) + size_t(K) * K + rings <= most;
     args.e = s.energies<S>();
     args.v = s.direction<S>();
     const auto dbl = s.unary.options().dtype(at::kDouble);
     if (!E_in_shared) {
       E = at::empty({K, K}, dbl);
       staged = at::empty({2}, dbl);
-      launch_kernel<stage_kernel<S>>(1, kThreads, kWarps * sizeof(double), args.e,
+      launch_kernel<stage_kernel<S>>(1, kThreads, kBlockScratch * sizeof(double), args.e,
                                      E.data_ptr<double>(), staged.data_ptr<double>());
     }
     args.E = E.defined() ? E.data_ptr<double>() : nullptr;
     args.staged = staged.defined() ? staged.data_ptr<double>() : nullptr;
-    args.ring_at = kWarps + (E_in_shared ? int64_t(K) * K : 0);
+    args.ring_at = kBlockScratch + (E_in_shared ? int64_t(K) * K : 0);
     if (!rings_in_shared) work = at::empty({s.unary.size(0) * ring}, dbl);
     args.work = work.defined() ? work.data_ptr<double>() : nullptr;
     args.rows = rows;

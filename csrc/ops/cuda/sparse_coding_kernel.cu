@@ -25,58 +25,14 @@
 
 #include "../sparse_coding.h"
 #include "device.cuh"
-#include "reduce.cuh"
+#include "team.cuh"
 
 namespace ebm_ext {
 namespace {
 
-using cuda_reduce::Max;
-using cuda_reduce::Sum;
-
 constexpr int kMaxThreads = 256;            // a block per sample: up to one thread per atom
 constexpr int kWarpsPerBlock = 4;           // a warp per sample: 4 samples per block
 constexpr size_t kSharedBytes = 32 * 1024;  // the iterates x of a block in shared memory up to this
-
-// A block as one sample's team.
-struct BlockTeam {
-  double* scratch;          // 32 doubles of shared memory
-  int64_t* count_scratch;   // 32 int64
-  __device__ int64_t rank() const { return threadIdx.x; }
-  __device__ int64_t size() const { return blockDim.x; }
-  __device__ void sync() const { __syncthreads(); }
-  __device__ double sum(double v) const { return cuda_reduce::block_reduce(v, scratch, Sum()); }
-  __device__ double max(double v) const { return cuda_reduce::block_reduce(v, scratch, Max()); }
-  __device__ int64_t exclusive_scan(int64_t v, int64_t& total) const {
-    return cuda_reduce::block_exclusive_scan<int64_t>(v, count_scratch, total);
-  }
-};
-
-// A warp as one sample's team. Its reductions start with __syncwarp, as the block's start with
-// a barrier: the code relies on every member's reads being done when a reduction returns.
-struct WarpTeam {
-  __device__ int64_t rank() const { return threadIdx.x % 32; }
-  __device__ int64_t size() const { return 32; }
-  __device__ void sync() const { __syncwarp(); }
-  __device__ double sum(double v) const {
-    __syncwarp();
-    return cuda_reduce::warp_reduce(v, Sum());
-  }
-  __device__ double max(double v) const {
-    __syncwarp();
-    return cuda_reduce::warp_reduce(v, Max());
-  }
-  __device__ int64_t exclusive_scan(int64_t v, int64_t& total) const {
-    __syncwarp();
-    const int lane = threadIdx.x % 32;
-    int64_t inclusive = v;
-    for (int d = 1; d < 32; d *= 2) {
-      const int64_t other = __shfl_up_sync(0xffffffffu, inclusive, d);
-      if (lane >= d) inclusive += other;
-    }
-    total = __shfl_sync(0xffffffffu, inclusive, 31);
-    return inclusive - v;
-  }
-};
 
 template <typename acc_t>
 struct Params {
