@@ -143,6 +143,10 @@ def all_cases():
                             lambda d, dtype=dtype, method=method, nonneg=nonneg: finite(ebm_ext.sparse_code(
                                 randn(3, 8, dtype=dtype, device=d), randn(8, 20, dtype=dtype, device=d, seed=1),
                                 0.1, max_iter=50, tol=1e-6, method=method, nonneg=nonneg))))
+    # A warp per sample: at least 8 samples per SM (an H100's 132: 1056; the emulation's 2: 16).
+    out.append(("sparse_code f32 warp per sample", lambda d: finite(ebm_ext.sparse_code(
+        randn(1100 if d == "cuda" else 17, 8, dtype=torch.float32, device=d),
+        randn(8, 20, dtype=torch.float32, device=d, seed=1), 0.1, max_iter=30, tol=1e-6))))
     out.append(("sparse_code f64 m=4200 (codes in global memory)", lambda d: finite(ebm_ext.sparse_code(
         randn(1, 4, dtype=torch.float64, device=d), randn(4, 4200, dtype=torch.float64, device=d, seed=1),
         0.5, max_iter=2))))
@@ -168,7 +172,16 @@ def bilstm_cases(dt):
         out = torch.ops.ebm_ext.bilstm(x, bs, w_ih, w_hh, bias)
         finite(*torch.ops.ebm_ext._bilstm_backward(randn(*out[0].shape, dtype=out[0].dtype, device=d, seed=4),
                                                    x, bs, w_ih, w_hh, *out))
-    return [(f"bilstm {dt}", forward), (f"_bilstm_backward {dt}", backward)]
+    def several_blocks(d):  # 6 sequences: 2 blocks of 4 rows per direction
+        bs = torch.tensor([6, 5, 3, 1])
+        x = randn(15, I, dtype=dtype, device=d)
+        w = (randn(2, 4 * H, I, dtype=dtype, device=d, seed=1), randn(2, 4 * H, H, dtype=dtype, device=d, seed=2))
+        out = torch.ops.ebm_ext.bilstm(x, bs, *w, randn(2, 4 * H, dtype=dtype, device=d, seed=3))
+        finite(*out)
+        finite(*torch.ops.ebm_ext._bilstm_backward(randn(*out[0].shape, dtype=out[0].dtype, device=d, seed=4),
+                                                   x, bs, *w, *out))
+    return [(f"bilstm {dt}", forward), (f"_bilstm_backward {dt}", backward),
+            (f"bilstm {dt} several blocks", several_blocks)]
 
 
 def first_line(error):

@@ -169,6 +169,12 @@ int main() {
                                                                true, c10::IValue(), c10::IValue(), int64_t(5)}));
     });
   }
+  run("sparse_code, a warp per sample", [] {  // 17 >= 8 samples per emulated SM (2 SMs)
+    const auto D = at::randn({8, 20}, at::kFloat);
+    expect_finite("sparse_code warps", call("sparse_code", {at::randn({17, 8}), D, 0.1,
+                                                            int64_t(30), 1e-6, std::string("fista"),
+                                                            false, c10::IValue(), c10::IValue(), int64_t(5)}));
+  });
   run("sparse_code, codes in global memory", [] {  // m * 8 bytes > the 32 KiB staged in shared
     const auto D = at::randn({4, 4200}, at::kDouble);
     expect_finite("sparse_code global", call("sparse_code", {at::randn({1, 4}, at::kDouble), D, 0.5,
@@ -189,6 +195,18 @@ int main() {
                     call("_bilstm_backward", {g, x, batch_sizes, w_ih, w_hh, out[0], out[1], out[2]}));
     });
   }
+  run("bilstm, several blocks per direction", [] {  // 6 sequences: 2 blocks of 4 rows
+    const int64_t H = 5, I = 3;
+    const auto batch_sizes = at::tensor(std::vector<int64_t>{6, 5, 3, 1}, at::kLong);
+    const auto x = at::randn({15, I});
+    const auto w_ih = at::randn({2, 4 * H, I}), w_hh = at::randn({2, 4 * H, H});
+    const auto bias = at::randn({2, 4 * H});
+    const auto out = call("bilstm", {x, batch_sizes, w_ih, w_hh, bias});
+    expect_finite("bilstm blocks", out);
+    const auto g = at::randn_like(out[0].toTensor());
+    expect_finite("_bilstm_backward blocks",
+                  call("_bilstm_backward", {g, x, batch_sizes, w_ih, w_hh, out[0], out[1], out[2]}));
+  });
   std::printf("%d emulated op calls, %d failures\n", calls, failures);
   return failures == 0 ? 0 : 1;
 }
