@@ -134,7 +134,7 @@ EBM_HD inline Work make_work(double* p, int64_t rows, int K) {
   w.Bk = q + 3 * K;
   w.Bk2 = q + 4 * K;
   w.mu = q + 5 * K;
-  w.ring = rows == kRingRows;
+  w.ring = rows == kRingRows;  // with T = 2 all rows are the ring's: row(t) = t either way
   return w;
 }
 

@@ -176,21 +176,27 @@ __global__ void sample_kernel(Args<S> a, const double* __restrict__ log_z,
   chain_seq::sample(a.e, x, b, L, work_of(a, b, shared), z, noise + row, tags + row);
 }
 
+// Which forward messages a call keeps: the two rows a forward alone needs, or every row, which
+// the covariance and the sampling walk read back (from global memory, after the forward).
+enum class Messages { kTwoRows, kAllRows };
+
 // One call's launches: where E and the messages live, the shared memory that takes, and the
-// arguments. rows = T keeps every row of messages (global memory); kRingRows keeps two, in
-// shared memory where they fit.
+// arguments. Two rows of messages live in shared memory where they fit; all rows in global
+// memory.
 template <typename S>
 struct Launch {
   Args<S> args;
   size_t shared;
   at::Tensor E, staged, work;  // owned here while the launches run
 
-  Launch(const StagedChain& s, int64_t rows, Op op) {
+  Launch(const StagedChain& s, Messages messages, Op op) {
     const int K = int(s.unary.size(2));
+    const int64_t rows = messages == Messages::kTwoRows ? chain_seq::kRingRows : s.unary.size(1);
     const int64_t ring = chain_seq::work_doubles(rows, K);
     const size_t most = max_dynamic_shared_bytes() / sizeof(double);
+    // Not by rows == kRingRows: with T = 2 the walk must still find every row in global memory.
     const bool rings_in_shared =
-        rows == chain_seq::kRingRows && size_t(kBlockScratch + kWarps * ring) <= most;
+        messages == Messages::kTwoRows && size_t(kBlockScratch + kWarps * ring) <= most;
     const size_t rings = rings_in_shared ? size_t(kWarps * ring) : 0;
     const bool E_in_shared = size_t(kBlockScratch) + size_t(K) * K + rings <= most;
     args.e = s.energies<S>();
@@ -229,7 +235,7 @@ std::tuple<at::Tensor, at::Tensor> chain_expectation_cuda(
   auto expect = at::empty({d.B}, unary.options());
   const auto s = stage_chain(unary, trans, v_unary, v_trans, lengths, start, end, v_start, v_end);
   EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "chain_expectation_cuda", [&] {
-    const Launch<scalar_t> l(s, chain_seq::kRingRows, kExpectation);
+    const Launch<scalar_t> l(s, Messages::kTwoRows, kExpectation);
     launch_kernel<expectation_kernel<scalar_t>>(blocks_for(d.B, kWarps), kThreads, l.shared,
                                                 l.args, true, log_z.data_ptr<scalar_t>(),
                                                 expect.data_ptr<scalar_t>(),
@@ -256,7 +262,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chain_covariance_cuda
         stage_chain(unary, trans, v_unary, v_trans, lengths, start, end, v_start, v_end);
     const auto w = weight.contiguous();
     EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "chain_covariance_cuda", [&] {
-      const Launch<scalar_t> l(s, d.T, kCovariance);
+      const Launch<scalar_t> l(s, Messages::kAllRows, kCovariance);
       launch_kernel<covariance_kernel<scalar_t>>(blocks_for(d.B, kWarps), kThreads, l.shared,
                                                  l.args, w.data_ptr<scalar_t>(),
                                                  c_unary.data_ptr<scalar_t>(),
@@ -286,7 +292,7 @@ at::Tensor chain_sample_cuda(const at::Tensor& unary, const at::Tensor& trans,
   const auto nz = noise.contiguous();
   EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "chain_sample_cuda", [&] {
     using S = scalar_t;
-    const Launch<S> l(s, d.T, kSample);
+    const Launch<S> l(s, Messages::kAllRows, kSample);
     // The forward messages, and log Z in double whatever S is (the walk reads it).
     launch_kernel<expectation_kernel<S>>(blocks_for(d.B, kWarps), kThreads, l.shared, l.args,
                                          false, static_cast<S*>(nullptr),
