@@ -149,13 +149,14 @@ def _partition(B, T, K, marginals: bool) -> Case:
     # The design (partition_kernel.cu): the exp domain, a warp per sequence: per step a lane's
     # K pairs at ~3 warp-instr (a_i and E from shared memory, an FMA) plus ~40 for the step's
     # reductions and exponentials; the backward recomputes v_t (twice the pairs) and adds ~80.
-    # Around it: ~6 ATen staging kernels, the log-space kernels launched for the flagged
-    # sequences (they exit at once when none is), and for marginals ~8 ATen kernels after.
+    # Around it: the transposed copy of trans, the log-space kernel launched for the flagged
+    # sequences (it exits at once when none is; every block checks trans/start/end for NaN
+    # itself), log Z's conversion to the input's dtype, and for marginals ~8 ATen kernels after.
     slices = math.ceil(K / 32)
 
     def predict(d):
         t = max(d.issue(B * (T - 1) * (slices * K * 3 + 40)), bytes_ / d.copy_bytes_per_s)
-        t += 8 * LAUNCH_S
+        t += 4 * LAUNCH_S
         if marginals:
             t += d.issue(B * (T - 1) * (2 * slices * K * 3 + 80)) + 9 * LAUNCH_S
         return t

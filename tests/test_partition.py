@@ -376,3 +376,25 @@ def test_each_recursion_reports_which_ran():
     bio = torch.tensor([[0.0, inf], [0.0, 0.0]], dtype=torch.float64)  # I after O forbidden
     ebm_ext.chain_marginals(unary[:, :, :2], bio)
     assert _domain_counts() == (4, 0)
+
+
+def test_log_partition_checks_the_parameters_inside_its_kernels(gpu):
+    """NaN or -inf in trans/start/end is found by each block (K^2 + 2K reads), not by ATen
+    reductions before the launch: no aten::any, and on the emulation exactly the two kernels
+    (the exp-domain one, and the log-space one, which exits at once when no sequence is flagged).
+    The rule itself (every non-empty sequence NaN) is tested in test_chain.py and
+    test_nonfinite.py."""
+    unary, trans, _, start, end = make_chain(6, 5, 4, seed=81)
+    args = [gpu.to(x) for x in (unary, trans, None, start, end)]
+
+    def call():
+        return gpu.ops.chain_log_partition(*args)
+
+    call()
+    launches, aten_ops = gpu.launches(call)
+    assert not aten_ops & {"aten::any", "aten::logical_or", "aten::logical_not", "aten::item"}, aten_ops
+    if gpu.name == "emulated":
+        assert launches == 2
+    bad = args[1].clone()
+    bad[1, 2] = -math.inf
+    assert torch.isnan(gpu.ops.chain_log_partition(args[0], bad, None, args[3], args[4])).all()

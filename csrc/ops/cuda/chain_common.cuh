@@ -24,9 +24,23 @@ inline int threads_for(int64_t K) {
 template <typename scalar_t, typename acc_t>
 struct ChainArgs : ChainView<scalar_t, acc_t> {
   const acc_t* transT;     // (K, K) transposed, in the accumulation type
-  const bool* params_nan;  // whether trans, start or end holds a NaN (a device scalar)
   bool trans_in_shared;
 };
+
+// Whether trans, start or end holds a NaN or -inf (every non-empty sequence's result is then
+// NaN, as on the CPU), read by the block from the parameters themselves: K^2 + 2K values cost
+// less than the ATen reductions that would otherwise run before the launch. Every thread of the
+// block must call it.
+template <typename scalar_t, typename acc_t>
+__device__ bool block_params_invalid(const ChainArgs<scalar_t, acc_t>& a) {
+  const acc_t ninf = -std::numeric_limits<acc_t>::infinity();
+  bool bad = false;
+  for (int64_t n = threadIdx.x; n < a.K * a.K; n += blockDim.x) bad = bad || !(a.trans[n] > ninf);
+  for (int64_t j = threadIdx.x; j < a.K; j += blockDim.x) {
+    bad = bad || !(a.start_at(j) > ninf) || !(a.end_at(j) > ninf);
+  }
+  return __syncthreads_or(bad) != 0;
+}
 
 // Kernels that keep vectors of K values in dynamic shared memory: K is bounded by the device.
 inline void check_shared_tags(const char* op, int64_t K, size_t bytes_per_tag) {
@@ -53,7 +67,7 @@ __device__ const acc_t* stage_trans(const ChainArgs<scalar_t, acc_t>& a, acc_t* 
 // Inputs converted once to contiguous tensors in the accumulation type (trans, start, end are
 // K or K*K values: negligible next to unary, which is read in its own dtype).
 struct Staged {
-  at::Tensor unary, trans, transT, start, end, lengths, params_nan;
+  at::Tensor unary, trans, transT, start, end, lengths;
 };
 
 inline Staged stage(const at::Tensor& unary, const at::Tensor& trans,
@@ -67,11 +81,6 @@ inline Staged stage(const at::Tensor& unary, const at::Tensor& trans,
   if (start.has_value()) s.start = start->to(acc).contiguous();
   if (end.has_value()) s.end = end->to(acc).contiguous();
   if (lengths.has_value()) s.lengths = lengths->contiguous();
-  // A NaN in the shared parameters makes every non-empty sequence's result NaN, as on the CPU;
-  // told to the kernels through device memory, without a host synchronisation.
-  s.params_nan = any_invalid_energy(s.trans);
-  if (s.start.defined()) s.params_nan = s.params_nan.logical_or(any_invalid_energy(s.start));
-  if (s.end.defined()) s.params_nan = s.params_nan.logical_or(any_invalid_energy(s.end));
   return s;
 }
 
@@ -86,7 +95,6 @@ ChainArgs<scalar_t, acc_t> chain_args(const Staged& s, size_t shared_before) {
   a.T = s.unary.size(1);
   a.K = s.unary.size(2);
   a.transT = s.transT.data_ptr<acc_t>();
-  a.params_nan = s.params_nan.data_ptr<bool>();
   a.trans_in_shared = shared_before + a.K * a.K * sizeof(acc_t) <= kSharedTransBytes;
   return a;
 }

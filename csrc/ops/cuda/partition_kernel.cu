@@ -62,6 +62,7 @@ __global__ void log_partition_kernel(ChainArgs<scalar_t, acc_t> a, const bool* _
   const int K = a.K;
   const int64_t T = a.T, b = blockIdx.x;
   if (!only[b]) return;  // done in the exp domain
+  const bool params_invalid = block_params_invalid(a);
   const int64_t L = a.length(b);
   if (L == 0) {
     if (threadIdx.x == 0) logz[b] = 0;  // one empty path, whatever the parameters hold
@@ -114,7 +115,7 @@ __global__ void log_partition_kernel(ChainArgs<scalar_t, acc_t> a, const bool* _
     acc_t s = 0;
     for (int j = 0; j < K; ++j) lse_add(al[(L - 1) * K + j] - double(a.end_at(j)), m, s);
     const double z = total + lse_value(m, s);
-    logz[b] = *a.params_nan || invalid ? std::numeric_limits<double>::quiet_NaN() : z;
+    logz[b] = params_invalid || invalid ? std::numeric_limits<double>::quiet_NaN() : z;
   }
 }
 
@@ -252,12 +253,13 @@ __global__ void exp_forward_backward_kernel(ChainArgs<scalar_t, acc_t> a, int64_
     const acc_t v = a.trans[n];
     if (v == inf) {
       forbidden = true;
-    } else if (v > -inf) {  // NaN and -inf: params_nan
+    } else if (v > -inf) {  // NaN and -inf: params_invalid
       lo = min(lo, v);
       hi = max(hi, v);
     }
   }
   forbidden = __syncthreads_or(forbidden);
+  const bool params_invalid = block_params_invalid(a);
   lo = cuda_reduce::block_reduce(lo, scratch, cuda_reduce::Min());
   hi = cuda_reduce::block_reduce(hi, scratch, cuda_reduce::Max());
   const bool exp_domain = !forbidden && !(hi - lo > kExpRange<acc_t>);
@@ -291,7 +293,7 @@ __global__ void exp_forward_backward_kernel(ChainArgs<scalar_t, acc_t> a, int64_
     for (int64_t n = rows_from * K + lane; du && n < T * K; n += 32) du[n] = scalar_t(0);
     for (int64_t n = lane; pairs && n < K * K; n += 32) pairs[b * K * K + n] = acc_t(0);
   };
-  bool invalid = *a.params_nan;
+  bool invalid = params_invalid;
   for (int64_t n = lane; n < L * K; n += 32) invalid |= !(static_cast<acc_t>(u[n]) > -inf);
   invalid = __any_sync(0xffffffffu, invalid);
   if (L == 0) return finish(0.0, false, 0);
