@@ -42,6 +42,16 @@ __device__ bool block_params_invalid(const ChainArgs<scalar_t, acc_t>& a) {
   return __syncthreads_or(bad) != 0;
 }
 
+// Sequence b's length L, checked on the device (EBM_DEVICE_REQUIRE) by the kernels that read
+// lengths without a host check: the message the op gives for a bad length.
+__device__ __forceinline__ int64_t require_length(int64_t L, int64_t T, int64_t b,
+                                                  const char* op) {
+  EBM_DEVICE_REQUIRE(L >= 0 && L <= T, "%s: lengths must be in [0, T=%lld], got %lld at index %lld",
+                     op, static_cast<long long>(T), static_cast<long long>(L),
+                     static_cast<long long>(b));
+  return L;
+}
+
 // Kernels that keep vectors of K values in dynamic shared memory: K is bounded by the device.
 inline void check_shared_tags(const char* op, int64_t K, size_t bytes_per_tag) {
   const size_t most = max_dynamic_shared_bytes();

@@ -91,11 +91,7 @@ struct DecodeChain {
 template <typename scalar_t>
 __device__ int64_t checked_length(const DecodeArgs<scalar_t>& a, int64_t b) {
   if (a.lengths == nullptr) return a.T;
-  const int64_t L = a.lengths[b * a.ls];
-  EBM_DEVICE_REQUIRE(L >= 0 && L <= a.T, "%s: lengths must be in [0, T=%lld], got %lld at index %lld",
-                     decode_op_name(a.op), static_cast<long long>(a.T), static_cast<long long>(L),
-                     static_cast<long long>(b));
-  return L;
+  return cuda_chain::require_length(a.lengths[b * a.ls], a.T, b, decode_op_name(a.op));
 }
 
 // Block-wide, ending in a barrier: the transitions into transT (when not null), transposed and

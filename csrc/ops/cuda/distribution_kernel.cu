@@ -12,6 +12,7 @@
 #include <limits>
 
 #include "../distribution.h"
+#include "chain_common.cuh"
 #include "device.cuh"
 #include "team.cuh"
 
@@ -29,8 +30,8 @@ inline int blocks_for(int64_t n, int per_block) {
 }
 
 // Pointers of one launch, read by every thread. Each block's dynamic shared memory holds the
-// block's reduction scratch (kBlockScratch doubles), then E (K * K) unless `E` is given, then each
-// warp's rows of messages unless `work` is given (from ring_at on).
+// block's reduction scratch (kBlockScratch doubles), then E (K * K) unless `E` is given, then
+// each warp's rows of messages unless `work` is given (from ring_at on).
 template <typename S>
 struct Args {
   Chain<S> e, v;
@@ -53,12 +54,7 @@ __device__ __forceinline__ const char* op_name(int op) {
 // Sequence b's length, checked on the device (the host does not read lengths: no sync).
 template <typename S>
 __device__ int64_t checked_length(const Args<S>& a, int64_t b) {
-  const int64_t L = a.e.length(b);
-  EBM_DEVICE_REQUIRE(L >= 0 && L <= a.e.T,
-                     "%s: lengths must be in [0, T=%lld], got %lld at index %lld", op_name(a.op),
-                     static_cast<long long>(a.e.T), static_cast<long long>(L),
-                     static_cast<long long>(b));
-  return L;
+  return cuda_chain::require_length(a.e.length(b), a.e.T, b, op_name(a.op));
 }
 
 // The exp-domain transitions for the block (every thread of the block must call it).
