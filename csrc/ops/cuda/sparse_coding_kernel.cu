@@ -22,6 +22,7 @@
 
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "../sparse_coding.h"
 #include "device.cuh"
@@ -305,21 +306,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_code_cuda(
     const int64_t n = B * m;
     Scratch<scalar_t> scratch{w, w + n, w + 2 * n, w + 3 * n, w + 4 * n, set.data_ptr<int32_t>()};
     const int64_t room = static_cast<int64_t>(kSharedBytes / sizeof(scalar_t));
-    if (warp_per_sample) {
-      const int64_t capacity = std::min(m, room / kWarpsPerBlock);
-      launch_kernel<sparse_code_kernel<scalar_t, true>>(
-          static_cast<unsigned>((B + kWarpsPerBlock - 1) / kWarpsPerBlock), 32 * kWarpsPerBlock,
-          size_t(kWarpsPerBlock * capacity) * sizeof(scalar_t), G.data_ptr<scalar_t>(),
-          b.data_ptr<scalar_t>(), yy.data_ptr<double>(), p, z.data_ptr<scalar_t>(), scratch,
-          capacity, gap.data_ptr<scalar_t>(), iterations.data_ptr<int64_t>(), B);
-    } else {
-      const int threads = static_cast<int>(std::min<int64_t>(kMaxThreads, (m + 31) / 32 * 32));
-      const int64_t capacity = std::min(m, room);
-      launch_kernel<sparse_code_kernel<scalar_t, false>>(
-          static_cast<unsigned>(B), threads, size_t(capacity) * sizeof(scalar_t),
+    // One launch of either layout: `per_block` samples of `threads` threads, `capacity` iterate
+    // entries of shared memory per sample.
+    const auto launch = [&](auto warp, unsigned blocks, int threads, int64_t per_block,
+                            int64_t capacity) {
+      launch_kernel<sparse_code_kernel<scalar_t, decltype(warp)::value>>(
+          blocks, threads, size_t(per_block * capacity) * sizeof(scalar_t),
           G.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), yy.data_ptr<double>(), p,
           z.data_ptr<scalar_t>(), scratch, capacity, gap.data_ptr<scalar_t>(),
           iterations.data_ptr<int64_t>(), B);
+    };
+    if (warp_per_sample) {
+      launch(std::true_type{}, static_cast<unsigned>((B + kWarpsPerBlock - 1) / kWarpsPerBlock),
+             32 * kWarpsPerBlock, kWarpsPerBlock, std::min(m, room / kWarpsPerBlock));
+    } else {
+      launch(std::false_type{}, static_cast<unsigned>(B),
+             static_cast<int>(std::min<int64_t>(kMaxThreads, (m + 31) / 32 * 32)), 1,
+             std::min(m, room));
     }
   });
   auto codes = z.to(y.scalar_type());
