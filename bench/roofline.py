@@ -216,7 +216,7 @@ def _distribution(B, T, K, op: str) -> Case:
         return ebm_ext.chain_sample(x["unary"], x["trans"], (), None, x["start"], x["end"])
 
     return Case(op, f"B={B} T={T} K={K} float64",
-                "warp per sequence, 4 per block; ATen stages the exp-domain transitions",
+                "warp per sequence, 4 per block; each block stages the exp-domain transitions",
                 bytes_, lambda d: d.lanes(pairs * 2 * 2, per_sm_clock=64), predict,
                 inputs=inputs, call=call)
 
@@ -261,7 +261,7 @@ def _bilstm(B, T, D, H) -> Case:
     # accumulators; a step costs the larger of the two. Launches: the GEMM, the transpose of
     # W_hh, the copy of the step sizes, the recurrence.
     def predict(d):
-        gemm = 2 * B * T * D * 8 * H / (0.8 * d.lanes(1) ** -1 * 2)
+        gemm = d.lanes(B * T * D * 8 * H) / 0.8  # one FMA per lane and clock, at 80 %
         blocks = 2 * math.ceil(B / 4)
         l2_step = blocks * 4 * H * H * 4 / d.l2_bytes_per_s
         warps = math.ceil(H / 32)

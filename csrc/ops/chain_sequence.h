@@ -11,12 +11,12 @@
 //               double backward of log Z, and the gradient of the entropy);
 //   sample:     forward-filtering backward-sampling, exact, from uniform noise.
 //
-// Teams. A pass is run by a team (Solo here; a warp, cuda/team.cuh): member r owns
-// the tags j = r, r + size, ... of every step, computes their columns, and the team meets at
-// sync() (before a member reads what another wrote) and at its reductions over the tags (max,
-// min, sum, any), which sync the team too. Each column's own sum over i runs in one member, in the order i = 0..K-1, so a
-// team of any size computes the same columns; only the sums over the tags (log Z's last
-// log-sum-exp, the expectation) are added in another order.
+// Teams. A pass is run by a team (Solo here; a warp, cuda/team.cuh): member r owns the tags
+// j = r, r + size, ... of every step, computes their columns, and the team meets at sync()
+// (before a member reads what another wrote) and at its reductions over the tags (max, min,
+// sum, any), which sync the team too. Each column's own sum over i runs in one member, in the
+// order i = 0..K-1, so a team of any size computes the same columns; only the sums over the
+// tags (log Z's last log-sum-exp, the expectation) are added in another order.
 //
 // Precision. Each step computes, per column j, S_j = sum_i a(i) E(i, j) with a = exp(la - max la)
 // and E = exp(tmin - trans) (tmin the smallest finite transition: both in [0, 1], +inf energies

@@ -12,8 +12,6 @@
 #include "chain.h"
 #include "chain_sequence.h"
 
-#include <limits>
-
 namespace ebm_ext {
 
 // v (the direction) has the layout of the energies: v_unary (B, T, K), v_trans (K, K),
