@@ -54,6 +54,21 @@ inline void check_lengths_range(const char* op, const at::Tensor& lengths, int64
 // per call. Every other op, and every CPU kernel, checks on the host.
 enum class ValueChecks { Host, Device };
 
+// Which parameter shapes an op takes: one (K, K) transition matrix with (K,) start and end, or
+// also a matrix per sequence (B, K, K) or per move (B, T-1, K, K), start and end per sequence
+// (B, K) (the general chains of edge_chain.h).
+enum class Transitions { Shared, General };
+
+constexpr const char* kGeneralOps =
+    "chain_energy (integer tags), viterbi, chain_log_partition and chain_marginals";
+
+// Whether a call's parameters take the general chains' kernels (edge_chain.h).
+inline bool general_chain(const at::Tensor& trans, const c10::optional<at::Tensor>& start,
+                          const c10::optional<at::Tensor>& end) {
+  return trans.dim() != 2 || (start.has_value() && start->dim() == 2) ||
+         (end.has_value() && end->dim() == 2);
+}
+
 // Checks unary (B,T,K), trans (K,K), lengths (B,) int64, start/end (K,) and returns the dims.
 // With ValueChecks::Device a CUDA kernel checks the lengths' range itself.
 inline ChainDims check_chain_inputs(const char* op, const at::Tensor& unary,
@@ -61,7 +76,8 @@ inline ChainDims check_chain_inputs(const char* op, const at::Tensor& unary,
                                     const c10::optional<at::Tensor>& lengths,
                                     const c10::optional<at::Tensor>& start,
                                     const c10::optional<at::Tensor>& end,
-                                    ValueChecks values = ValueChecks::Host) {
+                                    ValueChecks values = ValueChecks::Host,
+                                    Transitions shapes = Transitions::Shared) {
   check_defined(op, "unary", unary);
   check_defined(op, "trans", trans);
   TORCH_CHECK(unary.dim() == 3, op, ": unary must be a 3-D tensor (B, T, K), got shape ",
@@ -71,14 +87,30 @@ inline ChainDims check_chain_inputs(const char* op, const at::Tensor& unary,
   const ChainDims d{unary.size(0), unary.size(1), unary.size(2)};
   TORCH_CHECK(d.K >= 1, op, ": unary must have at least one tag (K >= 1), got shape ",
               shape_str(unary));
-  TORCH_CHECK(trans.dim() == 2 && trans.size(0) == d.K && trans.size(1) == d.K, op,
-              ": trans must have shape (K, K) = (", d.K, ", ", d.K, "), got ", shape_str(trans));
+  const bool general = shapes == Transitions::General;
+  const int64_t moves = std::max<int64_t>(d.T - 1, 0);
+  const auto shape_is = [](const at::Tensor& t, std::vector<int64_t> s) { return t.sizes() == c10::IntArrayRef(s); };
+  TORCH_CHECK(shape_is(trans, {d.K, d.K}) ||
+                  (general && (shape_is(trans, {d.B, d.K, d.K}) ||
+                               shape_is(trans, {d.B, moves, d.K, d.K}))),
+              op, ": trans must have shape (K, K) = (", d.K, ", ", d.K, ")",
+              general ? c10::str(", (B, K, K) = (", d.B, ", ", d.K, ", ", d.K,
+                                 ") or (B, T-1, K, K) = (", d.B, ", ", moves, ", ", d.K, ", ",
+                                 d.K, ")")
+                      : std::string(),
+              ", got ", shape_str(trans),
+              !general && trans.dim() > 2 ? c10::str(" (", op, " takes one (K, K) matrix; "
+                                                     "per-sequence and per-move transitions "
+                                                     "are taken by ", kGeneralOps, ")")
+                                          : std::string());
   check_like(op, "trans", trans, "unary", unary);
   for (const auto& [name, t] : {std::pair<const char*, const c10::optional<at::Tensor>&>{"start", start},
                                 {"end", end}}) {
     if (!t.has_value()) continue;
-    TORCH_CHECK(t->dim() == 1 && t->size(0) == d.K, op, ": ", name, " must have shape (K,) = (",
-                d.K, ",), got ", shape_str(*t));
+    TORCH_CHECK(shape_is(*t, {d.K}) || (general && shape_is(*t, {d.B, d.K})), op, ": ", name,
+                " must have shape (K,) = (", d.K, ",)",
+                general ? c10::str(" or (B, K) = (", d.B, ", ", d.K, ")") : std::string(),
+                ", got ", shape_str(*t));
     check_like(op, name, *t, "unary", unary);
   }
   if (lengths.has_value()) {
@@ -160,7 +192,8 @@ inline bool check_chain_energy_inputs(const at::Tensor& unary, const at::Tensor&
   const char* op = "chain_energy";
   const bool relaxed = tags.defined() && at::isFloatingType(tags.scalar_type());
   const auto d = check_chain_inputs(op, unary, trans, lengths, start, end,
-                                    relaxed ? ValueChecks::Host : values);
+                                    relaxed ? ValueChecks::Host : values,
+                                    relaxed ? Transitions::Shared : Transitions::General);
   check_defined(op, "tags", tags);
   if (at::isFloatingType(tags.scalar_type())) {
     TORCH_CHECK(tags.dim() == 3, op, ": tags must be int64 tags (B, T) or (B, C, T), or relaxed "

@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._checks import check_int64, check_tensors
+from ._checks import check_fake_chain, check_int64, check_tensors
 
 _ops = torch.ops.ebm_ext
 
@@ -175,17 +175,9 @@ def loss_augmented_viterbi(unary: Tensor, trans: Tensor, gold: Tensor, cost: Ten
 
 # ---- fake (meta) implementations: shapes and dtypes only, for torch.compile ------------------
 
-def _check_fake_chain(op: str, unary: Tensor, trans: Tensor) -> None:
-    torch._check(unary.dim() == 3, lambda: f"{op}: unary must be a 3-D tensor (B, T, K), got "
-                 f"shape {tuple(unary.shape)}")
-    K = unary.shape[-1]
-    torch._check(tuple(trans.shape) == (K, K), lambda: f"{op}: trans must have shape (K, K) = "
-                 f"({K}, {K}), got {tuple(trans.shape)}")
-
-
 @torch.library.register_fake("ebm_ext::chain_energy")
 def _chain_energy_fake(unary, trans, tags, lengths=None, start=None, end=None):
-    _check_fake_chain("chain_energy", unary, trans)
+    check_fake_chain("chain_energy", unary, trans, general=True)
     if tags.is_floating_point():
         return unary.new_empty(unary.shape[0])
     torch._check(tags.dim() in (2, 3), lambda: "chain_energy: tags must be (B, T) or (B, C, T)")
@@ -194,14 +186,14 @@ def _chain_energy_fake(unary, trans, tags, lengths=None, start=None, end=None):
 
 @torch.library.register_fake("ebm_ext::viterbi")
 def _viterbi_fake(unary, trans, lengths=None, start=None, end=None):
-    _check_fake_chain("viterbi", unary, trans)
+    check_fake_chain("viterbi", unary, trans, general=True)
     B, T, _ = unary.shape
     return unary.new_empty(B), unary.new_empty((B, T), dtype=torch.long)
 
 
 @torch.library.register_fake("ebm_ext::viterbi_kbest")
 def _viterbi_kbest_fake(unary, trans, k, lengths=None, start=None, end=None):
-    _check_fake_chain("viterbi_kbest", unary, trans)
+    check_fake_chain("viterbi_kbest", unary, trans)
     torch._check(k >= 1, lambda: f"viterbi_kbest: k must be >= 1, got {k}")
     B, T, _ = unary.shape
     return unary.new_empty((B, k)), unary.new_empty((B, k, T), dtype=torch.long)
@@ -209,7 +201,7 @@ def _viterbi_kbest_fake(unary, trans, k, lengths=None, start=None, end=None):
 
 @torch.library.register_fake("ebm_ext::loss_augmented_viterbi")
 def _loss_augmented_viterbi_fake(unary, trans, gold, cost, lengths=None, start=None, end=None):
-    _check_fake_chain("loss_augmented_viterbi", unary, trans)
+    check_fake_chain("loss_augmented_viterbi", unary, trans)
     B, T, _ = unary.shape
     return unary.new_empty(B), unary.new_empty(B), unary.new_empty((B, T), dtype=torch.long)
 
@@ -224,11 +216,14 @@ def _lengths_or_full(lengths: Optional[Tensor], B: int, T: int, device) -> Tenso
 
 
 def _path_grads(grad: Tensor, tags: Tensor, lengths: Optional[Tensor], K: int,
-                with_start: bool, with_end: bool):
+                with_start: bool, with_end: bool, trans_dim: int = 2, start_dim: int = 1,
+                end_dim: int = 1):
     """Gradients of sum_n grad[n] * E(path n) for paths ``tags`` (B, C, T), ``grad`` (B, C).
 
     Positions t >= L and tags < 0 (missing k-best rows) contribute nothing. Returns
-    (d unary (B, T, K), d trans (K, K), d start or None, d end or None).
+    (d unary (B, T, K), d trans, d start or None, d end or None), each parameter's gradient
+    shaped like it: trans (K, K), (B, K, K) or (B, T-1, K, K) (``trans_dim``), start and end
+    (K,) or (B, K).
     """
     B, C, T = tags.shape
     zero = grad.new_zeros(())
@@ -239,33 +234,51 @@ def _path_grads(grad: Tensor, tags: Tensor, lengths: Optional[Tensor], K: int,
     g = torch.where(valid, grad[:, :, None], zero)  # (B, C, T)
     d_unary = grad.new_zeros((B, T, K)).scatter_add_(2, y.transpose(1, 2), g.transpose(1, 2))
     pair = valid[..., 1:] & valid[..., :-1]
-    d_trans = grad.new_zeros(K * K).scatter_add_(
-        0, (y[..., :-1] * K + y[..., 1:]).reshape(-1),
-        torch.where(pair, grad[:, :, None], zero).reshape(-1)).view(K, K)
+    # Each parameter's cell of a move or tag, offset by the sequence (and the move) where the
+    # parameter is per sequence (per move).
+    seq = torch.arange(B, device=tags.device)[:, None, None]
+    cell = y[..., :-1] * K + y[..., 1:]  # (B, C, T-1)
+    if trans_dim == 3:
+        cell = cell + seq * (K * K)
+    elif trans_dim == 4:
+        cell = cell + (seq * (T - 1) + torch.arange(T - 1, device=tags.device)) * (K * K)
+    cells = K * K * (1 if trans_dim == 2 else B * (T - 1 if trans_dim == 4 else 1))
+    d_trans = grad.new_zeros(cells).scatter_add_(
+        0, cell.reshape(-1), torch.where(pair, grad[:, :, None], zero).reshape(-1))
+    d_trans = d_trans.view((K, K) if trans_dim == 2 else (B, K, K) if trans_dim == 3
+                           else (B, T - 1, K, K))
+
+    def first_last(y_end, v_end, per_sequence):
+        index = y_end + seq[..., 0] * K if per_sequence else y_end
+        out = grad.new_zeros(B * K if per_sequence else K).scatter_add_(
+            0, index.reshape(-1), torch.where(v_end, grad, zero).reshape(-1))
+        return out.view(B, K) if per_sequence else out
+
     d_start = d_end = None
     if with_start:
-        d_start = grad.new_zeros(K).scatter_add_(0, y[..., 0].reshape(-1),
-                                                 torch.where(valid[..., 0], grad, zero).reshape(-1))
+        d_start = first_last(y[..., 0], valid[..., 0], start_dim == 2)
     if with_end:
         last = (L - 1).clamp(min=0)[:, None, None].expand(B, C, 1)
-        y_last = y.gather(2, last).squeeze(2)
-        v_last = valid.gather(2, last).squeeze(2)
-        d_end = grad.new_zeros(K).scatter_add_(0, y_last.reshape(-1),
-                                               torch.where(v_last, grad, zero).reshape(-1))
+        d_end = first_last(y.gather(2, last).squeeze(2), valid.gather(2, last).squeeze(2),
+                           end_dim == 2)
     return d_unary, d_trans, d_start, d_end
 
 
-def _setup_path_ctx(ctx, unary, lengths, start, end, tags):
+def _setup_path_ctx(ctx, unary, lengths, start, end, tags, trans=None):
     ctx.save_for_backward(tags, lengths)
     ctx.K = unary.shape[-1]
     ctx.with_start = start is not None
     ctx.with_end = end is not None
+    ctx.trans_dim = trans.dim() if trans is not None else 2
+    ctx.start_dim = start.dim() if start is not None else 1
+    ctx.end_dim = end.dim() if end is not None else 1
 
 
 def _grads_for(ctx, grad: Tensor, tags: Tensor, lengths: Optional[Tensor]):
     if tags.dim() == 2:
         tags, grad = tags[:, None], grad[:, None]
-    return _path_grads(grad, tags, lengths, ctx.K, ctx.with_start, ctx.with_end)
+    return _path_grads(grad, tags, lengths, ctx.K, ctx.with_start, ctx.with_end, ctx.trans_dim,
+                       ctx.start_dim, ctx.end_dim)
 
 
 def _chain_energy_setup(ctx, inputs, output):
@@ -274,7 +287,7 @@ def _chain_energy_setup(ctx, inputs, output):
     if ctx.relaxed:
         ctx.save_for_backward(unary, trans, tags, lengths, start, end)
     else:
-        _setup_path_ctx(ctx, unary, lengths, start, end, tags)
+        _setup_path_ctx(ctx, unary, lengths, start, end, tags, trans)
 
 
 def _chain_energy_backward(ctx, grad):
@@ -332,8 +345,8 @@ def _relaxed_backward(grad, unary, trans, tags, lengths, start, end):
 
 
 def _viterbi_setup(ctx, inputs, output):
-    unary, _, lengths, start, end = inputs
-    _setup_path_ctx(ctx, unary, lengths, start, end, output[1])
+    unary, trans, lengths, start, end = inputs
+    _setup_path_ctx(ctx, unary, lengths, start, end, output[1], trans)
 
 
 def _viterbi_backward(ctx, grad_energy, _grad_tags):

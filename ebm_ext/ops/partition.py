@@ -17,7 +17,7 @@ import torch
 
 from torch import Tensor
 
-from ._checks import check_tensors
+from ._checks import check_fake_chain, check_tensors
 
 _ops = torch.ops.ebm_ext
 
@@ -86,9 +86,7 @@ def chain_marginals(unary: Tensor, trans: Tensor, lengths: Optional[Tensor] = No
 
 
 def _check_fake(op, unary, trans):
-    torch._check(unary.dim() == 3, lambda: f"{op}: unary must be a 3-D tensor (B, T, K)")
-    K = unary.shape[-1]
-    torch._check(tuple(trans.shape) == (K, K), lambda: f"{op}: trans must have shape (K, K)")
+    check_fake_chain(op, unary, trans, general=True)
 
 
 @torch.library.register_fake("ebm_ext::chain_log_partition")
@@ -107,8 +105,20 @@ def _chain_marginals_fake(unary, trans, lengths=None, start=None, end=None):
 def _chain_log_partition_backward_fake(grad, unary, trans, lengths=None, start=None, end=None):
     _check_fake("_chain_log_partition_backward", unary, trans)
     K = unary.shape[-1]
-    return (unary.new_empty(unary.shape), unary.new_empty((K, K)), unary.new_empty(K),
-            unary.new_empty(K))
+    per_sequence = lambda p: p is not None and p.dim() == 2  # noqa: E731
+    return (unary.new_empty(unary.shape), unary.new_empty(trans.shape),
+            unary.new_empty(start.shape if per_sequence(start) else K),
+            unary.new_empty(end.shape if per_sequence(end) else K))
+
+
+def _require_shared(op: str, trans: Tensor, start: Optional[Tensor], end: Optional[Tensor]):
+    """The second derivatives come from the covariance kernel, which takes one (K, K) matrix:
+    a clear error, not a wrong or missing gradient, for general chains."""
+    if trans.dim() != 2 or any(p is not None and p.dim() == 2 for p in (start, end)):
+        raise RuntimeError(
+            f"{op}: the second derivative of log Z (the derivative of the marginals) takes one "
+            "(K, K) transition matrix with (K,) start and end; per-sequence and per-move "
+            "parameters have first derivatives only (the edge marginals), so far")
 
 
 def _setup(ctx, inputs, output):
@@ -137,6 +147,7 @@ def _marginals_setup(ctx, inputs, output):
 
 def _marginals_backward(ctx, grad):
     unary, trans, lengths, start, end = ctx.saved_tensors
+    _require_shared("chain_marginals", trans, start, end)
     weight = -torch.ones(unary.shape[0], dtype=unary.dtype, device=unary.device)
     du, dt, ds, de = _ops._chain_covariance(weight, unary, trans, grad.contiguous(), None, lengths,
                                             start, end, None, None)
@@ -155,6 +166,7 @@ def _partition_double_backward(ctx, g_unary, g_trans, g_start, g_end):
     # The outputs are -grad_b * (marginals of every feature), so with v = the cotangents:
     # d/d grad_b = -E_p_b[v . phi], d/d theta = sum_b grad_b Cov_p_b(phi, v . phi).
     grad, unary, trans, lengths, start, end = ctx.saved_tensors
+    _require_shared("chain_log_partition", trans, start, end)
     v_unary = g_unary if g_unary is not None else torch.zeros_like(unary)
     v = (v_unary, g_trans, lengths, start, end, g_start, g_end)
     d_grad = None

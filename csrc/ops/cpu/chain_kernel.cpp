@@ -16,6 +16,7 @@
 
 #include "../chain.h"
 #include "../chain_view.h"
+#include "../edge_chain_ops.h"
 #include "simd.h"
 
 namespace ebm_ext {
@@ -325,7 +326,9 @@ std::tuple<at::Tensor, at::Tensor> viterbi_cpu(const at::Tensor& unary, const at
                                                const c10::optional<at::Tensor>& lengths,
                                                const c10::optional<at::Tensor>& start,
                                                const c10::optional<at::Tensor>& end) {
-  const auto d = check_chain_inputs("viterbi", unary, trans, lengths, start, end);
+  const auto d = check_chain_inputs("viterbi", unary, trans, lengths, start, end,
+                                    ValueChecks::Host, Transitions::General);
+  if (general_chain(trans, start, end)) return cpu_edge::viterbi(unary, trans, lengths, start, end);
   auto energy = at::empty({d.B}, unary.options());
   auto tags = at::empty({d.B, d.T}, unary.options().dtype(at::kLong));
   if (d.B == 0) return {energy, tags};
@@ -495,6 +498,7 @@ at::Tensor chain_energy_cpu(const at::Tensor& unary, const at::Tensor& trans,
   if (check_chain_energy_inputs(unary, trans, tags, lengths, start, end)) {
     return relaxed_chain_energy(unary, trans, tags, lengths, start, end);
   }
+  if (general_chain(trans, start, end)) return cpu_edge::energy(unary, trans, tags, lengths, start, end);
   const int64_t B = unary.size(0), T = unary.size(1);
   const int64_t C = tags.dim() == 3 ? tags.size(1) : 1;
   auto out_shape = tags.sizes().vec();

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "../chain_view.h"
+#include "../edge_chain_ops.h"
 #include "../partition.h"
 #include "simd.h"
 
@@ -478,7 +479,10 @@ at::Tensor chain_log_partition_cpu(const at::Tensor& unary, const at::Tensor& tr
                                    const c10::optional<at::Tensor>& lengths,
                                    const c10::optional<at::Tensor>& start,
                                    const c10::optional<at::Tensor>& end) {
-  const auto d = check_chain_inputs("chain_log_partition", unary, trans, lengths, start, end);
+  const auto d = check_chain_inputs("chain_log_partition", unary, trans, lengths, start, end,
+                                    ValueChecks::Host, Transitions::General);
+  if (general_chain(trans, start, end))
+    return cpu_edge::log_partition(unary, trans, lengths, start, end);
   auto logz = at::empty({d.B}, unary.options());
   if (d.B == 0) return logz;
   AT_DISPATCH_FLOATING_TYPES(unary.scalar_type(), "chain_log_partition_cpu", [&] {
@@ -514,6 +518,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_backward_cpu(
     const at::Tensor& scale, const at::Tensor& unary, const at::Tensor& trans,
     const c10::optional<at::Tensor>& lengths, const c10::optional<at::Tensor>& start,
     const c10::optional<at::Tensor>& end, bool want_params) {
+  if (general_chain(trans, start, end))
+    return cpu_edge::forward_backward(d, scale, unary, trans, lengths, start, end, want_params);
   auto d_unary = at::zeros({d.B, d.T, d.K}, unary.options());
   auto d_trans = at::zeros({d.K, d.K}, unary.options());
   auto d_start = at::zeros({d.K}, unary.options());
