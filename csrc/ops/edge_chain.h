@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "chain_view.h"
 
@@ -27,6 +28,21 @@ namespace ebm_ext {
 namespace edge {
 
 EBM_HD inline double inf() { return std::numeric_limits<double>::infinity(); }
+
+// float64 from any input dtype and back (CUDA's half types convert through float).
+EBM_HD inline double to_double(double v) { return v; }
+template <typename S>
+EBM_HD double to_double(S v) {
+  return static_cast<double>(static_cast<float>(v));
+}
+template <typename S>
+EBM_HD S from_double(double v) {
+  if constexpr (std::is_same<S, double>::value) {
+    return v;
+  } else {
+    return static_cast<S>(static_cast<float>(v));
+  }
+}
 
 // A batch of chains in their own dtype S (contiguous), read in float64.
 template <typename S>
@@ -43,17 +59,17 @@ struct EdgeChain {
 
   EBM_HD int64_t length(int64_t b) const { return lengths ? lengths[b] : T; }
   EBM_HD double u(int64_t b, int64_t t, int j) const {
-    return static_cast<double>(unary[(b * T + t) * K + j]);
+    return to_double(unary[(b * T + t) * K + j]);
   }
   // The energy of the move i -> j into position t, 1 <= t < L.
   EBM_HD double tr(int64_t b, int64_t t, int i, int j) const {
-    return static_cast<double>(trans[b * trans_b + (t - 1) * trans_t + int64_t(i) * K + j]);
+    return to_double(trans[b * trans_b + (t - 1) * trans_t + int64_t(i) * K + j]);
   }
   EBM_HD double st(int64_t b, int j) const {
-    return start ? static_cast<double>(start[b * start_b + j]) : 0.0;
+    return start ? to_double(start[b * start_b + j]) : 0.0;
   }
   EBM_HD double en(int64_t b, int j) const {
-    return end ? static_cast<double>(end[b * end_b + j]) : 0.0;
+    return end ? to_double(end[b * end_b + j]) : 0.0;
   }
   EBM_HD bool per_move() const { return trans_t != 0; }
 };
@@ -147,7 +163,7 @@ EBM_HD void backward(const Team& team, const EdgeChain<S>& c, int64_t b, int64_t
   // beta_{L-1}(i) = -end(i); beta_{t-1}(i) = log sum_j exp(-trans(t, i, j) - u(t, j) + beta_t(j)).
   for (int i = team.rank(); i < K; i += team.size()) {
     lb[i] = -c.en(b, i);
-    if (g.du) g.du[(L - 1) * K + i] = static_cast<S>(node(L - 1, lb, i));
+    if (g.du) g.du[(L - 1) * K + i] = from_double<S>(node(L - 1, lb, i));
     if (g.den) g.den[i] = node(L - 1, lb, i);
   }
   for (int64_t t = L - 1; t >= 1; --t) {
@@ -176,7 +192,7 @@ EBM_HD void backward(const Team& team, const EdgeChain<S>& c, int64_t b, int64_t
     lb2 = swap;
     if (g.du)
       for (int i = team.rank(); i < K; i += team.size())
-        g.du[(t - 1) * K + i] = static_cast<S>(node(t - 1, lb, i));
+        g.du[(t - 1) * K + i] = from_double<S>(node(t - 1, lb, i));
   }
   if (g.dst)
     for (int i = team.rank(); i < K; i += team.size()) g.dst[i] = node(0, lb, i);
@@ -190,7 +206,7 @@ EBM_HD void fill_nan(const Team& team, const EdgeChain<S>& c, int64_t L, const G
   const int K = c.K;
   const int64_t KK = int64_t(K) * K;
   if (g.du)
-    for (int64_t n = team.rank(); n < L * K; n += team.size()) g.du[n] = static_cast<S>(nan);
+    for (int64_t n = team.rank(); n < L * K; n += team.size()) g.du[n] = from_double<S>(nan);
   if (g.dtr) {
     const int64_t cells = g.dtr_t ? (L - 1) * KK : KK;
     for (int64_t n = team.rank(); n < cells; n += team.size()) g.dtr[n] = nan;

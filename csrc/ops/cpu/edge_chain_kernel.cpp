@@ -48,7 +48,7 @@ std::tuple<at::Tensor, at::Tensor> viterbi(const at::Tensor& unary, const at::Te
         const double best = edge::decode(team, c, b, L, beta.data(), w.data(), ptr.data(),
                                          y + b * T);
         e[b] = edge::invalid(team, c, b, L) ? std::numeric_limits<S>::quiet_NaN()
-                                            : static_cast<S>(best);
+                                            : edge::from_double<S>(best);
       }
     });
   });
@@ -77,7 +77,7 @@ at::Tensor log_partition(const at::Tensor& unary, const at::Tensor& trans,
         else if (edge::invalid(team, c, b, L))
           out[b] = std::numeric_limits<S>::quiet_NaN();
         else
-          out[b] = static_cast<S>(edge::forward(team, c, b, L, la.data(), true));
+          out[b] = edge::from_double<S>(edge::forward(team, c, b, L, la.data(), true));
       }
     });
   });
@@ -117,7 +117,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_backward(
           }
           const double logz = edge::forward(team, c, b, L, la.data(), false);
           if (logz == -edge::inf() || sc[b] == S(0)) continue;
-          edge::backward(team, c, b, L, la.data(), logz, static_cast<double>(sc[b]), lb.data(),
+          edge::backward(team, c, b, L, la.data(), logz, edge::to_double(sc[b]), lb.data(),
                          lb2.data(), out);
         }
       });

@@ -52,6 +52,26 @@ __device__ __forceinline__ int64_t require_length(int64_t L, int64_t T, int64_t 
   return L;
 }
 
+// chain_energy's tags of path (b, c) (c: the candidate, when candidates) at t < L, checked on
+// the device: the message the op gives for a tag out of range.
+__device__ __forceinline__ void require_path_tags(const int64_t* y, int64_t L, int64_t K,
+                                                  int64_t b, int64_t c, bool candidates) {
+  for (int64_t t = 0; t < L; ++t) {
+    const bool in_range = y[t] >= 0 && y[t] < K;
+    const auto got = static_cast<long long>(y[t]);
+    if (candidates) {
+      EBM_DEVICE_REQUIRE(in_range, "chain_energy: tags must hold tags in [0, K=%lld) at positions "
+                         "t < length, got %lld at index [%lld, %lld, %lld]",
+                         static_cast<long long>(K), got, static_cast<long long>(b),
+                         static_cast<long long>(c), static_cast<long long>(t));
+    } else {
+      EBM_DEVICE_REQUIRE(in_range, "chain_energy: tags must hold tags in [0, K=%lld) at positions "
+                         "t < length, got %lld at index [%lld, %lld]", static_cast<long long>(K),
+                         got, static_cast<long long>(b), static_cast<long long>(t));
+    }
+  }
+}
+
 // Kernels that keep vectors of K values in dynamic shared memory: K is bounded by the device.
 inline void check_shared_tags(const char* op, int64_t K, size_t bytes_per_tag) {
   const size_t most = max_dynamic_shared_bytes();

@@ -27,6 +27,7 @@
 #include <limits>
 
 #include "../chain.h"
+#include "../edge_chain_ops.h"
 #include "device.cuh"
 #include "chain_common.cuh"
 #include "reduce.cuh"
@@ -353,20 +354,7 @@ __global__ void chain_energy_kernel(DecodeArgs<scalar_t> a, const int64_t* __res
   const int64_t b = n / C;
   const int64_t L = checked_length(a, b);
   const int64_t* y = tags + n * a.T;
-  for (int64_t t = 0; t < L; ++t) {
-    const bool in_range = y[t] >= 0 && y[t] < a.K;
-    const auto K = static_cast<long long>(a.K), got = static_cast<long long>(y[t]);
-    if (candidates) {
-      EBM_DEVICE_REQUIRE(in_range, "chain_energy: tags must hold tags in [0, K=%lld) at positions "
-                         "t < length, got %lld at index [%lld, %lld, %lld]", K, got,
-                         static_cast<long long>(b), static_cast<long long>(n % C),
-                         static_cast<long long>(t));
-    } else {
-      EBM_DEVICE_REQUIRE(in_range, "chain_energy: tags must hold tags in [0, K=%lld) at positions "
-                         "t < length, got %lld at index [%lld, %lld]", K, got,
-                         static_cast<long long>(b), static_cast<long long>(t));
-    }
-  }
+  cuda_chain::require_path_tags(y, L, a.K, b, n % C, candidates);
   const DecodeChain<scalar_t, acc_t> c{a, nullptr, a.K};
   energy_out[n] = static_cast<scalar_t>(path_energy<acc_t>(c, b, y, L));
 }
@@ -480,7 +468,8 @@ std::tuple<at::Tensor, at::Tensor> viterbi_cuda(const at::Tensor& unary, const a
                                                 const c10::optional<at::Tensor>& start,
                                                 const c10::optional<at::Tensor>& end) {
   const auto d = check_chain_inputs("viterbi", unary, trans, lengths, start, end,
-                                    ValueChecks::Device);
+                                    ValueChecks::Device, Transitions::General);
+  if (general_chain(trans, start, end)) return cuda_edge::viterbi(unary, trans, lengths, start, end);
   const DeviceGuard guard(unary.device());
   auto energy = at::empty({d.B}, unary.options());
   auto tags = at::empty({d.B, d.T}, unary.options().dtype(at::kLong));
@@ -561,6 +550,7 @@ at::Tensor chain_energy_cuda(const at::Tensor& unary, const at::Tensor& trans,
   if (check_chain_energy_inputs(unary, trans, tags, lengths, start, end, ValueChecks::Device)) {
     return relaxed_chain_energy(unary, trans, tags, lengths, start, end);
   }
+  if (general_chain(trans, start, end)) return cuda_edge::energy(unary, trans, tags, lengths, start, end);
   const DeviceGuard guard(unary.device());
   auto out_shape = tags.sizes().vec();
   out_shape.pop_back();

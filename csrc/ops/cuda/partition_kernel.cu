@@ -16,6 +16,7 @@
 #include <limits>
 #include <type_traits>
 
+#include "../edge_chain_ops.h"
 #include "../partition.h"
 #include "device.cuh"
 #include "chain_common.cuh"
@@ -446,7 +447,10 @@ at::Tensor chain_log_partition_cuda(const at::Tensor& unary, const at::Tensor& t
                                     const c10::optional<at::Tensor>& lengths,
                                     const c10::optional<at::Tensor>& start,
                                     const c10::optional<at::Tensor>& end) {
-  const auto d = check_chain_inputs("chain_log_partition", unary, trans, lengths, start, end);
+  const auto d = check_chain_inputs("chain_log_partition", unary, trans, lengths, start, end,
+                                    ValueChecks::Host, Transitions::General);
+  if (general_chain(trans, start, end))
+    return cuda_edge::log_partition(unary, trans, lengths, start, end);
   const DeviceGuard guard(unary.device());
   if (d.B == 0 || d.T == 0) return at::zeros({d.B}, unary.options());
   at::Tensor logz;
@@ -462,6 +466,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_backward_cuda
     const at::Tensor& trans, const c10::optional<at::Tensor>& lengths,
     const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end,
     bool want_params) {
+  if (general_chain(trans, start, end))
+    return cuda_edge::forward_backward(d, scale, unary, trans, lengths, start, end, want_params);
   const DeviceGuard guard(unary.device());
   const auto acc = at::toOpMathType(unary.scalar_type());
   check_shared_tags(op, d.K, 2 * sizeof(double));  // beta and q

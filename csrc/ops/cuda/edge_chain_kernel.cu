@@ -1,0 +1,203 @@
+// The general chains (../edge_chain.h) on CUDA: a warp per sequence, four sequences per block,
+// each warp's messages in a global float64 workspace (a sequence's rows are its own: the
+// matrices differ per sequence and per move, so nothing is staged per block). Called by the
+// shared ops' CUDA kernels after their checks; lengths are checked on the device.
+#include <ATen/ATen.h>
+
+#include <limits>
+
+#include "../edge_chain_ops.h"
+#include "chain_common.cuh"
+#include "device.cuh"
+#include "team.cuh"
+
+namespace ebm_ext {
+namespace cuda_edge {
+namespace {
+
+constexpr int kWarps = 4;  // sequences per block
+constexpr int kThreads = 32 * kWarps;
+
+int blocks_for(int64_t B) { return static_cast<int>((B + kWarps - 1) / kWarps); }
+
+__device__ __forceinline__ int64_t warp_sequence() {
+  return int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
+}
+
+template <typename S>
+__device__ __forceinline__ int64_t checked_length(const edge::EdgeChain<S>& c, int64_t b,
+                                                  const char* op) {
+  return cuda_chain::require_length(c.length(b), c.T, b, op);
+}
+
+// beta, w (K doubles each) and ptr ((T - 1) K int32) per sequence in the workspaces.
+template <typename S>
+__global__ void __launch_bounds__(kThreads)
+    viterbi_kernel(edge::EdgeChain<S> c, int64_t B, double* __restrict__ scratch,
+                   int32_t* __restrict__ ptr, S* __restrict__ energy, int64_t* __restrict__ tags) {
+  const int64_t b = warp_sequence();
+  if (b >= B) return;
+  const WarpTeam team;
+  const int64_t L = checked_length(c, b, "viterbi");
+  int64_t* y = tags + b * c.T;
+  if (L == 0) {
+    for (int64_t t = team.rank(); t < c.T; t += team.size()) y[t] = -1;
+    if (team.rank() == 0) energy[b] = S(0);
+    return;
+  }
+  double* beta = scratch + b * 2 * c.K;
+  const double best = edge::decode(team, c, b, L, beta, beta + c.K,
+                                   ptr + b * std::max<int64_t>(c.T - 1, 1) * c.K, y);
+  const bool bad = edge::invalid(team, c, b, L);
+  if (team.rank() == 0)
+    energy[b] = bad ? edge::from_double<S>(std::numeric_limits<double>::quiet_NaN())
+                    : edge::from_double<S>(best);
+}
+
+// log Z per sequence; la is each sequence's two rows (the forward alone).
+template <typename S>
+__global__ void __launch_bounds__(kThreads)
+    log_partition_kernel(edge::EdgeChain<S> c, int64_t B, double* __restrict__ la,
+                         S* __restrict__ logz) {
+  const int64_t b = warp_sequence();
+  if (b >= B) return;
+  const WarpTeam team;
+  const int64_t L = checked_length(c, b, "chain_log_partition");
+  double z = 0.0;
+  if (L > 0) {
+    z = edge::invalid(team, c, b, L)
+            ? std::numeric_limits<double>::quiet_NaN()
+            : edge::forward(team, c, b, L, la + b * 2 * c.K, true);
+  }
+  if (team.rank() == 0) logz[b] = edge::from_double<S>(z);
+}
+
+// The forward-backward per sequence: la (T, K) and lb, lb2 (K) per sequence in scratch.
+template <typename S>
+__global__ void __launch_bounds__(kThreads)
+    forward_backward_kernel(edge::EdgeChain<S> c, int64_t B, double* __restrict__ scratch,
+                            const S* __restrict__ scale, S* __restrict__ d_unary,
+                            double* __restrict__ d_trans, int64_t d_trans_per_b,
+                            int64_t d_trans_t, double* __restrict__ d_start,
+                            double* __restrict__ d_end) {
+  const int64_t b = warp_sequence();
+  if (b >= B) return;
+  const WarpTeam team;
+  const int64_t L = checked_length(c, b, "chain_marginals");
+  if (L == 0) return;
+  const int K = c.K;
+  edge::Grads<S> g{d_unary + b * c.T * K, d_trans ? d_trans + b * d_trans_per_b : nullptr,
+                   d_trans_t, d_start ? d_start + b * K : nullptr,
+                   d_end ? d_end + b * K : nullptr};
+  if (edge::invalid(team, c, b, L)) {
+    edge::fill_nan(team, c, L, g);
+    return;
+  }
+  double* la = scratch + b * (c.T + 2) * K;
+  const double logz = edge::forward(team, c, b, L, la, false);
+  const double s = edge::to_double(scale[b]);
+  if (logz == -edge::inf() || s == 0.0) return;
+  edge::backward(team, c, b, L, la, logz, s, la + c.T * K, la + (c.T + 1) * K, g);
+}
+
+template <typename S>
+__global__ void energy_kernel(edge::EdgeChain<S> c, int64_t n, int64_t C, bool candidates,
+                              const int64_t* __restrict__ tags, S* __restrict__ energy) {
+  using acc_t = at::opmath_type<S>;
+  const int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (p >= n) return;
+  const int64_t b = p / C;
+  const int64_t L = checked_length(c, b, "chain_energy");
+  const int64_t* y = tags + p * c.T;
+  cuda_chain::require_path_tags(y, L, c.K, b, p % C, candidates);
+  energy[p] = static_cast<S>(edge::path_energy<acc_t>(c, b, y, L));
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> viterbi(const at::Tensor& unary, const at::Tensor& trans,
+                                           const c10::optional<at::Tensor>& lengths,
+                                           const c10::optional<at::Tensor>& start,
+                                           const c10::optional<at::Tensor>& end) {
+  const DeviceGuard guard(unary.device());
+  const int64_t B = unary.size(0), T = unary.size(1), K = unary.size(2);
+  auto energy = at::empty({B}, unary.options());
+  auto tags = at::empty({B, T}, unary.options().dtype(at::kLong));
+  if (B == 0) return {energy, tags};
+  const auto x = edge::contiguous_inputs(unary, trans, lengths, start, end);
+  auto scratch = at::empty({B, 2 * K}, unary.options().dtype(at::kDouble));
+  auto ptr = at::empty({B, std::max<int64_t>(T - 1, 1) * K}, unary.options().dtype(at::kInt));
+  EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "edge_viterbi_cuda", [&] {
+    launch_kernel<viterbi_kernel<scalar_t>>(
+        blocks_for(B), kThreads, 0, edge::view<scalar_t>(x), B, scratch.data_ptr<double>(),
+        ptr.data_ptr<int32_t>(), energy.data_ptr<scalar_t>(), tags.data_ptr<int64_t>());
+  });
+  return {energy, tags};
+}
+
+at::Tensor log_partition(const at::Tensor& unary, const at::Tensor& trans,
+                         const c10::optional<at::Tensor>& lengths,
+                         const c10::optional<at::Tensor>& start,
+                         const c10::optional<at::Tensor>& end) {
+  const DeviceGuard guard(unary.device());
+  const int64_t B = unary.size(0), K = unary.size(2);
+  auto logz = at::empty({B}, unary.options());
+  if (B == 0) return logz;
+  const auto x = edge::contiguous_inputs(unary, trans, lengths, start, end);
+  auto la = at::empty({B, 2 * K}, unary.options().dtype(at::kDouble));
+  EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "edge_log_partition_cuda", [&] {
+    launch_kernel<log_partition_kernel<scalar_t>>(blocks_for(B), kThreads, 0,
+                                                  edge::view<scalar_t>(x), B,
+                                                  la.data_ptr<double>(),
+                                                  logz.data_ptr<scalar_t>());
+  });
+  return logz;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_backward(
+    const ChainDims& d, const at::Tensor& scale, const at::Tensor& unary, const at::Tensor& trans,
+    const c10::optional<at::Tensor>& lengths, const c10::optional<at::Tensor>& start,
+    const c10::optional<at::Tensor>& end, bool want_params) {
+  const DeviceGuard guard(unary.device());
+  auto d_unary = at::zeros({d.B, d.T, d.K}, unary.options());
+  auto g = edge::grad_buffers(d, trans);
+  if (d.B > 0 && d.T > 0) {
+    const auto x = edge::contiguous_inputs(unary, trans, lengths, start, end);
+    const auto scale_c = scale.contiguous();
+    auto scratch = at::empty({d.B, (d.T + 2) * d.K}, unary.options().dtype(at::kDouble));
+    EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "edge_forward_backward_cuda", [&] {
+      launch_kernel<forward_backward_kernel<scalar_t>>(
+          blocks_for(d.B), kThreads, 0, edge::view<scalar_t>(x), d.B,
+          scratch.data_ptr<double>(), scale_c.data_ptr<scalar_t>(),
+          d_unary.data_ptr<scalar_t>(), want_params ? g.trans.data_ptr<double>() : nullptr,
+          g.trans.numel() / d.B, trans.dim() == 4 ? d.K * d.K : int64_t(0),
+          want_params ? g.start.data_ptr<double>() : nullptr,
+          want_params ? g.end.data_ptr<double>() : nullptr);
+    });
+  }
+  return edge::finish_grads(d_unary, g, trans, start, end);
+}
+
+at::Tensor energy(const at::Tensor& unary, const at::Tensor& trans, const at::Tensor& tags,
+                  const c10::optional<at::Tensor>& lengths,
+                  const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end) {
+  const DeviceGuard guard(unary.device());
+  const int64_t C = tags.dim() == 3 ? tags.size(1) : 1;
+  auto out_shape = tags.sizes().vec();
+  out_shape.pop_back();
+  auto energy = at::empty(out_shape, unary.options());
+  const int64_t n = energy.numel();
+  if (n == 0) return energy;
+  const auto x = edge::contiguous_inputs(unary, trans, lengths, start, end);
+  const auto tags_c = tags.contiguous();
+  EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "edge_energy_cuda", [&] {
+    launch_kernel<energy_kernel<scalar_t>>(static_cast<int>((n + 255) / 256), 256, 0,
+                                           edge::view<scalar_t>(x), n, C,
+                                           tags.dim() == 3, tags_c.data_ptr<int64_t>(),
+                                           energy.data_ptr<scalar_t>());
+  });
+  return energy;
+}
+
+}  // namespace cuda_edge
+}  // namespace ebm_ext

@@ -1,0 +1,261 @@
+"""General chains: a transition matrix per sequence (B, K, K) or per move (B, T-1, K, K), start and
+end per sequence (B, K), in every op that takes them (csrc/ops/edge_chain.h), on the CPU and the
+(emulated) CUDA kernels. Oracles: enumeration of every path, the shared (K, K) kernels on
+expanded parameters, and torch-struct 0.5's LinearChainCRF on general edge potentials."""
+import itertools
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import ebm_ext
+from conftest import requires_cuda
+
+inf = math.inf
+FORMS = ["shared_trans_per_sequence_ends", "per_sequence", "per_move"]
+
+
+def general_chain(form, B=3, T=4, K=3, seed=0, integer=False, forbid=True, lengths=(4, 0, 1),
+                  dtype=torch.float64):
+    """unary, trans, lengths, start, end of the given form (lengths padded to B with T)."""
+    g = torch.Generator().manual_seed(seed)
+    draw = ((lambda *s: torch.randint(-2, 3, s, generator=g).to(dtype)) if integer
+            else (lambda *s: torch.randn(*s, generator=g, dtype=dtype)))
+    unary = draw(B, T, K)
+    trans = {"shared_trans_per_sequence_ends": lambda: draw(K, K),
+             "per_sequence": lambda: draw(B, K, K),
+             "per_move": lambda: draw(B, max(T - 1, 0), K, K)}[form]()
+    if forbid and form == "per_move" and T > 2:
+        trans[0, 1, 0, :] = inf  # a constraint at one move of one sequence only
+        trans[0, 1, 0, 1] = 0.0
+    elif forbid and form == "per_sequence":
+        trans[B - 1, :, K - 1] = inf
+    start, end = draw(B, K), draw(B, K)
+    L = torch.tensor((list(lengths) + [T] * B)[:B], dtype=torch.long)
+    return unary, trans, L, start, end
+
+
+def move_matrix(trans, b, t):
+    """The matrix of the move into position t of sequence b."""
+    return trans if trans.dim() == 2 else trans[b] if trans.dim() == 3 else trans[b, t - 1]
+
+
+def all_paths(unary, trans, L, start, end):
+    """Per sequence: every path (lexicographic order) and its energy, float64."""
+    out = []
+    for b in range(unary.shape[0]):
+        Lb = int(L[b])
+        paths = list(itertools.product(range(unary.shape[2]), repeat=Lb))
+        energies = []
+        for y in paths:
+            if Lb == 0:
+                energies.append(0.0)
+                continue
+            e = float(start[b, y[0]]) + float(end[b, y[-1]])
+            e += sum(float(unary[b, t, y[t]]) for t in range(Lb))
+            e += sum(float(move_matrix(trans, b, t)[y[t - 1], y[t]]) for t in range(1, Lb))
+            energies.append(e)
+        out.append((paths, torch.tensor(energies, dtype=torch.float64)))
+    return out
+
+
+def brute_marginals(unary, trans, L, start, end):
+    """log Z, node marginals (B, T, K) and pair marginals shaped like trans, from enumeration."""
+    B, T, K = unary.shape
+    logz = torch.zeros(B, dtype=torch.float64)
+    node = torch.zeros(B, T, K, dtype=torch.float64)
+    pair = torch.zeros(B, max(T - 1, 0), K, K, dtype=torch.float64)
+    for b, (paths, E) in enumerate(all_paths(unary, trans, L, start, end)):
+        logz[b] = torch.logsumexp(-E, 0)
+        if logz[b] == -inf:
+            continue
+        p = torch.exp(-E - logz[b])
+        for w, y in zip(p, paths):
+            for t, tag in enumerate(y):
+                node[b, t, tag] += w
+            for t in range(1, len(y)):
+                pair[b, t - 1, y[t - 1], y[t]] += w
+    if trans.dim() == 2:
+        pair = pair.sum((0, 1))
+    elif trans.dim() == 3:
+        pair = pair.sum(1)
+    return logz, node, pair
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("integer", [False, True], ids=["random", "ties"])
+def test_against_enumeration(device, form, integer):
+    unary, trans, L, start, end = general_chain(form, B=4, integer=integer, seed=3,
+                                                lengths=(4, 0, 1, 3))
+    trans.requires_grad_()
+    start.requires_grad_()
+    energy, tags = ebm_ext.viterbi(unary, trans, L, start, end)
+    logz = ebm_ext.chain_log_partition(unary, trans, L, start, end)
+    want_logz, want_node, want_pair = brute_marginals(unary, trans.detach(), L, start.detach(), end)
+    for b, (paths, E) in enumerate(all_paths(unary, trans.detach(), L, start.detach(), end)):
+        best = E.min()
+        assert energy[b].item() == pytest.approx(best.item(), abs=1e-12)
+        first = paths[int(torch.nonzero(E == best)[0])]  # lexicographically smallest best path
+        assert tags[b].tolist() == list(first) + [-1] * (unary.shape[1] - len(first))
+    torch.testing.assert_close(logz.detach(), want_logz, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(ebm_ext.chain_marginals(unary, trans, L, start, end).detach(),
+                               want_node, atol=1e-12, rtol=0)
+    d_trans, d_start = torch.autograd.grad(logz.sum(), (trans, start))
+    assert d_trans.shape == trans.shape and d_start.shape == start.shape
+    torch.testing.assert_close(-d_trans, want_pair, atol=1e-12, rtol=0)
+    torch.testing.assert_close(-d_start, want_node[:, 0] * (L > 0)[:, None], atol=1e-12, rtol=0)
+    # chain_energy of the decoded paths, and its gradient: the path's indicators.
+    e = ebm_ext.chain_energy(unary, trans, tags, L, start, end)
+    torch.testing.assert_close(e.detach(), energy.detach(), atol=1e-12, rtol=0)
+    g_trans, = torch.autograd.grad(e.sum(), trans)
+    want = torch.zeros(unary.shape[0], max(unary.shape[1] - 1, 0), *trans.shape[-2:],
+                       dtype=torch.float64)
+    for b in range(unary.shape[0]):
+        for t in range(1, int(L[b])):
+            want[b, t - 1, tags[b, t - 1], tags[b, t]] += 1
+    want = want.sum((0, 1)) if trans.dim() == 2 else want.sum(1) if trans.dim() == 3 else want
+    torch.testing.assert_close(g_trans, want)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_expanded_parameters_agree_with_the_shared_kernels(device, form):
+    """The same chain given in general form: the general kernels equal the shared ones."""
+    B, T, K = 5, 7, 4
+    g = torch.Generator().manual_seed(1)
+    unary = torch.randn(B, T, K, generator=g, dtype=torch.float64)
+    trans = torch.randn(K, K, generator=g, dtype=torch.float64)
+    start, end = torch.randn(K, generator=g, dtype=torch.float64), torch.randn(K, generator=g,
+                                                                              dtype=torch.float64)
+    L = torch.tensor([7, 0, 1, 2, 5])
+    big = {"shared_trans_per_sequence_ends": trans,
+           "per_sequence": trans.expand(B, K, K),
+           "per_move": trans.expand(B, T - 1, K, K)}[form]
+    args = (unary, trans, L, start, end)
+    gen = (unary, big, L, start.expand(B, K), end.expand(B, K))
+    torch.testing.assert_close(ebm_ext.chain_log_partition(*gen), ebm_ext.chain_log_partition(*args))
+    torch.testing.assert_close(ebm_ext.chain_marginals(*gen), ebm_ext.chain_marginals(*args))
+    e1, y1 = ebm_ext.viterbi(*gen)
+    e0, y0 = ebm_ext.viterbi(*args)
+    torch.testing.assert_close(e1, e0)
+    assert torch.equal(y1, y0)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_cpu_equals_cuda(gpu, form):
+    unary, trans, L, start, end = general_chain(form, B=6, T=5, K=4, seed=2,
+                                                lengths=(5, 0, 1, 2, 4, 5))
+    scale = torch.linspace(-1, 2, 6, dtype=torch.float64)
+    cpu = (ebm_ext.viterbi(unary, trans, L, start, end),
+           ebm_ext.chain_log_partition(unary, trans, L, start, end),
+           ebm_ext.chain_marginals(unary, trans, L, start, end),
+           torch.ops.ebm_ext._chain_log_partition_backward(scale, unary, trans, L, start, end))
+    args = [gpu.to(x) for x in (unary, trans, L, start, end)]
+    with gpu():
+        dev = (ebm_ext.viterbi(*args), ebm_ext.chain_log_partition(*args),
+               ebm_ext.chain_marginals(*args),
+               torch.ops.ebm_ext._chain_log_partition_backward(gpu.to(scale), *args))
+    assert torch.equal(cpu[0][1], dev[0][1].cpu())
+    torch.testing.assert_close(cpu[0][0], dev[0][0].cpu(), atol=0, rtol=0)
+    for a, b in zip(cpu[1:], dev[1:]):
+        torch.testing.assert_close(a, torch.utils._pytree.tree_map(lambda x: x.cpu(), b),
+                                   atol=1e-12, rtol=1e-12)
+    tags = cpu[0][1]
+    with gpu():
+        e = ebm_ext.chain_energy(*args[:2], gpu.to(tags), *args[2:])
+    torch.testing.assert_close(e.cpu(), ebm_ext.chain_energy(unary, trans, tags, L, start, end))
+
+
+def test_non_finite_rules(device):
+    unary, trans, L, start, end = general_chain("per_move", B=3, T=4, seed=4, forbid=False,
+                                                lengths=(4, 2, 3))
+    trans[1, 2] = math.nan   # past sequence 1's last move (length 2): never read
+    trans[2, 0, 1, 1] = -inf  # read by sequence 2: NaN (-inf is not an energy)
+    logz = ebm_ext.chain_log_partition(unary, trans, L, start, end)
+    assert torch.isfinite(logz[:2]).all() and torch.isnan(logz[2])
+    energy, _ = ebm_ext.viterbi(unary, trans, L, start, end)
+    assert torch.isfinite(energy[:2]).all() and torch.isnan(energy[2])
+    marg = ebm_ext.chain_marginals(unary, trans, L, start, end)
+    assert torch.isfinite(marg[:2]).all() and torch.isnan(marg[2, :3]).all()
+    assert (marg[2, 3] == 0).all()
+    # a sequence with no allowed path: log Z = -inf, marginals 0, Viterbi +inf
+    trans2 = trans.clone()
+    trans2[0, 1] = inf
+    assert ebm_ext.chain_log_partition(unary, trans2, L, start, end)[0] == -inf
+    assert (ebm_ext.chain_marginals(unary, trans2, L, start, end)[0] == 0).all()
+    assert ebm_ext.viterbi(unary, trans2, L, start, end)[0][0] == inf
+
+
+def test_ops_that_take_one_matrix_say_which_take_more():
+    unary, trans, L, start, end = general_chain("per_move")
+    with pytest.raises(RuntimeError, match=r"viterbi_kbest: trans must have shape \(K, K\) = "
+                       r"\(3, 3\), got \[3, 3, 3, 3\] \(viterbi_kbest takes one \(K, K\) matrix"):
+        ebm_ext.viterbi_kbest(unary, trans, 2, L)
+    with pytest.raises(RuntimeError, match=r"viterbi: trans must have shape \(K, K\) = \(3, 3\), "
+                       r"\(B, K, K\) = \(3, 3, 3\) or \(B, T-1, K, K\) = \(3, 3, 3, 3\), got "
+                       r"\[3, 2, 3, 3\]"):
+        ebm_ext.viterbi(unary, trans[:, :2], L)
+    with pytest.raises(RuntimeError, match=r"chain_log_partition: start must have shape \(K,\) "
+                       r"= \(3,\) or \(B, K\) = \(3, 3\), got \[2, 3\]"):
+        ebm_ext.chain_log_partition(unary, trans, L, start[:2])
+    with pytest.raises(RuntimeError, match="second derivative"):
+        t = trans.clone().requires_grad_()
+        m = ebm_ext.chain_marginals(unary, t, L, start, end)
+        torch.autograd.grad(m.sum(), t)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(form=st.sampled_from(FORMS), B=st.integers(1, 3), T=st.integers(0, 4),
+       K=st.integers(1, 3), seed=st.integers(0, 2 ** 16), integer=st.booleans(),
+       data=st.data())
+def test_hypothesis_enumeration(form, B, T, K, seed, integer, data):
+    lengths = data.draw(st.lists(st.integers(0, T), min_size=B, max_size=B))
+    unary, trans, L, start, end = general_chain(form, B, T, K, seed, integer, forbid=K > 2,
+                                                lengths=lengths)
+    if integer and T > 1 and K > 1:  # +inf at some moves only
+        mask = torch.rand(trans.shape, generator=torch.Generator().manual_seed(seed)) < 0.2
+        trans = trans.masked_fill(mask, inf)
+    energy, tags = ebm_ext.viterbi(unary, trans, L, start, end)
+    logz = ebm_ext.chain_log_partition(unary, trans, L, start, end)
+    want_logz, want_node, _ = brute_marginals(unary, trans, L, start, end)
+    torch.testing.assert_close(logz, want_logz, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(ebm_ext.chain_marginals(unary, trans, L, start, end), want_node,
+                               atol=1e-12, rtol=0)
+    for b, (paths, E) in enumerate(all_paths(unary, trans, L, start, end)):
+        best = E.min()
+        assert energy[b].item() == best.item() or abs(energy[b].item() - best.item()) < 1e-12
+        if best < inf:
+            first = paths[int(torch.nonzero(E == best)[0])]
+            assert tags[b, :len(first)].tolist() == list(first)
+        assert (tags[b, int(L[b]):] == -1).all()
+
+
+def to_torch_struct(trans, L):
+    """torch-struct's edge potentials phi[b, n, to, from] (scores) of a unary-free per-move
+    chain, and its lengths (nodes)."""
+    return -trans.transpose(-1, -2), L
+
+
+def test_torch_struct_differential_on_general_potentials():
+    torch_struct = pytest.importorskip("torch_struct")
+    g = torch.Generator().manual_seed(11)
+    B, N, C = 6, 7, 5
+    phi = torch.randn(B, N - 1, C, C, generator=g, dtype=torch.float64)
+    phi[2, 3, 1, :] = -inf  # torch-struct's forbidden entries
+    lengths = torch.tensor([7, 7, 5, 2, 6, 3])
+    ours = ebm_ext.LinearChainCRF.from_edge_potentials(phi.clone().requires_grad_(), lengths)
+    theirs = torch_struct.LinearChainCRF(phi.clone().requires_grad_(), lengths=lengths)
+    torch.testing.assert_close(ours.partition, theirs.partition, atol=1e-9, rtol=1e-9)
+    # the gradient idiom: d log Z / d phi is torch-struct's edge marginals
+    p_ours = phi.clone().requires_grad_()
+    p_theirs = phi.clone().requires_grad_()
+    g_ours, = torch.autograd.grad(
+        ebm_ext.LinearChainCRF.from_edge_potentials(p_ours, lengths).partition.sum(), p_ours)
+    g_theirs, = torch.autograd.grad(
+        torch_struct.LinearChainCRF(p_theirs, lengths=lengths).partition.sum(), p_theirs)
+    torch.testing.assert_close(g_ours, g_theirs, atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(ours.edge_marginals, theirs.marginals, atol=1e-9, rtol=1e-9)
+    # argmax as torch-struct's (B, N-1, C, C) edge indicators, and the best score
+    torch.testing.assert_close(ours.argmax_edges, theirs.argmax, atol=0, rtol=0)
+    torch.testing.assert_close(-ours.max, theirs.max, atol=1e-9, rtol=1e-9)
