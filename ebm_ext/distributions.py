@@ -13,9 +13,10 @@ Everything is exact, from kernels (no autograd through a time loop): ``partition
 ``sample(shape)`` (forward-filtering backward-sampling), ``argmax`` / ``max`` (Viterbi),
 ``topk(k)`` / ``kmax(k)`` (k-best), ``log_prob(tags)``.
 
-Coming from torch-struct: ``LinearChainCRF.from_edge_potentials(log_potentials, lengths)``
-takes its (B, N-1, C, C) scores phi[b, n, z_{n+1}, z_n] (note the [to, from] order) and finds the
-unary, transition, start and end energies they are made of (see its docstring).
+The transitions may be one (K, K) matrix, one per sequence (B, K, K) or one per move
+(B, T-1, K, K), start and end (K,) or (B, K). Coming from torch-struct:
+``LinearChainCRF.from_edge_potentials(log_potentials, lengths)`` takes its (B, N-1, C, C) scores
+phi[b, n, z_{n+1}, z_n] (note the [to, from] order) as they are (see its docstring).
 """
 from __future__ import annotations
 
@@ -70,13 +71,16 @@ class LinearChainCRF(Distribution):
             raise ValueError("LinearChainCRF: unary must be a 3-D tensor (B, T, K), got "
                              f"{_describe(unary)}")
         B, T, K = unary.shape
-        if not isinstance(trans, Tensor) or tuple(trans.shape) != (K, K):
-            raise ValueError(f"LinearChainCRF: trans must have shape (K, K) = ({K}, {K}), got "
-                             f"{_describe(trans)}")
+        moves = max(T - 1, 0)
+        if not isinstance(trans, Tensor) or tuple(trans.shape) not in ((K, K), (B, K, K),
+                                                                         (B, moves, K, K)):
+            raise ValueError(f"LinearChainCRF: trans must have shape (K, K) = ({K}, {K}), "
+                             f"(B, K, K) = ({B}, {K}, {K}) or (B, T-1, K, K) = ({B}, {moves}, "
+                             f"{K}, {K}), got {_describe(trans)}")
         for name, t in (("start", start), ("end", end)):
-            if t is not None and (not isinstance(t, Tensor) or tuple(t.shape) != (K,)):
-                raise ValueError(f"LinearChainCRF: {name} must have shape (K,) = ({K},), got "
-                                 f"{_describe(t)}")
+            if t is not None and (not isinstance(t, Tensor) or tuple(t.shape) not in ((K,), (B, K))):
+                raise ValueError(f"LinearChainCRF: {name} must have shape (K,) = ({K},) or "
+                                 f"(B, K) = ({B}, {K}), got {_describe(t)}")
         if mask is not None:
             if lengths is not None:
                 raise ValueError("LinearChainCRF: give lengths or mask, not both")
@@ -86,40 +90,62 @@ class LinearChainCRF(Distribution):
             raise ValueError(f"LinearChainCRF: lengths must be an int64 tensor of shape (B,) = "
                              f"({B},), got {_describe(lengths)}")
         self.unary, self.trans, self.start, self.end, self.lengths = unary, trans, start, end, lengths
+        # The same distribution with one (K, K) matrix, for the members whose kernels take only
+        # that form (see _shared_form): itself, or what from_edge_potentials finds.
+        general = trans.dim() != 2 or any(t is not None and t.dim() == 2 for t in (start, end))
+        self._shared = None if general else self
         super().__init__(batch_shape=torch.Size([B]), event_shape=torch.Size([T]),
                          validate_args=validate_args)
 
     @classmethod
     def from_edge_potentials(cls, log_potentials: Tensor, lengths: Optional[Tensor] = None,
                              validate_args: Optional[bool] = None) -> "LinearChainCRF":
-        """From torch-struct's ``LinearChainCRF(log_potentials, lengths)``.
+        """From torch-struct's ``LinearChainCRF(log_potentials, lengths)``, any potentials.
 
-        Our kernels share one transition matrix across positions, so the potentials must be of
-        the form that torch-struct's users build from emissions and transitions,
-        phi[b, n, j, i] = a[b, n, j] + c[b, n, i] + W[j, i], with -inf (forbidden) entries in the
-        same places at every position. The unary energies are then -(c at node n, plus a at
-        node n + 1) and trans[i, j] = -W[j, i]; the decomposition is exact (a spanning forest of
-        the allowed entries fixes the gauge).
+        The energies are the potentials as they are: ``trans[b, n, i, j] = -phi[b, n, j, i]``
+        (a matrix per move and sequence; phi is [to, from]) and zero unary energies, so
+        autograd through ``partition`` gives torch-struct's edge marginals:
+        ``torch.autograd.grad(dist.partition.sum(), phi)`` equals torch-struct's
+        ``dist.marginals``. -inf potentials forbid; the non-finite rules are the ops'.
 
-        The map from phi to the energies is linear and autograd flows through it: the gradients
-        of the emissions and transitions phi was built from are torch-struct's, but the tensor
-        ``phi.grad`` itself is not torch-struct's edge marginals (it differs by a part that no
-        such parameterisation can see).
+        The members whose kernels take one (K, K) transition matrix so far (``entropy``,
+        ``cross_entropy``, ``kl``, ``sample``, ``topk``, ``kmax``, ``perturb_and_map``, and the
+        derivative of ``marginals``) run on that form when the potentials have it,
+        phi[b, n, j, i] = a[b, n, j] + c[b, n, i] + W[j, i] with -inf entries in the same places
+        at every edge (found exactly, its gauge fixed on a spanning forest of the allowed
+        entries; autograd flows through the decomposition, which is linear); for other
+        potentials they raise a RuntimeError that says so.
 
         Args:
             log_potentials (Tensor[B, N-1, C, C], float): scores (higher is better)
                 ``phi[b, n, z_(n+1), z_n]``.
-            lengths (Tensor[B], int64, optional): the numbers of nodes N_b; None: all N.
+            lengths (Tensor[B], int64, optional): the numbers of nodes N_b, in [1, N]; None: all N.
             validate_args (bool, optional): as torch.distributions.
 
         Returns:
             LinearChainCRF: the same distribution, in energies.
 
         Raises:
-            ValueError: potentials that are not of that form.
+            ValueError: potentials that are not (B, N-1, C, C) floating point, or bad lengths.
         """
-        unary, trans, L = _decompose_edges(log_potentials, lengths)
-        return cls(unary, trans, lengths=L, validate_args=validate_args)
+        phi, lengths = _edge_inputs(log_potentials, lengths)
+        B, E, C, _ = phi.shape
+        dist = cls(phi.new_zeros(B, E + 1, C), -phi.transpose(-1, -2), lengths=lengths,
+                   validate_args=validate_args)
+        try:
+            unary, trans = _decompose_edges(phi, lengths)
+            dist._shared = cls(unary, trans, lengths=lengths, validate_args=validate_args)
+        except ValueError:
+            dist._shared = None
+        return dist
+
+    def _shared_form(self, what: str) -> "LinearChainCRF":
+        if self._shared is None:
+            raise RuntimeError(
+                f"LinearChainCRF.{what}: its kernels take one (K, K) transition matrix with (K,) "
+                "start and end so far; this distribution's are per sequence or per move. "
+                "partition, marginals, edge_marginals, argmax, max and log_prob take them")
+        return self._shared
 
     # ---- the distribution --------------------------------------------------------------
 
@@ -136,9 +162,26 @@ class LinearChainCRF(Distribution):
     def marginals(self) -> Tensor:
         """p(y_t = k), Tensor[B, T, K], 0 past each length.
 
-        Differentiable: exact gradients of log Z twice over, not autograd through a recursion.
+        Differentiable: exact gradients of log Z twice over, not autograd through a recursion
+        (for one (K, K) transition matrix; see from_edge_potentials).
         """
-        return chain_marginals(*self._energies())
+        form = self._shared if self._shared is not None else self
+        return chain_marginals(*form._energies())
+
+    @lazy_property
+    def edge_marginals(self) -> Tensor:
+        """p(y_(t-1) = i, y_t = j), Tensor[B, T-1, K, K] (from i, to j), 0 past each length.
+
+        torch-struct's ``marginals`` are these transposed, ``.transpose(-1, -2)`` ([to, from]).
+        """
+        B, T, K = self.unary.shape
+        trans = self.trans
+        per_move = (trans if trans.dim() == 4 else
+                    trans.unsqueeze(1).expand(B, max(T - 1, 0), K, K) if trans.dim() == 3 else
+                    trans.expand(B, max(T - 1, 0), K, K))
+        ones = torch.ones(B, dtype=self.unary.dtype, device=self.unary.device)
+        return torch.ops.ebm_ext._chain_log_partition_backward(
+            -ones, self.unary, per_move, self.lengths, self.start, self.end)[1]
 
     @lazy_property
     def _viterbi(self):
@@ -169,8 +212,9 @@ class LinearChainCRF(Distribution):
         Returns:
             Tensor[k, B, T], int64: -1 where fewer than k exist.
         """
-        return viterbi_kbest(self.unary, self.trans, k, self.lengths, self.start,
-                             self.end)[1].permute(1, 0, 2)
+        form = self._shared_form("topk")
+        return viterbi_kbest(form.unary, form.trans, k, form.lengths, form.start,
+                             form.end)[1].permute(1, 0, 2)
 
     def kmax(self, k: int) -> Tensor:
         """The scores -E of the k most probable distinct sequences, best first.
@@ -181,8 +225,9 @@ class LinearChainCRF(Distribution):
         Returns:
             Tensor[k, B]: -inf where fewer than k exist.
         """
-        return -viterbi_kbest(self.unary, self.trans, k, self.lengths, self.start,
-                              self.end)[0].t()
+        form = self._shared_form("kmax")
+        return -viterbi_kbest(form.unary, form.trans, k, form.lengths, form.start,
+                              form.end)[0].t()
 
     def log_prob(self, value: Tensor) -> Tensor:
         """log p(value) of tag sequences.
@@ -214,7 +259,7 @@ class LinearChainCRF(Distribution):
         Returns:
             Tensor[B]: the entropies.
         """
-        return chain_entropy(*self._energies())
+        return chain_entropy(*self._shared_form("entropy")._energies())
 
     def _check_other(self, other, what):
         if not isinstance(other, LinearChainCRF):
@@ -239,8 +284,9 @@ class LinearChainCRF(Distribution):
             Tensor[B]: the cross entropies, in nats; differentiable.
         """
         self._check_other(other, "cross_entropy")
-        return chain_cross_entropy(self.unary, self.trans, other.unary, other.trans, self.lengths,
-                                   self.start, self.end, other.start, other.end)
+        p, q = self._shared_form("cross_entropy"), other._shared_form("cross_entropy")
+        return chain_cross_entropy(p.unary, p.trans, q.unary, q.trans, p.lengths, p.start, p.end,
+                                   q.start, q.end)
 
     def kl(self, other: "LinearChainCRF") -> Tensor:
         """KL(p || q) per sequence.
@@ -252,8 +298,9 @@ class LinearChainCRF(Distribution):
             Tensor[B]: the divergences, in nats; differentiable.
         """
         self._check_other(other, "kl")
-        return chain_kl(self.unary, self.trans, other.unary, other.trans, self.lengths,
-                        self.start, self.end, other.start, other.end)
+        p, q = self._shared_form("kl"), other._shared_form("kl")
+        return chain_kl(p.unary, p.trans, q.unary, q.trans, p.lengths, p.start, p.end, q.start,
+                        q.end)
 
     def sample(self, sample_shape: Union[int, Sequence[int], torch.Size] = torch.Size(),
                generator: Optional[torch.Generator] = None) -> Tensor:
@@ -268,9 +315,10 @@ class LinearChainCRF(Distribution):
             Tensor[sample_shape + (B, T)], int64: -1 past each length (and for a sequence with
             no allowed path).
         """
+        form = self._shared_form("sample")
         with torch.no_grad():
-            return chain_sample(self.unary, self.trans, sample_shape, self.lengths, self.start,
-                                self.end, generator=generator)
+            return chain_sample(form.unary, form.trans, sample_shape, form.lengths, form.start,
+                                form.end, generator=generator)
 
     def perturb_and_map(self, sample_shape: Union[int, Sequence[int], torch.Size] = torch.Size(),
                         generator: Optional[torch.Generator] = None) -> Tensor:
@@ -287,14 +335,15 @@ class LinearChainCRF(Distribution):
             Tensor[sample_shape + (B, T)], int64: the paths.
         """
         shape = _sample_shape("LinearChainCRF.perturb_and_map", sample_shape)
+        form = self._shared_form("perturb_and_map")
         n = shape.numel()
-        B, T, K = self.unary.shape
+        B, T, K = form.unary.shape
         with torch.no_grad():
-            u = torch.rand((n, B, T, K), dtype=torch.float64, device=self.unary.device,
+            u = torch.rand((n, B, T, K), dtype=torch.float64, device=form.unary.device,
                            generator=generator).clamp_(min=1e-300)
             gumbel = -torch.log(-torch.log(u))
-            noisy = (self.unary.unsqueeze(0) - gumbel.to(self.unary.dtype)).reshape(n * B, T, K)
-            L = None if self.lengths is None else self.lengths.repeat(n)
+            noisy = (form.unary.unsqueeze(0) - gumbel.to(form.unary.dtype)).reshape(n * B, T, K)
+            L = None if form.lengths is None else form.lengths.repeat(n)
             tags = viterbi(noisy, self.trans, L, self.start, self.end)[1]
         return tags.reshape(*shape, B, T)
 
@@ -327,14 +376,14 @@ def _prefix_lengths(mask: Tensor, B: int, T: int) -> Tensor:
     return lengths
 
 
-def _decompose_edges(phi: Tensor, lengths: Optional[Tensor]):
-    """(unary, trans, node lengths) with -score energies; see from_edge_potentials."""
+def _edge_inputs(phi, lengths):
+    """torch-struct's potentials and node lengths, checked; lengths filled in."""
     op = "LinearChainCRF.from_edge_potentials"
     if not isinstance(phi, Tensor) or phi.dim() != 4 or phi.shape[2] != phi.shape[3]:
         raise ValueError(f"{op}: log_potentials must be (B, N-1, C, C), got {_describe(phi)}")
     if not phi.is_floating_point():
         raise ValueError(f"{op}: log_potentials must be floating point, got {phi.dtype}")
-    B, E, C, _ = phi.shape
+    B, E = phi.shape[:2]
     N = E + 1
     if lengths is None:
         lengths = torch.full((B,), N, dtype=torch.long, device=phi.device)
@@ -344,13 +393,22 @@ def _decompose_edges(phi: Tensor, lengths: Optional[Tensor]):
     if bool(((lengths < 1) | (lengths > N)).any()):
         raise ValueError(f"{op}: lengths must be in [1, N={N}] (numbers of nodes), got "
                          f"{lengths.tolist()}")
+    return phi, lengths
+
+
+def _decompose_edges(phi: Tensor, lengths: Tensor):
+    """(unary, trans) with -score energies of one (K, K) matrix; ValueError when the checked
+    potentials (_edge_inputs) are not of that form (see from_edge_potentials)."""
+    op = "LinearChainCRF.from_edge_potentials"
+    B, E, C, _ = phi.shape
+    N = E + 1
     valid = torch.arange(E, device=phi.device)[None] < (lengths - 1)[:, None]  # (B, E) edges used
     used = phi.double()[valid]  # (M, C, C)
     if used.numel() and (torch.isnan(used).any() or (used == math.inf).any()):
         raise ValueError(f"{op}: log_potentials must be finite or -inf (forbidden), got NaN or "
                          "+inf")
     if used.shape[0] == 0:  # every sequence has one node: no edge carries anything
-        return (phi.new_zeros(B, N, C), phi.new_zeros(C, C), lengths)
+        return (phi.new_zeros(B, N, C), phi.new_zeros(C, C))
     forbidden = used[0] == -math.inf
     if not bool((used == -math.inf).eq(forbidden).all()):
         raise ValueError(f"{op}: the -inf (forbidden) entries must sit in the same places at "
@@ -401,4 +459,4 @@ def _decompose_edges(phi: Tensor, lengths: Optional[Tensor]):
     pad = alpha.new_zeros(B, 1, C)
     score = torch.cat([b_full, pad], 1) + torch.cat([pad, a_full], 1)
     trans = torch.where(forbidden, math.inf, -W).t()
-    return (-score).to(phi.dtype), trans.to(phi.dtype).contiguous(), lengths
+    return (-score).to(phi.dtype), trans.to(phi.dtype).contiguous()

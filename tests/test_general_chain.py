@@ -255,7 +255,45 @@ def test_torch_struct_differential_on_general_potentials():
     g_theirs, = torch.autograd.grad(
         torch_struct.LinearChainCRF(p_theirs, lengths=lengths).partition.sum(), p_theirs)
     torch.testing.assert_close(g_ours, g_theirs, atol=1e-9, rtol=1e-9)
-    torch.testing.assert_close(ours.edge_marginals, theirs.marginals, atol=1e-9, rtol=1e-9)
-    # argmax as torch-struct's (B, N-1, C, C) edge indicators, and the best score
-    torch.testing.assert_close(ours.argmax_edges, theirs.argmax, atol=0, rtol=0)
-    torch.testing.assert_close(-ours.max, theirs.max, atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(ours.edge_marginals.transpose(-1, -2), theirs.marginals, atol=1e-9,
+                               rtol=1e-9)
+    # argmax (as torch-struct's one-hot edges) and the best score
+    tags = ours.argmax
+    prev, nxt = tags[:, :-1], tags[:, 1:]
+    edges = torch.zeros(B, N - 1, C, C, dtype=torch.float64)
+    idx = torch.nonzero((prev >= 0) & (nxt >= 0), as_tuple=True)
+    edges[idx + (nxt[idx], prev[idx])] = 1
+    torch.testing.assert_close(edges, theirs.argmax.detach(), atol=0, rtol=0)
+    torch.testing.assert_close(ours.max, theirs.max, atol=1e-9, rtol=1e-9)
+    # members that need one (K, K) matrix say so for potentials without that form
+    with pytest.raises(RuntimeError, match="LinearChainCRF.entropy: its kernels take one"):
+        ours.entropy()
+
+
+@pytest.mark.parametrize("form", ["per_sequence", "per_move"])
+@pytest.mark.parametrize("case", ["viterbi", "chain_energy", "chain_log_partition",
+                                  "chain_marginals", "_chain_log_partition_backward"])
+def test_opcheck(device, form, case, opcheck_util):
+    unary, trans, L, start, end = general_chain(form, B=3, T=4, K=3, seed=5, lengths=(4, 2, 3))
+    ops = torch.ops.ebm_ext
+    tags = ebm_ext.viterbi(unary, trans, L, start, end)[1]
+    grad = torch.ones(3, dtype=unary.dtype)
+    needs = lambda x: x.detach().clone().requires_grad_()  # noqa: E731
+    op, args = {
+        "viterbi": (ops.viterbi.default, (unary, needs(trans), L, start, end)),
+        "chain_energy": (ops.chain_energy.default, (unary, needs(trans), tags, L, needs(start), end)),
+        "chain_log_partition": (ops.chain_log_partition.default,
+                                (needs(unary), needs(trans), L, needs(start), needs(end))),
+        "chain_marginals": (ops.chain_marginals.default, (unary, trans, L, start, end)),
+        "_chain_log_partition_backward": (ops._chain_log_partition_backward.default,
+                                          (grad, unary, trans, L, start, end)),
+    }[case]
+    torch.library.opcheck(op, args, test_utils=opcheck_util)
+
+
+def test_gradcheck_per_move_parameters():
+    unary, trans, L, start, end = general_chain("per_move", B=3, T=4, K=3, seed=6, forbid=False,
+                                                lengths=(4, 1, 3))
+    args = [x.requires_grad_() for x in (unary, trans, start, end)]
+    assert torch.autograd.gradcheck(
+        lambda u, t, s, e: ebm_ext.chain_log_partition(u, t, L, s, e), args)

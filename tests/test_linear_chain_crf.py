@@ -105,14 +105,15 @@ def test_forbidden_transitions_where_torch_struct_gives_nan():
     theirs = torch_struct_crf(phi, None)
     torch.testing.assert_close(ours.partition, theirs.partition, atol=1e-9, rtol=0)
     assert torch.isnan(theirs.entropy).all()
+    shared = ours._shared  # the (K, K) form entropy runs on
     for b in range(2):
-        energies = torch.tensor([e for e, _ in all_paths(ours.unary, ours.trans, None, None, None, b)],
-                                dtype=torch.float64)
+        energies = torch.tensor([e for e, _ in all_paths(shared.unary, shared.trans, None, None,
+                                                         None, b)], dtype=torch.float64)
         finite = torch.isfinite(energies)
         lp = torch.log_softmax(-energies[finite], 0)
         assert ours.entropy()[b].item() == pytest.approx(-(lp.exp() * lp).sum().item(), abs=1e-10)
     # No sampled, decoded or top-k path takes a forbidden transition.
-    forbidden = torch.isinf(ours.trans)
+    forbidden = torch.isinf(trans)
     for tags in (ours.sample(200), ours.argmax[None], ours.topk(4)):
         assert not forbidden[tags[..., :-1], tags[..., 1:]].any()
 
@@ -169,12 +170,10 @@ def test_mask_and_bad_arguments():
         (lambda: by_mask.log_prob(torch.zeros(2, 3, dtype=torch.long)),
          r"value must have shape \(\*sample_shape, B, T\)"),
         (lambda: by_mask.kl(LinearChainCRF(unary, trans)), "other must have the same lengths"),
-        (lambda: LinearChainCRF.from_edge_potentials(torch.randn(2, 3, 4, 4, dtype=torch.float64)),
-         "not one transition matrix plus per-position tag scores"),
-        (lambda: LinearChainCRF.from_edge_potentials(
-            torch.randn(1, 2, 2, 2).index_put_((torch.tensor([0]), torch.tensor([1]), torch.tensor([0]),
-                                                torch.tensor([1])), torch.tensor(-math.inf))),
-         "same places at every position"),
+        (lambda: LinearChainCRF.from_edge_potentials(torch.randn(2, 3, 4, 5, dtype=torch.float64)),
+         r"log_potentials must be \(B, N-1, C, C\)"),
+        (lambda: LinearChainCRF.from_edge_potentials(torch.randn(2, 3, 4, 4), torch.tensor([0, 4])),
+         r"lengths must be in \[1, N=4\]"),
     ]
     for call, message in cases:
         with pytest.raises(ValueError, match=message):
