@@ -20,8 +20,6 @@ phi[b, n, z_{n+1}, z_n] (note the [to, from] order) as they are (see its docstri
 """
 from __future__ import annotations
 
-import math
-from collections import deque
 from typing import Optional, Sequence, Union
 
 import torch
@@ -90,10 +88,6 @@ class LinearChainCRF(Distribution):
             raise ValueError(f"LinearChainCRF: lengths must be an int64 tensor of shape (B,) = "
                              f"({B},), got {_describe(lengths)}")
         self.unary, self.trans, self.start, self.end, self.lengths = unary, trans, start, end, lengths
-        # The same distribution with one (K, K) matrix, for the members whose kernels take only
-        # that form (see _shared_form): itself, or what from_edge_potentials finds.
-        general = trans.dim() != 2 or any(t is not None and t.dim() == 2 for t in (start, end))
-        self._shared = None if general else self
         super().__init__(batch_shape=torch.Size([B]), event_shape=torch.Size([T]),
                          validate_args=validate_args)
 
@@ -108,13 +102,9 @@ class LinearChainCRF(Distribution):
         ``torch.autograd.grad(dist.partition.sum(), phi)`` equals torch-struct's
         ``dist.marginals``. -inf potentials forbid; the non-finite rules are the ops'.
 
-        The members whose kernels take one (K, K) transition matrix so far (``entropy``,
-        ``cross_entropy``, ``kl``, ``sample``, ``topk``, ``kmax``, ``perturb_and_map``, and the
-        derivative of ``marginals``) run on that form when the potentials have it,
-        phi[b, n, j, i] = a[b, n, j] + c[b, n, i] + W[j, i] with -inf entries in the same places
-        at every edge (found exactly, its gauge fixed on a spanning forest of the allowed
-        entries; autograd flows through the decomposition, which is linear); for other
-        potentials they raise a RuntimeError that says so.
+        The general chains' kernels run in float64 log space; potentials built from one
+        transition matrix, ``phi[b, n] = emission[b, n + 1] + W (+ the first emission)``, are
+        faster given to the main constructor as ``unary = -emission, trans = -W.T``.
 
         Args:
             log_potentials (Tensor[B, N-1, C, C], float): scores (higher is better)
@@ -132,20 +122,7 @@ class LinearChainCRF(Distribution):
         B, E, C, _ = phi.shape
         dist = cls(phi.new_zeros(B, E + 1, C), -phi.transpose(-1, -2), lengths=lengths,
                    validate_args=validate_args)
-        try:
-            unary, trans = _decompose_edges(phi, lengths)
-            dist._shared = cls(unary, trans, lengths=lengths, validate_args=validate_args)
-        except ValueError:
-            dist._shared = None
         return dist
-
-    def _shared_form(self, what: str) -> "LinearChainCRF":
-        if self._shared is None:
-            raise RuntimeError(
-                f"LinearChainCRF.{what}: its kernels take one (K, K) transition matrix with (K,) "
-                "start and end so far; this distribution's are per sequence or per move. "
-                "partition, marginals, edge_marginals, argmax, max and log_prob take them")
-        return self._shared
 
     # ---- the distribution --------------------------------------------------------------
 
@@ -162,11 +139,9 @@ class LinearChainCRF(Distribution):
     def marginals(self) -> Tensor:
         """p(y_t = k), Tensor[B, T, K], 0 past each length.
 
-        Differentiable: exact gradients of log Z twice over, not autograd through a recursion
-        (for one (K, K) transition matrix; see from_edge_potentials).
+        Differentiable: exact gradients of log Z twice over, not autograd through a recursion.
         """
-        form = self._shared if self._shared is not None else self
-        return chain_marginals(*form._energies())
+        return chain_marginals(*self._energies())
 
     @lazy_property
     def edge_marginals(self) -> Tensor:
@@ -212,9 +187,8 @@ class LinearChainCRF(Distribution):
         Returns:
             Tensor[k, B, T], int64: -1 where fewer than k exist.
         """
-        form = self._shared_form("topk")
-        return viterbi_kbest(form.unary, form.trans, k, form.lengths, form.start,
-                             form.end)[1].permute(1, 0, 2)
+        return viterbi_kbest(self.unary, self.trans, k, self.lengths, self.start,
+                             self.end)[1].permute(1, 0, 2)
 
     def kmax(self, k: int) -> Tensor:
         """The scores -E of the k most probable distinct sequences, best first.
@@ -225,9 +199,8 @@ class LinearChainCRF(Distribution):
         Returns:
             Tensor[k, B]: -inf where fewer than k exist.
         """
-        form = self._shared_form("kmax")
-        return -viterbi_kbest(form.unary, form.trans, k, form.lengths, form.start,
-                              form.end)[0].t()
+        return -viterbi_kbest(self.unary, self.trans, k, self.lengths, self.start,
+                              self.end)[0].t()
 
     def log_prob(self, value: Tensor) -> Tensor:
         """log p(value) of tag sequences.
@@ -259,7 +232,7 @@ class LinearChainCRF(Distribution):
         Returns:
             Tensor[B]: the entropies.
         """
-        return chain_entropy(*self._shared_form("entropy")._energies())
+        return chain_entropy(*self._energies())
 
     def _check_other(self, other, what):
         if not isinstance(other, LinearChainCRF):
@@ -284,9 +257,8 @@ class LinearChainCRF(Distribution):
             Tensor[B]: the cross entropies, in nats; differentiable.
         """
         self._check_other(other, "cross_entropy")
-        p, q = self._shared_form("cross_entropy"), other._shared_form("cross_entropy")
-        return chain_cross_entropy(p.unary, p.trans, q.unary, q.trans, p.lengths, p.start, p.end,
-                                   q.start, q.end)
+        return chain_cross_entropy(self.unary, self.trans, other.unary, other.trans, self.lengths,
+                                   self.start, self.end, other.start, other.end)
 
     def kl(self, other: "LinearChainCRF") -> Tensor:
         """KL(p || q) per sequence.
@@ -298,9 +270,8 @@ class LinearChainCRF(Distribution):
             Tensor[B]: the divergences, in nats; differentiable.
         """
         self._check_other(other, "kl")
-        p, q = self._shared_form("kl"), other._shared_form("kl")
-        return chain_kl(p.unary, p.trans, q.unary, q.trans, p.lengths, p.start, p.end, q.start,
-                        q.end)
+        return chain_kl(self.unary, self.trans, other.unary, other.trans, self.lengths,
+                        self.start, self.end, other.start, other.end)
 
     def sample(self, sample_shape: Union[int, Sequence[int], torch.Size] = torch.Size(),
                generator: Optional[torch.Generator] = None) -> Tensor:
@@ -315,10 +286,9 @@ class LinearChainCRF(Distribution):
             Tensor[sample_shape + (B, T)], int64: -1 past each length (and for a sequence with
             no allowed path).
         """
-        form = self._shared_form("sample")
         with torch.no_grad():
-            return chain_sample(form.unary, form.trans, sample_shape, form.lengths, form.start,
-                                form.end, generator=generator)
+            return chain_sample(self.unary, self.trans, sample_shape, self.lengths, self.start,
+                                self.end, generator=generator)
 
     def perturb_and_map(self, sample_shape: Union[int, Sequence[int], torch.Size] = torch.Size(),
                         generator: Optional[torch.Generator] = None) -> Tensor:
@@ -335,16 +305,18 @@ class LinearChainCRF(Distribution):
             Tensor[sample_shape + (B, T)], int64: the paths.
         """
         shape = _sample_shape("LinearChainCRF.perturb_and_map", sample_shape)
-        form = self._shared_form("perturb_and_map")
         n = shape.numel()
-        B, T, K = form.unary.shape
+        B, T, K = self.unary.shape
         with torch.no_grad():
-            u = torch.rand((n, B, T, K), dtype=torch.float64, device=form.unary.device,
+            u = torch.rand((n, B, T, K), dtype=torch.float64, device=self.unary.device,
                            generator=generator).clamp_(min=1e-300)
             gumbel = -torch.log(-torch.log(u))
-            noisy = (form.unary.unsqueeze(0) - gumbel.to(form.unary.dtype)).reshape(n * B, T, K)
-            L = None if form.lengths is None else form.lengths.repeat(n)
-            tags = viterbi(noisy, self.trans, L, self.start, self.end)[1]
+            noisy = (self.unary.unsqueeze(0) - gumbel.to(self.unary.dtype)).reshape(n * B, T, K)
+            L = None if self.lengths is None else self.lengths.repeat(n)
+            trans, start, end = (p if p is None or not _per_sequence(p, self.trans)
+                                 else p.repeat(n, *([1] * (p.dim() - 1)))
+                                 for p in (self.trans, self.start, self.end))
+            tags = viterbi(noisy, trans, L, start, end)[1]
         return tags.reshape(*shape, B, T)
 
     def __repr__(self) -> str:
@@ -376,6 +348,12 @@ def _prefix_lengths(mask: Tensor, B: int, T: int) -> Tensor:
     return lengths
 
 
+def _per_sequence(p: Tensor, trans: Tensor) -> bool:
+    """Whether a parameter has a batch dimension (trans per sequence or per move, start/end per
+    sequence)."""
+    return p.dim() > 2 if p is trans else p.dim() == 2
+
+
 def _edge_inputs(phi, lengths):
     """torch-struct's potentials and node lengths, checked; lengths filled in."""
     op = "LinearChainCRF.from_edge_potentials"
@@ -394,69 +372,3 @@ def _edge_inputs(phi, lengths):
         raise ValueError(f"{op}: lengths must be in [1, N={N}] (numbers of nodes), got "
                          f"{lengths.tolist()}")
     return phi, lengths
-
-
-def _decompose_edges(phi: Tensor, lengths: Tensor):
-    """(unary, trans) with -score energies of one (K, K) matrix; ValueError when the checked
-    potentials (_edge_inputs) are not of that form (see from_edge_potentials)."""
-    op = "LinearChainCRF.from_edge_potentials"
-    B, E, C, _ = phi.shape
-    N = E + 1
-    valid = torch.arange(E, device=phi.device)[None] < (lengths - 1)[:, None]  # (B, E) edges used
-    used = phi.double()[valid]  # (M, C, C)
-    if used.numel() and (torch.isnan(used).any() or (used == math.inf).any()):
-        raise ValueError(f"{op}: log_potentials must be finite or -inf (forbidden), got NaN or "
-                         "+inf")
-    if used.shape[0] == 0:  # every sequence has one node: no edge carries anything
-        return (phi.new_zeros(B, N, C), phi.new_zeros(C, C))
-    forbidden = used[0] == -math.inf
-    if not bool((used == -math.inf).eq(forbidden).all()):
-        raise ValueError(f"{op}: the -inf (forbidden) entries must sit in the same places at "
-                         "every position, as one transition matrix's do; forbid tags at "
-                         "positions with +inf unary energies in LinearChainCRF(unary, trans, ...)")
-    # Row offsets alpha[j] (to-tags) and column offsets beta[i] (from-tags) per edge, fixed on a
-    # spanning forest of the allowed entries so that phi - alpha - beta is 0 on the forest.
-    # Linear in phi (autograd flows through it).
-    M = used.shape[0]
-    zero = used.new_zeros(M)
-    alpha, beta = [zero] * C, [zero] * C
-    allowed = (~forbidden).cpu()
-    seen_row, seen_col = [False] * C, [False] * C
-    for root in range(C):
-        if seen_row[root] or not bool(allowed[root].any()):
-            continue
-        seen_row[root] = True
-        queue = deque([("row", root)])
-        while queue:
-            kind, k = queue.popleft()
-            if kind == "row":
-                for i in torch.nonzero(allowed[k]).flatten().tolist():
-                    if not seen_col[i]:
-                        seen_col[i] = True
-                        beta[i] = used[:, k, i] - alpha[k]
-                        queue.append(("col", i))
-            else:
-                for j in torch.nonzero(allowed[:, k]).flatten().tolist():
-                    if not seen_row[j]:
-                        seen_row[j] = True
-                        alpha[j] = used[:, j, k] - beta[k]
-                        queue.append(("row", j))
-    alpha, beta = torch.stack(alpha, 1), torch.stack(beta, 1)  # (M, C)
-    canonical = used - alpha[:, :, None] - beta[:, None, :]
-    W = canonical[0]
-    finite = ~forbidden
-    with torch.no_grad():
-        scale = max(1.0, float(used[:, finite].abs().max())) if bool(finite.any()) else 1.0
-        tol = 64 * torch.finfo(phi.dtype).eps * scale * C
-        worst = float((canonical[:, finite] - W[finite]).abs().max()) if bool(finite.any()) else 0.0
-    if worst > tol:
-        raise ValueError(f"{op}: the potentials are not one transition matrix plus per-position "
-                         f"tag scores (they differ from that form by {worst:.3g}); our kernels "
-                         "share one transition matrix across positions")
-    # Node scores: beta at the edge's from-node n, alpha at its to-node n + 1.
-    a_full = alpha.new_zeros(B, E, C).index_put((valid,), alpha)
-    b_full = beta.new_zeros(B, E, C).index_put((valid,), beta)
-    pad = alpha.new_zeros(B, 1, C)
-    score = torch.cat([b_full, pad], 1) + torch.cat([pad, a_full], 1)
-    trans = torch.where(forbidden, math.inf, -W).t()
-    return (-score).to(phi.dtype), trans.to(phi.dtype).contiguous()

@@ -105,7 +105,7 @@ def test_forbidden_transitions_where_torch_struct_gives_nan():
     theirs = torch_struct_crf(phi, None)
     torch.testing.assert_close(ours.partition, theirs.partition, atol=1e-9, rtol=0)
     assert torch.isnan(theirs.entropy).all()
-    shared = ours._shared  # the (K, K) form entropy runs on
+    shared = LinearChainCRF(-emission, trans.double())  # the same chain, one (K, K) matrix
     for b in range(2):
         energies = torch.tensor([e for e, _ in all_paths(shared.unary, shared.trans, None, None,
                                                          None, b)], dtype=torch.float64)

@@ -60,7 +60,9 @@ enum class ValueChecks { Host, Device };
 enum class Transitions { Shared, General };
 
 constexpr const char* kGeneralOps =
-    "chain_energy (integer tags), viterbi, chain_log_partition and chain_marginals";
+    "chain_energy, viterbi, viterbi_kbest, loss_augmented_viterbi, "
+    "chain_log_partition, chain_marginals, chain_expectation (and the entropy family) and "
+    "chain_sample";
 
 // Whether a call's parameters take the general chains' kernels (edge_chain.h).
 inline bool general_chain(const at::Tensor& trans, const c10::optional<at::Tensor>& start,
@@ -192,8 +194,7 @@ inline bool check_chain_energy_inputs(const at::Tensor& unary, const at::Tensor&
   const char* op = "chain_energy";
   const bool relaxed = tags.defined() && at::isFloatingType(tags.scalar_type());
   const auto d = check_chain_inputs(op, unary, trans, lengths, start, end,
-                                    relaxed ? ValueChecks::Host : values,
-                                    relaxed ? Transitions::Shared : Transitions::General);
+                                    relaxed ? ValueChecks::Host : values, Transitions::General);
   check_defined(op, "tags", tags);
   if (at::isFloatingType(tags.scalar_type())) {
     TORCH_CHECK(tags.dim() == 3, op, ": tags must be int64 tags (B, T) or (B, C, T), or relaxed "
@@ -263,7 +264,12 @@ inline at::Tensor relaxed_chain_energy(const at::Tensor& unary, const at::Tensor
   const auto y = at::where(inside, tags, at::zeros({}, tags.options()));
   auto energy = weighted(unary, y).sum({1, 2});
   if (T > 1) {
-    const auto moved = weighted_matmul(y.narrow(1, 0, T - 1), trans);
+    // y_{t-1}^T trans y_t: one matrix (K, K), one per sequence (B, K, K: a batched product over
+    // b), or one per move (B, T-1, K, K: each row of y times its own matrix).
+    const auto before = y.narrow(1, 0, T - 1);
+    const auto moved = trans.dim() == 4
+                           ? weighted_matmul(before.unsqueeze(2), trans).squeeze(2)
+                           : weighted_matmul(before, trans);
     energy = energy + weighted(moved, y.narrow(1, 1, T - 1)).sum({1, 2});
   }
   if (start.has_value()) energy = energy + weighted(*start, y.select(1, 0)).sum(-1);
@@ -310,7 +316,8 @@ inline ChainDims check_loss_augmented_inputs(const at::Tensor& unary, const at::
                                              const c10::optional<at::Tensor>& end,
                                              ValueChecks values = ValueChecks::Host) {
   const char* op = "loss_augmented_viterbi";
-  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end, values);
+  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end, values,
+                                    Transitions::General);
   check_tags(op, "gold", gold, unary);
   TORCH_CHECK(gold.dim() == 2 && gold.size(0) == d.B && gold.size(1) == d.T, op,
               ": gold must have shape (B, T) = (", d.B, ", ", d.T, "), got ", shape_str(gold));
@@ -320,7 +327,8 @@ inline ChainDims check_loss_augmented_inputs(const at::Tensor& unary, const at::
   TORCH_CHECK(cost.size(0) == d.K, op, ": cost must have shape (K, K) = (", d.K, ", ", d.K,
               "), got ", shape_str(cost));
   check_like(op, "cost", cost, "unary", unary);
-  if (values == ValueChecks::Device && on_cuda(cost)) return d;
+  // The general chains' kernel (edge_chain.h) checks only the lengths on the device.
+  if (values == ValueChecks::Device && on_cuda(cost) && !general_chain(trans, start, end)) return d;
   check_tag_values(op, "gold", gold, lengths, d.K);
   // Every entry finite and >= 0 (NaN fails the comparison wherever it sits).
   const auto bad = at::logical_not((cost >= 0) & at::isfinite(cost));

@@ -11,6 +11,7 @@
 
 #include "chain.h"
 #include "chain_sequence.h"
+#include "edge_chain_ops.h"
 
 namespace ebm_ext {
 
@@ -23,26 +24,46 @@ inline ChainDims check_expectation_inputs(
     const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end,
     const c10::optional<at::Tensor>& v_start, const c10::optional<at::Tensor>& v_end,
     ValueChecks values = ValueChecks::Host) {
-  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end, values);
+  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end, values,
+                                    Transitions::General);
   check_defined(op, "v_unary", v_unary);
   TORCH_CHECK(v_unary.sizes() == unary.sizes(), op, ": v_unary must have the shape of unary ",
               shape_str(unary), ", got ", shape_str(v_unary));
   check_like(op, "v_unary", v_unary, "unary", unary);
+  // The direction's parameters may take any of the general shapes, whatever the energies' are
+  // (KL(p || q) with q per move and p shared is a direction per move).
+  const int64_t moves = std::max<int64_t>(d.T - 1, 0);
   if (v_trans.has_value()) {
-    TORCH_CHECK(v_trans->dim() == 2 && v_trans->size(0) == d.K && v_trans->size(1) == d.K, op,
-                ": v_trans must have shape (K, K) = (", d.K, ", ", d.K, "), got ",
-                shape_str(*v_trans));
+    const auto s = v_trans->sizes();
+    TORCH_CHECK(s == c10::IntArrayRef({d.K, d.K}) || s == c10::IntArrayRef({d.B, d.K, d.K}) ||
+                    s == c10::IntArrayRef({d.B, moves, d.K, d.K}),
+                op, ": v_trans must have shape (K, K) = (", d.K, ", ", d.K, "), (B, K, K) = (",
+                d.B, ", ", d.K, ", ", d.K, ") or (B, T-1, K, K) = (", d.B, ", ", moves, ", ",
+                d.K, ", ", d.K, "), got ", shape_str(*v_trans));
     check_like(op, "v_trans", *v_trans, "unary", unary);
   }
   for (const auto& [name, t] :
        {std::pair<const char*, const c10::optional<at::Tensor>&>{"v_start", v_start},
         {"v_end", v_end}}) {
     if (!t.has_value()) continue;
-    TORCH_CHECK(t->dim() == 1 && t->size(0) == d.K, op, ": ", name, " must have shape (K,) = (",
-                d.K, ",), got ", shape_str(*t));
+    TORCH_CHECK(t->sizes() == c10::IntArrayRef({d.K}) || t->sizes() == c10::IntArrayRef({d.B, d.K}),
+                op, ": ", name, " must have shape (K,) = (", d.K, ",) or (B, K) = (", d.B, ", ",
+                d.K, "), got ", shape_str(*t));
     check_like(op, name, *t, "unary", unary);
   }
   return d;
+}
+
+// Whether an expectation or covariance call takes the general chains' kernels: its energies or
+// its direction are per sequence or per move.
+inline bool general_expectation(const at::Tensor& trans, const c10::optional<at::Tensor>& start,
+                                const c10::optional<at::Tensor>& end,
+                                const c10::optional<at::Tensor>& v_trans,
+                                const c10::optional<at::Tensor>& v_start,
+                                const c10::optional<at::Tensor>& v_end) {
+  return general_chain(trans, start, end) ||
+         (v_trans.has_value() && v_trans->dim() != 2) ||
+         (v_start.has_value() && v_start->dim() == 2) || (v_end.has_value() && v_end->dim() == 2);
 }
 
 inline void check_covariance_weight(const char* op, const at::Tensor& weight,

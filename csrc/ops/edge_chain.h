@@ -22,6 +22,7 @@
 #include <limits>
 #include <type_traits>
 
+#include "chain_sequence.h"
 #include "chain_view.h"
 
 namespace ebm_ext {
@@ -44,7 +45,9 @@ EBM_HD S from_double(double v) {
   }
 }
 
-// A batch of chains in their own dtype S (contiguous), read in float64.
+// A batch of chains in their own dtype S (contiguous), read in float64; a direction v of the
+// same layout (an additive statistic v . phi(y), chain_sequence.h) may leave unary and trans
+// null (zero).
 template <typename S>
 struct EdgeChain {
   const S* unary;          // (B, T, K)
@@ -59,11 +62,11 @@ struct EdgeChain {
 
   EBM_HD int64_t length(int64_t b) const { return lengths ? lengths[b] : T; }
   EBM_HD double u(int64_t b, int64_t t, int j) const {
-    return to_double(unary[(b * T + t) * K + j]);
+    return unary ? to_double(unary[(b * T + t) * K + j]) : 0.0;
   }
   // The energy of the move i -> j into position t, 1 <= t < L.
   EBM_HD double tr(int64_t b, int64_t t, int i, int j) const {
-    return to_double(trans[b * trans_b + (t - 1) * trans_t + int64_t(i) * K + j]);
+    return trans ? to_double(trans[b * trans_b + (t - 1) * trans_t + int64_t(i) * K + j]) : 0.0;
   }
   EBM_HD double st(int64_t b, int j) const {
     return start ? to_double(start[b * start_b + j]) : 0.0;
@@ -118,29 +121,58 @@ EBM_HD double team_lse(const Team& team, int K, F x) {
 // The forward pass of sequence b (valid, L >= 1): la row t (K) = log sum over the paths of
 // positions 0..t ending in tag j of exp(-their energy), unary at t included. With ring, la holds
 // two rows (row t at t % 2: the forward alone); otherwise L rows (the backward reads them).
-// Returns log Z.
+// With a direction v, F row t (laid out as la) = E[v . phi over the positions <= t | y_t = j]
+// and *expect = E_p[v . phi] (the expectation semiring). Returns log Z (-inf: no allowed path).
 template <typename Team, typename S>
 EBM_HD double forward(const Team& team, const EdgeChain<S>& c, int64_t b, int64_t L, double* la,
-                      bool ring) {
+                      bool ring, const EdgeChain<S>* v = nullptr, double* F = nullptr,
+                      double* expect = nullptr) {
+  using chain_seq::weighted;
   const int K = c.K;
-  const auto row = [&](int64_t t) { return la + (ring ? (t & 1) : t) * K; };
-  for (int j = team.rank(); j < K; j += team.size()) row(0)[j] = -(c.st(b, j) + c.u(b, 0, j));
+  const auto row = [&](int64_t t) { return (ring ? (t & 1) : t) * K; };
+  for (int j = team.rank(); j < K; j += team.size()) {
+    la[j] = -(c.st(b, j) + c.u(b, 0, j));
+    if (v) F[j] = la[j] > -inf() ? v->st(b, j) + v->u(b, 0, j) : 0.0;
+  }
   for (int64_t t = 1; t < L; ++t) {
     team.sync();  // row t - 1 complete; every member is done with row t - 2 (the ring's slot)
-    const double* prev = row(t - 1);
-    double* cur = row(t);
-    for (int j = team.rank(); j < K; j += team.size())
-      cur[j] = column_lse(c, b, t, prev, j) - c.u(b, t, j);
+    const double* prev = la + row(t - 1);
+    double* cur = la + row(t);
+    for (int j = team.rank(); j < K; j += team.size()) {
+      const double lse = column_lse(c, b, t, prev, j);
+      cur[j] = lse - c.u(b, t, j);
+      if (!v) continue;
+      double acc = 0.0;
+      if (cur[j] > -inf()) {
+        for (int i = 0; i < K; ++i) {
+          const double l = prev[i] - c.tr(b, t, i, j);
+          if (l > -inf()) acc += weighted(exp(l - lse), F[row(t - 1) + i] + v->tr(b, t, i, j));
+        }
+        acc += v->u(b, t, j);
+      }
+      F[row(t) + j] = acc;
+    }
   }
   team.sync();
-  const double* last = row(L - 1);
-  return team_lse(team, K, [&](int j) { return last[j] - c.en(b, j); });
+  const double* last = la + row(L - 1);
+  const double lz = team_lse(team, K, [&](int j) { return last[j] - c.en(b, j); });
+  if (v && expect) {
+    double es = 0.0;
+    if (lz > -inf())
+      for (int j = team.rank(); j < K; j += team.size()) {
+        const double l = last[j] - c.en(b, j);
+        if (l > -inf()) es += weighted(exp(l - lz), F[row(L - 1) + j] + v->en(b, j));
+      }
+    *expect = team.sum(es);
+  }
+  return lz;
 }
 
-// Where the backward writes sequence b's share of the gradient, each scaled by `scale`:
-// du (T, K) receives p(y_t = k) at t < L; dtr the pair marginals p(y_{t-1} = i, y_t = j), at
+// Where the backward writes sequence b's share, each scaled by `scale`: du (T, K) receives
+// p(y_t = k) at t < L; dtr the pair marginals p(y_{t-1} = i, y_t = j), at
 // (t - 1) * dtr_t + i * K + j (dtr_t = 0: one (K, K) matrix adds every move's); dst and den the
-// first and last marginals. Any may be null.
+// first and last marginals. Any may be null. With a direction v, each entry is instead
+// scale * Cov_p(phi_entry, v . phi) (the Hessian of log Z times v).
 template <typename S>
 struct Grads {
   S* du;
@@ -150,56 +182,73 @@ struct Grads {
   double* den;
 };
 
-// The backward pass of a valid sequence with finite log Z, after forward() kept every row of la;
-// lb and lb2 are K doubles of scratch each.
+// The backward pass of a valid sequence with finite log Z, after forward() kept every row of la
+// (and, with v, of F, and returned expect es); lb, lb2, Bk, Bk2 are K doubles of scratch each.
 template <typename Team, typename S>
 EBM_HD void backward(const Team& team, const EdgeChain<S>& c, int64_t b, int64_t L,
                      const double* la, double logz, double scale, double* lb, double* lb2,
-                     const Grads<S>& g) {
+                     const Grads<S>& g, const EdgeChain<S>* v = nullptr, const double* F = nullptr,
+                     double es = 0.0, double* Bk = nullptr, double* Bk2 = nullptr) {
+  using chain_seq::weighted;
   const int K = c.K;
-  const auto node = [&](int64_t t, const double* beta, int i) {
-    return scale * exp(la[t * K + i] + beta[i] - logz);
-  };
-  // beta_{L-1}(i) = -end(i); beta_{t-1}(i) = log sum_j exp(-trans(t, i, j) - u(t, j) + beta_t(j)).
+  // beta_{L-1}(i) = -end(i); beta_{t-1}(i) = log sum_j exp(-trans(t, i, j) - u(t, j) + beta_t(j)),
+  // and with v, B_t(i) = E[v . phi over the positions > t, and the end | y_t = i].
   for (int i = team.rank(); i < K; i += team.size()) {
     lb[i] = -c.en(b, i);
-    if (g.du) g.du[(L - 1) * K + i] = from_double<S>(node(L - 1, lb, i));
-    if (g.den) g.den[i] = node(L - 1, lb, i);
+    if (v) Bk[i] = lb[i] > -inf() ? v->en(b, i) : 0.0;
   }
-  for (int64_t t = L - 1; t >= 1; --t) {
-    team.sync();  // beta_t complete
+  for (int64_t t = L - 1;; --t) {
+    for (int i = team.rank(); i < K; i += team.size()) {  // the tags at t
+      const double l = la[t * K + i] + lb[i];
+      const double p = l > -inf() ? exp(l - logz) : 0.0;
+      const double val = v ? weighted(scale * p, F[t * K + i] + Bk[i] - es) : scale * p;
+      if (g.du) g.du[t * K + i] = from_double<S>(val);
+      if (g.dst && t == 0) g.dst[i] = val;
+      if (g.den && t == L - 1) g.den[i] = val;
+    }
+    if (t == 0) break;
+    team.sync();  // beta_t (and B_t) complete
     if (g.dtr) {  // the moves into t: member of column j
       for (int j = team.rank(); j < K; j += team.size()) {
         const double w = lb[j] - c.u(b, t, j) - logz;
+        const double tail = v ? v->u(b, t, j) + Bk[j] - es : 0.0;
         for (int i = 0; i < K; ++i) {
-          const double p = scale * exp(la[(t - 1) * K + i] - c.tr(b, t, i, j) + w);
+          const double l = la[(t - 1) * K + i] - c.tr(b, t, i, j) + w;
+          const double p = l > -inf() ? scale * exp(l) : 0.0;
+          const double val = v ? weighted(p, F[(t - 1) * K + i] + v->tr(b, t, i, j) + tail) : p;
           double* cell = g.dtr + (t - 1) * g.dtr_t + int64_t(i) * K + j;
-          *cell = g.dtr_t ? p : *cell + p;
+          *cell = g.dtr_t ? val : *cell + val;
         }
       }
     }
     for (int i = team.rank(); i < K; i += team.size()) {  // beta_{t-1}: member of row i
       double m = -inf();
       for (int j = 0; j < K; ++j) m = fmax(m, lb[j] - c.tr(b, t, i, j) - c.u(b, t, j));
-      double s = 0.0;
+      double s = 0.0, acc = 0.0;
       if (m > -inf())
         for (int j = 0; j < K; ++j) s += exp(lb[j] - c.tr(b, t, i, j) - c.u(b, t, j) - m);
       lb2[i] = m > -inf() ? m + log(s) : -inf();
+      if (!v) continue;
+      if (lb2[i] > -inf())
+        for (int j = 0; j < K; ++j) {
+          const double l = lb[j] - c.tr(b, t, i, j) - c.u(b, t, j);
+          if (l > -inf())
+            acc += weighted(exp(l - lb2[i]), v->tr(b, t, i, j) + v->u(b, t, j) + Bk[j]);
+        }
+      Bk2[i] = acc;
     }
     team.sync();
     double* swap = lb;
     lb = lb2;
     lb2 = swap;
-    if (g.du)
-      for (int i = team.rank(); i < K; i += team.size())
-        g.du[(t - 1) * K + i] = from_double<S>(node(t - 1, lb, i));
+    swap = Bk;
+    Bk = Bk2;
+    Bk2 = swap;
   }
-  if (g.dst)
-    for (int i = team.rank(); i < K; i += team.size()) g.dst[i] = node(0, lb, i);
   team.sync();
 }
 
-// NaN into everything sequence b's gradient would write (an invalid sequence).
+// NaN into everything sequence b's backward would write (an invalid sequence).
 template <typename Team, typename S>
 EBM_HD void fill_nan(const Team& team, const EdgeChain<S>& c, int64_t L, const Grads<S>& g) {
   const double nan = std::numeric_limits<double>::quiet_NaN();
@@ -218,21 +267,54 @@ EBM_HD void fill_nan(const Team& team, const EdgeChain<S>& c, int64_t L, const G
   team.sync();
 }
 
+// One exact sample of sequence b after forward() kept every row of la and returned a finite
+// lz: y_{L-1} from its marginal, then y_{t-1} | y_t from the forward weights, with noise[t] for
+// tag t (chain_seq::pick, as the shared kernels draw). One walk: any member may run it.
+template <typename S>
+EBM_HD void sample(const EdgeChain<S>& c, int64_t b, int64_t L, const double* la, double lz,
+                   const double* noise, int64_t* tags) {
+  const int K = c.K;
+  tags[L - 1] = chain_seq::pick(
+      [&](int j) {
+        const double l = la[(L - 1) * K + j] - c.en(b, j);
+        return l > -inf() ? exp(l - lz) : 0.0;
+      },
+      K, noise[L - 1]);
+  for (int64_t t = L - 1; t >= 1; --t) {
+    const int j = static_cast<int>(tags[t]);
+    const double norm = la[t * K + j] + c.u(b, t, j);  // the column's log-sum-exp
+    tags[t - 1] = chain_seq::pick(
+        [&](int i) {
+          const double l = la[(t - 1) * K + i] - c.tr(b, t, i, j);
+          return l > -inf() ? exp(l - norm) : 0.0;
+        },
+        K, noise[t - 1]);
+  }
+}
+
 // Exact decoding of sequence b (L >= 1) by the same backward min-plus recursion as the shared
 // decoders: beta_{t-1}(i) = min_j trans(t, i, j) + (u(t, j) + beta_t(j)), the smallest
 // minimising j kept in ptr ((L - 1, K) int32), the first tag the smallest minimiser of
-// start + u(0) + beta_0; hence the lexicographically smallest best path. beta and w are K
-// doubles of scratch; tags (T) receives the path (member 0 walks it) and -1 past L. Returns the
-// best energy (+inf when no path is allowed).
+// start + u(0) + beta_0; hence the lexicographically smallest best path. With a cost (K, K) and
+// this sequence's gold tags, u(t, j) is lowered by cost[gold_t, j] (loss-augmented decoding). beta
+// and w are K doubles of scratch; tags (T) receives the path (member 0 walks it) and -1 past L.
+// Returns the best (augmented) energy (+inf when no path is allowed).
 template <typename Team, typename S>
 EBM_HD double decode(const Team& team, const EdgeChain<S>& c, int64_t b, int64_t L,
-                     double* beta, double* w, int32_t* ptr, int64_t* tags) {
+                     double* beta, double* w, int32_t* ptr, int64_t* tags,
+                     const S* cost = nullptr, const int64_t* gold = nullptr) {
   const int K = c.K;
+  const auto fill_w = [&](int64_t t) {
+    for (int j = team.rank(); j < K; j += team.size()) {
+      w[j] = c.u(b, t, j) + beta[j];
+      if (cost) w[j] -= to_double(cost[gold[t] * K + j]);
+    }
+  };
   for (int64_t t = L + team.rank(); t < c.T; t += team.size()) tags[t] = -1;
   for (int i = team.rank(); i < K; i += team.size()) beta[i] = c.en(b, i);
   for (int64_t t = L - 1; t >= 1; --t) {
     team.sync();
-    for (int j = team.rank(); j < K; j += team.size()) w[j] = c.u(b, t, j) + beta[j];
+    fill_w(t);
     team.sync();
     for (int i = team.rank(); i < K; i += team.size()) {
       double best = inf();
@@ -249,10 +331,11 @@ EBM_HD double decode(const Team& team, const EdgeChain<S>& c, int64_t b, int64_t
     }
   }
   team.sync();
+  fill_w(0);
   double best = inf();
   int arg = K;
   for (int j = team.rank(); j < K; j += team.size()) {
-    const double v = c.u(b, 0, j) + beta[j] + c.st(b, j);
+    const double v = w[j] + c.st(b, j);
     if (v < best) {
       best = v;
       arg = j;
@@ -263,6 +346,70 @@ EBM_HD double decode(const Team& team, const EdgeChain<S>& c, int64_t b, int64_t
   if (team.rank() == 0) walk_back(first, ptr, K, L, tags);
   team.sync();
   return m;
+}
+
+// The start energies of sequence b as kbest_final_list reads a chain's (chain_view.h).
+template <typename S>
+struct SequenceStart {
+  const EdgeChain<S>& c;
+  int64_t b;
+  int64_t K;
+  EBM_HD double start_at(int64_t j) const { return c.st(b, int(j)); }
+};
+
+// k-best list Viterbi of sequence b (L >= 1), the shared decoders' lists (chain_view.h): for
+// each (t, i) the k best suffix energies in ascending order, candidates (j, r) taken in code
+// order j * k + r, ties keeping the earlier code, a suffix of +inf missing. beta, next and w are
+// k K doubles each, ptr (L - 1) k K codes; energy (k) and tags (k, T) receive the paths (+inf
+// and -1 where fewer exist). Returns whether the sequence read a NaN or -inf.
+template <typename Team, typename S>
+EBM_HD void kbest(const Team& team, const EdgeChain<S>& c, int64_t b, int64_t L, int64_t k,
+                  double* beta, double* next, double* w, int32_t* ptr, int64_t* top_codes,
+                  double* top, S* energy, int64_t* tags) {
+  const int K = c.K;
+  for (int64_t n = team.rank(); n < k * c.T; n += team.size()) tags[n] = -1;
+  for (int64_t n = team.rank(); n < k * K; n += team.size())
+    beta[n] = n < K ? c.en(b, int(n)) : inf();
+  const auto fill_w = [&](int64_t t) {
+    for (int64_t n = team.rank(); n < k * K; n += team.size())
+      w[n] = c.u(b, t, int(n % K)) + beta[n];
+  };
+  for (int64_t t = L - 1; t >= 1; --t) {
+    team.sync();
+    fill_w(t);
+    team.sync();
+    int32_t* p = ptr + (t - 1) * k * K;
+    for (int i = team.rank(); i < K; i += team.size()) {
+      for (int64_t s = 0; s < k; ++s) {
+        next[s * K + i] = inf();
+        p[s * K + i] = -1;
+      }
+      for (int j = 0; j < K; ++j)
+        for (int64_t r = 0; r < k; ++r) {
+          const double wj = w[r * K + j];
+          if (!(wj < inf())) break;
+          kbest_insert(next + i, p + i, k, c.tr(b, t, i, j) + wj, static_cast<int32_t>(j * k + r),
+                       K);
+        }
+    }
+    team.sync();
+    for (int64_t n = team.rank(); n < k * K; n += team.size()) beta[n] = next[n];
+  }
+  team.sync();
+  fill_w(0);
+  team.sync();
+  if (team.rank() == 0)
+    kbest_final_list(SequenceStart<S>{c, b, K}, w, k, top, top_codes);
+  team.sync();
+  for (int64_t s = team.rank(); s < k; s += team.size()) {
+    if (top_codes[s] < 0) {
+      energy[s] = from_double<S>(inf());
+      continue;
+    }
+    energy[s] = from_double<S>(top[s]);
+    kbest_walk_back(top_codes[s], k, ptr, K, L, tags + s * c.T);
+  }
+  team.sync();
 }
 
 // E(tags[0..L)) of sequence b, in A, with the shared chains' order of the sums (chain_view.h).

@@ -11,37 +11,38 @@
 namespace ebm_ext {
 namespace edge {
 
-// The inputs as contiguous tensors of their own dtype, and the view the passes read.
+// The inputs as contiguous tensors of their own dtype, and the view the passes read (a
+// direction's: unary, trans, start, end of v, any but unary undefined).
 struct Inputs {
   at::Tensor unary, trans, start, end, lengths;
 };
 
-inline Inputs contiguous_inputs(const at::Tensor& unary, const at::Tensor& trans,
+inline at::Tensor contiguous_or_none(const c10::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() ? t->contiguous() : at::Tensor();
+}
+
+inline Inputs contiguous_inputs(const at::Tensor& unary, const c10::optional<at::Tensor>& trans,
                                 const c10::optional<at::Tensor>& lengths,
                                 const c10::optional<at::Tensor>& start,
                                 const c10::optional<at::Tensor>& end) {
-  Inputs x;
-  x.unary = unary.contiguous();
-  x.trans = trans.contiguous();
-  if (start.has_value()) x.start = start->contiguous();
-  if (end.has_value()) x.end = end->contiguous();
-  if (lengths.has_value()) x.lengths = lengths->contiguous();
-  return x;
+  return {unary.contiguous(), contiguous_or_none(trans), contiguous_or_none(start),
+          contiguous_or_none(end), contiguous_or_none(lengths)};
 }
 
 template <typename S>
 EdgeChain<S> view(const Inputs& x) {
   EdgeChain<S> c;
   c.unary = x.unary.data_ptr<S>();
-  c.trans = x.trans.data_ptr<S>();
+  c.trans = x.trans.defined() ? x.trans.data_ptr<S>() : nullptr;
   c.start = x.start.defined() ? x.start.data_ptr<S>() : nullptr;
   c.end = x.end.defined() ? x.end.data_ptr<S>() : nullptr;
   c.lengths = x.lengths.defined() ? x.lengths.data_ptr<int64_t>() : nullptr;
   c.T = x.unary.size(1);
   c.K = static_cast<int>(x.unary.size(2));
   const int64_t KK = int64_t(c.K) * c.K;
-  c.trans_b = x.trans.dim() == 2 ? 0 : x.trans.dim() == 3 ? KK : x.trans.size(1) * KK;
-  c.trans_t = x.trans.dim() == 4 ? KK : 0;
+  const int64_t dims = x.trans.defined() ? x.trans.dim() : 2;
+  c.trans_b = dims == 2 ? 0 : dims == 3 ? KK : x.trans.size(1) * KK;
+  c.trans_t = dims == 4 ? KK : 0;
   c.start_b = x.start.defined() && x.start.dim() == 2 ? c.K : 0;
   c.end_b = x.end.defined() && x.end.dim() == 2 ? c.K : 0;
   return c;
@@ -98,6 +99,28 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> finish_grads(
       const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end,             \
       bool want_params);                                                                        \
   at::Tensor energy(const at::Tensor& unary, const at::Tensor& trans, const at::Tensor& tags,   \
+                    const c10::optional<at::Tensor>& lengths,                                   \
+                    const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end); \
+  std::tuple<at::Tensor, at::Tensor> viterbi_kbest(                                             \
+      const at::Tensor& unary, const at::Tensor& trans, int64_t k,                              \
+      const c10::optional<at::Tensor>& lengths, const c10::optional<at::Tensor>& start,         \
+      const c10::optional<at::Tensor>& end);                                                    \
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_augmented_viterbi(                        \
+      const at::Tensor& unary, const at::Tensor& trans, const at::Tensor& gold,                 \
+      const at::Tensor& cost, const c10::optional<at::Tensor>& lengths,                         \
+      const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end);            \
+  std::tuple<at::Tensor, at::Tensor> expectation(                                               \
+      const at::Tensor& unary, const at::Tensor& trans, const at::Tensor& v_unary,              \
+      const c10::optional<at::Tensor>& v_trans, const c10::optional<at::Tensor>& lengths,       \
+      const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end,             \
+      const c10::optional<at::Tensor>& v_start, const c10::optional<at::Tensor>& v_end);        \
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> covariance(                        \
+      const at::Tensor& weight, const at::Tensor& unary, const at::Tensor& trans,               \
+      const at::Tensor& v_unary, const c10::optional<at::Tensor>& v_trans,                      \
+      const c10::optional<at::Tensor>& lengths, const c10::optional<at::Tensor>& start,         \
+      const c10::optional<at::Tensor>& end, const c10::optional<at::Tensor>& v_start,           \
+      const c10::optional<at::Tensor>& v_end);                                                  \
+  at::Tensor sample(const at::Tensor& unary, const at::Tensor& trans, const at::Tensor& noise,  \
                     const c10::optional<at::Tensor>& lengths,                                   \
                     const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end);
 

@@ -193,7 +193,7 @@ def _viterbi_fake(unary, trans, lengths=None, start=None, end=None):
 
 @torch.library.register_fake("ebm_ext::viterbi_kbest")
 def _viterbi_kbest_fake(unary, trans, k, lengths=None, start=None, end=None):
-    check_fake_chain("viterbi_kbest", unary, trans)
+    check_fake_chain("viterbi_kbest", unary, trans, general=True)
     torch._check(k >= 1, lambda: f"viterbi_kbest: k must be >= 1, got {k}")
     B, T, _ = unary.shape
     return unary.new_empty((B, k)), unary.new_empty((B, k, T), dtype=torch.long)
@@ -201,7 +201,7 @@ def _viterbi_kbest_fake(unary, trans, k, lengths=None, start=None, end=None):
 
 @torch.library.register_fake("ebm_ext::loss_augmented_viterbi")
 def _loss_augmented_viterbi_fake(unary, trans, gold, cost, lengths=None, start=None, end=None):
-    check_fake_chain("loss_augmented_viterbi", unary, trans)
+    check_fake_chain("loss_augmented_viterbi", unary, trans, general=True)
     B, T, _ = unary.shape
     return unary.new_empty(B), unary.new_empty(B), unary.new_empty((B, T), dtype=torch.long)
 
@@ -326,20 +326,29 @@ def _relaxed_backward(grad, unary, trans, tags, lengths, start, end):
     d_tags = unary
     d_trans = None
     if T > 1:
-        d_tags = d_tags + torch.nn.functional.pad(_weighted_matmul(y[:, 1:], trans.t()), (0, 0, 0, 1))
-        d_tags = d_tags + torch.nn.functional.pad(_weighted_matmul(y[:, :-1], trans), (0, 0, 1, 0))
-        d_trans = torch.einsum("btk,btl->kl", g * y[:, :-1], y[:, 1:])
+        # Each move's matrix (one, per sequence, per move: as the forward, csrc/ops/chain.h),
+        # times the tags after it (transposed) and before it.
+        if trans.dim() == 4:
+            moved = lambda v, M: _weighted_matmul(v.unsqueeze(2), M).squeeze(2)  # noqa: E731
+        else:
+            moved = _weighted_matmul
+        d_tags = d_tags + torch.nn.functional.pad(moved(y[:, 1:], trans.transpose(-1, -2)),
+                                                  (0, 0, 0, 1))
+        d_tags = d_tags + torch.nn.functional.pad(moved(y[:, :-1], trans), (0, 0, 1, 0))
+        pairs = {2: "btk,btl->kl", 3: "btk,btl->bkl", 4: "btk,btl->btkl"}[trans.dim()]
+        d_trans = torch.einsum(pairs, g * y[:, :-1], y[:, 1:])
     else:
         d_trans = torch.zeros_like(trans)
     first = (pos == 0)[None, :, None]
     last = (pos[None] == (L - 1)[:, None]).unsqueeze(2)
     d_start = d_end = None
+    summed = lambda x, p: x.sum(1) if p.dim() == 2 else x.sum((0, 1))  # noqa: E731
     if start is not None:
-        d_tags = d_tags + torch.where(first, start, 0)
-        d_start = (g * y * first).sum((0, 1))
+        d_tags = d_tags + torch.where(first, start.unsqueeze(-2), 0)
+        d_start = summed(g * y * first, start)
     if end is not None:
-        d_tags = d_tags + torch.where(last, end, 0)
-        d_end = (g * y * last).sum((0, 1))
+        d_tags = d_tags + torch.where(last, end.unsqueeze(-2), 0)
+        d_end = summed(g * y * last, end)
     d_tags = torch.where(inside, g * d_tags, 0)
     return d_unary, d_trans, d_tags, None, d_start, d_end
 
@@ -356,8 +365,8 @@ def _viterbi_backward(ctx, grad_energy, _grad_tags):
 
 
 def _kbest_setup(ctx, inputs, output):
-    unary, _, _, lengths, start, end = inputs
-    _setup_path_ctx(ctx, unary, lengths, start, end, output[1])
+    unary, trans, _, lengths, start, end = inputs
+    _setup_path_ctx(ctx, unary, lengths, start, end, output[1], trans)
 
 
 def _kbest_backward(ctx, grad_energy, _grad_tags):
@@ -367,9 +376,9 @@ def _kbest_backward(ctx, grad_energy, _grad_tags):
 
 
 def _loss_augmented_setup(ctx, inputs, output):
-    unary, _, gold, _, lengths, start, end = inputs
+    unary, trans, gold, _, lengths, start, end = inputs
     tags = output[2]
-    _setup_path_ctx(ctx, unary, lengths, start, end, tags)
+    _setup_path_ctx(ctx, unary, lengths, start, end, tags, trans)
     ctx.gold = gold
 
 

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ._autograd import register_not_differentiable
-from ._checks import check_tensors
+from ._checks import check_fake_chain, check_tensors
 
 _ops = torch.ops.ebm_ext
 
@@ -110,17 +110,40 @@ def chain_entropy(unary: Tensor, trans: Tensor, lengths: Optional[Tensor] = None
         tensor([2.0794])
     """
     _check("chain_entropy", unary, trans, lengths, start, end)
+    dtype = unary.dtype
+    unary, trans, start, end = _in_float64(unary, trans, start, end)
     log_z, mean_energy = _ops.chain_expectation(unary, trans, unary, trans, lengths, start, end,
                                                 start, end)
-    return log_z + mean_energy
+    return (log_z + mean_energy).to(dtype)
+
+
+def _in_float64(*tensors):
+    """The entropy family's terms are float64 in the kernels; summing them there and rounding
+    the result once (not each term) keeps float32 results within float32's own rounding of the
+    exact value. Casts are differentiable: the gradients come back in each input's dtype."""
+    return tuple(t.double() if t is not None and t.dtype != torch.float64 else t for t in tensors)
+
+
+def _transition_difference(a: Tensor, b: Tensor, unary: Tensor) -> Tensor:
+    """a - b for transitions of any two of the shapes (K, K), (B, K, K), (B, T-1, K, K): a
+    per-sequence matrix does not broadcast against per-move ones, so it is repeated per move."""
+    if a.dim() != b.dim() and 4 in (a.dim(), b.dim()):
+        B, T, K = unary.shape
+        per_move = lambda m: m if m.dim() == 4 else (  # noqa: E731
+            m.unsqueeze(1) if m.dim() == 3 else m).expand(B, max(T - 1, 0), K, K)
+        a, b = per_move(a), per_move(b)
+    return a - b
 
 
 def _check_other(op, pairs):
-    """q's energies must match p's in shape, dtype and device (``pairs``: (name, q's, p's))."""
+    """q's energies must match p's in dtype and device, and unary in shape (``pairs``: (name,
+    q's, p's)); q's parameters may be per sequence or per move where p's are not, or the
+    other way round."""
     for name, q, p in pairs:
         if q is None or p is None:
             continue
-        if q.shape != p.shape or q.dtype != p.dtype or q.device != p.device:
+        same_shape = q.shape == p.shape or name != "other_unary"
+        if not same_shape or q.dtype != p.dtype or q.device != p.device:
             raise RuntimeError(f"{op}: {name} must match {name[len('other_'):]} in shape, dtype "
                                f"and device ({list(p.shape)}, {p.dtype}, {p.device}), got "
                                f"{list(q.shape)}, {q.dtype}, {q.device}")
@@ -173,10 +196,13 @@ def chain_cross_entropy(unary: Tensor, trans: Tensor, other_unary: Tensor, other
                          ("other_start", other_start, start), ("other_end", other_end, end)))
     check_tensors("chain_cross_entropy", ("other_unary", other_unary, True),
                   ("other_trans", other_trans, True))
+    dtype = unary.dtype
+    unary, trans, start, end, other_unary, other_trans, other_start, other_end = _in_float64(
+        unary, trans, start, end, other_unary, other_trans, other_start, other_end)
     log_zq = _ops.chain_log_partition(other_unary, other_trans, lengths, other_start, other_end)
     _, mean_q = _ops.chain_expectation(unary, trans, other_unary, other_trans, lengths, start, end,
                                        other_start, other_end)
-    return log_zq + mean_q
+    return (log_zq + mean_q).to(dtype)
 
 
 def chain_kl(unary: Tensor, trans: Tensor, other_unary: Tensor, other_trans: Tensor,
@@ -214,11 +240,15 @@ def chain_kl(unary: Tensor, trans: Tensor, other_unary: Tensor, other_trans: Ten
     _check_other("chain_kl", (("other_unary", other_unary, unary), ("other_trans", other_trans, trans),
                          ("other_start", other_start, start), ("other_end", other_end, end)))
     check_tensors("chain_kl", ("other_unary", other_unary, True), ("other_trans", other_trans, True))
+    dtype = unary.dtype
+    unary, trans, start, end, other_unary, other_trans, other_start, other_end = _in_float64(
+        unary, trans, start, end, other_unary, other_trans, other_start, other_end)
     log_zq = _ops.chain_log_partition(other_unary, other_trans, lengths, other_start, other_end)
-    log_zp, gap = _ops.chain_expectation(unary, trans, other_unary - unary, other_trans - trans,
+    log_zp, gap = _ops.chain_expectation(unary, trans, other_unary - unary,
+                                         _transition_difference(other_trans, trans, unary),
                                          lengths, start, end, _difference(other_start, start),
                                          _difference(other_end, end))
-    return log_zq - log_zp + gap
+    return (log_zq - log_zp + gap).to(dtype)
 
 
 def chain_sample(unary: Tensor, trans: Tensor, sample_shape: Union[int, Sequence[int]] = (),
@@ -279,9 +309,13 @@ def _sample_shape(op: str, sample_shape) -> torch.Size:
 # ---- fake implementations -------------------------------------------------------------------
 
 def _check_fake(op, unary, trans):
-    torch._check(unary.dim() == 3, lambda: f"{op}: unary must be a 3-D tensor (B, T, K)")
-    K = unary.shape[-1]
-    torch._check(tuple(trans.shape) == (K, K), lambda: f"{op}: trans must have shape (K, K)")
+    check_fake_chain(op, unary, trans, general=True)
+
+
+def _like_parameter(unary, p):
+    """The gradient's shape for a parameter: its own (K, K) / per sequence / per move shape,
+    (K,) for an absent start or end."""
+    return unary.new_empty(p.shape if p is not None else unary.shape[-1])
 
 
 @torch.library.register_fake("ebm_ext::chain_expectation")
@@ -295,9 +329,8 @@ def _chain_expectation_fake(unary, trans, v_unary, v_trans=None, lengths=None, s
 def _chain_covariance_fake(weight, unary, trans, v_unary, v_trans=None, lengths=None, start=None,
                            end=None, v_start=None, v_end=None):
     _check_fake("_chain_covariance", unary, trans)
-    K = unary.shape[-1]
-    return (unary.new_empty(unary.shape), unary.new_empty((K, K)), unary.new_empty(K),
-            unary.new_empty(K))
+    return (unary.new_empty(unary.shape), unary.new_empty(trans.shape),
+            _like_parameter(unary, start), _like_parameter(unary, end))
 
 
 @torch.library.register_fake("ebm_ext::chain_sample")

@@ -111,15 +111,6 @@ def _chain_log_partition_backward_fake(grad, unary, trans, lengths=None, start=N
             unary.new_empty(end.shape if per_sequence(end) else K))
 
 
-def _require_shared(op: str, trans: Tensor, start: Optional[Tensor], end: Optional[Tensor]):
-    """The second derivatives come from the covariance kernel, which takes one (K, K) matrix:
-    a clear error, not a wrong or missing gradient, for general chains."""
-    if trans.dim() != 2 or any(p is not None and p.dim() == 2 for p in (start, end)):
-        raise RuntimeError(
-            f"{op}: the second derivative of log Z (the derivative of the marginals) takes one "
-            "(K, K) transition matrix with (K,) start and end; per-sequence and per-move "
-            "parameters have first derivatives only (the edge marginals), so far")
-
 
 def _setup(ctx, inputs, output):
     unary, trans, lengths, start, end = inputs
@@ -147,7 +138,6 @@ def _marginals_setup(ctx, inputs, output):
 
 def _marginals_backward(ctx, grad):
     unary, trans, lengths, start, end = ctx.saved_tensors
-    _require_shared("chain_marginals", trans, start, end)
     weight = -torch.ones(unary.shape[0], dtype=unary.dtype, device=unary.device)
     du, dt, ds, de = _ops._chain_covariance(weight, unary, trans, grad.contiguous(), None, lengths,
                                             start, end, None, None)
@@ -166,7 +156,6 @@ def _partition_double_backward(ctx, g_unary, g_trans, g_start, g_end):
     # The outputs are -grad_b * (marginals of every feature), so with v = the cotangents:
     # d/d grad_b = -E_p_b[v . phi], d/d theta = sum_b grad_b Cov_p_b(phi, v . phi).
     grad, unary, trans, lengths, start, end = ctx.saved_tensors
-    _require_shared("chain_log_partition", trans, start, end)
     v_unary = g_unary if g_unary is not None else torch.zeros_like(unary)
     v = (v_unary, g_trans, lengths, start, end, g_start, g_end)
     d_grad = None

@@ -350,6 +350,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_augmented_viterbi_cpu(
     const at::Tensor& cost, const c10::optional<at::Tensor>& lengths,
     const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end) {
   const auto d = check_loss_augmented_inputs(unary, trans, gold, cost, lengths, start, end);
+  if (general_chain(trans, start, end))
+    return cpu_edge::loss_augmented_viterbi(unary, trans, gold, cost, lengths, start, end);
   auto energy = at::empty({d.B}, unary.options());
   auto delta = at::empty({d.B}, unary.options());
   auto tags = at::empty({d.B, d.T}, unary.options().dtype(at::kLong));
@@ -471,8 +473,11 @@ std::tuple<at::Tensor, at::Tensor> viterbi_kbest_cpu(const at::Tensor& unary,
                                                      const c10::optional<at::Tensor>& end) {
   const char* op = "viterbi_kbest";
   check_kbest_k(op, k);
-  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end);
+  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end,
+                                    ValueChecks::Host, Transitions::General);
   check_kbest_size(op, k, d, /*cuda=*/false);
+  if (general_chain(trans, start, end))
+    return cpu_edge::viterbi_kbest(unary, trans, k, lengths, start, end);
   auto energy = at::empty({d.B, k}, unary.options());
   auto tags = at::empty({d.B, k, d.T}, unary.options().dtype(at::kLong));
   if (d.B == 0) return {energy, tags};

@@ -38,6 +38,8 @@ std::tuple<at::Tensor, at::Tensor> chain_expectation_cpu(
     const c10::optional<at::Tensor>& v_start, const c10::optional<at::Tensor>& v_end) {
   const auto d = check_expectation_inputs("chain_expectation", unary, trans, v_unary, v_trans,
                                           lengths, start, end, v_start, v_end);
+  if (general_expectation(trans, start, end, v_trans, v_start, v_end))
+    return cpu_edge::expectation(unary, trans, v_unary, v_trans, lengths, start, end, v_start, v_end);
   auto log_z = at::zeros({d.B}, unary.options());
   auto expect = at::zeros({d.B}, unary.options());
   if (d.B == 0 || d.T == 0) return {log_z, expect};
@@ -82,6 +84,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chain_covariance_cpu(
   const auto d = check_expectation_inputs(op, unary, trans, v_unary, v_trans, lengths, start, end,
                                           v_start, v_end);
   check_covariance_weight(op, weight, unary);
+  if (general_expectation(trans, start, end, v_trans, v_start, v_end))
+    return cpu_edge::covariance(weight, unary, trans, v_unary, v_trans, lengths, start, end, v_start,
+                              v_end);
   auto c_unary = at::zeros({d.B, d.T, d.K}, unary.options());
   const auto acc = unary.options().dtype(at::kDouble);
   auto c_trans = at::zeros({d.K, d.K}, acc), c_start = at::zeros({d.K}, acc),
@@ -148,8 +153,10 @@ at::Tensor chain_sample_cpu(const at::Tensor& unary, const at::Tensor& trans,
                             const c10::optional<at::Tensor>& start,
                             const c10::optional<at::Tensor>& end) {
   const char* op = "chain_sample";
-  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end);
+  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end,
+                                    ValueChecks::Host, Transitions::General);
   check_sample_noise(op, noise, d, unary);
+  if (general_chain(trans, start, end)) return cpu_edge::sample(unary, trans, noise, lengths, start, end);
   const int64_t N = noise.size(0);
   auto tags = at::full({N, d.B, d.T}, -1, unary.options().dtype(at::kLong));
   if (N == 0 || d.B == 0 || d.T == 0) return tags;

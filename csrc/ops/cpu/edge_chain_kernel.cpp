@@ -151,5 +151,204 @@ at::Tensor energy(const at::Tensor& unary, const at::Tensor& trans, const at::Te
   return energy;
 }
 
+std::tuple<at::Tensor, at::Tensor> viterbi_kbest(const at::Tensor& unary, const at::Tensor& trans,
+                                                 int64_t k,
+                                                 const c10::optional<at::Tensor>& lengths,
+                                                 const c10::optional<at::Tensor>& start,
+                                                 const c10::optional<at::Tensor>& end) {
+  const int64_t B = unary.size(0), T = unary.size(1), K = unary.size(2);
+  auto energy = at::empty({B, k}, unary.options());
+  auto tags = at::empty({B, k, T}, unary.options().dtype(at::kLong));
+  if (B == 0) return {energy, tags};
+  const auto x = edge::contiguous_inputs(unary, trans, lengths, start, end);
+  AT_DISPATCH_FLOATING_TYPES(unary.scalar_type(), "edge_viterbi_kbest_cpu", [&] {
+    using S = scalar_t;
+    const auto c = edge::view<S>(x);
+    S* e = energy.data_ptr<S>();
+    int64_t* y = tags.data_ptr<int64_t>();
+    at::parallel_for(0, B, std::max<int64_t>(1, grain(T, K) / k), [&](int64_t lo, int64_t hi) {
+      const Solo team;
+      std::vector<double> beta(k * K), next(k * K), w(k * K), top(k);
+      std::vector<int32_t> ptr(std::max<int64_t>(1, (T - 1) * k * K));
+      std::vector<int64_t> codes(k);
+      for (int64_t b = lo; b < hi; ++b) {
+        const int64_t L = c.length(b);
+        S* eb = e + b * k;
+        int64_t* yb = y + b * k * T;
+        if (L == 0) {  // the empty path is the only one
+          std::fill(yb, yb + k * T, int64_t(-1));
+          std::fill(eb, eb + k, std::numeric_limits<S>::infinity());
+          eb[0] = S(0);
+          continue;
+        }
+        edge::kbest(team, c, b, L, k, beta.data(), next.data(), w.data(), ptr.data(),
+                    codes.data(), top.data(), eb, yb);
+        if (edge::invalid(team, c, b, L))
+          for (int64_t s = 0; s < k; ++s)
+            if (codes[s] >= 0) eb[s] = std::numeric_limits<S>::quiet_NaN();
+      }
+    });
+  });
+  return {energy, tags};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_augmented_viterbi(
+    const at::Tensor& unary, const at::Tensor& trans, const at::Tensor& gold,
+    const at::Tensor& cost, const c10::optional<at::Tensor>& lengths,
+    const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end) {
+  const int64_t B = unary.size(0), T = unary.size(1), K = unary.size(2);
+  auto energy = at::empty({B}, unary.options());
+  auto delta = at::empty({B}, unary.options());
+  auto tags = at::empty({B, T}, unary.options().dtype(at::kLong));
+  if (B == 0) return {energy, delta, tags};
+  const auto x = edge::contiguous_inputs(unary, trans, lengths, start, end);
+  const auto gold_c = gold.contiguous();
+  const auto cost_c = cost.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(unary.scalar_type(), "edge_loss_augmented_viterbi_cpu", [&] {
+    using S = scalar_t;
+    const auto c = edge::view<S>(x);
+    const S* cs = cost_c.data_ptr<S>();
+    const int64_t* g = gold_c.data_ptr<int64_t>();
+    S* e = energy.data_ptr<S>();
+    S* dl = delta.data_ptr<S>();
+    int64_t* y = tags.data_ptr<int64_t>();
+    at::parallel_for(0, B, grain(T, K), [&](int64_t lo, int64_t hi) {
+      const Solo team;
+      std::vector<double> beta(K), w(K);
+      std::vector<int32_t> ptr(std::max<int64_t>(1, (T - 1) * K));
+      for (int64_t b = lo; b < hi; ++b) {
+        const int64_t L = c.length(b);
+        int64_t* yb = y + b * T;
+        if (L == 0) {
+          std::fill(yb, yb + T, int64_t(-1));
+          e[b] = dl[b] = S(0);
+          continue;
+        }
+        edge::decode(team, c, b, L, beta.data(), w.data(), ptr.data(), yb, cs, g + b * T);
+        S dsum = 0;
+        for (int64_t t = 0; t < L; ++t) dsum += cs[g[b * T + t] * K + yb[t]];
+        // E(y*) summed along the path, as the shared kernels return it.
+        e[b] = edge::invalid(team, c, b, L) ? std::numeric_limits<S>::quiet_NaN()
+                                            : edge::path_energy<S>(c, b, yb, L);
+        dl[b] = dsum;
+      }
+    });
+  });
+  return {energy, delta, tags};
+}
+
+std::tuple<at::Tensor, at::Tensor> expectation(
+    const at::Tensor& unary, const at::Tensor& trans, const at::Tensor& v_unary,
+    const c10::optional<at::Tensor>& v_trans, const c10::optional<at::Tensor>& lengths,
+    const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end,
+    const c10::optional<at::Tensor>& v_start, const c10::optional<at::Tensor>& v_end) {
+  const int64_t B = unary.size(0), T = unary.size(1), K = unary.size(2);
+  auto logz = at::empty({B}, unary.options());
+  auto mean = at::empty({B}, unary.options());
+  if (B == 0) return {logz, mean};
+  const auto x = edge::contiguous_inputs(unary, trans, lengths, start, end);
+  const auto xv = edge::contiguous_inputs(v_unary, v_trans, c10::nullopt, v_start, v_end);
+  AT_DISPATCH_FLOATING_TYPES(unary.scalar_type(), "edge_expectation_cpu", [&] {
+    using S = scalar_t;
+    const auto c = edge::view<S>(x);
+    const auto v = edge::view<S>(xv);
+    S* lz = logz.data_ptr<S>();
+    S* es = mean.data_ptr<S>();
+    at::parallel_for(0, B, grain(T, K), [&](int64_t lo, int64_t hi) {
+      const Solo team;
+      std::vector<double> la(2 * K), F(2 * K);
+      for (int64_t b = lo; b < hi; ++b) {
+        const int64_t L = c.length(b);
+        double z = 0.0, m = 0.0;
+        if (L > 0 && edge::invalid(team, c, b, L)) {
+          z = m = std::numeric_limits<double>::quiet_NaN();
+        } else if (L > 0) {
+          z = edge::forward(team, c, b, L, la.data(), true, &v, F.data(), &m);
+        }
+        lz[b] = edge::from_double<S>(z);
+        es[b] = edge::from_double<S>(m);
+      }
+    });
+  });
+  return {logz, mean};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> covariance(
+    const at::Tensor& weight, const at::Tensor& unary, const at::Tensor& trans,
+    const at::Tensor& v_unary, const c10::optional<at::Tensor>& v_trans,
+    const c10::optional<at::Tensor>& lengths, const c10::optional<at::Tensor>& start,
+    const c10::optional<at::Tensor>& end, const c10::optional<at::Tensor>& v_start,
+    const c10::optional<at::Tensor>& v_end) {
+  const ChainDims d{unary.size(0), unary.size(1), unary.size(2)};
+  auto d_unary = at::zeros({d.B, d.T, d.K}, unary.options());
+  auto g = edge::grad_buffers(d, trans);
+  if (d.B > 0 && d.T > 0) {
+    const auto x = edge::contiguous_inputs(unary, trans, lengths, start, end);
+    const auto xv = edge::contiguous_inputs(v_unary, v_trans, c10::nullopt, v_start, v_end);
+    const auto weight_c = weight.contiguous();
+    AT_DISPATCH_FLOATING_TYPES(unary.scalar_type(), "edge_covariance_cpu", [&] {
+      using S = scalar_t;
+      const auto c = edge::view<S>(x);
+      const auto v = edge::view<S>(xv);
+      const S* wt = weight_c.data_ptr<S>();
+      const int64_t KK = d.K * d.K, per_b = g.trans.numel() / d.B;
+      at::parallel_for(0, d.B, grain(d.T, d.K), [&](int64_t lo, int64_t hi) {
+        const Solo team;
+        std::vector<double> la(d.T * d.K), F(d.T * d.K), scratch(4 * d.K);
+        double* q = scratch.data();
+        for (int64_t b = lo; b < hi; ++b) {
+          const int64_t L = c.length(b);
+          if (L == 0) continue;
+          const edge::Grads<S> out{d_unary.data_ptr<S>() + b * d.T * d.K,
+                                   g.trans.data_ptr<double>() + b * per_b,
+                                   trans.dim() == 4 ? KK : 0,
+                                   g.start.data_ptr<double>() + b * d.K,
+                                   g.end.data_ptr<double>() + b * d.K};
+          if (edge::invalid(team, c, b, L)) {
+            edge::fill_nan(team, c, L, out);
+            continue;
+          }
+          double es = 0.0;
+          const double lz = edge::forward(team, c, b, L, la.data(), false, &v, F.data(), &es);
+          if (lz == -edge::inf() || wt[b] == S(0)) continue;
+          edge::backward(team, c, b, L, la.data(), lz, edge::to_double(wt[b]), q, q + d.K, out,
+                         &v, F.data(), es, q + 2 * d.K, q + 3 * d.K);
+        }
+      });
+    });
+  }
+  return edge::finish_grads(d_unary, g, trans, start, end);
+}
+
+at::Tensor sample(const at::Tensor& unary, const at::Tensor& trans, const at::Tensor& noise,
+                  const c10::optional<at::Tensor>& lengths,
+                  const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end) {
+  const int64_t N = noise.size(0), B = unary.size(0), T = unary.size(1), K = unary.size(2);
+  auto tags = at::full({N, B, T}, -1, unary.options().dtype(at::kLong));
+  if (N == 0 || B == 0 || T == 0) return tags;
+  const auto x = edge::contiguous_inputs(unary, trans, lengths, start, end);
+  const auto noise_c = noise.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(unary.scalar_type(), "edge_sample_cpu", [&] {
+    using S = scalar_t;
+    const auto c = edge::view<S>(x);
+    const double* u = noise_c.data_ptr<double>();
+    int64_t* y = tags.data_ptr<int64_t>();
+    at::parallel_for(0, B, std::max<int64_t>(1, grain(T, K) / std::max<int64_t>(1, N)),
+                     [&](int64_t lo, int64_t hi) {
+      const Solo team;
+      std::vector<double> la(T * K);
+      for (int64_t b = lo; b < hi; ++b) {
+        const int64_t L = c.length(b);
+        if (L == 0 || edge::invalid(team, c, b, L)) continue;  // -1: no path to draw
+        const double lz = edge::forward(team, c, b, L, la.data(), false);
+        if (!(lz > -edge::inf())) continue;
+        for (int64_t n = 0; n < N; ++n)
+          edge::sample(c, b, L, la.data(), lz, u + (n * B + b) * T, y + (n * B + b) * T);
+      }
+    });
+  });
+  return tags;
+}
+
 }  // namespace cpu_edge
 }  // namespace ebm_ext

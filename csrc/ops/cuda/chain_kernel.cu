@@ -488,6 +488,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_augmented_viterbi_cuda(
     const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end) {
   const auto d = check_loss_augmented_inputs(unary, trans, gold, cost, lengths, start, end,
                                              ValueChecks::Device);
+  if (general_chain(trans, start, end))
+    return cuda_edge::loss_augmented_viterbi(unary, trans, gold, cost, lengths, start, end);
   const DeviceGuard guard(unary.device());
   auto energy = at::empty({d.B}, unary.options());
   auto delta = at::empty({d.B}, unary.options());
@@ -508,8 +510,11 @@ std::tuple<at::Tensor, at::Tensor> viterbi_kbest_cuda(const at::Tensor& unary,
                                                       const c10::optional<at::Tensor>& end) {
   const char* op = "viterbi_kbest";
   check_kbest_k(op, k);
-  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end, ValueChecks::Device);
+  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end,
+                                    ValueChecks::Device, Transitions::General);
   check_kbest_size(op, k, d, /*cuda=*/true);
+  if (general_chain(trans, start, end))
+    return cuda_edge::viterbi_kbest(unary, trans, k, lengths, start, end);
   const DeviceGuard guard(unary.device());
   auto energy = at::empty({d.B, k}, unary.options());
   auto tags = at::empty({d.B, k, d.T}, unary.options().dtype(at::kLong));

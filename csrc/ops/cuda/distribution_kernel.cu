@@ -223,6 +223,8 @@ std::tuple<at::Tensor, at::Tensor> chain_expectation_cuda(
     const c10::optional<at::Tensor>& v_start, const c10::optional<at::Tensor>& v_end) {
   const auto d = check_expectation_inputs("chain_expectation", unary, trans, v_unary, v_trans,
                                           lengths, start, end, v_start, v_end, ValueChecks::Device);
+  if (general_expectation(trans, start, end, v_trans, v_start, v_end))
+    return cuda_edge::expectation(unary, trans, v_unary, v_trans, lengths, start, end, v_start, v_end);
   const DeviceGuard guard(unary.device());
   if (d.B == 0 || d.T == 0) {
     return {at::zeros({d.B}, unary.options()), at::zeros({d.B}, unary.options())};
@@ -250,6 +252,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chain_covariance_cuda
   const auto d = check_expectation_inputs(op, unary, trans, v_unary, v_trans, lengths, start, end,
                                           v_start, v_end, ValueChecks::Device);
   check_covariance_weight(op, weight, unary);
+  if (general_expectation(trans, start, end, v_trans, v_start, v_end))
+    return cuda_edge::covariance(weight, unary, trans, v_unary, v_trans, lengths, start, end, v_start,
+                              v_end);
   const DeviceGuard guard(unary.device());
   auto c_unary = at::zeros({d.B, d.T, d.K}, unary.options());
   auto pairs = at::zeros({d.B, d.K * d.K + 2 * d.K}, unary.options().dtype(at::kDouble));
@@ -277,8 +282,10 @@ at::Tensor chain_sample_cuda(const at::Tensor& unary, const at::Tensor& trans,
                              const c10::optional<at::Tensor>& start,
                              const c10::optional<at::Tensor>& end) {
   const char* op = "chain_sample";
-  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end, ValueChecks::Device);
+  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end,
+                                    ValueChecks::Device, Transitions::General);
   check_sample_noise(op, noise, d, unary);
+  if (general_chain(trans, start, end)) return cuda_edge::sample(unary, trans, noise, lengths, start, end);
   const DeviceGuard guard(unary.device());
   const int64_t N = noise.size(0);
   auto tags = at::full({N, d.B, d.T}, -1, unary.options().dtype(at::kLong));

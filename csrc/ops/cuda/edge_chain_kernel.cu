@@ -24,10 +24,29 @@ __device__ __forceinline__ int64_t warp_sequence() {
   return int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
 }
 
+// The ops, for the device-side messages (a host string cannot be handed to a kernel).
+enum Op : int {
+  kViterbi, kKBest, kLossAugmented, kLogPartition, kMarginals, kEnergy, kExpectation,
+  kCovariance, kSample
+};
+
+__device__ const char* op_name(Op op) {
+  switch (op) {
+    case kViterbi: return "viterbi";
+    case kKBest: return "viterbi_kbest";
+    case kLossAugmented: return "loss_augmented_viterbi";
+    case kLogPartition: return "chain_log_partition";
+    case kMarginals: return "chain_marginals";
+    case kEnergy: return "chain_energy";
+    case kExpectation: return "chain_expectation";
+    case kCovariance: return "_chain_covariance";
+    default: return "chain_sample";
+  }
+}
+
 template <typename S>
-__device__ __forceinline__ int64_t checked_length(const edge::EdgeChain<S>& c, int64_t b,
-                                                  const char* op) {
-  return cuda_chain::require_length(c.length(b), c.T, b, op);
+__device__ __forceinline__ int64_t checked_length(const edge::EdgeChain<S>& c, int64_t b, Op op) {
+  return cuda_chain::require_length(c.length(b), c.T, b, op_name(op));
 }
 
 // beta, w (K doubles each) and ptr ((T - 1) K int32) per sequence in the workspaces.
@@ -38,7 +57,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t b = warp_sequence();
   if (b >= B) return;
   const WarpTeam team;
-  const int64_t L = checked_length(c, b, "viterbi");
+  const int64_t L = checked_length(c, b, kViterbi);
   int64_t* y = tags + b * c.T;
   if (L == 0) {
     for (int64_t t = team.rank(); t < c.T; t += team.size()) y[t] = -1;
@@ -62,7 +81,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t b = warp_sequence();
   if (b >= B) return;
   const WarpTeam team;
-  const int64_t L = checked_length(c, b, "chain_log_partition");
+  const int64_t L = checked_length(c, b, kLogPartition);
   double z = 0.0;
   if (L > 0) {
     z = edge::invalid(team, c, b, L)
@@ -83,7 +102,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t b = warp_sequence();
   if (b >= B) return;
   const WarpTeam team;
-  const int64_t L = checked_length(c, b, "chain_marginals");
+  const int64_t L = checked_length(c, b, kMarginals);
   if (L == 0) return;
   const int K = c.K;
   edge::Grads<S> g{d_unary + b * c.T * K, d_trans ? d_trans + b * d_trans_per_b : nullptr,
@@ -107,10 +126,139 @@ __global__ void energy_kernel(edge::EdgeChain<S> c, int64_t n, int64_t C, bool c
   const int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (p >= n) return;
   const int64_t b = p / C;
-  const int64_t L = checked_length(c, b, "chain_energy");
+  const int64_t L = checked_length(c, b, kEnergy);
   const int64_t* y = tags + p * c.T;
   cuda_chain::require_path_tags(y, L, c.K, b, p % C, candidates);
   energy[p] = static_cast<S>(edge::path_energy<acc_t>(c, b, y, L));
+}
+
+// k-best lists: beta, next, w (k K each) and top (k) doubles, codes (k) and ptr ((T-1) k K).
+template <typename S>
+__global__ void __launch_bounds__(kThreads)
+    kbest_kernel(edge::EdgeChain<S> c, int64_t B, int64_t k, double* __restrict__ scratch,
+                 int64_t* __restrict__ codes, int32_t* __restrict__ ptr, S* __restrict__ energy,
+                 int64_t* __restrict__ tags) {
+  const int64_t b = warp_sequence();
+  if (b >= B) return;
+  const WarpTeam team;
+  const int64_t L = checked_length(c, b, kKBest);
+  S* eb = energy + b * k;
+  int64_t* yb = tags + b * k * c.T;
+  if (L == 0) {  // the empty path is the only one
+    for (int64_t n = team.rank(); n < k * c.T; n += team.size()) yb[n] = -1;
+    for (int64_t s = team.rank(); s < k; s += team.size())
+      eb[s] = s == 0 ? S(0) : edge::from_double<S>(edge::inf());
+    return;
+  }
+  const int64_t kK = k * c.K;
+  double* q = scratch + b * (3 * kK + k);
+  int64_t* top_codes = codes + b * k;
+  edge::kbest(team, c, b, L, k, q, q + kK, q + 2 * kK,
+              ptr + b * std::max<int64_t>(c.T - 1, 1) * kK, top_codes, q + 3 * kK, eb, yb);
+  if (edge::invalid(team, c, b, L))
+    for (int64_t s = team.rank(); s < k; s += team.size())
+      if (top_codes[s] >= 0) eb[s] = edge::from_double<S>(std::numeric_limits<double>::quiet_NaN());
+}
+
+template <typename S>
+__global__ void __launch_bounds__(kThreads)
+    loss_augmented_kernel(edge::EdgeChain<S> c, int64_t B, const int64_t* __restrict__ gold,
+                          const S* __restrict__ cost, double* __restrict__ scratch,
+                          int32_t* __restrict__ ptr, S* __restrict__ energy,
+                          S* __restrict__ delta, int64_t* __restrict__ tags) {
+  using acc_t = at::opmath_type<S>;
+  const int64_t b = warp_sequence();
+  if (b >= B) return;
+  const WarpTeam team;
+  const int64_t L = checked_length(c, b, kLossAugmented);
+  int64_t* y = tags + b * c.T;
+  if (L == 0) {
+    for (int64_t t = team.rank(); t < c.T; t += team.size()) y[t] = -1;
+    if (team.rank() == 0) energy[b] = delta[b] = S(0);
+    return;
+  }
+  double* beta = scratch + b * 2 * c.K;
+  edge::decode(team, c, b, L, beta, beta + c.K, ptr + b * std::max<int64_t>(c.T - 1, 1) * c.K, y,
+               cost, gold + b * c.T);
+  const bool bad = edge::invalid(team, c, b, L);
+  if (team.rank() != 0) return;
+  acc_t dsum = 0;
+  for (int64_t t = 0; t < L; ++t) dsum += static_cast<acc_t>(cost[gold[b * c.T + t] * c.K + y[t]]);
+  energy[b] = bad ? edge::from_double<S>(std::numeric_limits<double>::quiet_NaN())
+                  : static_cast<S>(edge::path_energy<acc_t>(c, b, y, L));
+  delta[b] = static_cast<S>(dsum);
+}
+
+// log Z and E_p[v . phi]: la and F, two rows each (4 K doubles) per sequence.
+template <typename S>
+__global__ void __launch_bounds__(kThreads)
+    expectation_kernel(edge::EdgeChain<S> c, edge::EdgeChain<S> v, int64_t B,
+                       double* __restrict__ scratch, S* __restrict__ logz, S* __restrict__ mean) {
+  const int64_t b = warp_sequence();
+  if (b >= B) return;
+  const WarpTeam team;
+  const int64_t L = checked_length(c, b, kExpectation);
+  double z = 0.0, m = 0.0;
+  if (L > 0) {
+    if (edge::invalid(team, c, b, L)) {
+      z = m = std::numeric_limits<double>::quiet_NaN();
+    } else {
+      double* q = scratch + b * 4 * c.K;
+      z = edge::forward(team, c, b, L, q, true, &v, q + 2 * c.K, &m);
+    }
+  }
+  if (team.rank() == 0) {
+    logz[b] = edge::from_double<S>(z);
+    mean[b] = edge::from_double<S>(m);
+  }
+}
+
+// weight_b Cov(phi, v . phi): la and F (T K each) and 4 K doubles per sequence.
+template <typename S>
+__global__ void __launch_bounds__(kThreads)
+    covariance_kernel(edge::EdgeChain<S> c, edge::EdgeChain<S> v, int64_t B,
+                      double* __restrict__ scratch, const S* __restrict__ weight,
+                      S* __restrict__ d_unary, double* __restrict__ d_trans,
+                      int64_t d_trans_per_b, int64_t d_trans_t, double* __restrict__ d_start,
+                      double* __restrict__ d_end) {
+  const int64_t b = warp_sequence();
+  if (b >= B) return;
+  const WarpTeam team;
+  const int64_t L = checked_length(c, b, kCovariance);
+  if (L == 0) return;
+  const int K = c.K;
+  const edge::Grads<S> g{d_unary + b * c.T * K, d_trans + b * d_trans_per_b, d_trans_t,
+                         d_start + b * K, d_end + b * K};
+  if (edge::invalid(team, c, b, L)) {
+    edge::fill_nan(team, c, L, g);
+    return;
+  }
+  double* la = scratch + b * (2 * c.T + 4) * K;
+  double* F = la + c.T * K;
+  double* q = F + c.T * K;
+  double es = 0.0;
+  const double lz = edge::forward(team, c, b, L, la, false, &v, F, &es);
+  const double w = edge::to_double(weight[b]);
+  if (lz == -edge::inf() || w == 0.0) return;
+  edge::backward(team, c, b, L, la, lz, w, q, q + K, g, &v, F, es, q + 2 * K, q + 3 * K);
+}
+
+// Samples: the warp's forward (la, T K doubles per sequence), then each lane walks samples
+// n = lane, lane + 32, ...
+template <typename S>
+__global__ void __launch_bounds__(kThreads)
+    sample_kernel(edge::EdgeChain<S> c, int64_t B, int64_t N, double* __restrict__ scratch,
+                  const double* __restrict__ noise, int64_t* __restrict__ tags) {
+  const int64_t b = warp_sequence();
+  if (b >= B) return;
+  const WarpTeam team;
+  const int64_t L = checked_length(c, b, kSample);
+  if (L == 0 || edge::invalid(team, c, b, L)) return;  // tags stay -1
+  double* la = scratch + b * c.T * c.K;
+  const double lz = edge::forward(team, c, b, L, la, false);
+  if (!(lz > -edge::inf())) return;
+  for (int64_t n = team.rank(); n < N; n += team.size())
+    edge::sample(c, b, L, la, lz, noise + (n * B + b) * c.T, tags + (n * B + b) * c.T);
 }
 
 }  // namespace
@@ -197,6 +345,119 @@ at::Tensor energy(const at::Tensor& unary, const at::Tensor& trans, const at::Te
                                            energy.data_ptr<scalar_t>());
   });
   return energy;
+}
+
+std::tuple<at::Tensor, at::Tensor> viterbi_kbest(const at::Tensor& unary, const at::Tensor& trans,
+                                                 int64_t k,
+                                                 const c10::optional<at::Tensor>& lengths,
+                                                 const c10::optional<at::Tensor>& start,
+                                                 const c10::optional<at::Tensor>& end) {
+  const DeviceGuard guard(unary.device());
+  const int64_t B = unary.size(0), T = unary.size(1), K = unary.size(2);
+  auto energy = at::empty({B, k}, unary.options());
+  auto tags = at::empty({B, k, T}, unary.options().dtype(at::kLong));
+  if (B == 0) return {energy, tags};
+  const auto x = edge::contiguous_inputs(unary, trans, lengths, start, end);
+  auto scratch = at::empty({B, 3 * k * K + k}, unary.options().dtype(at::kDouble));
+  auto codes = at::empty({B, k}, unary.options().dtype(at::kLong));
+  auto ptr = at::empty({B, std::max<int64_t>(T - 1, 1) * k * K}, unary.options().dtype(at::kInt));
+  EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "edge_viterbi_kbest_cuda", [&] {
+    launch_kernel<kbest_kernel<scalar_t>>(
+        blocks_for(B), kThreads, 0, edge::view<scalar_t>(x), B, k, scratch.data_ptr<double>(),
+        codes.data_ptr<int64_t>(), ptr.data_ptr<int32_t>(), energy.data_ptr<scalar_t>(),
+        tags.data_ptr<int64_t>());
+  });
+  return {energy, tags};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_augmented_viterbi(
+    const at::Tensor& unary, const at::Tensor& trans, const at::Tensor& gold,
+    const at::Tensor& cost, const c10::optional<at::Tensor>& lengths,
+    const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end) {
+  const DeviceGuard guard(unary.device());
+  const int64_t B = unary.size(0), T = unary.size(1), K = unary.size(2);
+  auto energy = at::empty({B}, unary.options());
+  auto delta = at::empty({B}, unary.options());
+  auto tags = at::empty({B, T}, unary.options().dtype(at::kLong));
+  if (B == 0) return {energy, delta, tags};
+  const auto x = edge::contiguous_inputs(unary, trans, lengths, start, end);
+  const auto gold_c = gold.contiguous();
+  const auto cost_c = cost.contiguous();
+  auto scratch = at::empty({B, 2 * K}, unary.options().dtype(at::kDouble));
+  auto ptr = at::empty({B, std::max<int64_t>(T - 1, 1) * K}, unary.options().dtype(at::kInt));
+  EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "edge_loss_augmented_viterbi_cuda", [&] {
+    launch_kernel<loss_augmented_kernel<scalar_t>>(
+        blocks_for(B), kThreads, 0, edge::view<scalar_t>(x), B, gold_c.data_ptr<int64_t>(),
+        cost_c.data_ptr<scalar_t>(), scratch.data_ptr<double>(), ptr.data_ptr<int32_t>(),
+        energy.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(), tags.data_ptr<int64_t>());
+  });
+  return {energy, delta, tags};
+}
+
+std::tuple<at::Tensor, at::Tensor> expectation(
+    const at::Tensor& unary, const at::Tensor& trans, const at::Tensor& v_unary,
+    const c10::optional<at::Tensor>& v_trans, const c10::optional<at::Tensor>& lengths,
+    const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end,
+    const c10::optional<at::Tensor>& v_start, const c10::optional<at::Tensor>& v_end) {
+  const DeviceGuard guard(unary.device());
+  const int64_t B = unary.size(0), K = unary.size(2);
+  auto logz = at::empty({B}, unary.options());
+  auto mean = at::empty({B}, unary.options());
+  if (B == 0) return {logz, mean};
+  const auto x = edge::contiguous_inputs(unary, trans, lengths, start, end);
+  const auto xv = edge::contiguous_inputs(v_unary, v_trans, c10::nullopt, v_start, v_end);
+  auto scratch = at::empty({B, 4 * K}, unary.options().dtype(at::kDouble));
+  EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "edge_expectation_cuda", [&] {
+    launch_kernel<expectation_kernel<scalar_t>>(
+        blocks_for(B), kThreads, 0, edge::view<scalar_t>(x), edge::view<scalar_t>(xv), B,
+        scratch.data_ptr<double>(), logz.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>());
+  });
+  return {logz, mean};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> covariance(
+    const at::Tensor& weight, const at::Tensor& unary, const at::Tensor& trans,
+    const at::Tensor& v_unary, const c10::optional<at::Tensor>& v_trans,
+    const c10::optional<at::Tensor>& lengths, const c10::optional<at::Tensor>& start,
+    const c10::optional<at::Tensor>& end, const c10::optional<at::Tensor>& v_start,
+    const c10::optional<at::Tensor>& v_end) {
+  const DeviceGuard guard(unary.device());
+  const ChainDims d{unary.size(0), unary.size(1), unary.size(2)};
+  auto d_unary = at::zeros({d.B, d.T, d.K}, unary.options());
+  auto g = edge::grad_buffers(d, trans);
+  if (d.B > 0 && d.T > 0) {
+    const auto x = edge::contiguous_inputs(unary, trans, lengths, start, end);
+    const auto xv = edge::contiguous_inputs(v_unary, v_trans, c10::nullopt, v_start, v_end);
+    const auto weight_c = weight.contiguous();
+    auto scratch = at::empty({d.B, (2 * d.T + 4) * d.K}, unary.options().dtype(at::kDouble));
+    EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "edge_covariance_cuda", [&] {
+      launch_kernel<covariance_kernel<scalar_t>>(
+          blocks_for(d.B), kThreads, 0, edge::view<scalar_t>(x), edge::view<scalar_t>(xv), d.B,
+          scratch.data_ptr<double>(), weight_c.data_ptr<scalar_t>(),
+          d_unary.data_ptr<scalar_t>(), g.trans.data_ptr<double>(), g.trans.numel() / d.B,
+          trans.dim() == 4 ? d.K * d.K : int64_t(0), g.start.data_ptr<double>(),
+          g.end.data_ptr<double>());
+    });
+  }
+  return edge::finish_grads(d_unary, g, trans, start, end);
+}
+
+at::Tensor sample(const at::Tensor& unary, const at::Tensor& trans, const at::Tensor& noise,
+                  const c10::optional<at::Tensor>& lengths,
+                  const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end) {
+  const DeviceGuard guard(unary.device());
+  const int64_t N = noise.size(0), B = unary.size(0), T = unary.size(1), K = unary.size(2);
+  auto tags = at::full({N, B, T}, -1, unary.options().dtype(at::kLong));
+  if (N == 0 || B == 0 || T == 0) return tags;
+  const auto x = edge::contiguous_inputs(unary, trans, lengths, start, end);
+  const auto noise_c = noise.contiguous();
+  auto scratch = at::empty({B, T * K}, unary.options().dtype(at::kDouble));
+  EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "edge_sample_cuda", [&] {
+    launch_kernel<sample_kernel<scalar_t>>(blocks_for(B), kThreads, 0, edge::view<scalar_t>(x),
+                                           B, N, scratch.data_ptr<double>(),
+                                           noise_c.data_ptr<double>(), tags.data_ptr<int64_t>());
+  });
+  return tags;
 }
 
 }  // namespace cuda_edge
