@@ -193,7 +193,8 @@ def test_compile(device):
     (lambda: ebm_ext.chain_log_partition(torch.randn(2, 3), torch.randn(3, 3)),
      r"chain_log_partition: unary must be a 3-D tensor \(B, T, K\), got shape \[2, 3\]"),
     (lambda: ebm_ext.chain_log_partition(torch.randn(2, 3, 4), torch.randn(4, 3)),
-     r"chain_log_partition: trans must have shape \(K, K\) = \(4, 4\), got \[4, 3\]"),
+     r"chain_log_partition: trans must have shape \(K, K\) = \(4, 4\), \(B, K, K\) = \(2, 4, 4\) "
+     r"or \(B, T-1, K, K\) = \(2, 2, 4, 4\), got \[4, 3\]"),
     (lambda: ebm_ext.chain_log_partition(torch.randn(2, 3, 4), torch.randn(4, 4), torch.tensor([1, 5])),
      r"chain_log_partition: lengths must be <= T=3, got 5"),
     (lambda: ebm_ext.chain_marginals(torch.randn(2, 3, 4), torch.randn(4, 4), None, torch.randn(4).double()),
