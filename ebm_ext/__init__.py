@@ -18,7 +18,7 @@ except ImportError as error:  # never fall back silently to slow Python
 from . import losses, ops  # noqa: E402  (ops registers fake and autograd implementations)
 # The public submodules are attributes, as torch's are (ebm_ext.nn.ChainEnergy without an import);
 # the tagger application, ebm_ext.tagging, is imported on its own.
-from . import checkpoint, cluster, inference, nn, sparse  # noqa: E402
+from . import checkpoint, cluster, inference, nn, sparse, struct  # noqa: E402
 from .constraints import allowed_transitions  # noqa: E402
 from .crf import CRF  # noqa: E402
 from .distributions import LinearChainCRF  # noqa: E402

@@ -20,6 +20,7 @@ phi[b, n, z_{n+1}, z_n] (note the [to, from] order) as they are (see its docstri
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence, Union
 
 import torch
@@ -131,9 +132,20 @@ class LinearChainCRF(Distribution):
 
     @lazy_property
     def partition(self) -> Tensor:
-        """log Z per sequence, Tensor[B].
+        """log Z per sequence, Tensor[B]; never below ``max`` (the best path's score).
+
+        The general chains' kernels guarantee ``max <= partition`` by construction (log Z by
+        the decoder's own recursion with soft minima). For one (K, K) matrix log Z comes from
+        the exp-domain kernel and the best score from the decoder in the input's precision,
+        which can disagree by rounding where one path holds all the mass: there partition is
+        max(log Z, max), one Viterbi pass more (its gradient, split where they tie, is the
+        same marginals to rounding).
         """
-        return chain_log_partition(*self._energies())
+        log_z = chain_log_partition(*self._energies())
+        if self.trans.dim() != 2 or any(p is not None and p.dim() == 2
+                                         for p in (self.start, self.end)):
+            return log_z
+        return torch.maximum(log_z, self.max)
 
     @lazy_property
     def marginals(self) -> Tensor:
@@ -157,6 +169,37 @@ class LinearChainCRF(Distribution):
         ones = torch.ones(B, dtype=self.unary.dtype, device=self.unary.device)
         return torch.ops.ebm_ext._chain_log_partition_backward(
             -ones, self.unary, per_move, self.lengths, self.start, self.end)[1]
+
+    @lazy_property
+    def count(self) -> Tensor:
+        """The number of allowed paths (every energy on the path below +inf), Tensor[B] float64.
+
+        Exact integer arithmetic in float64 (0/1 matrices multiplied step by step) wherever every
+        partial count stays below 2^53; NaN where the sequence reads a NaN or -inf energy; 1 for
+        a length-0 sequence (the empty path).
+        """
+        B, T, K = self.unary.shape
+        with torch.no_grad():
+            def allowed(x):  # 1 allowed, 0 forbidden, NaN not an energy
+                x = x.detach().double()
+                return torch.where(x == math.inf, 0.0,
+                                   torch.where(x > -math.inf, 1.0, math.nan)).double()
+
+            L = (self.lengths if self.lengths is not None
+                 else torch.full((B,), T, dtype=torch.long, device=self.unary.device))
+            ones = self.unary.new_ones(B, K, dtype=torch.float64)
+            first = allowed(self.start).expand(B, K) if self.start is not None else ones
+            last = allowed(self.end).expand(B, K) if self.end is not None else ones
+            moves = allowed(self.trans)
+            c = first * allowed(self.unary[:, 0]) if T > 0 else ones
+            out = (L == 0).double()
+            for t in range(T):
+                if t > 0:
+                    M = moves[:, t - 1] if moves.dim() == 4 else moves
+                    c = (c.unsqueeze(1) @ M).squeeze(1) * allowed(self.unary[:, t])
+                ends = L == t + 1
+                out = torch.where(ends, (c * last).sum(1), out)
+        return out
 
     @lazy_property
     def _viterbi(self):

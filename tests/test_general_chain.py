@@ -435,3 +435,28 @@ def test_cpu_equals_cuda_distribution_and_lists(gpu, form):
             assert torch.equal(a, b.cpu())
         else:
             torch.testing.assert_close(a, b.cpu(), atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_partition_is_never_below_the_best_score(dtype):
+    """Nearly all the mass on one path, energies of every scale: log Z and the best score are
+    equal to rounding there. The general kernels guarantee -viterbi <= log Z exactly; the
+    distribution guarantees max <= partition for every form. (Before: 400+ of these sequences
+    had log Z 1-2 ulps below the best score.)"""
+    g = torch.Generator().manual_seed(0)
+    for trial in range(60):
+        B, T, K = 8, int(torch.randint(1, 12, (), generator=g)), int(torch.randint(1, 6, (), generator=g))
+        scale = 10.0 ** float(torch.randint(-2, 4, (), generator=g))
+        u = torch.randn(B, T, K, dtype=dtype, generator=g) * scale
+        tr = torch.randn(K, K, dtype=dtype, generator=g) * scale
+        keep = torch.randint(0, K, (B, T), generator=g)
+        mask = torch.rand(B, T, K, generator=g) < 0.9
+        mask.scatter_(2, keep.unsqueeze(2), False)
+        u = u.masked_fill(mask, inf)
+        per_move = tr.expand(B, max(T - 1, 0), K, K).contiguous()
+        e, _ = ebm_ext.viterbi(u, per_move)
+        lz = ebm_ext.chain_log_partition(u, per_move)
+        assert torch.all(torch.isinf(e) | (-e <= lz))
+        for t in (tr, per_move):
+            dist = ebm_ext.LinearChainCRF(u, t)
+            assert torch.all(torch.isinf(dist.max) | (dist.max <= dist.partition))

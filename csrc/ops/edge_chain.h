@@ -168,6 +168,43 @@ EBM_HD double forward(const Team& team, const EdgeChain<S>& c, int64_t b, int64_
   return lz;
 }
 
+// log Z of sequence b (valid, L >= 1) by the decoders' recursion (decode below) with each
+// minimum made soft: beta_{t-1}(i) = softmin_j trans(t, i, j) + (u(t, j) + beta_t(j)), softmin(x)
+// = min x - log sum exp(min x - x), and log Z = -softmin_j (u(0, j) + beta_0(j)) + start(j).
+// Every operation is the decoder's, in its order, or moves the value down (log sum >= 0), and
+// rounding is monotone: so -log Z <= the decoder's best energy exactly, log Z >= the best
+// path's score always, equal where one path holds all the mass. beta and w: K doubles each.
+template <typename Team, typename S>
+EBM_HD double log_partition(const Team& team, const EdgeChain<S>& c, int64_t b, int64_t L,
+                            double* beta, double* w) {
+  const int K = c.K;
+  const auto softmin = [&](auto x) {  // over j of x(j), by one member
+    double mn = inf();
+    for (int j = 0; j < K; ++j) mn = fmin(mn, x(j));
+    if (!(mn < inf())) return inf();
+    double s = 0.0;
+    for (int j = 0; j < K; ++j) s += exp(mn - x(j));
+    return mn - log(s);
+  };
+  for (int i = team.rank(); i < K; i += team.size()) beta[i] = c.en(b, i);
+  for (int64_t t = L - 1; t >= 1; --t) {
+    team.sync();
+    for (int j = team.rank(); j < K; j += team.size()) w[j] = c.u(b, t, j) + beta[j];
+    team.sync();
+    for (int i = team.rank(); i < K; i += team.size())
+      beta[i] = softmin([&](int j) { return c.tr(b, t, i, j) + w[j]; });
+  }
+  team.sync();
+  for (int j = team.rank(); j < K; j += team.size()) w[j] = c.u(b, 0, j) + beta[j];
+  double mn = inf();
+  for (int j = team.rank(); j < K; j += team.size()) mn = fmin(mn, w[j] + c.st(b, j));
+  mn = team.min(mn);
+  if (!(mn < inf())) return -inf();
+  double s = 0.0;
+  for (int j = team.rank(); j < K; j += team.size()) s += exp(mn - (w[j] + c.st(b, j)));
+  return -(mn - log(team.sum(s)));
+}
+
 // Where the backward writes sequence b's share, each scaled by `scale`: du (T, K) receives
 // p(y_t = k) at t < L; dtr the pair marginals p(y_{t-1} = i, y_t = j), at
 // (t - 1) * dtr_t + i * K + j (dtr_t = 0: one (K, K) matrix adds every move's); dst and den the

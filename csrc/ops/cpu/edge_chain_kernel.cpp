@@ -69,7 +69,7 @@ at::Tensor log_partition(const at::Tensor& unary, const at::Tensor& trans,
     S* out = logz.data_ptr<S>();
     at::parallel_for(0, B, grain(T, K), [&](int64_t lo, int64_t hi) {
       const Solo team;
-      std::vector<double> la(2 * K);
+      std::vector<double> beta(K), w(K);
       for (int64_t b = lo; b < hi; ++b) {
         const int64_t L = c.length(b);
         if (L == 0)
@@ -77,7 +77,7 @@ at::Tensor log_partition(const at::Tensor& unary, const at::Tensor& trans,
         else if (edge::invalid(team, c, b, L))
           out[b] = std::numeric_limits<S>::quiet_NaN();
         else
-          out[b] = edge::from_double<S>(edge::forward(team, c, b, L, la.data(), true));
+          out[b] = edge::from_double<S>(edge::log_partition(team, c, b, L, beta.data(), w.data()));
       }
     });
   });

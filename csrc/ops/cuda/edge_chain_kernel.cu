@@ -73,7 +73,7 @@ __global__ void __launch_bounds__(kThreads)
                     : edge::from_double<S>(best);
 }
 
-// log Z per sequence; la is each sequence's two rows (the forward alone).
+// log Z per sequence (edge::log_partition); la holds each sequence's beta and w.
 template <typename S>
 __global__ void __launch_bounds__(kThreads)
     log_partition_kernel(edge::EdgeChain<S> c, int64_t B, double* __restrict__ la,
@@ -86,7 +86,7 @@ __global__ void __launch_bounds__(kThreads)
   if (L > 0) {
     z = edge::invalid(team, c, b, L)
             ? std::numeric_limits<double>::quiet_NaN()
-            : edge::forward(team, c, b, L, la + b * 2 * c.K, true);
+            : edge::log_partition(team, c, b, L, la + b * 2 * c.K, la + b * 2 * c.K + c.K);
   }
   if (team.rank() == 0) logz[b] = edge::from_double<S>(z);
 }
