@@ -187,13 +187,8 @@ def test_non_finite_rules(device):
     assert ebm_ext.viterbi(unary, trans2, L, start, end)[0][0] == inf
 
 
-def test_ops_that_take_one_matrix_say_which_take_more():
+def test_bad_shapes_name_every_shape_taken():
     unary, trans, L, start, end = general_chain("per_move")
-    with pytest.raises(RuntimeError, match=r"chain_relaxed_inference: trans must have shape "
-                       r"\(K, K\) = \(3, 3\), got \[3, 3, 3, 3\] \(chain_relaxed_inference "
-                       r"takes one \(K, K\) matrix; per-sequence and per-move transitions are "
-                       r"taken by chain_energy, viterbi"):
-        ebm_ext.chain_relaxed_inference(unary, trans, L)
     with pytest.raises(RuntimeError, match=r"viterbi: trans must have shape \(K, K\) = \(3, 3\), "
                        r"\(B, K, K\) = \(3, 3, 3\) or \(B, T-1, K, K\) = \(3, 3, 3, 3\), got "
                        r"\[3, 2, 3, 3\]"):
@@ -460,3 +455,45 @@ def test_partition_is_never_below_the_best_score(dtype):
         for t in (tr, per_move):
             dist = ebm_ext.LinearChainCRF(u, t)
             assert torch.all(torch.isinf(dist.max) | (dist.max <= dist.partition))
+
+
+@pytest.mark.parametrize("method", ["entropic", "projected"])
+@pytest.mark.parametrize("form", FORMS)
+def test_relaxed_inference_equals_its_reference_and_cuda(gpu, form, method):
+    """chain_relaxed_inference on general chains: the fused kernels against a plain-PyTorch
+    Jacobi loop of the same updates, and CPU == CUDA."""
+    unary, trans, L, start, end = general_chain(form, B=4, T=5, K=3, seed=15, forbid=False,
+                                                lengths=(5, 0, 1, 3))
+    steps, lr = 7, 0.3
+    probs, energy = ebm_ext.chain_relaxed_inference(unary, trans, L, start, end, steps, lr, method)
+    # reference: every position's gradient from the same p, then the update
+    B, T, K = unary.shape
+    p = torch.full((B, T, K), 1.0 / K, dtype=torch.float64)
+    e = torch.zeros_like(p)
+    inside = (torch.arange(T)[None] < L[:, None])
+    for _ in range(steps):
+        g = unary.clone()
+        for b in range(B):
+            Lb = int(L[b])
+            if Lb == 0:
+                continue
+            g[b, 0] += start[b]
+            g[b, Lb - 1] += end[b]
+            for t in range(Lb):
+                if t > 0:
+                    g[b, t] += p[b, t - 1] @ move_matrix(trans, b, t)
+                if t + 1 < Lb:
+                    g[b, t] += move_matrix(trans, b, t + 1) @ p[b, t + 1]
+        if method == "entropic":
+            e = e + lr * g
+            p = torch.softmax(-e, -1)
+        else:
+            p = ebm_ext.project_simplex(p - lr * g)
+    p = torch.where(inside[..., None], p, 0)
+    torch.testing.assert_close(probs, p, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(energy, ebm_ext.chain_energy(unary, trans, p, L, start, end))
+    args = [gpu.to(x) for x in (unary, trans, L, start, end)]
+    with gpu():
+        dev = ebm_ext.chain_relaxed_inference(*args, steps, lr, method)
+    torch.testing.assert_close(dev[0].cpu(), probs, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(dev[1].cpu(), energy, atol=1e-12, rtol=1e-12)

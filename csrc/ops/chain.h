@@ -54,16 +54,6 @@ inline void check_lengths_range(const char* op, const at::Tensor& lengths, int64
 // per call. Every other op, and every CPU kernel, checks on the host.
 enum class ValueChecks { Host, Device };
 
-// Which parameter shapes an op takes: one (K, K) transition matrix with (K,) start and end, or
-// also a matrix per sequence (B, K, K) or per move (B, T-1, K, K), start and end per sequence
-// (B, K) (the general chains of edge_chain.h).
-enum class Transitions { Shared, General };
-
-constexpr const char* kGeneralOps =
-    "chain_energy, viterbi, viterbi_kbest, loss_augmented_viterbi, "
-    "chain_log_partition, chain_marginals, chain_expectation (and the entropy family) and "
-    "chain_sample";
-
 // Whether a call's parameters take the general chains' kernels (edge_chain.h).
 inline bool general_chain(const at::Tensor& trans, const c10::optional<at::Tensor>& start,
                           const c10::optional<at::Tensor>& end) {
@@ -71,15 +61,15 @@ inline bool general_chain(const at::Tensor& trans, const c10::optional<at::Tenso
          (end.has_value() && end->dim() == 2);
 }
 
-// Checks unary (B,T,K), trans (K,K), lengths (B,) int64, start/end (K,) and returns the dims.
+// Checks unary (B,T,K), trans (K,K) or per sequence (B,K,K) or per move (B,T-1,K,K), lengths
+// (B,) int64, start/end (K,) or per sequence (B,K), and returns the dims.
 // With ValueChecks::Device a CUDA kernel checks the lengths' range itself.
 inline ChainDims check_chain_inputs(const char* op, const at::Tensor& unary,
                                     const at::Tensor& trans,
                                     const c10::optional<at::Tensor>& lengths,
                                     const c10::optional<at::Tensor>& start,
                                     const c10::optional<at::Tensor>& end,
-                                    ValueChecks values = ValueChecks::Host,
-                                    Transitions shapes = Transitions::Shared) {
+                                    ValueChecks values = ValueChecks::Host) {
   check_defined(op, "unary", unary);
   check_defined(op, "trans", trans);
   TORCH_CHECK(unary.dim() == 3, op, ": unary must be a 3-D tensor (B, T, K), got shape ",
@@ -89,30 +79,20 @@ inline ChainDims check_chain_inputs(const char* op, const at::Tensor& unary,
   const ChainDims d{unary.size(0), unary.size(1), unary.size(2)};
   TORCH_CHECK(d.K >= 1, op, ": unary must have at least one tag (K >= 1), got shape ",
               shape_str(unary));
-  const bool general = shapes == Transitions::General;
   const int64_t moves = std::max<int64_t>(d.T - 1, 0);
   const auto shape_is = [](const at::Tensor& t, std::vector<int64_t> s) { return t.sizes() == c10::IntArrayRef(s); };
-  TORCH_CHECK(shape_is(trans, {d.K, d.K}) ||
-                  (general && (shape_is(trans, {d.B, d.K, d.K}) ||
-                               shape_is(trans, {d.B, moves, d.K, d.K}))),
-              op, ": trans must have shape (K, K) = (", d.K, ", ", d.K, ")",
-              general ? c10::str(", (B, K, K) = (", d.B, ", ", d.K, ", ", d.K,
-                                 ") or (B, T-1, K, K) = (", d.B, ", ", moves, ", ", d.K, ", ",
-                                 d.K, ")")
-                      : std::string(),
-              ", got ", shape_str(trans),
-              !general && trans.dim() > 2 ? c10::str(" (", op, " takes one (K, K) matrix; "
-                                                     "per-sequence and per-move transitions "
-                                                     "are taken by ", kGeneralOps, ")")
-                                          : std::string());
+  TORCH_CHECK(shape_is(trans, {d.K, d.K}) || shape_is(trans, {d.B, d.K, d.K}) ||
+                  shape_is(trans, {d.B, moves, d.K, d.K}),
+              op, ": trans must have shape (K, K) = (", d.K, ", ", d.K, "), (B, K, K) = (", d.B,
+              ", ", d.K, ", ", d.K, ") or (B, T-1, K, K) = (", d.B, ", ", moves, ", ", d.K, ", ",
+              d.K, "), got ", shape_str(trans));
   check_like(op, "trans", trans, "unary", unary);
   for (const auto& [name, t] : {std::pair<const char*, const c10::optional<at::Tensor>&>{"start", start},
                                 {"end", end}}) {
     if (!t.has_value()) continue;
-    TORCH_CHECK(shape_is(*t, {d.K}) || (general && shape_is(*t, {d.B, d.K})), op, ": ", name,
-                " must have shape (K,) = (", d.K, ",)",
-                general ? c10::str(" or (B, K) = (", d.B, ", ", d.K, ")") : std::string(),
-                ", got ", shape_str(*t));
+    TORCH_CHECK(shape_is(*t, {d.K}) || shape_is(*t, {d.B, d.K}), op, ": ", name,
+                " must have shape (K,) = (", d.K, ",) or (B, K) = (", d.B, ", ", d.K, "), got ",
+                shape_str(*t));
     check_like(op, name, *t, "unary", unary);
   }
   if (lengths.has_value()) {
@@ -194,7 +174,7 @@ inline bool check_chain_energy_inputs(const at::Tensor& unary, const at::Tensor&
   const char* op = "chain_energy";
   const bool relaxed = tags.defined() && at::isFloatingType(tags.scalar_type());
   const auto d = check_chain_inputs(op, unary, trans, lengths, start, end,
-                                    relaxed ? ValueChecks::Host : values, Transitions::General);
+                                    relaxed ? ValueChecks::Host : values);
   check_defined(op, "tags", tags);
   if (at::isFloatingType(tags.scalar_type())) {
     TORCH_CHECK(tags.dim() == 3, op, ": tags must be int64 tags (B, T) or (B, C, T), or relaxed "
@@ -316,8 +296,7 @@ inline ChainDims check_loss_augmented_inputs(const at::Tensor& unary, const at::
                                              const c10::optional<at::Tensor>& end,
                                              ValueChecks values = ValueChecks::Host) {
   const char* op = "loss_augmented_viterbi";
-  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end, values,
-                                    Transitions::General);
+  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end, values);
   check_tags(op, "gold", gold, unary);
   TORCH_CHECK(gold.dim() == 2 && gold.size(0) == d.B && gold.size(1) == d.T, op,
               ": gold must have shape (B, T) = (", d.B, ", ", d.T, "), got ", shape_str(gold));

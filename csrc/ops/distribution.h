@@ -24,8 +24,7 @@ inline ChainDims check_expectation_inputs(
     const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end,
     const c10::optional<at::Tensor>& v_start, const c10::optional<at::Tensor>& v_end,
     ValueChecks values = ValueChecks::Host) {
-  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end, values,
-                                    Transitions::General);
+  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end, values);
   check_defined(op, "v_unary", v_unary);
   TORCH_CHECK(v_unary.sizes() == unary.sizes(), op, ": v_unary must have the shape of unary ",
               shape_str(unary), ", got ", shape_str(v_unary));

@@ -34,8 +34,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chain_log_partition_b
     const c10::optional<at::Tensor>& lengths, const c10::optional<at::Tensor>& start,
     const c10::optional<at::Tensor>& end) {
   const char* op = "_chain_log_partition_backward";
-  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end, ValueChecks::Host,
-                                    Transitions::General);
+  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end);
   check_partition_grad(op, grad, unary);
   return forward_backward(op, d, -grad, unary, trans, lengths, start, end, true);
 }
@@ -46,8 +45,7 @@ at::Tensor chain_marginals_with(const at::Tensor& unary, const at::Tensor& trans
                                 const c10::optional<at::Tensor>& start,
                                 const c10::optional<at::Tensor>& end) {
   const char* op = "chain_marginals";
-  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end, ValueChecks::Host,
-                                    Transitions::General);
+  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end);
   const auto ones = at::ones({d.B}, unary.options());
   return std::get<0>(forward_backward(op, d, ones, unary, trans, lengths, start, end, false));
 }

@@ -45,14 +45,12 @@ def check_int64(op: str, name: str, value: Any) -> None:
         raise RuntimeError(f"{op}: {name} must fit in int64 (at most 2**63 - 1), got {value}")
 
 
-def check_fake_chain(op: str, unary: Any, trans: Any, general: bool = False) -> None:
-    """The shape checks of a chain op's fake kernel: unary (B, T, K) and trans (K, K), or, for the
-    ops that take general chains, also (B, K, K) per sequence or (B, T-1, K, K) per move."""
+def check_fake_chain(op: str, unary: Any, trans: Any) -> None:
+    """The shape checks of a chain op's fake kernel: unary (B, T, K) and trans (K, K), (B, K, K)
+    per sequence or (B, T-1, K, K) per move."""
     torch._check(unary.dim() == 3, lambda: f"{op}: unary must be a 3-D tensor (B, T, K), got "
                  f"shape {tuple(unary.shape)}")
     B, T, K = unary.shape
-    shapes = [(K, K)]
-    if general:
-        shapes += [(B, K, K), (B, torch.sym_max(T - 1, 0), K, K)]
+    shapes = [(K, K), (B, K, K), (B, torch.sym_max(T - 1, 0), K, K)]
     torch._check(tuple(trans.shape) in shapes, lambda: f"{op}: trans must have shape " +
                  " or ".join(str(s) for s in shapes) + f", got {tuple(trans.shape)}")

@@ -177,7 +177,7 @@ def loss_augmented_viterbi(unary: Tensor, trans: Tensor, gold: Tensor, cost: Ten
 
 @torch.library.register_fake("ebm_ext::chain_energy")
 def _chain_energy_fake(unary, trans, tags, lengths=None, start=None, end=None):
-    check_fake_chain("chain_energy", unary, trans, general=True)
+    check_fake_chain("chain_energy", unary, trans)
     if tags.is_floating_point():
         return unary.new_empty(unary.shape[0])
     torch._check(tags.dim() in (2, 3), lambda: "chain_energy: tags must be (B, T) or (B, C, T)")
@@ -186,14 +186,14 @@ def _chain_energy_fake(unary, trans, tags, lengths=None, start=None, end=None):
 
 @torch.library.register_fake("ebm_ext::viterbi")
 def _viterbi_fake(unary, trans, lengths=None, start=None, end=None):
-    check_fake_chain("viterbi", unary, trans, general=True)
+    check_fake_chain("viterbi", unary, trans)
     B, T, _ = unary.shape
     return unary.new_empty(B), unary.new_empty((B, T), dtype=torch.long)
 
 
 @torch.library.register_fake("ebm_ext::viterbi_kbest")
 def _viterbi_kbest_fake(unary, trans, k, lengths=None, start=None, end=None):
-    check_fake_chain("viterbi_kbest", unary, trans, general=True)
+    check_fake_chain("viterbi_kbest", unary, trans)
     torch._check(k >= 1, lambda: f"viterbi_kbest: k must be >= 1, got {k}")
     B, T, _ = unary.shape
     return unary.new_empty((B, k)), unary.new_empty((B, k, T), dtype=torch.long)
@@ -201,7 +201,7 @@ def _viterbi_kbest_fake(unary, trans, k, lengths=None, start=None, end=None):
 
 @torch.library.register_fake("ebm_ext::loss_augmented_viterbi")
 def _loss_augmented_viterbi_fake(unary, trans, gold, cost, lengths=None, start=None, end=None):
-    check_fake_chain("loss_augmented_viterbi", unary, trans, general=True)
+    check_fake_chain("loss_augmented_viterbi", unary, trans)
     B, T, _ = unary.shape
     return unary.new_empty(B), unary.new_empty(B), unary.new_empty((B, T), dtype=torch.long)
 

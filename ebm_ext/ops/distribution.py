@@ -309,7 +309,7 @@ def _sample_shape(op: str, sample_shape) -> torch.Size:
 # ---- fake implementations -------------------------------------------------------------------
 
 def _check_fake(op, unary, trans):
-    check_fake_chain(op, unary, trans, general=True)
+    check_fake_chain(op, unary, trans)
 
 
 def _like_parameter(unary, p):

@@ -86,7 +86,7 @@ def chain_marginals(unary: Tensor, trans: Tensor, lengths: Optional[Tensor] = No
 
 
 def _check_fake(op, unary, trans):
-    check_fake_chain(op, unary, trans, general=True)
+    check_fake_chain(op, unary, trans)
 
 
 @torch.library.register_fake("ebm_ext::chain_log_partition")

@@ -8,7 +8,7 @@ import torch
 from ._autograd import register_not_differentiable
 from torch import Tensor
 
-from ._checks import check_int64, check_tensors
+from ._checks import check_fake_chain, check_int64, check_tensors
 
 _ops = torch.ops.ebm_ext
 
@@ -64,9 +64,7 @@ def chain_relaxed_inference(unary: Tensor, trans: Tensor, lengths: Optional[Tens
 @torch.library.register_fake("ebm_ext::chain_relaxed_inference")
 def _chain_relaxed_inference_fake(unary, trans, lengths=None, start=None, end=None, steps=20, lr=1.0,
                                   method="entropic", init=None):
-    torch._check(unary.dim() == 3, lambda: "chain_relaxed_inference: unary must be a 3-D tensor (B, T, K)")
-    K = unary.shape[2]
-    torch._check(tuple(trans.shape) == (K, K), lambda: "chain_relaxed_inference: trans must have shape (K, K)")
+    check_fake_chain("chain_relaxed_inference", unary, trans)
     return torch.empty_like(unary, memory_format=torch.contiguous_format), unary.new_empty(unary.shape[0])
 
 register_not_differentiable(

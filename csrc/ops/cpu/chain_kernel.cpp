@@ -326,8 +326,7 @@ std::tuple<at::Tensor, at::Tensor> viterbi_cpu(const at::Tensor& unary, const at
                                                const c10::optional<at::Tensor>& lengths,
                                                const c10::optional<at::Tensor>& start,
                                                const c10::optional<at::Tensor>& end) {
-  const auto d = check_chain_inputs("viterbi", unary, trans, lengths, start, end,
-                                    ValueChecks::Host, Transitions::General);
+  const auto d = check_chain_inputs("viterbi", unary, trans, lengths, start, end);
   if (general_chain(trans, start, end)) return cpu_edge::viterbi(unary, trans, lengths, start, end);
   auto energy = at::empty({d.B}, unary.options());
   auto tags = at::empty({d.B, d.T}, unary.options().dtype(at::kLong));
@@ -473,8 +472,7 @@ std::tuple<at::Tensor, at::Tensor> viterbi_kbest_cpu(const at::Tensor& unary,
                                                      const c10::optional<at::Tensor>& end) {
   const char* op = "viterbi_kbest";
   check_kbest_k(op, k);
-  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end,
-                                    ValueChecks::Host, Transitions::General);
+  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end);
   check_kbest_size(op, k, d, /*cuda=*/false);
   if (general_chain(trans, start, end))
     return cpu_edge::viterbi_kbest(unary, trans, k, lengths, start, end);

@@ -153,8 +153,7 @@ at::Tensor chain_sample_cpu(const at::Tensor& unary, const at::Tensor& trans,
                             const c10::optional<at::Tensor>& start,
                             const c10::optional<at::Tensor>& end) {
   const char* op = "chain_sample";
-  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end,
-                                    ValueChecks::Host, Transitions::General);
+  const auto d = check_chain_inputs(op, unary, trans, lengths, start, end);
   check_sample_noise(op, noise, d, unary);
   if (general_chain(trans, start, end)) return cpu_edge::sample(unary, trans, noise, lengths, start, end);
   const int64_t N = noise.size(0);

@@ -479,8 +479,7 @@ at::Tensor chain_log_partition_cpu(const at::Tensor& unary, const at::Tensor& tr
                                    const c10::optional<at::Tensor>& lengths,
                                    const c10::optional<at::Tensor>& start,
                                    const c10::optional<at::Tensor>& end) {
-  const auto d = check_chain_inputs("chain_log_partition", unary, trans, lengths, start, end,
-                                    ValueChecks::Host, Transitions::General);
+  const auto d = check_chain_inputs("chain_log_partition", unary, trans, lengths, start, end);
   if (general_chain(trans, start, end))
     return cpu_edge::log_partition(unary, trans, lengths, start, end);
   auto logz = at::empty({d.B}, unary.options());

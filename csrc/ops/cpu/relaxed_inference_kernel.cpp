@@ -26,13 +26,18 @@ using simd::store;
 
 // The shared view (../chain_view.h), whose start and end point at copies padded to Kp (zeros
 // past K, and zeros when absent) so that the vector loops read whole lanes, and the rows and
-// columns of trans padded likewise.
+// columns of each transition matrix padded likewise; per sequence where given so.
 template <typename S>
 struct Chain : ChainView<S> {
-  const S* rows;  // (K, Kp): row i of trans
-  const S* cols;  // (K, Kp): column j of trans
+  const S* rows;  // (M, K, Kp): row i of each matrix
+  const S* cols;  // (M, K, Kp): column j of each matrix
   int64_t Kp;
+  MoveStrides moves;
+  int64_t start_b, end_b;  // Kp or 0
   RelaxedInferenceOptions o;
+
+  const S* rows_of(int64_t b, int64_t t) const { return rows + moves.matrix(b, t) * this->K * Kp; }
+  const S* cols_of(int64_t b, int64_t t) const { return cols + moves.matrix(b, t) * this->K * Kp; }
 };
 
 template <typename S>
@@ -44,30 +49,34 @@ struct Buffers {
 
 // g_t = dE/dp_t for every t < L, from p.
 template <typename S>
-__attribute__((always_inline)) inline void gradient(const Chain<S>& c, const S* u, int64_t L,
-                                                    Buffers<S>& w) {
+__attribute__((always_inline)) inline void gradient(const Chain<S>& c, int64_t b, const S* u,
+                                                    int64_t L, Buffers<S>& w) {
   using V = typename Lanes<S>::V;
   constexpr int N = Lanes<S>::N;
   for (int64_t t = 0; t < L; ++t) {
     S* g = w.g.data() + t * c.Kp;
     for (int64_t k = 0; k < c.K; ++k) g[k] = u[t * c.K + k];
     std::fill(g + c.K, g + c.Kp, S(0));
+    const S* start = c.start + b * c.start_b;
+    const S* end = c.end + b * c.end_b;
     if (t == 0)
-      for (int64_t k = 0; k < c.Kp; k += N) store(g + k, load<V>(g + k) + load<V>(c.start + k));
+      for (int64_t k = 0; k < c.Kp; k += N) store(g + k, load<V>(g + k) + load<V>(start + k));
     if (t == L - 1)
-      for (int64_t k = 0; k < c.Kp; k += N) store(g + k, load<V>(g + k) + load<V>(c.end + k));
+      for (int64_t k = 0; k < c.Kp; k += N) store(g + k, load<V>(g + k) + load<V>(end + k));
+    const S* rows = t > 0 ? c.rows_of(b, t) : nullptr;         // the move into t
+    const S* cols = t + 1 < L ? c.cols_of(b, t + 1) : nullptr;  // the move out of t
     for (int64_t k = 0; k < c.Kp; k += N) {
       V acc = load<V>(g + k);
       // A tag of probability 0 adds nothing, even through a forbidden (+inf) transition.
       if (t > 0) {
         const S* prev = w.p.data() + (t - 1) * c.Kp;
         for (int64_t i = 0; i < c.K; ++i)
-          if (prev[i] != S(0)) acc += (V{} + prev[i]) * load<V>(c.rows + i * c.Kp + k);
+          if (prev[i] != S(0)) acc += (V{} + prev[i]) * load<V>(rows + i * c.Kp + k);
       }
       if (t + 1 < L) {
         const S* next = w.p.data() + (t + 1) * c.Kp;
         for (int64_t j = 0; j < c.K; ++j)
-          if (next[j] != S(0)) acc += (V{} + next[j]) * load<V>(c.cols + j * c.Kp + k);
+          if (next[j] != S(0)) acc += (V{} + next[j]) * load<V>(cols + j * c.Kp + k);
       }
       store(g + k, acc);
     }
@@ -92,7 +101,7 @@ __attribute__((always_inline)) inline void infer(const Chain<S>& c, const S* ini
     }
   }
   for (int64_t step = 0; step < c.o.steps; ++step) {
-    gradient(c, u, L, w);
+    gradient(c, b, u, L, w);
     for (int64_t t = 0; t < L; ++t) {
       S* p = w.p.data() + t * c.Kp;
       const S* g = w.g.data() + t * c.Kp;
@@ -135,9 +144,12 @@ EBM_CLONES void infer_range(const Chain<S>& c, const S* init, S* out, int64_t lo
   for (int64_t b = lo; b < hi; ++b) infer(c, init, b, out, w);
 }
 
+// (..., K) rows padded with zeros to (..., Kp).
 at::Tensor padded_rows(const at::Tensor& m, int64_t Kp) {
-  auto out = at::zeros({m.size(0), Kp}, m.options());
-  out.narrow(1, 0, m.size(1)).copy_(m);
+  auto shape = m.sizes().vec();
+  shape.back() = Kp;
+  auto out = at::zeros(shape, m.options());
+  out.narrow(-1, 0, m.size(-1)).copy_(m);
   return out;
 }
 
@@ -156,15 +168,22 @@ std::tuple<at::Tensor, at::Tensor> chain_relaxed_inference_cpu(
       const auto u = unary.contiguous();
       const auto tr = trans.contiguous();
       const auto rows = padded_rows(trans, Kp);
-      const auto cols = padded_rows(trans.t(), Kp);
+      const auto cols = padded_rows(trans.transpose(-1, -2), Kp);
       const auto zeros = at::zeros({Kp}, unary.options());
-      const auto s = start.has_value() ? padded_rows(start->view({1, K}), Kp).view({Kp}) : zeros;
-      const auto e = end.has_value() ? padded_rows(end->view({1, K}), Kp).view({Kp}) : zeros;
+      const auto s = start.has_value() ? padded_rows(*start, Kp) : zeros;
+      const auto e = end.has_value() ? padded_rows(*end, Kp) : zeros;
       const auto l = lengths.has_value() ? lengths->contiguous() : at::Tensor();
       const auto i = init.has_value() ? init->contiguous() : at::Tensor();
       const ChainView<S> view{u.data_ptr<S>(), tr.data_ptr<S>(), s.data_ptr<S>(), e.data_ptr<S>(),
                               l.defined() ? l.data_ptr<int64_t>() : nullptr, T, K};
-      const Chain<S> c{view, rows.data_ptr<S>(), cols.data_ptr<S>(), Kp, o};
+      const Chain<S> c{view,
+                       rows.data_ptr<S>(),
+                       cols.data_ptr<S>(),
+                       Kp,
+                       MoveStrides::of(trans),
+                       s.dim() == 2 ? Kp : 0,
+                       e.dim() == 2 ? Kp : 0,
+                       o};
       const S* ip = i.defined() ? i.data_ptr<S>() : nullptr;
       S* out = probs.data_ptr<S>();
       at::parallel_for(0, B, 1, [&](int64_t lo, int64_t hi) { infer_range(c, ip, out, lo, hi); });

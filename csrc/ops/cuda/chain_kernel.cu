@@ -468,7 +468,7 @@ std::tuple<at::Tensor, at::Tensor> viterbi_cuda(const at::Tensor& unary, const a
                                                 const c10::optional<at::Tensor>& start,
                                                 const c10::optional<at::Tensor>& end) {
   const auto d = check_chain_inputs("viterbi", unary, trans, lengths, start, end,
-                                    ValueChecks::Device, Transitions::General);
+                                    ValueChecks::Device);
   if (general_chain(trans, start, end)) return cuda_edge::viterbi(unary, trans, lengths, start, end);
   const DeviceGuard guard(unary.device());
   auto energy = at::empty({d.B}, unary.options());
@@ -511,7 +511,7 @@ std::tuple<at::Tensor, at::Tensor> viterbi_kbest_cuda(const at::Tensor& unary,
   const char* op = "viterbi_kbest";
   check_kbest_k(op, k);
   const auto d = check_chain_inputs(op, unary, trans, lengths, start, end,
-                                    ValueChecks::Device, Transitions::General);
+                                    ValueChecks::Device);
   check_kbest_size(op, k, d, /*cuda=*/true);
   if (general_chain(trans, start, end))
     return cuda_edge::viterbi_kbest(unary, trans, k, lengths, start, end);

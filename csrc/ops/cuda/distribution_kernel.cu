@@ -283,7 +283,7 @@ at::Tensor chain_sample_cuda(const at::Tensor& unary, const at::Tensor& trans,
                              const c10::optional<at::Tensor>& end) {
   const char* op = "chain_sample";
   const auto d = check_chain_inputs(op, unary, trans, lengths, start, end,
-                                    ValueChecks::Device, Transitions::General);
+                                    ValueChecks::Device);
   check_sample_noise(op, noise, d, unary);
   if (general_chain(trans, start, end)) return cuda_edge::sample(unary, trans, noise, lengths, start, end);
   const DeviceGuard guard(unary.device());

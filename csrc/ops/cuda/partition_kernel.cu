@@ -447,8 +447,7 @@ at::Tensor chain_log_partition_cuda(const at::Tensor& unary, const at::Tensor& t
                                     const c10::optional<at::Tensor>& lengths,
                                     const c10::optional<at::Tensor>& start,
                                     const c10::optional<at::Tensor>& end) {
-  const auto d = check_chain_inputs("chain_log_partition", unary, trans, lengths, start, end,
-                                    ValueChecks::Host, Transitions::General);
+  const auto d = check_chain_inputs("chain_log_partition", unary, trans, lengths, start, end);
   if (general_chain(trans, start, end))
     return cuda_edge::log_partition(unary, trans, lengths, start, end);
   const DeviceGuard guard(unary.device());

@@ -30,6 +30,8 @@ struct Args : ChainView<scalar_t, acc_t> {
   acc_t lr;
   bool entropic;
   int64_t steps;
+  MoveStrides moves;       // which (K, K) matrix of trans a move reads
+  int64_t start_b, end_b;  // K where start / end are per sequence, else 0
 };
 
 // p_t <- projection of v_t = p_t - lr g_t onto the simplex, by one warp. `removed` (e_t) is
@@ -103,19 +105,21 @@ __global__ void relaxed_inference_kernel(const scalar_t* __restrict__ init, Args
       const int64_t t = n / K;
       const int k = static_cast<int>(n % K);
       acc_t s = static_cast<acc_t>(u[n]);
-      if (t == 0 && a.start) s += a.start[k];
-      if (t == L - 1 && a.end) s += a.end[k];
+      if (t == 0 && a.start) s += a.start[b * a.start_b + k];
+      if (t == L - 1 && a.end) s += a.end[b * a.end_b + k];
       // A tag of probability 0 adds nothing, even through a forbidden (+inf) transition.
       if (t > 0) {
+        const acc_t* into = a.trans + a.moves.matrix(b, t) * K * K;
         for (int i = 0; i < K; ++i) {
           const acc_t q = p[(t - 1) * K + i];
-          if (q != acc_t(0)) s += q * a.trans[i * K + k];
+          if (q != acc_t(0)) s += q * into[i * K + k];
         }
       }
       if (t + 1 < L) {
+        const acc_t* out = a.trans + a.moves.matrix(b, t + 1) * K * K;
         for (int j = 0; j < K; ++j) {
           const acc_t q = p[(t + 1) * K + j];
-          if (q != acc_t(0)) s += a.trans[k * K + j] * q;
+          if (q != acc_t(0)) s += out[k * K + j] * q;
         }
       }
       g[n] = s;
@@ -175,7 +179,13 @@ std::tuple<at::Tensor, at::Tensor> chain_relaxed_inference_cuda(
       const ChainView<scalar_t, acc_t> view{u.data_ptr<scalar_t>(), tr.data_ptr<acc_t>(),
           s.defined() ? s.data_ptr<acc_t>() : nullptr, en.defined() ? en.data_ptr<acc_t>() : nullptr,
           l.defined() ? l.data_ptr<int64_t>() : nullptr, T, K};
-      const Args<scalar_t, acc_t> a{view, acc_t(o.lr), o.entropic, o.steps};
+      const Args<scalar_t, acc_t> a{view,
+                                    acc_t(o.lr),
+                                    o.entropic,
+                                    o.steps,
+                                    MoveStrides::of(trans),
+                                    s.defined() && s.dim() == 2 ? K : 0,
+                                    en.defined() && en.dim() == 2 ? K : 0};
       launch_kernel<relaxed_inference_kernel<scalar_t, acc_t>>(static_cast<unsigned>(B), kThreads, 0,
           i.defined() ? i.data_ptr<scalar_t>() : nullptr, a,
           p.data_ptr<acc_t>(), e.data_ptr<acc_t>(), g.data_ptr<acc_t>());
