@@ -129,11 +129,11 @@ class LinearChainCRF(Distribution):
         return self._crf.count
 
     def sample(self, sample_shape: Union[int, Sequence[int], torch.Size] = torch.Size()) -> Tensor:
-        """Exact samples as one-hot edges, Tensor[*sample_shape, B, N-1, C, C]."""
+        """Exact samples as one-hot edges, Tensor[sample_shape + (B, N-1, C, C)]."""
         return self._one_hot(self._crf.sample(sample_shape))
 
     def log_prob(self, value: Tensor) -> Tensor:
-        """log p(value) of one-hot edge structures (*sample_shape, B, N-1, C, C)."""
+        """log p(value) of one-hot edge structures, sample_shape + (B, N-1, C, C)."""
         phi = self.log_potentials
         score = torch.where(value != 0, value.to(phi.dtype) * phi, 0).sum((-3, -2, -1))
         return score - self.partition

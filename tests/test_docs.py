@@ -64,7 +64,7 @@ def test_few_blocks_are_not_run():
 def public_callables():
     names = [(ebm_ext, n) for n in ebm_ext.__all__ if callable(getattr(ebm_ext, n))]
     for module in (ebm_ext.losses, ebm_ext.nn, ebm_ext.cluster, ebm_ext.sparse,
-                   ebm_ext.inference, ebm_ext.checkpoint):
+                   ebm_ext.inference, ebm_ext.checkpoint, ebm_ext.struct):
         names += [(module, n) for n, obj in vars(module).items()
                   if not n.startswith("_") and callable(obj)
                   and getattr(obj, "__module__", None) == module.__name__]
