@@ -34,10 +34,15 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 FLOATS = {"f16": torch.float16, "bf16": torch.bfloat16, "f32": torch.float32, "f64": torch.float64}
 
 
-def chain(B, T, K, dtype, device):
+def chain(B, T, K, dtype, device, form="shared"):
+    """A batch of chains: one (K, K) matrix, or (form) one per sequence or per move with start
+    and end per sequence (the general chains' kernels)."""
     g = torch.Generator().manual_seed(B * 1000 + T * 10 + K)
-    unary, trans = torch.randn(B, T, K, generator=g), torch.randn(K, K, generator=g)
-    start, end = torch.randn(K, generator=g), torch.randn(K, generator=g)
+    unary = torch.randn(B, T, K, generator=g)
+    trans = {"shared": (K, K), "per_sequence": (B, K, K), "per_move": (B, max(T - 1, 0), K, K)}[form]
+    trans = torch.randn(*trans, generator=g)
+    ends = (K,) if form == "shared" else (B, K)
+    start, end = torch.randn(*ends, generator=g), torch.randn(*ends, generator=g)
     lengths = torch.tensor([T - b % 2 if b not in (1, 2) else b - 1 for b in range(B)]).clamp(0, T)
     to = lambda x: x.to(device, dtype)  # noqa: E731
     return to(unary), to(trans), lengths.to(device), to(start), to(end)
@@ -49,13 +54,14 @@ def finite(*outputs):
             raise AssertionError("non-finite output from finite inputs")
 
 
-def chain_cases(B, T, K, dt):
-    """(name, call) for every chain op at one shape and dtype; call(device) runs it once."""
+def chain_cases(B, T, K, dt, form="shared"):
+    """(name, call) for every chain op at one shape, dtype and form of the parameters;
+    call(device) runs it once."""
     dtype = FLOATS[dt]
 
     def op(fn, check=True):
         def call(device):
-            unary, trans, L, start, end = chain(B, T, K, dtype, device)
+            unary, trans, L, start, end = chain(B, T, K, dtype, device, form)
             out = fn(device, unary, trans, L, start, end)
             if check:
                 finite(*(out if isinstance(out, tuple) else (out,)))
@@ -88,7 +94,8 @@ def chain_cases(B, T, K, dt):
         calls[f"chain_relaxed_inference {method}"] = op(
             lambda d, u, tr, L, s, e, method=method: ebm_ext.chain_relaxed_inference(
                 u, tr, L, s, e, steps=4, lr=0.5, method=method))
-    return [(f"{name} {dt} B={B} T={T} K={K}", call) for name, call in calls.items()]
+    suffix = "" if form == "shared" else f" {form}"
+    return [(f"{name} {dt} B={B} T={T} K={K}{suffix}", call) for name, call in calls.items()]
 
 
 def randn(*shape, dtype, device, seed=0):
@@ -108,6 +115,12 @@ def all_cases():
     out += chain_cases(2, 3, 300, "f32")  # K > 256: several tags per thread
     for dt in ("f16", "bf16"):
         out += chain_cases(3, 4, 8, dt)
+    # The general chains' kernels (a warp per sequence; K > 32: several tags per lane).
+    for form in ("per_sequence", "per_move"):
+        for dt in ("f32", "f64"):
+            out += chain_cases(4, 5, 4, dt, form)
+        out += chain_cases(3, 4, 40, "f32", form)
+    out += chain_cases(3, 4, 8, "f16", "per_move")
 
     def big_viterbi(device):  # opted-in dynamic shared memory (above 48 KiB)
         unary, trans, _, _, _ = chain(1, 2, 7000, torch.float32, device)
