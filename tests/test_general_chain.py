@@ -497,3 +497,31 @@ def test_relaxed_inference_equals_its_reference_and_cuda(gpu, form, method):
         dev = ebm_ext.chain_relaxed_inference(*args, steps, lr, method)
     torch.testing.assert_close(dev[0].cpu(), probs, atol=1e-12, rtol=1e-12)
     torch.testing.assert_close(dev[1].cpu(), energy, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_distribution_members_on_general_chains(form):
+    """LinearChainCRF with general parameters: count, log_prob, topk, perturb_and_map against
+    enumeration."""
+    unary, trans, L, start, end = general_chain(form, B=4, integer=True, seed=16,
+                                                lengths=(4, 0, 1, 3))
+    trans = trans.masked_fill(trans > 1.5, inf)  # some moves forbidden
+    dist = ebm_ext.LinearChainCRF(unary, trans, start, end, L)
+    for b, (paths, E) in enumerate(all_paths(unary, trans, L, start, end)):
+        assert dist.count[b].item() == int(torch.isfinite(E).sum())
+        logp = torch.log_softmax(-E, 0)
+        tags = torch.zeros((len(paths), 4, 4), dtype=torch.long)  # other sequences: any tags
+        tags[:, b] = -1
+        for n, p in enumerate(paths):
+            tags[n, b, :len(p)] = torch.tensor(p, dtype=torch.long)
+        finite = torch.isfinite(E)
+        torch.testing.assert_close(dist.log_prob(tags)[:, b][finite], logp[finite])
+    top = dist.topk(3)
+    torch.testing.assert_close(dist.kmax(3), -ebm_ext.viterbi_kbest(unary, trans, 3, L, start,
+                                                                      end)[0].t())
+    assert torch.equal(top[0], dist.argmax)
+    noisy = dist.perturb_and_map(5, generator=torch.Generator().manual_seed(0))
+    assert noisy.shape == (5, 4, 4)
+    energies = ebm_ext.chain_energy(unary, trans, noisy.permute(1, 0, 2).contiguous(), L, start,
+                                    end)
+    assert torch.isfinite(energies[torch.tensor([0, 2, 3])]).all()  # allowed paths only

@@ -75,34 +75,46 @@ struct EdgeChain {
     return end ? to_double(end[b * end_b + j]) : 0.0;
   }
   EBM_HD bool per_move() const { return trans_t != 0; }
+
+  // The matrix of the move into t, for the loops that sweep it (hoisted out of them).
+  struct Move {
+    const S* m;  // null: a direction without transitions (zero)
+    int K;
+    EBM_HD double operator()(int i, int j) const {
+      return m ? to_double(m[int64_t(i) * K + j]) : 0.0;
+    }
+  };
+  EBM_HD Move move(int64_t b, int64_t t) const {
+    return {trans ? trans + b * trans_b + (t - 1) * trans_t : nullptr, K};
+  }
 };
 
 EBM_HD inline bool not_energy(double v) { return !(v > -inf()); }  // NaN or -inf
 
-// Whether sequence b (length L >= 1) reads a NaN or -inf (see the rules above).
+// Whether sequence b (length L >= 1) reads a NaN or -inf (see the rules above): its unary rows
+// and its matrices are contiguous runs, read as such.
 template <typename Team, typename S>
 EBM_HD bool invalid(const Team& team, const EdgeChain<S>& c, int64_t b, int64_t L) {
   const int K = c.K;
-  const int64_t KK = int64_t(K) * K;
   bool bad = false;
-  for (int64_t n = team.rank(); n < L * K; n += team.size())
-    bad = bad || not_energy(c.u(b, n / K, int(n % K)));
-  const int64_t matrices = c.per_move() ? L - 1 : 1;
-  for (int64_t n = team.rank(); n < matrices * KK; n += team.size())
-    bad = bad || not_energy(c.tr(b, 1 + n / KK, int((n % KK) / K), int(n % K)));
+  const S* u = c.unary + b * c.T * K;
+  for (int64_t n = team.rank(); n < L * K; n += team.size()) bad = bad || not_energy(to_double(u[n]));
+  const S* m = c.trans + b * c.trans_b;
+  const int64_t cells = (c.per_move() ? L - 1 : 1) * int64_t(K) * K;
+  for (int64_t n = team.rank(); n < cells; n += team.size()) bad = bad || not_energy(to_double(m[n]));
   for (int j = team.rank(); j < K; j += team.size())
     bad = bad || not_energy(c.st(b, j)) || not_energy(c.en(b, j));
   return team.any(bad);
 }
 
 // log sum_i exp(prev[i] - trans(t, i, j)), the largest term taken out first.
-template <typename S>
-EBM_HD double column_lse(const EdgeChain<S>& c, int64_t b, int64_t t, const double* prev, int j) {
+template <typename Move>
+EBM_HD double column_lse(const Move& M, int K, const double* prev, int j) {
   double m = -inf();
-  for (int i = 0; i < c.K; ++i) m = fmax(m, prev[i] - c.tr(b, t, i, j));
+  for (int i = 0; i < K; ++i) m = fmax(m, prev[i] - M(i, j));
   if (m == -inf()) return -inf();
   double s = 0.0;
-  for (int i = 0; i < c.K; ++i) s += exp(prev[i] - c.tr(b, t, i, j) - m);
+  for (int i = 0; i < K; ++i) s += exp(prev[i] - M(i, j) - m);
   return m + log(s);
 }
 
@@ -138,15 +150,17 @@ EBM_HD double forward(const Team& team, const EdgeChain<S>& c, int64_t b, int64_
     team.sync();  // row t - 1 complete; every member is done with row t - 2 (the ring's slot)
     const double* prev = la + row(t - 1);
     double* cur = la + row(t);
+    const auto M = c.move(b, t);
+    const auto VM = v ? v->move(b, t) : M;
     for (int j = team.rank(); j < K; j += team.size()) {
-      const double lse = column_lse(c, b, t, prev, j);
+      const double lse = column_lse(M, K, prev, j);
       cur[j] = lse - c.u(b, t, j);
       if (!v) continue;
       double acc = 0.0;
       if (cur[j] > -inf()) {
         for (int i = 0; i < K; ++i) {
-          const double l = prev[i] - c.tr(b, t, i, j);
-          if (l > -inf()) acc += weighted(exp(l - lse), F[row(t - 1) + i] + v->tr(b, t, i, j));
+          const double l = prev[i] - M(i, j);
+          if (l > -inf()) acc += weighted(exp(l - lse), F[row(t - 1) + i] + VM(i, j));
         }
         acc += v->u(b, t, j);
       }
@@ -191,8 +205,9 @@ EBM_HD double log_partition(const Team& team, const EdgeChain<S>& c, int64_t b, 
     team.sync();
     for (int j = team.rank(); j < K; j += team.size()) w[j] = c.u(b, t, j) + beta[j];
     team.sync();
+    const auto M = c.move(b, t);
     for (int i = team.rank(); i < K; i += team.size())
-      beta[i] = softmin([&](int j) { return c.tr(b, t, i, j) + w[j]; });
+      beta[i] = softmin([&](int j) { return M(i, j) + w[j]; });
   }
   team.sync();
   for (int j = team.rank(); j < K; j += team.size()) w[j] = c.u(b, 0, j) + beta[j];
@@ -245,14 +260,16 @@ EBM_HD void backward(const Team& team, const EdgeChain<S>& c, int64_t b, int64_t
     }
     if (t == 0) break;
     team.sync();  // beta_t (and B_t) complete
+    const auto M = c.move(b, t);
+    const auto VM = v ? v->move(b, t) : M;
     if (g.dtr) {  // the moves into t: member of column j
       for (int j = team.rank(); j < K; j += team.size()) {
         const double w = lb[j] - c.u(b, t, j) - logz;
         const double tail = v ? v->u(b, t, j) + Bk[j] - es : 0.0;
         for (int i = 0; i < K; ++i) {
-          const double l = la[(t - 1) * K + i] - c.tr(b, t, i, j) + w;
+          const double l = la[(t - 1) * K + i] - M(i, j) + w;
           const double p = l > -inf() ? scale * exp(l) : 0.0;
-          const double val = v ? weighted(p, F[(t - 1) * K + i] + v->tr(b, t, i, j) + tail) : p;
+          const double val = v ? weighted(p, F[(t - 1) * K + i] + VM(i, j) + tail) : p;
           double* cell = g.dtr + (t - 1) * g.dtr_t + int64_t(i) * K + j;
           *cell = g.dtr_t ? val : *cell + val;
         }
@@ -260,17 +277,16 @@ EBM_HD void backward(const Team& team, const EdgeChain<S>& c, int64_t b, int64_t
     }
     for (int i = team.rank(); i < K; i += team.size()) {  // beta_{t-1}: member of row i
       double m = -inf();
-      for (int j = 0; j < K; ++j) m = fmax(m, lb[j] - c.tr(b, t, i, j) - c.u(b, t, j));
+      for (int j = 0; j < K; ++j) m = fmax(m, lb[j] - M(i, j) - c.u(b, t, j));
       double s = 0.0, acc = 0.0;
       if (m > -inf())
-        for (int j = 0; j < K; ++j) s += exp(lb[j] - c.tr(b, t, i, j) - c.u(b, t, j) - m);
+        for (int j = 0; j < K; ++j) s += exp(lb[j] - M(i, j) - c.u(b, t, j) - m);
       lb2[i] = m > -inf() ? m + log(s) : -inf();
       if (!v) continue;
       if (lb2[i] > -inf())
         for (int j = 0; j < K; ++j) {
-          const double l = lb[j] - c.tr(b, t, i, j) - c.u(b, t, j);
-          if (l > -inf())
-            acc += weighted(exp(l - lb2[i]), v->tr(b, t, i, j) + v->u(b, t, j) + Bk[j]);
+          const double l = lb[j] - M(i, j) - c.u(b, t, j);
+          if (l > -inf()) acc += weighted(exp(l - lb2[i]), VM(i, j) + v->u(b, t, j) + Bk[j]);
         }
       Bk2[i] = acc;
     }
@@ -320,9 +336,10 @@ EBM_HD void sample(const EdgeChain<S>& c, int64_t b, int64_t L, const double* la
   for (int64_t t = L - 1; t >= 1; --t) {
     const int j = static_cast<int>(tags[t]);
     const double norm = la[t * K + j] + c.u(b, t, j);  // the column's log-sum-exp
+    const auto M = c.move(b, t);
     tags[t - 1] = chain_seq::pick(
         [&](int i) {
-          const double l = la[(t - 1) * K + i] - c.tr(b, t, i, j);
+          const double l = la[(t - 1) * K + i] - M(i, j);
           return l > -inf() ? exp(l - norm) : 0.0;
         },
         K, noise[t - 1]);
@@ -353,11 +370,12 @@ EBM_HD double decode(const Team& team, const EdgeChain<S>& c, int64_t b, int64_t
     team.sync();
     fill_w(t);
     team.sync();
+    const auto M = c.move(b, t);
     for (int i = team.rank(); i < K; i += team.size()) {
       double best = inf();
       int32_t arg = 0;
       for (int j = 0; j < K; ++j) {
-        const double v = c.tr(b, t, i, j) + w[j];
+        const double v = M(i, j) + w[j];
         if (v < best) {
           best = v;
           arg = j;
@@ -416,6 +434,7 @@ EBM_HD void kbest(const Team& team, const EdgeChain<S>& c, int64_t b, int64_t L,
     fill_w(t);
     team.sync();
     int32_t* p = ptr + (t - 1) * k * K;
+    const auto M = c.move(b, t);
     for (int i = team.rank(); i < K; i += team.size()) {
       for (int64_t s = 0; s < k; ++s) {
         next[s * K + i] = inf();
@@ -425,8 +444,7 @@ EBM_HD void kbest(const Team& team, const EdgeChain<S>& c, int64_t b, int64_t L,
         for (int64_t r = 0; r < k; ++r) {
           const double wj = w[r * K + j];
           if (!(wj < inf())) break;
-          kbest_insert(next + i, p + i, k, c.tr(b, t, i, j) + wj, static_cast<int32_t>(j * k + r),
-                       K);
+          kbest_insert(next + i, p + i, k, M(i, j) + wj, static_cast<int32_t>(j * k + r), K);
         }
     }
     team.sync();

@@ -51,13 +51,22 @@ struct Chain {
   at::Tensor unary, trans, lengths, start, end, gold, cost;
 };
 
-Chain chain(int64_t B, int64_t T, int64_t K, at::ScalarType dtype) {
+// The parameters: one (K, K) matrix with (K,) start and end, or (the general chains' kernels) a
+// matrix per sequence or per move with start and end per sequence.
+enum class Form { Shared, PerSequence, PerMove };
+
+Chain chain(int64_t B, int64_t T, int64_t K, at::ScalarType dtype, Form form = Form::Shared) {
   const auto f = at::TensorOptions().dtype(at::kFloat);
   Chain c;
   c.unary = at::randn({B, T, K}, f).to(dtype);
-  c.trans = at::randn({K, K}, f).to(dtype);
-  c.start = at::randn({K}, f).to(dtype);
-  c.end = at::randn({K}, f).to(dtype);
+  c.trans = (form == Form::Shared        ? at::randn({K, K}, f)
+             : form == Form::PerSequence ? at::randn({B, K, K}, f)
+                                         : at::randn({B, std::max<int64_t>(T - 1, 0), K, K}, f))
+                .to(dtype);
+  const std::vector<int64_t> ends = form == Form::Shared ? std::vector<int64_t>{K}
+                                                         : std::vector<int64_t>{B, K};
+  c.start = at::randn(ends, f).to(dtype);
+  c.end = at::randn(ends, f).to(dtype);
   std::vector<int64_t> L(B);
   for (int64_t b = 0; b < B; ++b) L[b] = b == 1 ? 0 : b == 2 ? 1 : T - b % 2;
   for (auto& l : L) l = std::max<int64_t>(0, std::min(l, T));
@@ -67,12 +76,16 @@ Chain chain(int64_t B, int64_t T, int64_t K, at::ScalarType dtype) {
   return c;
 }
 
-void chain_ops(int64_t B, int64_t T, int64_t K, at::ScalarType dtype, bool params) {
-  const Chain c = chain(B, T, K, dtype);
+void chain_ops(int64_t B, int64_t T, int64_t K, at::ScalarType dtype, bool params,
+               Form form = Form::Shared) {
+  const Chain c = chain(B, T, K, dtype, form);
   const c10::IValue L(c.lengths), s = params ? c10::IValue(c.start) : c10::IValue(),
                      e = params ? c10::IValue(c.end) : c10::IValue();
   const std::string at = " B=" + std::to_string(B) + " T=" + std::to_string(T) + " K=" +
-                         std::to_string(K) + " " + c10::toString(dtype);
+                         std::to_string(K) + " " + c10::toString(dtype) +
+                         (form == Form::PerSequence ? " per sequence"
+                          : form == Form::PerMove   ? " per move"
+                                                    : "");
   run("viterbi" + at, [&] { expect_finite("viterbi" + at, call("viterbi", {c.unary, c.trans, L, s, e})); });
   run("viterbi_kbest" + at, [&] {
     call("viterbi_kbest", {c.unary, c.trans, int64_t(3), L, s, e});  // missing paths are +inf
@@ -135,6 +148,12 @@ int main() {
   chain_ops(2, 3, 300, at::kFloat, true);  // several tags per thread, 16-bit backpointers
   chain_ops(3, 4, 8, at::kHalf, true);
   chain_ops(3, 4, 8, at::kBFloat16, true);
+  // The general chains' kernels: a warp per sequence, K above one warp too.
+  for (Form form : {Form::PerSequence, Form::PerMove}) {
+    chain_ops(4, 5, 4, at::kDouble, true, form);
+    chain_ops(3, 4, 40, at::kFloat, true, form);
+    chain_ops(3, 4, 8, at::kHalf, true, form);
+  }
   // Transitions too large to stage: read from global memory.
   chain_ops(1, 2, 100, at::kDouble, true);
   // Dynamic shared memory above 48 KiB (opted in): Viterbi's 2 K values, k-best's 2 k K.
