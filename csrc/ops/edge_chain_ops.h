@@ -1,6 +1,6 @@
 // The general chains' ops (edge_chain.h) on each backend: the shared (K, K) ops hand a call to
 // these when general_chain() says its parameters are per sequence or per move (chain.h), after
-// the same checks. Each backend implements the four in cpu/ and cuda/ edge_chain_kernel.
+// the same checks. Each backend implements them in cpu/ and cuda/ edge_chain_kernel.
 #pragma once
 
 #include "chain.h"

@@ -18,6 +18,59 @@ int64_t grain(int64_t T, int64_t K) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, T * K * K));
 }
 
+// The forward-backward of every sequence, scaled by scale_b: the marginals (d_unary and, with
+// want_params, the pair, first and last marginals in the parameters' shapes), or with a
+// direction v, scale_b Cov(phi, v . phi) in the same places.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_pass(
+    const ChainDims& d, const at::Tensor& scale, const at::Tensor& unary, const at::Tensor& trans,
+    const c10::optional<at::Tensor>& lengths, const c10::optional<at::Tensor>& start,
+    const c10::optional<at::Tensor>& end, const edge::Inputs* direction, bool want_params) {
+  auto d_unary = at::zeros({d.B, d.T, d.K}, unary.options());
+  auto g = edge::grad_buffers(d, trans);
+  if (d.B > 0 && d.T > 0) {
+    const auto x = edge::contiguous_inputs(unary, trans, lengths, start, end);
+    const auto scale_c = scale.contiguous();
+    AT_DISPATCH_FLOATING_TYPES(unary.scalar_type(), "edge_backward_cpu", [&] {
+      using S = scalar_t;
+      const auto c = edge::view<S>(x);
+      edge::EdgeChain<S> v_view;
+      const edge::EdgeChain<S>* v = nullptr;
+      if (direction) {
+        v_view = edge::view<S>(*direction);
+        v = &v_view;
+      }
+      const S* sc = scale_c.data_ptr<S>();
+      const int64_t KK = d.K * d.K, per_b = g.trans.numel() / d.B;
+      at::parallel_for(0, d.B, grain(d.T, d.K), [&](int64_t lo, int64_t hi) {
+        const Solo team;
+        std::vector<double> la(d.T * d.K), F(v ? d.T * d.K : 0), q(4 * d.K);
+        for (int64_t b = lo; b < hi; ++b) {
+          const int64_t L = c.length(b);
+          if (L == 0) continue;
+          edge::Grads<S> out{d_unary.data_ptr<S>() + b * d.T * d.K, nullptr,
+                             trans.dim() == 4 ? KK : 0, nullptr, nullptr};
+          if (want_params) {
+            out.dtr = g.trans.data_ptr<double>() + b * per_b;
+            out.dst = g.start.data_ptr<double>() + b * d.K;
+            out.den = g.end.data_ptr<double>() + b * d.K;
+          }
+          if (edge::invalid(team, c, b, L)) {
+            edge::fill_nan(team, c, L, out);
+            continue;
+          }
+          double es = 0.0;
+          const double lz = edge::forward(team, c, b, L, la.data(), false, v, F.data(), &es);
+          if (lz == -edge::inf() || sc[b] == S(0)) continue;
+          edge::backward(team, c, b, L, la.data(), lz, edge::to_double(sc[b]), q.data(),
+                         q.data() + d.K, out, v, F.data(), es, q.data() + 2 * d.K,
+                         q.data() + 3 * d.K);
+        }
+      });
+    });
+  }
+  return edge::finish_grads(d_unary, g, trans, start, end);
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> viterbi(const at::Tensor& unary, const at::Tensor& trans,
@@ -88,42 +141,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_backward(
     const ChainDims& d, const at::Tensor& scale, const at::Tensor& unary, const at::Tensor& trans,
     const c10::optional<at::Tensor>& lengths, const c10::optional<at::Tensor>& start,
     const c10::optional<at::Tensor>& end, bool want_params) {
-  auto d_unary = at::zeros({d.B, d.T, d.K}, unary.options());
-  auto g = edge::grad_buffers(d, trans);
-  if (d.B > 0 && d.T > 0) {
-    const auto x = edge::contiguous_inputs(unary, trans, lengths, start, end);
-    const auto scale_c = scale.contiguous();
-    AT_DISPATCH_FLOATING_TYPES(unary.scalar_type(), "edge_forward_backward_cpu", [&] {
-      using S = scalar_t;
-      const auto c = edge::view<S>(x);
-      const S* sc = scale_c.data_ptr<S>();
-      const int64_t KK = d.K * d.K, per_b = g.trans.numel() / d.B;
-      at::parallel_for(0, d.B, grain(d.T, d.K), [&](int64_t lo, int64_t hi) {
-        const Solo team;
-        std::vector<double> la(d.T * d.K), lb(d.K), lb2(d.K);
-        for (int64_t b = lo; b < hi; ++b) {
-          const int64_t L = c.length(b);
-          if (L == 0) continue;
-          edge::Grads<S> out{d_unary.data_ptr<S>() + b * d.T * d.K, nullptr,
-                             trans.dim() == 4 ? KK : 0, nullptr, nullptr};
-          if (want_params) {
-            out.dtr = g.trans.data_ptr<double>() + b * per_b;
-            out.dst = g.start.data_ptr<double>() + b * d.K;
-            out.den = g.end.data_ptr<double>() + b * d.K;
-          }
-          if (edge::invalid(team, c, b, L)) {
-            edge::fill_nan(team, c, L, out);
-            continue;
-          }
-          const double logz = edge::forward(team, c, b, L, la.data(), false);
-          if (logz == -edge::inf() || sc[b] == S(0)) continue;
-          edge::backward(team, c, b, L, la.data(), logz, edge::to_double(sc[b]), lb.data(),
-                         lb2.data(), out);
-        }
-      });
-    });
-  }
-  return edge::finish_grads(d_unary, g, trans, start, end);
+  return backward_pass(d, scale, unary, trans, lengths, start, end, nullptr, want_params);
 }
 
 at::Tensor energy(const at::Tensor& unary, const at::Tensor& trans, const at::Tensor& tags,
@@ -279,45 +297,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> covariance(
     const c10::optional<at::Tensor>& lengths, const c10::optional<at::Tensor>& start,
     const c10::optional<at::Tensor>& end, const c10::optional<at::Tensor>& v_start,
     const c10::optional<at::Tensor>& v_end) {
-  const ChainDims d{unary.size(0), unary.size(1), unary.size(2)};
-  auto d_unary = at::zeros({d.B, d.T, d.K}, unary.options());
-  auto g = edge::grad_buffers(d, trans);
-  if (d.B > 0 && d.T > 0) {
-    const auto x = edge::contiguous_inputs(unary, trans, lengths, start, end);
-    const auto xv = edge::contiguous_inputs(v_unary, v_trans, c10::nullopt, v_start, v_end);
-    const auto weight_c = weight.contiguous();
-    AT_DISPATCH_FLOATING_TYPES(unary.scalar_type(), "edge_covariance_cpu", [&] {
-      using S = scalar_t;
-      const auto c = edge::view<S>(x);
-      const auto v = edge::view<S>(xv);
-      const S* wt = weight_c.data_ptr<S>();
-      const int64_t KK = d.K * d.K, per_b = g.trans.numel() / d.B;
-      at::parallel_for(0, d.B, grain(d.T, d.K), [&](int64_t lo, int64_t hi) {
-        const Solo team;
-        std::vector<double> la(d.T * d.K), F(d.T * d.K), scratch(4 * d.K);
-        double* q = scratch.data();
-        for (int64_t b = lo; b < hi; ++b) {
-          const int64_t L = c.length(b);
-          if (L == 0) continue;
-          const edge::Grads<S> out{d_unary.data_ptr<S>() + b * d.T * d.K,
-                                   g.trans.data_ptr<double>() + b * per_b,
-                                   trans.dim() == 4 ? KK : 0,
-                                   g.start.data_ptr<double>() + b * d.K,
-                                   g.end.data_ptr<double>() + b * d.K};
-          if (edge::invalid(team, c, b, L)) {
-            edge::fill_nan(team, c, L, out);
-            continue;
-          }
-          double es = 0.0;
-          const double lz = edge::forward(team, c, b, L, la.data(), false, &v, F.data(), &es);
-          if (lz == -edge::inf() || wt[b] == S(0)) continue;
-          edge::backward(team, c, b, L, la.data(), lz, edge::to_double(wt[b]), q, q + d.K, out,
-                         &v, F.data(), es, q + 2 * d.K, q + 3 * d.K);
-        }
-      });
-    });
-  }
-  return edge::finish_grads(d_unary, g, trans, start, end);
+  const auto direction = edge::contiguous_inputs(v_unary, v_trans, c10::nullopt, v_start, v_end);
+  return backward_pass({unary.size(0), unary.size(1), unary.size(2)}, weight, unary, trans,
+                       lengths, start, end, &direction, true);
 }
 
 at::Tensor sample(const at::Tensor& unary, const at::Tensor& trans, const at::Tensor& noise,

@@ -91,32 +91,36 @@ __global__ void __launch_bounds__(kThreads)
   if (team.rank() == 0) logz[b] = edge::from_double<S>(z);
 }
 
-// The forward-backward per sequence: la (T, K) and lb, lb2 (K) per sequence in scratch.
+// The forward-backward per sequence, scaled by scale_b: the marginals, or with a direction v
+// (has_v), scale_b Cov(phi, v . phi); la and F (T K each) and 4 K doubles per sequence.
 template <typename S>
 __global__ void __launch_bounds__(kThreads)
-    forward_backward_kernel(edge::EdgeChain<S> c, int64_t B, double* __restrict__ scratch,
-                            const S* __restrict__ scale, S* __restrict__ d_unary,
-                            double* __restrict__ d_trans, int64_t d_trans_per_b,
-                            int64_t d_trans_t, double* __restrict__ d_start,
-                            double* __restrict__ d_end) {
+    backward_kernel(edge::EdgeChain<S> c, edge::EdgeChain<S> v, bool has_v, Op op, int64_t B,
+                    double* __restrict__ scratch, const S* __restrict__ scale,
+                    S* __restrict__ d_unary, double* __restrict__ d_trans, int64_t d_trans_per_b,
+                    int64_t d_trans_t, double* __restrict__ d_start, double* __restrict__ d_end) {
   const int64_t b = warp_sequence();
   if (b >= B) return;
   const WarpTeam team;
-  const int64_t L = checked_length(c, b, kMarginals);
+  const int64_t L = checked_length(c, b, op);
   if (L == 0) return;
   const int K = c.K;
-  edge::Grads<S> g{d_unary + b * c.T * K, d_trans ? d_trans + b * d_trans_per_b : nullptr,
-                   d_trans_t, d_start ? d_start + b * K : nullptr,
-                   d_end ? d_end + b * K : nullptr};
+  const edge::Grads<S> g{d_unary + b * c.T * K, d_trans ? d_trans + b * d_trans_per_b : nullptr,
+                         d_trans_t, d_start ? d_start + b * K : nullptr,
+                         d_end ? d_end + b * K : nullptr};
   if (edge::invalid(team, c, b, L)) {
     edge::fill_nan(team, c, L, g);
     return;
   }
-  double* la = scratch + b * (c.T + 2) * K;
-  const double logz = edge::forward(team, c, b, L, la, false);
+  double* la = scratch + b * (2 * c.T + 4) * K;
+  double* F = la + c.T * K;
+  double* q = F + c.T * K;
+  const edge::EdgeChain<S>* dir = has_v ? &v : nullptr;
+  double es = 0.0;
+  const double lz = edge::forward(team, c, b, L, la, false, dir, F, &es);
   const double s = edge::to_double(scale[b]);
-  if (logz == -edge::inf() || s == 0.0) return;
-  edge::backward(team, c, b, L, la, logz, s, la + c.T * K, la + (c.T + 1) * K, g);
+  if (lz == -edge::inf() || s == 0.0) return;
+  edge::backward(team, c, b, L, la, lz, s, q, q + K, g, dir, F, es, q + 2 * K, q + 3 * K);
 }
 
 template <typename S>
@@ -213,36 +217,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// weight_b Cov(phi, v . phi): la and F (T K each) and 4 K doubles per sequence.
-template <typename S>
-__global__ void __launch_bounds__(kThreads)
-    covariance_kernel(edge::EdgeChain<S> c, edge::EdgeChain<S> v, int64_t B,
-                      double* __restrict__ scratch, const S* __restrict__ weight,
-                      S* __restrict__ d_unary, double* __restrict__ d_trans,
-                      int64_t d_trans_per_b, int64_t d_trans_t, double* __restrict__ d_start,
-                      double* __restrict__ d_end) {
-  const int64_t b = warp_sequence();
-  if (b >= B) return;
-  const WarpTeam team;
-  const int64_t L = checked_length(c, b, kCovariance);
-  if (L == 0) return;
-  const int K = c.K;
-  const edge::Grads<S> g{d_unary + b * c.T * K, d_trans + b * d_trans_per_b, d_trans_t,
-                         d_start + b * K, d_end + b * K};
-  if (edge::invalid(team, c, b, L)) {
-    edge::fill_nan(team, c, L, g);
-    return;
-  }
-  double* la = scratch + b * (2 * c.T + 4) * K;
-  double* F = la + c.T * K;
-  double* q = F + c.T * K;
-  double es = 0.0;
-  const double lz = edge::forward(team, c, b, L, la, false, &v, F, &es);
-  const double w = edge::to_double(weight[b]);
-  if (lz == -edge::inf() || w == 0.0) return;
-  edge::backward(team, c, b, L, la, lz, w, q, q + K, g, &v, F, es, q + 2 * K, q + 3 * K);
-}
-
 // Samples: the warp's forward (la, T K doubles per sequence), then each lane walks samples
 // n = lane, lane + 32, ...
 template <typename S>
@@ -259,6 +233,33 @@ __global__ void __launch_bounds__(kThreads)
   if (!(lz > -edge::inf())) return;
   for (int64_t n = team.rank(); n < N; n += team.size())
     edge::sample(c, b, L, la, lz, noise + (n * B + b) * c.T, tags + (n * B + b) * c.T);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_pass(
+    Op op, const ChainDims& d, const at::Tensor& scale, const at::Tensor& unary,
+    const at::Tensor& trans, const c10::optional<at::Tensor>& lengths,
+    const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end,
+    const edge::Inputs* direction, bool want_params) {
+  const DeviceGuard guard(unary.device());
+  auto d_unary = at::zeros({d.B, d.T, d.K}, unary.options());
+  auto g = edge::grad_buffers(d, trans);
+  if (d.B > 0 && d.T > 0) {
+    const auto x = edge::contiguous_inputs(unary, trans, lengths, start, end);
+    const auto scale_c = scale.contiguous();
+    auto scratch = at::empty({d.B, (2 * d.T + 4) * d.K}, unary.options().dtype(at::kDouble));
+    EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "edge_backward_cuda", [&] {
+      const auto c = edge::view<scalar_t>(x);
+      launch_kernel<backward_kernel<scalar_t>>(
+          blocks_for(d.B), kThreads, 0, c, direction ? edge::view<scalar_t>(*direction) : c,
+          direction != nullptr, op, d.B, scratch.data_ptr<double>(),
+          scale_c.data_ptr<scalar_t>(), d_unary.data_ptr<scalar_t>(),
+          want_params ? g.trans.data_ptr<double>() : nullptr, g.trans.numel() / d.B,
+          trans.dim() == 4 ? d.K * d.K : int64_t(0),
+          want_params ? g.start.data_ptr<double>() : nullptr,
+          want_params ? g.end.data_ptr<double>() : nullptr);
+    });
+  }
+  return edge::finish_grads(d_unary, g, trans, start, end);
 }
 
 }  // namespace
@@ -306,24 +307,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_backward(
     const ChainDims& d, const at::Tensor& scale, const at::Tensor& unary, const at::Tensor& trans,
     const c10::optional<at::Tensor>& lengths, const c10::optional<at::Tensor>& start,
     const c10::optional<at::Tensor>& end, bool want_params) {
-  const DeviceGuard guard(unary.device());
-  auto d_unary = at::zeros({d.B, d.T, d.K}, unary.options());
-  auto g = edge::grad_buffers(d, trans);
-  if (d.B > 0 && d.T > 0) {
-    const auto x = edge::contiguous_inputs(unary, trans, lengths, start, end);
-    const auto scale_c = scale.contiguous();
-    auto scratch = at::empty({d.B, (d.T + 2) * d.K}, unary.options().dtype(at::kDouble));
-    EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "edge_forward_backward_cuda", [&] {
-      launch_kernel<forward_backward_kernel<scalar_t>>(
-          blocks_for(d.B), kThreads, 0, edge::view<scalar_t>(x), d.B,
-          scratch.data_ptr<double>(), scale_c.data_ptr<scalar_t>(),
-          d_unary.data_ptr<scalar_t>(), want_params ? g.trans.data_ptr<double>() : nullptr,
-          g.trans.numel() / d.B, trans.dim() == 4 ? d.K * d.K : int64_t(0),
-          want_params ? g.start.data_ptr<double>() : nullptr,
-          want_params ? g.end.data_ptr<double>() : nullptr);
-    });
-  }
-  return edge::finish_grads(d_unary, g, trans, start, end);
+  return backward_pass(kMarginals, d, scale, unary, trans, lengths, start, end, nullptr,
+                       want_params);
 }
 
 at::Tensor energy(const at::Tensor& unary, const at::Tensor& trans, const at::Tensor& tags,
@@ -421,25 +406,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> covariance(
     const c10::optional<at::Tensor>& lengths, const c10::optional<at::Tensor>& start,
     const c10::optional<at::Tensor>& end, const c10::optional<at::Tensor>& v_start,
     const c10::optional<at::Tensor>& v_end) {
-  const DeviceGuard guard(unary.device());
-  const ChainDims d{unary.size(0), unary.size(1), unary.size(2)};
-  auto d_unary = at::zeros({d.B, d.T, d.K}, unary.options());
-  auto g = edge::grad_buffers(d, trans);
-  if (d.B > 0 && d.T > 0) {
-    const auto x = edge::contiguous_inputs(unary, trans, lengths, start, end);
-    const auto xv = edge::contiguous_inputs(v_unary, v_trans, c10::nullopt, v_start, v_end);
-    const auto weight_c = weight.contiguous();
-    auto scratch = at::empty({d.B, (2 * d.T + 4) * d.K}, unary.options().dtype(at::kDouble));
-    EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "edge_covariance_cuda", [&] {
-      launch_kernel<covariance_kernel<scalar_t>>(
-          blocks_for(d.B), kThreads, 0, edge::view<scalar_t>(x), edge::view<scalar_t>(xv), d.B,
-          scratch.data_ptr<double>(), weight_c.data_ptr<scalar_t>(),
-          d_unary.data_ptr<scalar_t>(), g.trans.data_ptr<double>(), g.trans.numel() / d.B,
-          trans.dim() == 4 ? d.K * d.K : int64_t(0), g.start.data_ptr<double>(),
-          g.end.data_ptr<double>());
-    });
-  }
-  return edge::finish_grads(d_unary, g, trans, start, end);
+  const auto direction = edge::contiguous_inputs(v_unary, v_trans, c10::nullopt, v_start, v_end);
+  return backward_pass(kCovariance, {unary.size(0), unary.size(1), unary.size(2)}, weight, unary,
+                       trans, lengths, start, end, &direction, true);
 }
 
 at::Tensor sample(const at::Tensor& unary, const at::Tensor& trans, const at::Tensor& noise,
