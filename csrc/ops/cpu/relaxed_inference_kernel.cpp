@@ -53,12 +53,12 @@ __attribute__((always_inline)) inline void gradient(const Chain<S>& c, int64_t b
                                                     int64_t L, Buffers<S>& w) {
   using V = typename Lanes<S>::V;
   constexpr int N = Lanes<S>::N;
+  const S* start = c.start + b * c.start_b;
+  const S* end = c.end + b * c.end_b;
   for (int64_t t = 0; t < L; ++t) {
     S* g = w.g.data() + t * c.Kp;
     for (int64_t k = 0; k < c.K; ++k) g[k] = u[t * c.K + k];
     std::fill(g + c.K, g + c.Kp, S(0));
-    const S* start = c.start + b * c.start_b;
-    const S* end = c.end + b * c.end_b;
     if (t == 0)
       for (int64_t k = 0; k < c.Kp; k += N) store(g + k, load<V>(g + k) + load<V>(start + k));
     if (t == L - 1)
