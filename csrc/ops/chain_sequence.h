@@ -41,6 +41,7 @@ EBM_HD inline double inf() { return std::numeric_limits<double>::infinity(); }
 
 // The team of one: the CPU kernels' (see "Teams" above).
 struct Solo {
+  static constexpr bool kHost = true;  // the CPU's: edge_chain.h's vectorised sweeps apply
   EBM_HD static constexpr int size() { return 1; }
   EBM_HD int rank() const { return 0; }
   EBM_HD void sync() const {}

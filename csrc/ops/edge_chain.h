@@ -91,6 +91,26 @@ struct EdgeChain {
 
 EBM_HD inline bool not_energy(double v) { return !(v > -inf()); }  // NaN or -inf
 
+// The CPU's vectorised sweeps of one move's matrix M (K x K, row-major, row by row: 8 lanes and
+// a float64 exp, cpu/edge_chain_kernel.cpp), taken by the team of one (Team::kHost) where the
+// passes below have no direction; they compute the same sums as the members' loops (each sum over
+// i in the order i = 0..K-1; a row's sum over j in lanes), to the exp's rounding.
+namespace host {
+#define EBM_EDGE_SWEEPS(S)                                                                       \
+  /* cur[j] = log sum_i exp(prev[i] - M[i, j]) */                                              \
+  void column_lses(const S* M, int K, const double* prev, double* cur);                          \
+  /* beta[i] = softmin_j (M[i, j] + w[j]) (log_partition) */                                   \
+  void row_softmins(const S* M, int K, const double* w, double* beta);                           \
+  /* lb2[i] = log sum_j exp(lb[j] - M[i, j] - u[j]) */                                         \
+  void row_lses(const S* M, int K, const double* lb, const S* u, double* lb2);                   \
+  /* out[i, j] (= or +=) scale exp(la[i] - M[i, j] + (lb[j] - u[j] - logz)) */                \
+  void pairs(const S* M, int K, const double* la, const double* lb, const S* u, double logz,    \
+             double scale, double* out, bool add);
+EBM_EDGE_SWEEPS(float)
+EBM_EDGE_SWEEPS(double)
+#undef EBM_EDGE_SWEEPS
+}  // namespace host
+
 // Whether sequence b (length L >= 1) reads a NaN or -inf (see the rules above): its unary rows
 // and its matrices are contiguous runs, read as such.
 template <typename Team, typename S>
@@ -152,6 +172,13 @@ EBM_HD double forward(const Team& team, const EdgeChain<S>& c, int64_t b, int64_
     double* cur = la + row(t);
     const auto M = c.move(b, t);
     const auto VM = v ? v->move(b, t) : M;
+    if constexpr (Team::kHost) {
+      if (!v) {
+        host::column_lses(M.m, K, prev, cur);
+        for (int j = 0; j < K; ++j) cur[j] -= c.u(b, t, j);
+        continue;
+      }
+    }
     for (int j = team.rank(); j < K; j += team.size()) {
       const double lse = column_lse(M, K, prev, j);
       cur[j] = lse - c.u(b, t, j);
@@ -206,6 +233,10 @@ EBM_HD double log_partition(const Team& team, const EdgeChain<S>& c, int64_t b, 
     for (int j = team.rank(); j < K; j += team.size()) w[j] = c.u(b, t, j) + beta[j];
     team.sync();
     const auto M = c.move(b, t);
+    if constexpr (Team::kHost) {
+      host::row_softmins(M.m, K, w, beta);
+      continue;
+    }
     for (int i = team.rank(); i < K; i += team.size())
       beta[i] = softmin([&](int j) { return M(i, j) + w[j]; });
   }
@@ -262,7 +293,18 @@ EBM_HD void backward(const Team& team, const EdgeChain<S>& c, int64_t b, int64_t
     team.sync();  // beta_t (and B_t) complete
     const auto M = c.move(b, t);
     const auto VM = v ? v->move(b, t) : M;
-    if (g.dtr) {  // the moves into t: member of column j
+    bool swept = false;
+    if constexpr (Team::kHost) {
+      if (!v) {
+        const S* u_t = c.unary + (b * c.T + t) * K;
+        if (g.dtr)
+          host::pairs(M.m, K, la + (t - 1) * K, lb, u_t, logz, scale,
+                      g.dtr + (t - 1) * g.dtr_t, g.dtr_t == 0);
+        host::row_lses(M.m, K, lb, u_t, lb2);
+        swept = true;
+      }
+    }
+    if (g.dtr && !swept) {  // the moves into t: member of column j
       for (int j = team.rank(); j < K; j += team.size()) {
         const double w = lb[j] - c.u(b, t, j) - logz;
         const double tail = v ? v->u(b, t, j) + Bk[j] - es : 0.0;
@@ -275,7 +317,7 @@ EBM_HD void backward(const Team& team, const EdgeChain<S>& c, int64_t b, int64_t
         }
       }
     }
-    for (int i = team.rank(); i < K; i += team.size()) {  // beta_{t-1}: member of row i
+    for (int i = team.rank(); i < K && !swept; i += team.size()) {  // beta_{t-1}: row i
       double m = -inf();
       for (int j = 0; j < K; ++j) m = fmax(m, lb[j] - M(i, j) - c.u(b, t, j));
       double s = 0.0, acc = 0.0;

@@ -6,8 +6,176 @@
 
 #include "../chain_sequence.h"
 #include "../edge_chain_ops.h"
+#include "simd.h"
 
 namespace ebm_ext {
+
+// ---- edge::host: the vectorised sweeps of one move (declared in ../edge_chain.h) -------------
+namespace edge {
+namespace host {
+namespace {
+
+using V = simd::Lanes<double>::V;
+using I = simd::Lanes<double>::I;
+constexpr int N = simd::Lanes<double>::N;
+const V kNegInf = V{} - std::numeric_limits<double>::infinity();
+
+// 8 entries of a row of S as float64 lanes.
+template <typename S>
+__attribute__((always_inline)) inline V lanes(const S* p) {
+  if constexpr (std::is_same<S, double>::value) {
+    return simd::load<V>(p);
+  } else {
+    typedef float F __attribute__((vector_size(32)));
+    return __builtin_convertvector(simd::load<F>(p), V);
+  }
+}
+
+__attribute__((always_inline)) inline V vmax(V a, V b) { return a > b ? a : b; }
+__attribute__((always_inline)) inline V vmin(V a, V b) { return a < b ? a : b; }
+__attribute__((always_inline)) inline double hsum(V a) {
+  double s = 0.0;
+  for (int l = 0; l < N; ++l) s += a[l];
+  return s;
+}
+
+// Scratch of K doubles per thread.
+double* scratch(int K, int which) {
+  thread_local std::vector<double> buf[2];
+  if (int64_t(buf[which].size()) < K) buf[which].resize(K);
+  return buf[which].data();
+}
+
+template <typename S>
+__attribute__((always_inline)) inline void column_lses_impl(const S* M, int K, const double* prev,
+                                                            double* cur) {
+  double* m = scratch(K, 0);
+  double* s = scratch(K, 1);
+  const int K8 = K - K % N;
+  for (int j = 0; j < K; ++j) m[j] = -edge::inf(), s[j] = 0.0;
+  for (int i = 0; i < K; ++i) {
+    const double p = prev[i];
+    if (!(p > -edge::inf())) continue;  // its terms are all -inf: nothing to the max or the sum
+    const S* row = M + int64_t(i) * K;
+    int j = 0;
+    for (; j < K8; j += N) simd::store(m + j, vmax(simd::load<V>(m + j), p - lanes(row + j)));
+    for (; j < K; ++j) m[j] = std::fmax(m[j], p - double(row[j]));
+  }
+  for (int i = 0; i < K; ++i) {
+    const double p = prev[i];
+    if (!(p > -edge::inf())) continue;
+    const S* row = M + int64_t(i) * K;
+    int j = 0;
+    for (; j < K8; j += N) {
+      const V mj = simd::load<V>(m + j);
+      const V d = p - lanes(row + j) - mj;
+      const V e = simd::exp_nonpositive(mj == kNegInf ? kNegInf : d);
+      simd::store(s + j, simd::load<V>(s + j) + e);
+    }
+    for (; j < K; ++j)
+      if (m[j] > -edge::inf()) s[j] += std::exp(p - double(row[j]) - m[j]);
+  }
+  for (int j = 0; j < K; ++j) cur[j] = m[j] > -edge::inf() ? m[j] + std::log(s[j]) : -edge::inf();
+}
+
+template <typename S>
+__attribute__((always_inline)) inline void row_softmins_impl(const S* M, int K, const double* w,
+                                                             double* beta) {
+  const int K8 = K - K % N;
+  const V inf = V{} + edge::inf();
+  for (int i = 0; i < K; ++i) {
+    const S* row = M + int64_t(i) * K;
+    V mn = inf;
+    int j = 0;
+    for (; j < K8; j += N) mn = vmin(mn, lanes(row + j) + simd::load<V>(w + j));
+    double lo = edge::inf();
+    for (int l = 0; l < N; ++l) lo = std::fmin(lo, mn[l]);
+    for (; j < K; ++j) lo = std::fmin(lo, double(row[j]) + w[j]);
+    if (!(lo < edge::inf())) {
+      beta[i] = edge::inf();
+      continue;
+    }
+    V acc = V{};
+    for (j = 0; j < K8; j += N)
+      acc += simd::exp_nonpositive(lo - (lanes(row + j) + simd::load<V>(w + j)));
+    double sum = hsum(acc);
+    for (; j < K; ++j) sum += std::exp(lo - (double(row[j]) + w[j]));
+    beta[i] = lo - std::log(sum);
+  }
+}
+
+template <typename S>
+__attribute__((always_inline)) inline void row_lses_impl(const S* M, int K, const double* lb,
+                                                         const S* u, double* lb2) {
+  const int K8 = K - K % N;
+  for (int i = 0; i < K; ++i) {
+    const S* row = M + int64_t(i) * K;
+    V mx = kNegInf;
+    int j = 0;
+    for (; j < K8; j += N) mx = vmax(mx, simd::load<V>(lb + j) - lanes(row + j) - lanes(u + j));
+    double hi = -edge::inf();
+    for (int l = 0; l < N; ++l) hi = std::fmax(hi, mx[l]);
+    for (; j < K; ++j) hi = std::fmax(hi, lb[j] - double(row[j]) - double(u[j]));
+    if (!(hi > -edge::inf())) {
+      lb2[i] = -edge::inf();
+      continue;
+    }
+    V acc = V{};
+    for (j = 0; j < K8; j += N)
+      acc += simd::exp_nonpositive(simd::load<V>(lb + j) - lanes(row + j) - lanes(u + j) - hi);
+    double sum = hsum(acc);
+    for (; j < K; ++j) sum += std::exp(lb[j] - double(row[j]) - double(u[j]) - hi);
+    lb2[i] = hi + std::log(sum);
+  }
+}
+
+template <typename S>
+__attribute__((always_inline)) inline void pairs_impl(const S* M, int K, const double* la,
+                                                      const double* lb, const S* u, double logz,
+                                                      double scale, double* out, bool add) {
+  double* w = scratch(K, 0);
+  for (int j = 0; j < K; ++j) w[j] = lb[j] - double(u[j]) - logz;
+  const int K8 = K - K % N;
+  for (int i = 0; i < K; ++i) {
+    const S* row = M + int64_t(i) * K;
+    double* o = out + int64_t(i) * K;
+    const double x = la[i];
+    int j = 0;
+    for (; j < K8; j += N) {
+      const V p = scale * simd::exp_nonpositive(x - lanes(row + j) + simd::load<V>(w + j));
+      simd::store(o + j, add ? simd::load<V>(o + j) + p : p);
+    }
+    for (; j < K; ++j) {
+      const double l = x - double(row[j]) + w[j];
+      const double p = l > -edge::inf() ? scale * std::exp(l) : 0.0;
+      o[j] = add ? o[j] + p : p;
+    }
+  }
+}
+
+}  // namespace
+
+#define EBM_EDGE_SWEEPS_IMPL(S)                                                                  \
+  EBM_CLONES void column_lses(const S* M, int K, const double* prev, double* cur) {              \
+    column_lses_impl(M, K, prev, cur);                                                           \
+  }                                                                                              \
+  EBM_CLONES void row_softmins(const S* M, int K, const double* w, double* beta) {               \
+    row_softmins_impl(M, K, w, beta);                                                            \
+  }                                                                                              \
+  EBM_CLONES void row_lses(const S* M, int K, const double* lb, const S* u, double* lb2) {       \
+    row_lses_impl(M, K, lb, u, lb2);                                                             \
+  }                                                                                              \
+  EBM_CLONES void pairs(const S* M, int K, const double* la, const double* lb, const S* u,       \
+                        double logz, double scale, double* out, bool add) {                      \
+    pairs_impl(M, K, la, lb, u, logz, scale, out, add);                                          \
+  }
+EBM_EDGE_SWEEPS_IMPL(float)
+EBM_EDGE_SWEEPS_IMPL(double)
+#undef EBM_EDGE_SWEEPS_IMPL
+
+}  // namespace host
+}  // namespace edge
+
 namespace cpu_edge {
 namespace {
 

@@ -93,6 +93,36 @@ __attribute__((always_inline)) inline Lanes<float>::V exp_nonpositive(Lanes<floa
   return nan ? x : out;
 }
 
+// exp(x) in float64 for x below 709 (the kernels form x <= 0, or a rounding above): Cephes'
+// rational approximation (exp.c: n = round(x / ln 2), exp(r) = 1 + 2 r P(r^2) / (Q(r^2) - r P(r^2))
+// on |r| <= ln 2 / 2, times 2^n) on 8 lanes; below -708 (and exp(-inf)) flushed to 0, NaN kept.
+__attribute__((always_inline)) inline Lanes<double>::V exp_nonpositive(Lanes<double>::V x) {
+  using V = Lanes<double>::V;
+  using I = Lanes<double>::I;
+  const V lo = V{} - 708.0;
+  const I nan = x != x;
+  const I tiny = x < lo;
+  x = tiny ? lo : x;
+  const V fx = x * 1.4426950408889634073599 + 0.5;
+  I n = __builtin_convertvector(fx, I);  // truncates towards zero: make it a floor
+  V nf = __builtin_convertvector(n, V);
+  n = nf > fx ? n - 1 : n;
+  nf = __builtin_convertvector(n, V);
+  const V r = x - nf * 6.93145751953125e-1 - nf * 1.42860682030941723212e-6;
+  const V rr = r * r;
+  const V p = r * (((V{} + 1.26177193074810590878e-4) * rr + 3.02994407707441961300e-2) * rr +
+                   9.99999999999999999910e-1);
+  const V q = (((V{} + 3.00198505138664455042e-6) * rr + 2.52448340349684104192e-3) * rr +
+               2.27265548208155028766e-1) * rr + 2.00000000000000000009e0;
+  const V e = 1.0 + 2.0 * (p / (q - p));
+  const I bits = (n + 1023) << 52;
+  V scale;
+  __builtin_memcpy(&scale, &bits, sizeof(V));
+  V out = e * scale;
+  out = tiny ? V{} : out;
+  return nan ? x : out;
+}
+
 // out[i] = exp(shift - x[i]) for i < n (x[i] >= shift), n a multiple of the lane count.
 EBM_CLONES inline void exp_shifted(const float* x, float shift, float* out, int64_t n) {
   using V = Lanes<float>::V;

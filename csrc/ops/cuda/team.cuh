@@ -13,6 +13,7 @@
 namespace ebm_ext {
 
 struct WarpTeam {
+  static constexpr bool kHost = false;
   __device__ int rank() const { return threadIdx.x % 32; }
   __device__ static constexpr int size() { return 32; }
   __device__ void sync() const { __syncwarp(); }
@@ -46,6 +47,7 @@ struct WarpTeam {
 // The block (blockDim.x a multiple of 32), with shared scratch of one double (and for the scan
 // one int64) per warp.
 struct BlockTeam {
+  static constexpr bool kHost = false;
   double* scratch;
   int64_t* count_scratch;  // for exclusive_scan only
   __device__ int rank() const { return threadIdx.x; }
