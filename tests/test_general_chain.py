@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ebm_ext
-from conftest import requires_cuda
+from cuda_backends import skip_compile_if_emulated
 
 inf = math.inf
 FORMS = ["shared_trans_per_sequence_ends", "per_sequence", "per_move"]
@@ -274,24 +274,63 @@ def test_torch_struct_differential_on_general_potentials():
 
 
 @pytest.mark.parametrize("form", ["per_sequence", "per_move"])
-@pytest.mark.parametrize("case", ["viterbi", "chain_energy", "chain_log_partition",
-                                  "chain_marginals", "_chain_log_partition_backward"])
+@pytest.mark.parametrize("case", ["viterbi", "viterbi_kbest", "loss_augmented_viterbi",
+                                  "chain_energy", "chain_energy relaxed", "chain_log_partition",
+                                  "chain_marginals", "_chain_log_partition_backward",
+                                  "chain_expectation", "_chain_covariance", "chain_sample",
+                                  "chain_relaxed_inference"])
 def test_opcheck(device, form, case, opcheck_util):
-    unary, trans, L, start, end = general_chain(form, B=3, T=4, K=3, seed=5, lengths=(4, 2, 3))
+    unary, trans, L, start, end = general_chain(form, B=3, T=4, K=3, seed=5, forbid=False,
+                                                lengths=(4, 2, 3))
     ops = torch.ops.ebm_ext
     tags = ebm_ext.viterbi(unary, trans, L, start, end)[1]
     grad = torch.ones(3, dtype=unary.dtype)
+    gold = torch.zeros(3, 4, dtype=torch.long)
+    cost = 1 - torch.eye(3, dtype=unary.dtype)
+    relaxed = torch.softmax(unary, -1)
+    noise = torch.rand(2, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     needs = lambda x: x.detach().clone().requires_grad_()  # noqa: E731
     op, args = {
         "viterbi": (ops.viterbi.default, (unary, needs(trans), L, start, end)),
+        "viterbi_kbest": (ops.viterbi_kbest.default, (unary, needs(trans), 2, L, start, end)),
+        "loss_augmented_viterbi": (ops.loss_augmented_viterbi.default,
+                                   (unary, needs(trans), gold, cost, L, start, end)),
         "chain_energy": (ops.chain_energy.default, (unary, needs(trans), tags, L, needs(start), end)),
+        "chain_energy relaxed": (ops.chain_energy.default,
+                                 (unary, needs(trans), needs(relaxed), L, needs(start), end)),
         "chain_log_partition": (ops.chain_log_partition.default,
                                 (needs(unary), needs(trans), L, needs(start), needs(end))),
         "chain_marginals": (ops.chain_marginals.default, (unary, trans, L, start, end)),
         "_chain_log_partition_backward": (ops._chain_log_partition_backward.default,
                                           (grad, unary, trans, L, start, end)),
+        "chain_expectation": (ops.chain_expectation.default,
+                              (needs(unary), needs(trans), unary, trans, L, start, end, start,
+                               end)),
+        "_chain_covariance": (ops._chain_covariance.default,
+                              (grad, unary, trans, unary, trans, L, start, end, start, end)),
+        "chain_sample": (ops.chain_sample.default, (unary, trans, noise, L, start, end)),
+        "chain_relaxed_inference": (ops.chain_relaxed_inference.default,
+                                    (unary, trans, L, start, end, 3, 0.5, "entropic", None)),
     }[case]
     torch.library.opcheck(op, args, test_utils=opcheck_util)
+
+
+def test_compile():
+    skip_compile_if_emulated()
+    unary, trans, L, start, end = general_chain("per_move", B=3, T=4, K=3, seed=6, forbid=False,
+                                                lengths=(4, 2, 3))
+    trans.requires_grad_()
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def loss(unary, trans):
+        energy, tags = ebm_ext.viterbi(unary, trans, L, start, end)
+        return (ebm_ext.chain_log_partition(unary, trans, L, start, end) + energy).sum()
+
+    loss(unary, trans).backward()
+    p = trans.detach().clone().requires_grad_()
+    want, = torch.autograd.grad((ebm_ext.chain_log_partition(unary, p, L, start, end)
+                                 + ebm_ext.viterbi(unary, p, L, start, end)[0]).sum(), p)
+    torch.testing.assert_close(trans.grad, want)
 
 
 def test_gradcheck_per_move_parameters():

@@ -52,7 +52,7 @@ __device__ __forceinline__ int64_t checked_length(const edge::EdgeChain<S>& c, i
 // beta, w (K doubles each) and ptr ((T - 1) K int32) per sequence in the workspaces.
 template <typename S>
 __global__ void __launch_bounds__(kThreads)
-    viterbi_kernel(edge::EdgeChain<S> c, int64_t B, double* __restrict__ scratch,
+    edge_viterbi_kernel(edge::EdgeChain<S> c, int64_t B, double* __restrict__ scratch,
                    int32_t* __restrict__ ptr, S* __restrict__ energy, int64_t* __restrict__ tags) {
   const int64_t b = warp_sequence();
   if (b >= B) return;
@@ -76,7 +76,7 @@ __global__ void __launch_bounds__(kThreads)
 // log Z per sequence (edge::log_partition); la holds each sequence's beta and w.
 template <typename S>
 __global__ void __launch_bounds__(kThreads)
-    log_partition_kernel(edge::EdgeChain<S> c, int64_t B, double* __restrict__ la,
+    edge_logz_kernel(edge::EdgeChain<S> c, int64_t B, double* __restrict__ la,
                          S* __restrict__ logz) {
   const int64_t b = warp_sequence();
   if (b >= B) return;
@@ -95,7 +95,7 @@ __global__ void __launch_bounds__(kThreads)
 // (has_v), scale_b Cov(phi, v . phi); la and F (T K each) and 4 K doubles per sequence.
 template <typename S>
 __global__ void __launch_bounds__(kThreads)
-    backward_kernel(edge::EdgeChain<S> c, edge::EdgeChain<S> v, bool has_v, Op op, int64_t B,
+    edge_backward_kernel(edge::EdgeChain<S> c, edge::EdgeChain<S> v, bool has_v, Op op, int64_t B,
                     double* __restrict__ scratch, const S* __restrict__ scale,
                     S* __restrict__ d_unary, double* __restrict__ d_trans, int64_t d_trans_per_b,
                     int64_t d_trans_t, double* __restrict__ d_start, double* __restrict__ d_end) {
@@ -124,7 +124,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <typename S>
-__global__ void energy_kernel(edge::EdgeChain<S> c, int64_t n, int64_t C, bool candidates,
+__global__ void edge_energy_kernel(edge::EdgeChain<S> c, int64_t n, int64_t C, bool candidates,
                               const int64_t* __restrict__ tags, S* __restrict__ energy) {
   using acc_t = at::opmath_type<S>;
   const int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -139,7 +139,7 @@ __global__ void energy_kernel(edge::EdgeChain<S> c, int64_t n, int64_t C, bool c
 // k-best lists: beta, next, w (k K each) and top (k) doubles, codes (k) and ptr ((T-1) k K).
 template <typename S>
 __global__ void __launch_bounds__(kThreads)
-    kbest_kernel(edge::EdgeChain<S> c, int64_t B, int64_t k, double* __restrict__ scratch,
+    edge_kbest_kernel(edge::EdgeChain<S> c, int64_t B, int64_t k, double* __restrict__ scratch,
                  int64_t* __restrict__ codes, int32_t* __restrict__ ptr, S* __restrict__ energy,
                  int64_t* __restrict__ tags) {
   const int64_t b = warp_sequence();
@@ -166,7 +166,7 @@ __global__ void __launch_bounds__(kThreads)
 
 template <typename S>
 __global__ void __launch_bounds__(kThreads)
-    loss_augmented_kernel(edge::EdgeChain<S> c, int64_t B, const int64_t* __restrict__ gold,
+    edge_loss_augmented_kernel(edge::EdgeChain<S> c, int64_t B, const int64_t* __restrict__ gold,
                           const S* __restrict__ cost, double* __restrict__ scratch,
                           int32_t* __restrict__ ptr, S* __restrict__ energy,
                           S* __restrict__ delta, int64_t* __restrict__ tags) {
@@ -196,7 +196,7 @@ __global__ void __launch_bounds__(kThreads)
 // log Z and E_p[v . phi]: la and F, two rows each (4 K doubles) per sequence.
 template <typename S>
 __global__ void __launch_bounds__(kThreads)
-    expectation_kernel(edge::EdgeChain<S> c, edge::EdgeChain<S> v, int64_t B,
+    edge_expectation_kernel(edge::EdgeChain<S> c, edge::EdgeChain<S> v, int64_t B,
                        double* __restrict__ scratch, S* __restrict__ logz, S* __restrict__ mean) {
   const int64_t b = warp_sequence();
   if (b >= B) return;
@@ -221,7 +221,7 @@ __global__ void __launch_bounds__(kThreads)
 // n = lane, lane + 32, ...
 template <typename S>
 __global__ void __launch_bounds__(kThreads)
-    sample_kernel(edge::EdgeChain<S> c, int64_t B, int64_t N, double* __restrict__ scratch,
+    edge_sample_kernel(edge::EdgeChain<S> c, int64_t B, int64_t N, double* __restrict__ scratch,
                   const double* __restrict__ noise, int64_t* __restrict__ tags) {
   const int64_t b = warp_sequence();
   if (b >= B) return;
@@ -249,7 +249,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_pass(
     auto scratch = at::empty({d.B, (2 * d.T + 4) * d.K}, unary.options().dtype(at::kDouble));
     EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "edge_backward_cuda", [&] {
       const auto c = edge::view<scalar_t>(x);
-      launch_kernel<backward_kernel<scalar_t>>(
+      launch_kernel<edge_backward_kernel<scalar_t>>(
           blocks_for(d.B), kThreads, 0, c, direction ? edge::view<scalar_t>(*direction) : c,
           direction != nullptr, op, d.B, scratch.data_ptr<double>(),
           scale_c.data_ptr<scalar_t>(), d_unary.data_ptr<scalar_t>(),
@@ -277,7 +277,7 @@ std::tuple<at::Tensor, at::Tensor> viterbi(const at::Tensor& unary, const at::Te
   auto scratch = at::empty({B, 2 * K}, unary.options().dtype(at::kDouble));
   auto ptr = at::empty({B, std::max<int64_t>(T - 1, 1) * K}, unary.options().dtype(at::kInt));
   EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "edge_viterbi_cuda", [&] {
-    launch_kernel<viterbi_kernel<scalar_t>>(
+    launch_kernel<edge_viterbi_kernel<scalar_t>>(
         blocks_for(B), kThreads, 0, edge::view<scalar_t>(x), B, scratch.data_ptr<double>(),
         ptr.data_ptr<int32_t>(), energy.data_ptr<scalar_t>(), tags.data_ptr<int64_t>());
   });
@@ -295,7 +295,7 @@ at::Tensor log_partition(const at::Tensor& unary, const at::Tensor& trans,
   const auto x = edge::contiguous_inputs(unary, trans, lengths, start, end);
   auto la = at::empty({B, 2 * K}, unary.options().dtype(at::kDouble));
   EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "edge_log_partition_cuda", [&] {
-    launch_kernel<log_partition_kernel<scalar_t>>(blocks_for(B), kThreads, 0,
+    launch_kernel<edge_logz_kernel<scalar_t>>(blocks_for(B), kThreads, 0,
                                                   edge::view<scalar_t>(x), B,
                                                   la.data_ptr<double>(),
                                                   logz.data_ptr<scalar_t>());
@@ -324,7 +324,7 @@ at::Tensor energy(const at::Tensor& unary, const at::Tensor& trans, const at::Te
   const auto x = edge::contiguous_inputs(unary, trans, lengths, start, end);
   const auto tags_c = tags.contiguous();
   EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "edge_energy_cuda", [&] {
-    launch_kernel<energy_kernel<scalar_t>>(static_cast<int>((n + 255) / 256), 256, 0,
+    launch_kernel<edge_energy_kernel<scalar_t>>(static_cast<int>((n + 255) / 256), 256, 0,
                                            edge::view<scalar_t>(x), n, C,
                                            tags.dim() == 3, tags_c.data_ptr<int64_t>(),
                                            energy.data_ptr<scalar_t>());
@@ -347,7 +347,7 @@ std::tuple<at::Tensor, at::Tensor> viterbi_kbest(const at::Tensor& unary, const 
   auto codes = at::empty({B, k}, unary.options().dtype(at::kLong));
   auto ptr = at::empty({B, std::max<int64_t>(T - 1, 1) * k * K}, unary.options().dtype(at::kInt));
   EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "edge_viterbi_kbest_cuda", [&] {
-    launch_kernel<kbest_kernel<scalar_t>>(
+    launch_kernel<edge_kbest_kernel<scalar_t>>(
         blocks_for(B), kThreads, 0, edge::view<scalar_t>(x), B, k, scratch.data_ptr<double>(),
         codes.data_ptr<int64_t>(), ptr.data_ptr<int32_t>(), energy.data_ptr<scalar_t>(),
         tags.data_ptr<int64_t>());
@@ -371,7 +371,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_augmented_viterbi(
   auto scratch = at::empty({B, 2 * K}, unary.options().dtype(at::kDouble));
   auto ptr = at::empty({B, std::max<int64_t>(T - 1, 1) * K}, unary.options().dtype(at::kInt));
   EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "edge_loss_augmented_viterbi_cuda", [&] {
-    launch_kernel<loss_augmented_kernel<scalar_t>>(
+    launch_kernel<edge_loss_augmented_kernel<scalar_t>>(
         blocks_for(B), kThreads, 0, edge::view<scalar_t>(x), B, gold_c.data_ptr<int64_t>(),
         cost_c.data_ptr<scalar_t>(), scratch.data_ptr<double>(), ptr.data_ptr<int32_t>(),
         energy.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(), tags.data_ptr<int64_t>());
@@ -393,7 +393,7 @@ std::tuple<at::Tensor, at::Tensor> expectation(
   const auto xv = edge::contiguous_inputs(v_unary, v_trans, c10::nullopt, v_start, v_end);
   auto scratch = at::empty({B, 4 * K}, unary.options().dtype(at::kDouble));
   EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "edge_expectation_cuda", [&] {
-    launch_kernel<expectation_kernel<scalar_t>>(
+    launch_kernel<edge_expectation_kernel<scalar_t>>(
         blocks_for(B), kThreads, 0, edge::view<scalar_t>(x), edge::view<scalar_t>(xv), B,
         scratch.data_ptr<double>(), logz.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>());
   });
@@ -422,7 +422,7 @@ at::Tensor sample(const at::Tensor& unary, const at::Tensor& trans, const at::Te
   const auto noise_c = noise.contiguous();
   auto scratch = at::empty({B, T * K}, unary.options().dtype(at::kDouble));
   EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "edge_sample_cuda", [&] {
-    launch_kernel<sample_kernel<scalar_t>>(blocks_for(B), kThreads, 0, edge::view<scalar_t>(x),
+    launch_kernel<edge_sample_kernel<scalar_t>>(blocks_for(B), kThreads, 0, edge::view<scalar_t>(x),
                                            B, N, scratch.data_ptr<double>(),
                                            noise_c.data_ptr<double>(), tags.data_ptr<int64_t>());
   });
