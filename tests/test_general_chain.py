@@ -564,3 +564,42 @@ def test_distribution_members_on_general_chains(form):
     energies = ebm_ext.chain_energy(unary, trans, noisy.permute(1, 0, 2).contiguous(), L, start,
                                     end)
     assert torch.isfinite(energies[torch.tensor([0, 2, 3])]).all()  # allowed paths only
+
+
+@pytest.mark.parametrize("form", ["one_matrix"] + FORMS)
+def test_float32_entropy_family_is_its_exact_value_rounded_once(form):
+    """float32 entropy, cross entropy and KL sum their float64 terms before rounding, so each is
+    within one float32 rounding of the float64 value (before, float32 KL rounded log Z_q, log Z_p
+    and the expectation separately: cancellation left errors of many ulps)."""
+    for seed in range(20):
+        if form == "one_matrix":
+            g = torch.Generator().manual_seed(seed)
+            u = torch.randn(4, 6, 5, generator=g) * 30
+            p_args = (u, torch.randn(5, 5, generator=g) * 30, None, None, None)
+            q_args = (u + 0.01 * torch.randn(4, 6, 5, generator=g), p_args[1] * 1.001, None, None,
+                      None)
+        else:
+            p_args = general_chain(form, B=4, T=6, K=5, seed=seed, forbid=False,
+                                   lengths=(6, 5, 4, 6), dtype=torch.float32)
+            q_args = tuple(x if x is None or not x.is_floating_point() else x * 1.001 + 0.01
+                           for x in p_args)
+            p_args = tuple(x * 30 if x is not None and x.is_floating_point() else x
+                           for x in p_args)
+            q_args = tuple(x * 30 if x is not None and x.is_floating_point() else x
+                           for x in q_args)
+        u, t, L, s, e = p_args
+        uq, tq, _, sq, eq = q_args
+        d64 = lambda x: None if x is None else x.double()  # noqa: E731
+        for name, f32, f64 in [
+            ("entropy", ebm_ext.chain_entropy(u, t, L, s, e),
+             ebm_ext.chain_entropy(d64(u), d64(t), L, d64(s), d64(e))),
+            ("kl", ebm_ext.chain_kl(u, t, uq, tq, L, s, e, sq, eq),
+             ebm_ext.chain_kl(d64(u), d64(t), d64(uq), d64(tq), L, d64(s), d64(e), d64(sq),
+                              d64(eq))),
+            ("cross_entropy", ebm_ext.chain_cross_entropy(u, t, uq, tq, L, s, e, sq, eq),
+             ebm_ext.chain_cross_entropy(d64(u), d64(t), d64(uq), d64(tq), L, d64(s), d64(e),
+                                         d64(sq), d64(eq))),
+        ]:
+            assert f32.dtype == torch.float32
+            ulp = torch.finfo(torch.float32).eps * f64.abs().clamp(min=torch.finfo(torch.float32).tiny)
+            assert torch.all((f32.double() - f64).abs() <= ulp + 1e-12), (name, seed, f32, f64)
