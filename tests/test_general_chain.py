@@ -603,3 +603,30 @@ def test_float32_entropy_family_is_its_exact_value_rounded_once(form):
             assert f32.dtype == torch.float32
             ulp = torch.finfo(torch.float32).eps * f64.abs().clamp(min=torch.finfo(torch.float32).tiny)
             assert torch.all((f32.double() - f64).abs() <= ulp + 1e-12), (name, seed, f32, f64)
+
+
+@pytest.mark.parametrize("op", ["viterbi", "viterbi_kbest", "loss_augmented_viterbi",
+                                "chain_energy", "chain_log_partition", "chain_marginals",
+                                "chain_entropy", "chain_sample", "chain_relaxed_inference"])
+def test_bad_lengths_are_named_on_every_backend(device, op):
+    """The general kernels check the lengths themselves where the host does not (CUDA's
+    decoders and distribution kernels, on the device): never a read past T."""
+    unary, trans, _, start, end = general_chain("per_move", B=2, T=4, K=3, seed=17)
+    L = torch.tensor([4, 5])
+    call = {
+        "viterbi": lambda: ebm_ext.viterbi(unary, trans, L, start, end),
+        "viterbi_kbest": lambda: ebm_ext.viterbi_kbest(unary, trans, 2, L, start, end),
+        "loss_augmented_viterbi": lambda: ebm_ext.loss_augmented_viterbi(
+            unary, trans, torch.zeros(2, 4, dtype=torch.long), 1 - torch.eye(3, dtype=unary.dtype),
+            L, start, end),
+        "chain_energy": lambda: ebm_ext.chain_energy(unary, trans, torch.zeros(2, 4, dtype=torch.long),
+                                                     L, start, end),
+        "chain_log_partition": lambda: ebm_ext.chain_log_partition(unary, trans, L, start, end),
+        "chain_marginals": lambda: ebm_ext.chain_marginals(unary, trans, L, start, end),
+        "chain_entropy": lambda: ebm_ext.chain_entropy(unary, trans, L, start, end),
+        "chain_sample": lambda: ebm_ext.chain_sample(unary, trans, 2, L, start, end),
+        "chain_relaxed_inference": lambda: ebm_ext.chain_relaxed_inference(unary, trans, L, start,
+                                                                           end),
+    }[op]
+    with pytest.raises(RuntimeError, match=r"lengths must be (<= T=4, got 5|in \[0, T=4\], got 5)"):
+        call()
