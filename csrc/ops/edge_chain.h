@@ -8,8 +8,10 @@
 // and sequence (B, T-1, K, K) (the move into position t reads matrix t - 1, torch-struct's edge
 // n = t - 1); start and end (K,) or (B, K). The shared (K, K) form with (K,) start and end keeps
 // its own kernels (cpu/ and cuda/ chain_kernel, partition_kernel); these passes serve every other
-// form. Everything is in float64 and in log space: a step of log Z is, per column j, a
-// log-sum-exp over i with its maximum taken first, so no energy range under- or overflows.
+// form (the other kernels stage one matrix per call; these read each move's matrix where it is).
+// Everything is in float64 and in log space: each log-sum-exp takes its largest term out first,
+// so no energy range under- or overflows. log Z itself runs the decoder's recursion with soft
+// minima (log_partition), so that it is never below the best path's score.
 //
 // Non-finite rules, as the shared kernels': +inf forbids; a sequence that reads a NaN or -inf
 // (its unary rows t < L, its start and end, the whole of its (K, K) matrix, or, per move, the
