@@ -61,6 +61,29 @@ inline bool general_chain(const at::Tensor& trans, const c10::optional<at::Tenso
          (end.has_value() && end->dim() == 2);
 }
 
+// A transition tensor (trans, or a direction's v_trans) must be (K,K), per sequence (B,K,K) or
+// per move (B,T-1,K,K); a start or end tensor (K,) or per sequence (B,K); both like unary.
+inline void check_transitions(const char* op, const char* name, const at::Tensor& t,
+                              const ChainDims& d, const at::Tensor& unary) {
+  const int64_t moves = std::max<int64_t>(d.T - 1, 0);
+  const auto s = t.sizes();
+  TORCH_CHECK(s == c10::IntArrayRef({d.K, d.K}) || s == c10::IntArrayRef({d.B, d.K, d.K}) ||
+                  s == c10::IntArrayRef({d.B, moves, d.K, d.K}),
+              op, ": ", name, " must have shape (K, K) = (", d.K, ", ", d.K, "), (B, K, K) = (",
+              d.B, ", ", d.K, ", ", d.K, ") or (B, T-1, K, K) = (", d.B, ", ", moves, ", ", d.K,
+              ", ", d.K, "), got ", shape_str(t));
+  check_like(op, name, t, "unary", unary);
+}
+
+inline void check_ends(const char* op, const char* name, const c10::optional<at::Tensor>& t,
+                       const ChainDims& d, const at::Tensor& unary) {
+  if (!t.has_value()) return;
+  TORCH_CHECK(t->sizes() == c10::IntArrayRef({d.K}) || t->sizes() == c10::IntArrayRef({d.B, d.K}),
+              op, ": ", name, " must have shape (K,) = (", d.K, ",) or (B, K) = (", d.B, ", ",
+              d.K, "), got ", shape_str(*t));
+  check_like(op, name, *t, "unary", unary);
+}
+
 // Checks unary (B,T,K), trans (K,K) or per sequence (B,K,K) or per move (B,T-1,K,K), lengths
 // (B,) int64, start/end (K,) or per sequence (B,K), and returns the dims.
 // With ValueChecks::Device a CUDA kernel checks the lengths' range itself.
@@ -79,22 +102,9 @@ inline ChainDims check_chain_inputs(const char* op, const at::Tensor& unary,
   const ChainDims d{unary.size(0), unary.size(1), unary.size(2)};
   TORCH_CHECK(d.K >= 1, op, ": unary must have at least one tag (K >= 1), got shape ",
               shape_str(unary));
-  const int64_t moves = std::max<int64_t>(d.T - 1, 0);
-  const auto shape_is = [](const at::Tensor& t, std::vector<int64_t> s) { return t.sizes() == c10::IntArrayRef(s); };
-  TORCH_CHECK(shape_is(trans, {d.K, d.K}) || shape_is(trans, {d.B, d.K, d.K}) ||
-                  shape_is(trans, {d.B, moves, d.K, d.K}),
-              op, ": trans must have shape (K, K) = (", d.K, ", ", d.K, "), (B, K, K) = (", d.B,
-              ", ", d.K, ", ", d.K, ") or (B, T-1, K, K) = (", d.B, ", ", moves, ", ", d.K, ", ",
-              d.K, "), got ", shape_str(trans));
-  check_like(op, "trans", trans, "unary", unary);
-  for (const auto& [name, t] : {std::pair<const char*, const c10::optional<at::Tensor>&>{"start", start},
-                                {"end", end}}) {
-    if (!t.has_value()) continue;
-    TORCH_CHECK(shape_is(*t, {d.K}) || shape_is(*t, {d.B, d.K}), op, ": ", name,
-                " must have shape (K,) = (", d.K, ",) or (B, K) = (", d.B, ", ", d.K, "), got ",
-                shape_str(*t));
-    check_like(op, name, *t, "unary", unary);
-  }
+  check_transitions(op, "trans", trans, d, unary);
+  check_ends(op, "start", start, d, unary);
+  check_ends(op, "end", end, d, unary);
   if (lengths.has_value()) {
     const auto& l = *lengths;
     TORCH_CHECK(l.scalar_type() == at::kLong, op, ": lengths must be int64, got ",

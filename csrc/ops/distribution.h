@@ -31,25 +31,9 @@ inline ChainDims check_expectation_inputs(
   check_like(op, "v_unary", v_unary, "unary", unary);
   // The direction's parameters may take any of the general shapes, whatever the energies' are
   // (KL(p || q) with q per move and p shared is a direction per move).
-  const int64_t moves = std::max<int64_t>(d.T - 1, 0);
-  if (v_trans.has_value()) {
-    const auto s = v_trans->sizes();
-    TORCH_CHECK(s == c10::IntArrayRef({d.K, d.K}) || s == c10::IntArrayRef({d.B, d.K, d.K}) ||
-                    s == c10::IntArrayRef({d.B, moves, d.K, d.K}),
-                op, ": v_trans must have shape (K, K) = (", d.K, ", ", d.K, "), (B, K, K) = (",
-                d.B, ", ", d.K, ", ", d.K, ") or (B, T-1, K, K) = (", d.B, ", ", moves, ", ",
-                d.K, ", ", d.K, "), got ", shape_str(*v_trans));
-    check_like(op, "v_trans", *v_trans, "unary", unary);
-  }
-  for (const auto& [name, t] :
-       {std::pair<const char*, const c10::optional<at::Tensor>&>{"v_start", v_start},
-        {"v_end", v_end}}) {
-    if (!t.has_value()) continue;
-    TORCH_CHECK(t->sizes() == c10::IntArrayRef({d.K}) || t->sizes() == c10::IntArrayRef({d.B, d.K}),
-                op, ": ", name, " must have shape (K,) = (", d.K, ",) or (B, K) = (", d.B, ", ",
-                d.K, "), got ", shape_str(*t));
-    check_like(op, name, *t, "unary", unary);
-  }
+  if (v_trans.has_value()) check_transitions(op, "v_trans", *v_trans, d, unary);
+  check_ends(op, "v_start", v_start, d, unary);
+  check_ends(op, "v_end", v_end, d, unary);
   return d;
 }
 
