@@ -239,21 +239,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_pass(
   return edge::finish_grads(d_unary, g, trans, start, end);
 }
 
-}  // namespace
-
-std::tuple<at::Tensor, at::Tensor> viterbi(const at::Tensor& unary, const at::Tensor& trans,
-                                           const c10::optional<at::Tensor>& lengths,
-                                           const c10::optional<at::Tensor>& start,
-                                           const c10::optional<at::Tensor>& end) {
+// viterbi and, with gold and cost (contiguous), loss_augmented_viterbi: one decoder, as the
+// one-matrix kernels share theirs. Returns (energy, delta, tags), delta undefined without cost.
+// Viterbi's energy is the recursion's minimum (log_partition's bound relies on it); the
+// loss-augmented energy is E(y*) summed along the path, as the one-matrix kernels return it.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> decode_all(
+    const at::Tensor& unary, const at::Tensor& trans, const c10::optional<at::Tensor>& lengths,
+    const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end,
+    const at::Tensor& gold, const at::Tensor& cost) {
   const int64_t B = unary.size(0), T = unary.size(1), K = unary.size(2);
   auto energy = at::empty({B}, unary.options());
+  auto delta = cost.defined() ? at::empty({B}, unary.options()) : at::Tensor();
   auto tags = at::empty({B, T}, unary.options().dtype(at::kLong));
-  if (B == 0) return {energy, tags};
+  if (B == 0) return {energy, delta, tags};
   const auto x = edge::contiguous_inputs(unary, trans, lengths, start, end);
-  AT_DISPATCH_FLOATING_TYPES(unary.scalar_type(), "edge_viterbi_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(unary.scalar_type(), "edge_decode_cpu", [&] {
     using S = scalar_t;
     const auto c = edge::view<S>(x);
+    const S* cs = cost.defined() ? cost.data_ptr<S>() : nullptr;
+    const int64_t* g = gold.defined() ? gold.data_ptr<int64_t>() : nullptr;
     S* e = energy.data_ptr<S>();
+    S* dl = cs ? delta.data_ptr<S>() : nullptr;
     int64_t* y = tags.data_ptr<int64_t>();
     at::parallel_for(0, B, grain(T, K), [&](int64_t lo, int64_t hi) {
       const Solo team;
@@ -261,19 +267,38 @@ std::tuple<at::Tensor, at::Tensor> viterbi(const at::Tensor& unary, const at::Te
       std::vector<int32_t> ptr(std::max<int64_t>(1, (T - 1) * K));
       for (int64_t b = lo; b < hi; ++b) {
         const int64_t L = c.length(b);
+        int64_t* yb = y + b * T;
         if (L == 0) {
-          std::fill(y + b * T, y + (b + 1) * T, int64_t(-1));
+          std::fill(yb, yb + T, int64_t(-1));
           e[b] = S(0);
+          if (dl) dl[b] = S(0);
           continue;
         }
-        const double best = edge::decode(team, c, b, L, beta.data(), w.data(), ptr.data(),
-                                         y + b * T);
-        e[b] = edge::invalid(team, c, b, L) ? std::numeric_limits<S>::quiet_NaN()
-                                            : edge::from_double<S>(best);
+        const double best = edge::decode(team, c, b, L, beta.data(), w.data(), ptr.data(), yb,
+                                         cs, cs ? g + b * T : nullptr);
+        const bool bad = edge::invalid(team, c, b, L);
+        if (!cs) {
+          e[b] = bad ? std::numeric_limits<S>::quiet_NaN() : edge::from_double<S>(best);
+          continue;
+        }
+        S dsum = 0;
+        for (int64_t t = 0; t < L; ++t) dsum += cs[g[b * T + t] * K + yb[t]];
+        e[b] = bad ? std::numeric_limits<S>::quiet_NaN() : edge::path_energy<S>(c, b, yb, L);
+        dl[b] = dsum;
       }
     });
   });
-  return {energy, tags};
+  return {energy, delta, tags};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> viterbi(const at::Tensor& unary, const at::Tensor& trans,
+                                           const c10::optional<at::Tensor>& lengths,
+                                           const c10::optional<at::Tensor>& start,
+                                           const c10::optional<at::Tensor>& end) {
+  const auto out = decode_all(unary, trans, lengths, start, end, at::Tensor(), at::Tensor());
+  return {std::get<0>(out), std::get<2>(out)};
 }
 
 at::Tensor log_partition(const at::Tensor& unary, const at::Tensor& trans,
@@ -382,45 +407,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_augmented_viterbi(
     const at::Tensor& unary, const at::Tensor& trans, const at::Tensor& gold,
     const at::Tensor& cost, const c10::optional<at::Tensor>& lengths,
     const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end) {
-  const int64_t B = unary.size(0), T = unary.size(1), K = unary.size(2);
-  auto energy = at::empty({B}, unary.options());
-  auto delta = at::empty({B}, unary.options());
-  auto tags = at::empty({B, T}, unary.options().dtype(at::kLong));
-  if (B == 0) return {energy, delta, tags};
-  const auto x = edge::contiguous_inputs(unary, trans, lengths, start, end);
-  const auto gold_c = gold.contiguous();
-  const auto cost_c = cost.contiguous();
-  AT_DISPATCH_FLOATING_TYPES(unary.scalar_type(), "edge_loss_augmented_viterbi_cpu", [&] {
-    using S = scalar_t;
-    const auto c = edge::view<S>(x);
-    const S* cs = cost_c.data_ptr<S>();
-    const int64_t* g = gold_c.data_ptr<int64_t>();
-    S* e = energy.data_ptr<S>();
-    S* dl = delta.data_ptr<S>();
-    int64_t* y = tags.data_ptr<int64_t>();
-    at::parallel_for(0, B, grain(T, K), [&](int64_t lo, int64_t hi) {
-      const Solo team;
-      std::vector<double> beta(K), w(K);
-      std::vector<int32_t> ptr(std::max<int64_t>(1, (T - 1) * K));
-      for (int64_t b = lo; b < hi; ++b) {
-        const int64_t L = c.length(b);
-        int64_t* yb = y + b * T;
-        if (L == 0) {
-          std::fill(yb, yb + T, int64_t(-1));
-          e[b] = dl[b] = S(0);
-          continue;
-        }
-        edge::decode(team, c, b, L, beta.data(), w.data(), ptr.data(), yb, cs, g + b * T);
-        S dsum = 0;
-        for (int64_t t = 0; t < L; ++t) dsum += cs[g[b * T + t] * K + yb[t]];
-        // E(y*) summed along the path, as the shared kernels return it.
-        e[b] = edge::invalid(team, c, b, L) ? std::numeric_limits<S>::quiet_NaN()
-                                            : edge::path_energy<S>(c, b, yb, L);
-        dl[b] = dsum;
-      }
-    });
-  });
-  return {energy, delta, tags};
+  return decode_all(unary, trans, lengths, start, end, gold.contiguous(), cost.contiguous());
 }
 
 std::tuple<at::Tensor, at::Tensor> expectation(

@@ -49,28 +49,45 @@ __device__ __forceinline__ int64_t checked_length(const edge::EdgeChain<S>& c, i
   return cuda_chain::require_length(c.length(b), c.T, b, op_name(op));
 }
 
-// beta, w (K doubles each) and ptr ((T - 1) K int32) per sequence in the workspaces.
+// viterbi and, with gold and cost, loss_augmented_viterbi (one decoder, as the one-matrix
+// kernels share theirs): beta, w (K doubles each) and ptr ((T - 1) K int32) per sequence in the
+// workspaces. Viterbi's energy is the recursion's minimum (log_partition's bound relies on it);
+// the loss-augmented energy is E(y*) summed along the path, with delta its cost.
 template <typename S>
 __global__ void __launch_bounds__(kThreads)
-    edge_viterbi_kernel(edge::EdgeChain<S> c, int64_t B, double* __restrict__ scratch,
-                   int32_t* __restrict__ ptr, S* __restrict__ energy, int64_t* __restrict__ tags) {
+    edge_decode_kernel(edge::EdgeChain<S> c, int64_t B, const int64_t* __restrict__ gold,
+                       const S* __restrict__ cost, double* __restrict__ scratch,
+                       int32_t* __restrict__ ptr, S* __restrict__ energy, S* __restrict__ delta,
+                       int64_t* __restrict__ tags) {
+  using acc_t = at::opmath_type<S>;
   const int64_t b = warp_sequence();
   if (b >= B) return;
   const WarpTeam team;
-  const int64_t L = checked_length(c, b, kViterbi);
+  const int64_t L = checked_length(c, b, cost ? kLossAugmented : kViterbi);
   int64_t* y = tags + b * c.T;
   if (L == 0) {
     for (int64_t t = team.rank(); t < c.T; t += team.size()) y[t] = -1;
-    if (team.rank() == 0) energy[b] = S(0);
+    if (team.rank() == 0) {
+      energy[b] = S(0);
+      if (cost) delta[b] = S(0);
+    }
     return;
   }
   double* beta = scratch + b * 2 * c.K;
-  const double best = edge::decode(team, c, b, L, beta, beta + c.K,
-                                   ptr + b * std::max<int64_t>(c.T - 1, 1) * c.K, y);
+  const double best =
+      edge::decode(team, c, b, L, beta, beta + c.K, ptr + b * std::max<int64_t>(c.T - 1, 1) * c.K,
+                   y, cost, cost ? gold + b * c.T : nullptr);
   const bool bad = edge::invalid(team, c, b, L);
-  if (team.rank() == 0)
-    energy[b] = bad ? edge::from_double<S>(std::numeric_limits<double>::quiet_NaN())
-                    : edge::from_double<S>(best);
+  if (team.rank() != 0) return;
+  const S nan = edge::from_double<S>(std::numeric_limits<double>::quiet_NaN());
+  if (!cost) {
+    energy[b] = bad ? nan : edge::from_double<S>(best);
+    return;
+  }
+  acc_t dsum = 0;
+  for (int64_t t = 0; t < L; ++t) dsum += static_cast<acc_t>(cost[gold[b * c.T + t] * c.K + y[t]]);
+  energy[b] = bad ? nan : static_cast<S>(edge::path_energy<acc_t>(c, b, y, L));
+  delta[b] = static_cast<S>(dsum);
 }
 
 // log Z per sequence (edge::log_partition); la holds each sequence's beta and w.
@@ -164,35 +181,6 @@ __global__ void __launch_bounds__(kThreads)
       if (top_codes[s] >= 0) eb[s] = edge::from_double<S>(std::numeric_limits<double>::quiet_NaN());
 }
 
-template <typename S>
-__global__ void __launch_bounds__(kThreads)
-    edge_loss_augmented_kernel(edge::EdgeChain<S> c, int64_t B, const int64_t* __restrict__ gold,
-                          const S* __restrict__ cost, double* __restrict__ scratch,
-                          int32_t* __restrict__ ptr, S* __restrict__ energy,
-                          S* __restrict__ delta, int64_t* __restrict__ tags) {
-  using acc_t = at::opmath_type<S>;
-  const int64_t b = warp_sequence();
-  if (b >= B) return;
-  const WarpTeam team;
-  const int64_t L = checked_length(c, b, kLossAugmented);
-  int64_t* y = tags + b * c.T;
-  if (L == 0) {
-    for (int64_t t = team.rank(); t < c.T; t += team.size()) y[t] = -1;
-    if (team.rank() == 0) energy[b] = delta[b] = S(0);
-    return;
-  }
-  double* beta = scratch + b * 2 * c.K;
-  edge::decode(team, c, b, L, beta, beta + c.K, ptr + b * std::max<int64_t>(c.T - 1, 1) * c.K, y,
-               cost, gold + b * c.T);
-  const bool bad = edge::invalid(team, c, b, L);
-  if (team.rank() != 0) return;
-  acc_t dsum = 0;
-  for (int64_t t = 0; t < L; ++t) dsum += static_cast<acc_t>(cost[gold[b * c.T + t] * c.K + y[t]]);
-  energy[b] = bad ? edge::from_double<S>(std::numeric_limits<double>::quiet_NaN())
-                  : static_cast<S>(edge::path_energy<acc_t>(c, b, y, L));
-  delta[b] = static_cast<S>(dsum);
-}
-
 // log Z and E_p[v . phi]: la and F, two rows each (4 K doubles) per sequence.
 template <typename S>
 __global__ void __launch_bounds__(kThreads)
@@ -235,6 +223,32 @@ __global__ void __launch_bounds__(kThreads)
     edge::sample(c, b, L, la, lz, noise + (n * B + b) * c.T, tags + (n * B + b) * c.T);
 }
 
+// viterbi, or with gold and cost (contiguous) loss_augmented_viterbi: (energy, delta, tags),
+// delta undefined without cost.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> decode_all(
+    const at::Tensor& unary, const at::Tensor& trans, const c10::optional<at::Tensor>& lengths,
+    const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end,
+    const at::Tensor& gold, const at::Tensor& cost) {
+  const DeviceGuard guard(unary.device());
+  const int64_t B = unary.size(0), T = unary.size(1), K = unary.size(2);
+  auto energy = at::empty({B}, unary.options());
+  auto delta = cost.defined() ? at::empty({B}, unary.options()) : at::Tensor();
+  auto tags = at::empty({B, T}, unary.options().dtype(at::kLong));
+  if (B == 0) return {energy, delta, tags};
+  const auto x = edge::contiguous_inputs(unary, trans, lengths, start, end);
+  auto scratch = at::empty({B, 2 * K}, unary.options().dtype(at::kDouble));
+  auto ptr = at::empty({B, std::max<int64_t>(T - 1, 1) * K}, unary.options().dtype(at::kInt));
+  EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "edge_decode_cuda", [&] {
+    launch_kernel<edge_decode_kernel<scalar_t>>(
+        blocks_for(B), kThreads, 0, edge::view<scalar_t>(x), B,
+        gold.defined() ? gold.data_ptr<int64_t>() : nullptr,
+        cost.defined() ? cost.data_ptr<scalar_t>() : nullptr, scratch.data_ptr<double>(),
+        ptr.data_ptr<int32_t>(), energy.data_ptr<scalar_t>(),
+        delta.defined() ? delta.data_ptr<scalar_t>() : nullptr, tags.data_ptr<int64_t>());
+  });
+  return {energy, delta, tags};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_pass(
     Op op, const ChainDims& d, const at::Tensor& scale, const at::Tensor& unary,
     const at::Tensor& trans, const c10::optional<at::Tensor>& lengths,
@@ -268,20 +282,8 @@ std::tuple<at::Tensor, at::Tensor> viterbi(const at::Tensor& unary, const at::Te
                                            const c10::optional<at::Tensor>& lengths,
                                            const c10::optional<at::Tensor>& start,
                                            const c10::optional<at::Tensor>& end) {
-  const DeviceGuard guard(unary.device());
-  const int64_t B = unary.size(0), T = unary.size(1), K = unary.size(2);
-  auto energy = at::empty({B}, unary.options());
-  auto tags = at::empty({B, T}, unary.options().dtype(at::kLong));
-  if (B == 0) return {energy, tags};
-  const auto x = edge::contiguous_inputs(unary, trans, lengths, start, end);
-  auto scratch = at::empty({B, 2 * K}, unary.options().dtype(at::kDouble));
-  auto ptr = at::empty({B, std::max<int64_t>(T - 1, 1) * K}, unary.options().dtype(at::kInt));
-  EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "edge_viterbi_cuda", [&] {
-    launch_kernel<edge_viterbi_kernel<scalar_t>>(
-        blocks_for(B), kThreads, 0, edge::view<scalar_t>(x), B, scratch.data_ptr<double>(),
-        ptr.data_ptr<int32_t>(), energy.data_ptr<scalar_t>(), tags.data_ptr<int64_t>());
-  });
-  return {energy, tags};
+  const auto out = decode_all(unary, trans, lengths, start, end, at::Tensor(), at::Tensor());
+  return {std::get<0>(out), std::get<2>(out)};
 }
 
 at::Tensor log_partition(const at::Tensor& unary, const at::Tensor& trans,
@@ -359,24 +361,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_augmented_viterbi(
     const at::Tensor& unary, const at::Tensor& trans, const at::Tensor& gold,
     const at::Tensor& cost, const c10::optional<at::Tensor>& lengths,
     const c10::optional<at::Tensor>& start, const c10::optional<at::Tensor>& end) {
-  const DeviceGuard guard(unary.device());
-  const int64_t B = unary.size(0), T = unary.size(1), K = unary.size(2);
-  auto energy = at::empty({B}, unary.options());
-  auto delta = at::empty({B}, unary.options());
-  auto tags = at::empty({B, T}, unary.options().dtype(at::kLong));
-  if (B == 0) return {energy, delta, tags};
-  const auto x = edge::contiguous_inputs(unary, trans, lengths, start, end);
-  const auto gold_c = gold.contiguous();
-  const auto cost_c = cost.contiguous();
-  auto scratch = at::empty({B, 2 * K}, unary.options().dtype(at::kDouble));
-  auto ptr = at::empty({B, std::max<int64_t>(T - 1, 1) * K}, unary.options().dtype(at::kInt));
-  EBM_DISPATCH_CUDA_FLOATS(unary.scalar_type(), "edge_loss_augmented_viterbi_cuda", [&] {
-    launch_kernel<edge_loss_augmented_kernel<scalar_t>>(
-        blocks_for(B), kThreads, 0, edge::view<scalar_t>(x), B, gold_c.data_ptr<int64_t>(),
-        cost_c.data_ptr<scalar_t>(), scratch.data_ptr<double>(), ptr.data_ptr<int32_t>(),
-        energy.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(), tags.data_ptr<int64_t>());
-  });
-  return {energy, delta, tags};
+  return decode_all(unary, trans, lengths, start, end, gold.contiguous(), cost.contiguous());
 }
 
 std::tuple<at::Tensor, at::Tensor> expectation(
